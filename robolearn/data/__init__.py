@@ -1,0 +1,1 @@
+"""Episode storage, sequence sampling and normalization shared by every learner."""
