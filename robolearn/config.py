@@ -67,6 +67,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -147,7 +152,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     if overrides:
         extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         data = _deep_merge(data, extra)
-    return from_dict(cls, data, where=str(path) if path else cls.__name__)
+    return from_dict(cls, data, where=Path(path).name if path else cls.__name__)
 
 
 def project_root() -> Path:

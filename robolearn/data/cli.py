@@ -1,0 +1,170 @@
+"""`robolearn data ...`: inspect and reshape episode stores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _info(args: argparse.Namespace) -> int:
+    from robolearn.data.store import EpisodeStore
+
+    store = EpisodeStore.open(args.path, mode="r")
+    success = store.column("success").astype(bool)
+    info: dict[str, Any] = {
+        "path": str(store.path),
+        "task": store.task,
+        "episodes": store.num_episodes,
+        "steps": store.num_steps,
+        "features": {k: {"shape": list(f.shape), "dtype": f.dtype, "role": f.role} for k, f in store.features.items()},
+        "sources": store.source_counts(),
+        "success_rate": float(success.mean()) if len(success) else None,
+        "masks": {name: int(m.sum()) for name, m in store.masks.items()},
+        "collectors": {str(c): int(n) for c, n in zip(*np.unique(store.column("collector"), return_counts=True))} if store.num_episodes else {},
+        "interventions": int(store.column("intervention_count").sum()),
+        "control_period": store.control_period,
+        "schema_version": store.attrs.get("schema_version"),
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    lengths = store.episode_lengths
+    print(f"{info['path']}  task={info['task'] or '-'}  schema v{info['schema_version']}")
+    print(f"episodes {info['episodes']}  steps {info['steps']}", end="")
+    if len(lengths):
+        print(f"  length min/mean/max {lengths.min()}/{lengths.mean():.1f}/{lengths.max()}", end="")
+    print()
+    if info["success_rate"] is not None:
+        print(f"success rate {info['success_rate']:.3f}  interventions {info['interventions']}")
+    print("features:")
+    for key, f in info["features"].items():
+        print(f"  {key:<24} {f['dtype']:<8} {tuple(f['shape'])!s:<16} {f['role']}")
+    print("steps per source: " + ", ".join(f"{k}={v}" for k, v in info["sources"].items()))
+    if info["collectors"]:
+        print("episodes per collector: " + ", ".join(f"{k or '-'}={v}" for k, v in info["collectors"].items()))
+    print("masks: " + (", ".join(f"{k} ({v} episodes)" for k, v in info["masks"].items()) or "none"))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from robolearn.data.store import merge_stores
+
+    out = merge_stores(args.out, args.inputs)
+    print(f"wrote {out.path}: {out.num_episodes} episodes, {out.num_steps} steps")
+    return 0
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _filter(args: argparse.Namespace) -> int:
+    from robolearn.data.store import EpisodeStore, copy_store
+
+    src = EpisodeStore.open(args.input, mode="r")
+    idx = src.select(source=args.source, success=args.success, task=args.task, mask=args.mask)
+    if Path(args.output).exists():
+        raise FileExistsError(f"{args.output} already exists")
+    out = copy_store(src, args.output, idx)
+    print(f"kept {len(idx)} of {src.num_episodes} episodes -> {out.path} ({out.num_steps} steps)")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from robolearn.data.sampler import split_episodes
+    from robolearn.data.store import EpisodeStore
+
+    store = EpisodeStore.open(args.path, mode="a")
+    train, val = split_episodes(store.num_episodes, args.val_ratio, args.seed)
+    store.set_mask(args.train_name, train)
+    store.set_mask(args.val_name, val)
+    store.close()
+    print(f"masks {args.train_name!r}: {len(train)} episodes, {args.val_name!r}: {len(val)} episodes (seed {args.seed})")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from robolearn.data.normalizer import compute_stats, save_stats
+    from robolearn.data.store import EpisodeStore
+
+    store = EpisodeStore.open(args.path, mode="a")
+    keys = args.keys or [k for k, f in store.features.items() if f.role in ("obs", "action") and np.prod(f.shape or (1,)) <= 4096]
+    stats = compute_stats(store, keys)
+    save_stats(store, stats)
+    store.close()
+    for key, s in stats.items():
+        print(f"{key}: min {np.round(s['min'], 3).tolist()} max {np.round(s['max'], 3).tolist()}")
+    return 0
+
+
+def _import_robomimic(args: argparse.Namespace) -> int:
+    from robolearn.data.robomimic_io import import_robomimic
+
+    store = import_robomimic(args.input, args.output, task=args.task)
+    print(f"imported {store.num_episodes} demos ({store.num_steps} steps) -> {store.path}")
+    return 0
+
+
+def _export_robomimic(args: argparse.Namespace) -> int:
+    from robolearn.data.robomimic_io import export_robomimic
+
+    n = export_robomimic(args.input, args.output, overwrite=args.overwrite)
+    print(f"exported {n} demos -> {args.output}")
+    return 0
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("info", help="episodes, steps, features, sources, success rate, masks")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("merge", help="concatenate stores with identical features")
+    p.add_argument("out")
+    p.add_argument("inputs", nargs="+")
+    p.set_defaults(func=_merge)
+
+    p = sub.add_parser("filter", help="copy the episodes matching every filter into a new store")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--source", nargs="+", help="keep episodes with steps of these sources")
+    p.add_argument("--success", type=_parse_bool, help="true or false")
+    p.add_argument("--mask", nargs="+", help="keep episodes in these named masks")
+    p.add_argument("--task")
+    p.set_defaults(func=_filter)
+
+    p = sub.add_parser("split", help="write train/validation episode masks")
+    p.add_argument("path")
+    p.add_argument("--val-ratio", type=float, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-name", default="train")
+    p.add_argument("--val-name", default="valid")
+    p.set_defaults(func=_split)
+
+    p = sub.add_parser("stats", help="compute exact normalization stats and save them in the store")
+    p.add_argument("path")
+    p.add_argument("--keys", nargs="+")
+    p.set_defaults(func=_stats)
+
+    p = sub.add_parser("import-robomimic", help="robomimic hdf5 -> episode store")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--task")
+    p.set_defaults(func=_import_robomimic)
+
+    p = sub.add_parser("export-robomimic", help="episode store -> robomimic hdf5")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_export_robomimic)
