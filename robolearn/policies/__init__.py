@@ -1,0 +1,41 @@
+"""Policy registry: name -> (config class, policy class), as "module:attribute" strings.
+
+Entries are resolved on first use so `import robolearn.policies` stays cheap (diffusion pulls in
+diffusers only when a diffusion policy is built). Adding a policy means adding one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+POLICIES: dict[str, tuple[str, str]] = {
+    "bc": ("robolearn.policies.bc.configuration:BCConfig", "robolearn.policies.bc.modeling:BCPolicy"),
+    "diffusion": (
+        "robolearn.policies.diffusion.configuration:DiffusionConfig",
+        "robolearn.policies.diffusion.modeling:DiffusionPolicy",
+    ),
+    "hierarchical": (
+        "robolearn.policies.hierarchical.configuration:HierarchicalConfig",
+        "robolearn.policies.hierarchical.modeling:HierarchicalPolicy",
+    ),
+}
+
+
+def _resolve(target: str) -> Any:
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def policy_classes(name: str) -> tuple[type, type]:
+    """(config class, policy class) registered under `name`."""
+    if name not in POLICIES:
+        raise KeyError(f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
+    config_target, policy_target = POLICIES[name]
+    return _resolve(config_target), _resolve(policy_target)
+
+
+def make_policy(name: str, config: Any, stats: dict[str, dict[str, Any]]) -> Any:
+    """Build a fresh policy from its config (shapes filled in) and dataset normalization stats."""
+    _, policy_cls = policy_classes(name)
+    return policy_cls.from_stats(config, stats)
