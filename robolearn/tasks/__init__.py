@@ -1,0 +1,1 @@
+"""MuJoCo tasks from backend-neutral definitions (see docs/design.md, "Tasks")."""

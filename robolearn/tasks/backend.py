@@ -1,0 +1,141 @@
+"""Simulator backends: the small interface a batched task simulation needs.
+
+`Backend` is what `TaskSim` (and through it the gym envs) calls; `MujocoCBackend` implements it
+with one `MjData` per env on the CPU. A MuJoCo Warp backend (one `mjw.Data` with nworld envs,
+arrays exposed with `wp.to_torch`) implements the same methods and is a drop-in.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, runtime_checkable
+
+import mujoco
+import numpy as np
+import torch
+
+from robolearn.tasks.base import STATE_SPEC, ModelLayout, SimState, SimulationError
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Batched simulator: N envs of one model; every tensor is (N, ...)."""
+
+    num_envs: int
+    layout: ModelLayout
+    device: torch.device
+
+    def set_ctrl(self, ctrl: torch.Tensor) -> None:
+        """Set actuator targets of all envs, (N, nu)."""
+
+    def step(self, frame_skip: int) -> None:
+        """Advance every env by frame_skip physics steps, then refresh sensors so `read()` is
+        consistent with the state; raise SimulationError if the physics became unstable."""
+
+    def reset(self, mask: torch.Tensor, states: torch.Tensor) -> None:
+        """Set the envs where mask (N,) bool is True to states (mask.sum(), state_size)."""
+
+    def get_state(self) -> torch.Tensor:
+        """Full state (N, state_size) float64 in STATE_SPEC layout."""
+
+    def read(self) -> SimState:
+        """Current qpos/qvel/ctrl/sensordata tensors."""
+
+
+_UNSTABLE = (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL)
+
+
+class MujocoCBackend:
+    """CPU backend over `num_envs` MjData; optional thread pool (mj_step releases the GIL)."""
+
+    def __init__(self, model: mujoco.MjModel, num_envs: int, num_threads: int = 1):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.model = model
+        self.num_envs = num_envs
+        self.layout = ModelLayout(model)
+        self.device = torch.device("cpu")
+        self.datas = [mujoco.MjData(model) for _ in range(num_envs)]
+        L = self.layout
+        self._qpos = np.zeros((num_envs, L.nq))
+        self._qvel = np.zeros((num_envs, L.nv))
+        self._ctrl = np.zeros((num_envs, L.nu))
+        self._sens = np.zeros((num_envs, L.nsensordata))
+        self._state = np.zeros((num_envs, L.state_size))
+        self._pool = ThreadPoolExecutor(num_threads) if num_threads > 1 else None
+        self._chunks = np.array_split(np.arange(num_envs), max(1, num_threads))
+        for i, d in enumerate(self.datas):
+            mujoco.mj_forward(model, d)
+            self._pull(i)
+
+    # -- interface ------------------------------------------------------------------------
+    def set_ctrl(self, ctrl: torch.Tensor) -> None:
+        c = ctrl.detach().cpu().numpy()
+        for i, d in enumerate(self.datas):
+            d.ctrl[:] = c[i]
+        self._ctrl[:] = c
+
+    def step(self, frame_skip: int) -> None:
+        if self._pool is None:
+            self._step_range(range(self.num_envs), frame_skip)
+        else:
+            list(self._pool.map(lambda idx: self._step_range(idx, frame_skip), self._chunks))
+
+    def reset(self, mask: torch.Tensor, states: torch.Tensor) -> None:
+        idx = np.flatnonzero(mask.detach().cpu().numpy())
+        st = states.detach().cpu().numpy().astype(np.float64)
+        if st.shape != (len(idx), self.layout.state_size):
+            raise ValueError(f"reset: expected states of shape {(len(idx), self.layout.state_size)}, got {st.shape}")
+        for row, i in enumerate(idx):
+            d = self.datas[i]
+            mujoco.mj_setState(self.model, d, st[row], STATE_SPEC)
+            mujoco.mj_forward(self.model, d)
+            self._check(i, "reset")
+            self._pull(i)
+
+    def set_state(self, states: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Alias of reset (all envs when mask is None)."""
+        if mask is None:
+            mask = torch.ones(self.num_envs, dtype=torch.bool)
+        self.reset(mask, states)
+
+    def get_state(self) -> torch.Tensor:
+        for i, d in enumerate(self.datas):
+            mujoco.mj_getState(self.model, d, self._state[i], STATE_SPEC)
+        return torch.from_numpy(self._state.copy())
+
+    def read(self) -> SimState:
+        return SimState(torch.from_numpy(self._qpos), torch.from_numpy(self._qvel),
+                        torch.from_numpy(self._ctrl), torch.from_numpy(self._sens))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    # -- internals ----------------------------------------------------------------------------
+    def _step_range(self, idx, frame_skip: int) -> None:
+        m = self.model
+        for i in idx:
+            d = self.datas[i]
+            mujoco.mj_step(m, d, nstep=frame_skip)
+            # mj_step leaves sensors at the pre-integration state; recompute them for this state.
+            mujoco.mj_forward(m, d)
+            self._check(i, "step")
+            self._pull(i)
+
+    def _pull(self, i: int) -> None:
+        d = self.datas[i]
+        self._qpos[i] = d.qpos
+        self._qvel[i] = d.qvel
+        self._ctrl[i] = d.ctrl
+        self._sens[i] = d.sensordata
+
+    def _check(self, i: int, where: str) -> None:
+        d = self.datas[i]
+        bad = [w for w in _UNSTABLE if d.warning[w].number > 0]
+        if bad or not (np.isfinite(d.qpos).all() and np.isfinite(d.qvel).all() and np.isfinite(d.qacc).all()):
+            names = ", ".join(mujoco.mjtWarning(w).name for w in bad) or "non-finite state"
+            for w in _UNSTABLE:
+                d.warning[w].number = 0
+            raise SimulationError(f"simulation unstable in env {i} during {where} ({names}) at t={d.time:.3f}s")

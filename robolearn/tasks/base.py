@@ -1,0 +1,420 @@
+"""Backend-neutral task definition.
+
+A task is an MJCF scene plus pure torch functions over batched simulator arrays (`SimState`:
+qpos, qvel, ctrl, sensordata, each (N, ...)). Object, site and mocap poses are exposed as MJCF
+sensors, so any backend (MuJoCo C here, MuJoCo Warp on a GPU later) only has to provide these four
+arrays. Model indices (joint addresses, sensor slices, state-vector layout) are resolved once from
+the `MjModel` on the host in `ModelLayout`; the task methods then never call mujoco.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, NamedTuple
+
+import mujoco
+import numpy as np
+import torch
+
+# Full simulator state stored per step in `sim_state`. FULLPHYSICS (time, qpos, qvel, act,
+# plugin state) is extended with ctrl, applied forces, mocap poses (goals / bins live on mocap
+# bodies) and the solver warmstart: with fewer components an episode cannot be replayed bit-exactly
+# from a mid-episode state.
+STATE_SPEC = int(mujoco.mjtState.mjSTATE_INTEGRATION)
+
+# Per-step `primitive` labels written by the scripted experts (-1 = unknown, e.g. policy steps).
+PRIMITIVES: tuple[str, ...] = ("reach", "grasp", "transport", "release", "push")
+PRIM = {name: i for i, name in enumerate(PRIMITIVES)}
+
+# Per-step `failure_event` codes (0 = none). 1-3 are injected perturbations, 4-5 are detected.
+FAILURE_EVENTS: tuple[str, ...] = ("none", "nudge_object", "open_gripper", "shift_target",
+                                   "object_dropped", "object_out_of_reach")
+EVENT = {name: i for i, name in enumerate(FAILURE_EVENTS)}
+PERTURBATIONS: tuple[str, ...] = ("nudge_object", "open_gripper", "shift_target")
+
+
+class SimulationError(RuntimeError):
+    """The physics became unstable (MuJoCo warning or non-finite state)."""
+
+
+@dataclass
+class TaskConfig:
+    """Per-task configuration, loaded from envs/<task>.yaml (unknown keys are errors)."""
+
+    task: str = ""
+    horizon: int = 100
+    frame_skip: int = 25  # physics steps per control step (timestep 4 ms -> 10 Hz control)
+    obs_mode: str = "state"  # "state" or "state+image"
+    image_size: int = 84
+    wrist_camera: bool = False
+    reward_type: str = "dense"  # "dense" or "sparse"
+    terminate_on_success: bool = True
+    perturb_rate: float = 0.0  # probability per control step of one perturbation event
+    perturb_kinds: list[str] = field(default_factory=list)  # empty = every kind the task supports
+    num_cubes: int | None = None  # sort only (K)
+
+    def validate(self, supported_perturbations: tuple[str, ...]) -> None:
+        """Reject values that are well-typed but meaningless, with a one-line reason."""
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+        if self.frame_skip < 1:
+            raise ValueError(f"frame_skip must be >= 1, got {self.frame_skip}")
+        if self.obs_mode not in ("state", "state+image"):
+            raise ValueError(f"obs_mode must be 'state' or 'state+image', got {self.obs_mode!r}")
+        if self.reward_type not in ("dense", "sparse"):
+            raise ValueError(f"reward_type must be 'dense' or 'sparse', got {self.reward_type!r}")
+        if not 0.0 <= self.perturb_rate <= 1.0:
+            raise ValueError(f"perturb_rate must be in [0, 1], got {self.perturb_rate}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        for kind in self.perturb_kinds:
+            if kind not in supported_perturbations:
+                raise ValueError(f"task {self.task!r} does not support perturbation {kind!r} "
+                                 f"(supported: {', '.join(supported_perturbations)})")
+
+    @property
+    def image(self) -> bool:
+        return self.obs_mode == "state+image"
+
+
+class SimState(NamedTuple):
+    """Batched simulator arrays every backend exposes (N rows, one per env)."""
+
+    qpos: torch.Tensor
+    qvel: torch.Tensor
+    ctrl: torch.Tensor
+    sensordata: torch.Tensor
+
+    def select(self, idx: torch.Tensor) -> "SimState":
+        return SimState(self.qpos[idx], self.qvel[idx], self.ctrl[idx], self.sensordata[idx])
+
+
+class ModelLayout:
+    """Name -> index maps of one compiled model, resolved once on the host."""
+
+    def __init__(self, model: mujoco.MjModel):
+        self.nq, self.nv, self.nu = model.nq, model.nv, model.nu
+        self.nsensordata, self.nmocap = model.nsensordata, model.nmocap
+        self.timestep = float(model.opt.timestep)
+        self.qpos_adr: dict[str, int] = {}
+        self.dof_adr: dict[str, int] = {}
+        for j in range(model.njnt):
+            name = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j)
+            self.qpos_adr[name] = int(model.jnt_qposadr[j])
+            self.dof_adr[name] = int(model.jnt_dofadr[j])
+        self.sensor: dict[str, slice] = {}
+        for s in range(model.nsensor):
+            name = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_SENSOR, s)
+            adr, dim = int(model.sensor_adr[s]), int(model.sensor_dim[s])
+            self.sensor[name] = slice(adr, adr + dim)
+        self.actuator = {mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_ACTUATOR, a): a for a in range(model.nu)}
+        self.ctrlrange = torch.tensor(model.actuator_ctrlrange, dtype=torch.float64)
+        self.mocap: dict[str, int] = {}
+        for b in range(model.nbody):
+            if model.body_mocapid[b] >= 0:
+                self.mocap[mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_BODY, b)] = int(model.body_mocapid[b])
+        # Offsets of each state component inside the STATE_SPEC vector (components are laid out
+        # in increasing bit order), so state vectors can be built/edited in pure torch.
+        self.state_size = mujoco.mj_stateSize(model, STATE_SPEC)
+        self.state_slices: dict[str, slice] = {}
+        off = 0
+        for bit in range(int(mujoco.mjtState.mjNSTATE)):
+            comp = 1 << bit
+            if STATE_SPEC & comp:
+                size = mujoco.mj_stateSize(model, comp)
+                name = mujoco.mjtState(comp).name.removeprefix("mjSTATE_").lower()
+                self.state_slices[name] = slice(off, off + size)
+                off += size
+        assert off == self.state_size
+        d = mujoco.MjData(model)
+        mujoco.mj_resetData(model, d)
+        default = np.zeros(self.state_size)
+        mujoco.mj_getState(model, d, default, STATE_SPEC)
+        self.default_state = torch.from_numpy(default)
+
+    def qpos_slice(self, joint: str, size: int = 1) -> slice:
+        a = self.qpos_adr[joint]
+        return slice(a, a + size)
+
+    def dof_slice(self, joint: str, size: int = 1) -> slice:
+        a = self.dof_adr[joint]
+        return slice(a, a + size)
+
+
+# ----------------------------------------------------------------------------- torch helpers
+
+def quat_to_yaw(q: torch.Tensor) -> torch.Tensor:
+    """Yaw (rotation about world z) of (..., 4) wxyz quaternions."""
+    w, x, y, z = q.unbind(-1)
+    return torch.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+
+
+def yaw_to_quat(yaw: torch.Tensor) -> torch.Tensor:
+    """(..., 4) wxyz quaternions of pure rotations about z."""
+    z = torch.zeros_like(yaw)
+    return torch.stack([torch.cos(yaw / 2), z, z, torch.sin(yaw / 2)], -1)
+
+
+def canonical_quat(q: torch.Tensor) -> torch.Tensor:
+    """Resolve the q/-q ambiguity (w >= 0) so observations are continuous for learning."""
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def wrap_angle(a: torch.Tensor, period: float = 2 * math.pi) -> torch.Tensor:
+    """Wrap to [-period/2, period/2)."""
+    return torch.remainder(a + period / 2, period) - period / 2
+
+
+def uniform(gen: torch.Generator, n: int, low: Any, high: Any, dtype=torch.float64) -> torch.Tensor:
+    """n samples uniform in a box, drawn from `gen` (reproducible per seed)."""
+    low_t = torch.as_tensor(low, dtype=dtype)
+    high_t = torch.as_tensor(high, dtype=dtype)
+    u = torch.rand((n, *low_t.shape), generator=gen, dtype=dtype)
+    return low_t + (high_t - low_t) * u
+
+
+# ----------------------------------------------------------------------------- task base
+
+class Task:
+    """Base class of a task bound to one compiled model layout.
+
+    Subclasses define the MJCF (`xml`), the action interface (`action_axes`), and the pure torch
+    functions `observe`, `dense_reward`, `success`, `stage`, `sample_init`, plus optional
+    `detect_failure` and perturbation hooks. None of them may call mujoco.
+    """
+
+    name: str = ""
+    xml: str = ""  # asset file name
+    action_axes: tuple[str, ...] = ("x", "y", "z", "grip")
+    perturbations: tuple[str, ...] = ()
+    num_stages: int = 1
+    description: str = ""
+    # Largest per-step displacement commanded by a normalized action of 1.
+    pos_scale: float = 0.03
+    yaw_scale: float = 0.25
+    grip_open: float = 0.045
+
+    def __init__(self, cfg: TaskConfig, layout: ModelLayout):
+        self.cfg = cfg
+        self.layout = layout
+        L = layout
+        self.q_grip = slice(L.qpos_adr["gx"], L.qpos_adr["gx"] + 3)
+        self.q_yaw = L.qpos_adr["gyaw"]
+        self.q_fl, self.q_fr = L.qpos_adr["finger_l"], L.qpos_adr["finger_r"]
+        self.v_grip = slice(L.dof_adr["gx"], L.dof_adr["gx"] + 3)
+        self.a_xyz = [L.actuator["ax"], L.actuator["ay"], L.actuator["az"]]
+        self.a_yaw, self.a_fl, self.a_fr = L.actuator["ayaw"], L.actuator["afl"], L.actuator["afr"]
+
+    # -- properties used by envs ------------------------------------------------------------
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_axes)
+
+    @property
+    def obs_dim(self) -> int:
+        raise NotImplementedError
+
+    # -- model construction -------------------------------------------------------------------
+    @classmethod
+    def build_xml(cls, cfg: TaskConfig) -> str:
+        """MJCF text of the scene; subclasses may edit the tree (e.g. K cubes for sort)."""
+        return read_asset(cls.xml)
+
+    # -- actions --------------------------------------------------------------------------------
+    def action_to_ctrl(self, s: SimState, action: torch.Tensor) -> torch.Tensor:
+        """Position targets from normalized actions: deltas from the measured gripper pose
+        (no integrator wind-up when blocked), absolute finger opening (-1 open, +1 closed).
+        Axes not in `action_axes` hold their `hold_ctrl` value."""
+        ctrl = self.hold_ctrl(s)
+        a = action.to(ctrl.dtype)
+        for i, axis in enumerate(self.action_axes):
+            if axis in ("x", "y", "z"):
+                k = "xyz".index(axis)
+                ctrl[:, self.a_xyz[k]] = s.qpos[:, self.q_grip.start + k] + self.pos_scale * a[:, i]
+            elif axis == "yaw":
+                ctrl[:, self.a_yaw] = s.qpos[:, self.q_yaw] + self.yaw_scale * a[:, i]
+            elif axis == "grip":
+                opening = self.grip_open * (1 - a[:, i]) / 2
+                ctrl[:, self.a_fl] = opening
+                ctrl[:, self.a_fr] = opening
+        lo, hi = self.layout.ctrlrange[:, 0].to(ctrl), self.layout.ctrlrange[:, 1].to(ctrl)
+        return torch.minimum(torch.maximum(ctrl, lo), hi)
+
+    def hold_ctrl(self, s: SimState) -> torch.Tensor:
+        """Control of axes the action does not drive: keep the current target."""
+        return s.ctrl.clone()
+
+    # -- shared state readers -------------------------------------------------------------------
+    def grip_pos(self, s: SimState) -> torch.Tensor:
+        return s.qpos[:, self.q_grip]
+
+    def grip_yaw(self, s: SimState) -> torch.Tensor:
+        return s.qpos[:, self.q_yaw]
+
+    def grip_width(self, s: SimState) -> torch.Tensor:
+        """Distance between the finger pads."""
+        return s.qpos[:, self.q_fl] + s.qpos[:, self.q_fr]
+
+    def sensor(self, s: SimState, name: str) -> torch.Tensor:
+        return s.sensordata[:, self.layout.sensor[name]]
+
+    # -- task functions (pure torch) ------------------------------------------------------------
+    def observe(self, s: SimState) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dense_reward(self, s: SimState) -> torch.Tensor:
+        raise NotImplementedError
+
+    def success(self, s: SimState) -> torch.Tensor:
+        raise NotImplementedError
+
+    def stage(self, s: SimState) -> torch.Tensor:
+        return torch.zeros(s.qpos.shape[0], dtype=torch.int32, device=s.qpos.device)
+
+    def reward(self, s: SimState) -> torch.Tensor:
+        if self.cfg.reward_type == "sparse":
+            return self.success(s).to(torch.float32)
+        return self.dense_reward(s).to(torch.float32)
+
+    def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
+        """Failure events that happened without injection (codes in FAILURE_EVENTS, 0 = none)."""
+        return torch.zeros(s.qpos.shape[0], dtype=torch.int32, device=s.qpos.device)
+
+    def sample_init(self, gen: torch.Generator, n: int) -> torch.Tensor:
+        """n initial full states (n, state_size) float64 drawn from `gen`."""
+        raise NotImplementedError
+
+    # -- perturbations (edit full state vectors in torch; see perturb.py) -------------------------
+    def perturb(self, kind: str, states: torch.Tensor, s: SimState, gen: torch.Generator) -> torch.Tensor:
+        raise ValueError(f"task {self.name!r} does not support perturbation {kind!r}")
+
+    # -- state-vector helpers -------------------------------------------------------------------
+    def base_states(self, n: int) -> torch.Tensor:
+        return self.layout.default_state.unsqueeze(0).repeat(n, 1)
+
+    def set_in_state(self, states: torch.Tensor, component: str, index: slice | int | list[int],
+                     values: torch.Tensor) -> None:
+        """Write `values` into component (qpos, qvel, ctrl, mocap_pos, ...) at `index`."""
+        sl = self.layout.state_slices[component]
+        view = states[:, sl]
+        view[:, index] = values.to(states.dtype)
+
+    def get_from_state(self, states: torch.Tensor, component: str) -> torch.Tensor:
+        return states[:, self.layout.state_slices[component]]
+
+    def init_gripper(self, states: torch.Tensor, pos: torch.Tensor, yaw: torch.Tensor | None = None,
+                     opening: float | None = None) -> None:
+        """Place the gripper (qpos and matching position targets, so it starts at rest)."""
+        n = states.shape[0]
+        opening = self.grip_open if opening is None else opening
+        yaw = torch.zeros(n, dtype=states.dtype) if yaw is None else yaw
+        self.set_in_state(states, "qpos", self.q_grip, pos)
+        self.set_in_state(states, "qpos", self.q_yaw, yaw)
+        op = torch.full((n,), opening, dtype=states.dtype)
+        self.set_in_state(states, "qpos", self.q_fl, op)
+        self.set_in_state(states, "qpos", self.q_fr, op)
+        self.set_in_state(states, "ctrl", self.a_xyz, pos)
+        self.set_in_state(states, "ctrl", self.a_yaw, yaw)
+        self.set_in_state(states, "ctrl", self.a_fl, op)
+        self.set_in_state(states, "ctrl", self.a_fr, op)
+
+    def set_free_body(self, states: torch.Tensor, joint: str, pos: torch.Tensor, yaw: torch.Tensor) -> None:
+        """Place a free-joint body at pos with a yaw rotation, at rest."""
+        a = self.layout.qpos_adr[joint]
+        self.set_in_state(states, "qpos", slice(a, a + 3), pos)
+        self.set_in_state(states, "qpos", slice(a + 3, a + 7), yaw_to_quat(yaw))
+        d = self.layout.dof_adr[joint]
+        self.set_in_state(states, "qvel", slice(d, d + 6), torch.zeros(states.shape[0], 6))
+
+    def set_mocap(self, states: torch.Tensor, body: str, pos: torch.Tensor, yaw: torch.Tensor | None = None) -> None:
+        i = self.layout.mocap[body]
+        self.set_in_state(states, "mocap_pos", slice(3 * i, 3 * i + 3), pos)
+        if yaw is not None:
+            self.set_in_state(states, "mocap_quat", slice(4 * i, 4 * i + 4), yaw_to_quat(yaw))
+
+    def get_mocap(self, states: torch.Tensor, body: str) -> torch.Tensor:
+        i = self.layout.mocap[body]
+        return self.get_from_state(states, "mocap_pos")[:, 3 * i:3 * i + 3]
+
+    def nudge_free_body(self, states: torch.Tensor, joint: str, gen: torch.Generator,
+                        speed: tuple[float, float] = (0.5, 0.8), spin: float = 0.0) -> torch.Tensor:
+        """A horizontal velocity kick (a shove) on a free body; slides it a few centimetres."""
+        n = states.shape[0]
+        ang = uniform(gen, n, 0.0, 2 * math.pi)
+        mag = uniform(gen, n, speed[0], speed[1])
+        d = self.layout.dof_adr[joint]
+        v = self.get_from_state(states, "qvel")[:, d:d + 6].clone()
+        v[:, 0] += mag * torch.cos(ang)
+        v[:, 1] += mag * torch.sin(ang)
+        if spin:
+            v[:, 5] += uniform(gen, n, -spin, spin)
+        self.set_in_state(states, "qvel", slice(d, d + 6), v)
+        return states
+
+    def open_gripper(self, states: torch.Tensor) -> torch.Tensor:
+        """Snap the fingers open (qpos and targets): whatever was held falls."""
+        op = torch.full((states.shape[0],), self.grip_open, dtype=states.dtype)
+        for q in (self.q_fl, self.q_fr):
+            self.set_in_state(states, "qpos", q, op)
+        for a in (self.a_fl, self.a_fr):
+            self.set_in_state(states, "ctrl", a, op)
+        for j in ("finger_l", "finger_r"):
+            self.set_in_state(states, "qvel", self.layout.dof_adr[j], torch.zeros(states.shape[0]))
+        return states
+
+
+def read_asset(name: str) -> str:
+    return resources.files("robolearn.tasks").joinpath("assets").joinpath(name).read_text()
+
+
+def asset_bytes() -> dict[str, bytes]:
+    """Every asset file, passed to the MJCF compiler so <include> works on edited XML strings."""
+    root = resources.files("robolearn.tasks").joinpath("assets")
+    return {p.name: p.read_bytes() for p in root.iterdir() if p.name.endswith(".xml")}
+
+
+def compile_model(xml: str) -> mujoco.MjModel:
+    return mujoco.MjModel.from_xml_string(xml, assets=asset_bytes())
+
+
+def replicate(xml: str, template_names: dict[str, str], count: int, edit) -> str:
+    """Copy elements named in template_names (tag path -> name with '0') `count` times.
+
+    Used by tasks whose object count is configurable: the asset holds object 0, copies get index
+    i in every name attribute, and `edit(elem, i)` adjusts colours/positions.
+    """
+    root = ET.fromstring(xml)
+    for parent_path, name in template_names.items():
+        parent = root.find(parent_path)
+        assert parent is not None, parent_path
+        templ = [e for e in parent if e.get("name") == name or e.get("name", "").startswith(name.rstrip("0"))]
+        templ = [e for e in parent if _belongs(e, name)]
+        for i in range(1, count):
+            for e in templ:
+                c = _deepcopy_renamed(e, name, i)
+                edit(c, i)
+                parent.append(c)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _belongs(e: ET.Element, name: str) -> bool:
+    stem = name[:-1]
+    return any(v == name or v.startswith(stem + "0") for k, v in e.attrib.items() if k in ("name", "objname"))
+
+
+def _deepcopy_renamed(e: ET.Element, name: str, i: int) -> ET.Element:
+    stem = name[:-1]
+    c = ET.fromstring(ET.tostring(e))
+    for node in c.iter():
+        for k, v in list(node.attrib.items()):
+            if k in ("name", "objname", "joint", "site", "body", "body1", "body2") and v.startswith(stem + "0"):
+                node.set(k, stem + str(i) + v[len(stem) + 1:])
+    return c
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(TaskConfig)]

@@ -1,0 +1,192 @@
+"""TaskSim: the batched episode logic shared by the single env and the vector env.
+
+Holds a backend, a task and its config; turns normalized actions into position targets, steps
+physics, injects perturbations, and computes obs/reward/success/stage/failure events with the
+task's torch functions. Everything per env is a row of a tensor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from robolearn.tasks.backend import Backend, MujocoCBackend
+from robolearn.tasks.base import EVENT, SimState, Task, TaskConfig
+from robolearn.tasks.perturb import Perturber
+
+
+class TaskSim:
+    """N envs of one task on one backend (MuJoCo C unless a backend is passed)."""
+
+    def __init__(self, task_name: str, cfg: TaskConfig | None = None, num_envs: int = 1,
+                 num_threads: int = 1, backend: Backend | None = None, **overrides):
+        from robolearn.tasks.registry import build_model, load_task_config
+
+        self.cfg = cfg if cfg is not None else load_task_config(task_name, overrides)
+        if cfg is not None and overrides:
+            raise ValueError("pass either cfg or keyword overrides, not both")
+        task_cls, model = build_model(task_name, self.cfg)
+        self.model = model
+        self.backend: Backend = backend if backend is not None else MujocoCBackend(model, num_envs, num_threads)
+        self.num_envs = self.backend.num_envs
+        self.task: Task = task_cls(self.cfg, self.backend.layout)
+        self.cfg.validate(self.task.perturbations)
+        self.perturber = Perturber(self.task, self.cfg.perturb_rate, self.cfg.perturb_kinds)
+        self.gens = [torch.Generator().manual_seed(i) for i in range(self.num_envs)]
+        self.seeds: list[int | None] = [None] * self.num_envs
+        self.t = torch.zeros(self.num_envs, dtype=torch.int64)
+        self._renderer = None
+        self._prev: SimState | None = None
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def obs_dim(self) -> int:
+        return self.task.obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        return self.task.action_dim
+
+    @property
+    def control_period(self) -> float:
+        return self.backend.layout.timestep * self.cfg.frame_skip
+
+    @property
+    def image_keys(self) -> tuple[str, ...]:
+        if not self.cfg.image:
+            return ()
+        return ("image", "wrist_image") if self.cfg.wrist_camera else ("image",)
+
+    def read(self) -> SimState:
+        """Privileged simulator arrays (for experts and scripted operators)."""
+        return self.backend.read()
+
+    # -- episode control ------------------------------------------------------------------------
+    def reset(self, mask: torch.Tensor | None = None, seeds: list[int | None] | None = None,
+              states: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """Reset envs in mask: to given full states, else to initial states sampled per seed."""
+        n = self.num_envs
+        mask = torch.ones(n, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+        idx = torch.nonzero(mask).flatten().tolist()
+        if seeds is not None and len(seeds) != len(idx):
+            raise ValueError(f"reset: got {len(seeds)} seeds for {len(idx)} envs")
+        for j, i in enumerate(idx):
+            seed = seeds[j] if seeds is not None else None
+            if seed is None:
+                seed = int(torch.randint(0, 2**31 - 1, (), generator=self.gens[i]).item())
+            self.seeds[i] = int(seed)
+            self.gens[i] = torch.Generator().manual_seed(int(seed))
+        if states is None:
+            states = torch.cat([self.task.sample_init(self.gens[i], 1) for i in idx]) if idx else None
+        if idx:
+            self.backend.reset(mask, states)
+        self.t[mask] = 0
+        self._prev = self._clone(self.backend.read())
+        return self.observe()
+
+    def step(self, action: np.ndarray | torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray,
+                                                             np.ndarray, dict[str, np.ndarray]]:
+        """One control step for every env. Non-finite actions are refused before anything runs."""
+        a = torch.as_tensor(np.asarray(action, dtype=np.float64) if not torch.is_tensor(action) else action)
+        a = a.to(torch.float64)
+        if a.ndim == 1 and self.num_envs == 1:
+            a = a.unsqueeze(0)
+        if a.shape != (self.num_envs, self.action_dim):
+            raise ValueError(f"action must have shape {(self.num_envs, self.action_dim)}, got {tuple(a.shape)}")
+        if not torch.isfinite(a).all():
+            bad = torch.nonzero(~torch.isfinite(a).all(1)).flatten().tolist()
+            raise ValueError(f"action contains NaN or inf (env(s) {bad}); refused, simulation not stepped")
+        a = a.clamp(-1.0, 1.0)
+        s = self.backend.read()
+        self.backend.set_ctrl(self.task.action_to_ctrl(s, a))
+        self.backend.step(self.cfg.frame_skip)
+        self.t += 1
+        events = self._perturb()
+        s = self.backend.read()
+        detected = self.task.detect_failure(self._prev, s).to(torch.int64)
+        events = torch.where(events > 0, events, detected)
+        self._prev = self._clone(s)
+        success = self.task.success(s)
+        reward = self.task.reward(s)
+        terminated = success if self.cfg.terminate_on_success else torch.zeros_like(success)
+        truncated = (self.t >= self.cfg.horizon) & ~terminated
+        info = {"success": success.numpy().astype(bool), "stage": self.task.stage(s).numpy().astype(np.int32),
+                "failure_event": events.numpy().astype(np.int32), "t": self.t.numpy().copy()}
+        return (self.observe(), reward.numpy().astype(np.float32), terminated.numpy().astype(bool),
+                truncated.numpy().astype(bool), info)
+
+    def observe(self) -> dict[str, np.ndarray]:
+        s = self.backend.read()
+        obs = {"state": self.task.observe(s).to(torch.float32).numpy()}
+        if self.cfg.image:
+            obs.update(self.render_images())
+        return obs
+
+    def status(self) -> dict[str, np.ndarray]:
+        """success / stage of the current state (e.g. right after reset)."""
+        s = self.backend.read()
+        return {"success": self.task.success(s).numpy().astype(bool),
+                "stage": self.task.stage(s).numpy().astype(np.int32),
+                "failure_event": np.zeros(self.num_envs, np.int32), "t": self.t.numpy().copy()}
+
+    def get_state(self) -> np.ndarray:
+        """Full physics state (N, state_size) float64, see base.STATE_SPEC."""
+        return self.backend.get_state().numpy()
+
+    def set_state(self, states: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Restore full states (episode time counters are left unchanged)."""
+        m = torch.ones(self.num_envs, dtype=torch.bool) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+        st = torch.as_tensor(np.asarray(states, np.float64).reshape(int(m.sum()), -1))
+        if st.shape[1] != self.backend.layout.state_size:
+            raise ValueError(f"state vectors must have {self.backend.layout.state_size} entries, got {st.shape[1]}")
+        if not torch.isfinite(st).all():
+            raise ValueError("state contains NaN or inf; refused")
+        self.backend.reset(m, st)
+        self._prev = self._clone(self.backend.read())
+
+    def render_images(self, size: int | None = None) -> dict[str, np.ndarray]:
+        from robolearn.tasks.base import STATE_SPEC
+        from robolearn.tasks.render import ImageRenderer
+
+        size = size or self.cfg.image_size
+        if self._renderer is None or self._renderer.size != size:
+            cams = ("front", "wrist") if self.cfg.wrist_camera else ("front",)
+            if self._renderer is not None:
+                self._renderer.close()
+            self._renderer = ImageRenderer(self.model, size, cams)
+        datas = getattr(self.backend, "datas", None)
+        imgs = (self._renderer.render(datas) if datas is not None
+                else self._renderer.render_states(self.backend.get_state().cpu().numpy(), STATE_SPEC))
+        return {("image" if cam == "front" else "wrist_image"): v for cam, v in imgs.items()}
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        close = getattr(self.backend, "close", None)
+        if close:
+            close()
+
+    # -- internals ------------------------------------------------------------------------------
+    def _perturb(self) -> torch.Tensor:
+        events = torch.zeros(self.num_envs, dtype=torch.int64)
+        if self.perturber.rate <= 0:
+            return events
+        kinds = self.perturber.draw(self.gens)
+        fired = [i for i, k in enumerate(kinds) if k is not None]
+        if not fired:
+            return events
+        states = self.backend.get_state()
+        s = self.backend.read()
+        mask = torch.zeros(self.num_envs, dtype=torch.bool)
+        new = []
+        for i in fired:
+            new.append(self.perturber.apply(kinds[i], states[i:i + 1], s.select(torch.tensor([i])), self.gens[i]))
+            mask[i] = True
+            events[i] = EVENT[kinds[i]]
+        self.backend.reset(mask, torch.cat(new))
+        return events
+
+    @staticmethod
+    def _clone(s: SimState) -> SimState:
+        return SimState(*(x.clone() for x in s))
