@@ -82,7 +82,7 @@ class SequenceDataset(Dataset):
         action_key: str = "action",
         extra_keys: Sequence[str] = (),
         lazy_threshold: int = 4096,
-        image_cache_bytes: int = 256 << 20,
+        image_cache_bytes: int = 1 << 30,
     ) -> None:
         if isinstance(store, str) or not isinstance(store, EpisodeStore):
             store = EpisodeStore.open(store, mode="r")
@@ -179,8 +179,8 @@ class SequenceDataset(Dataset):
     def get_batch(self, windows: Sequence[int] | np.ndarray) -> dict[str, Any]:
         """Vectorised gather of many windows (numpy); the fast path for training loops."""
         windows = np.asarray(windows, dtype=np.int64)
-        obs_idx, _ = self._indices(windows, self.n_obs_steps)
         act_idx, pad_mask = self._indices(windows, self.horizon)
+        obs_idx = act_idx[:, : self.n_obs_steps]  # observations are the window's first To steps
         batch: dict[str, Any] = {
             "obs": {k[4:]: self._take(k, obs_idx) for k in self.obs_keys},
             "action": self._take(self.action_key, act_idx),

@@ -47,7 +47,8 @@ EPISODE_COLUMNS: dict[str, tuple[Any, Any]] = {
     "metadata": (str, ""),
 }
 
-_TARGET_CHUNK_BYTES = 1 << 21  # ~2 MiB uncompressed per chunk
+_TARGET_CHUNK_BYTES = 1 << 21  # ~2 MiB uncompressed per chunk for low-dim arrays
+_TARGET_IMAGE_CHUNK_BYTES = 1 << 18  # images are read at random: small chunks decode fast
 
 
 class StoreError(ValueError):
@@ -74,6 +75,8 @@ def _compressor():
 
 def _chunk_len(shape: tuple[int, ...], dtype: np.dtype) -> int:
     per_step = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize if shape else np.dtype(dtype).itemsize
+    if per_step > 4096:
+        return int(max(1, _TARGET_IMAGE_CHUNK_BYTES // per_step))
     return int(max(16, min(8192, _TARGET_CHUNK_BYTES // max(per_step, 1))))
 
 
