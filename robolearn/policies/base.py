@@ -44,6 +44,7 @@ class Policy(nn.Module):
     @classmethod
     def from_stats(cls, config: Any, stats: dict[str, dict[str, Any]]) -> "Policy":
         """Build with a normalizer over the dataset stats this config needs."""
+        config.require_features()
         modes = config.normalizer_modes()
         missing = [k for k, mode in modes.items() if mode != "identity" and k not in stats]
         if missing:
