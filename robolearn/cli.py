@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("robolearn.data.cli", "register", "inspect, merge, filter, split, import/export episode stores"),
     "tasks": ("robolearn.tasks.cli", "register_tasks", "list tasks with observation/action shapes and horizon"),
     "collect": ("robolearn.tasks.cli", "register_collect", "collect scripted-expert episodes into a store"),
+    "train": ("robolearn.training", "register", "train a policy on an episode store"),
 }
 
 
@@ -23,7 +24,10 @@ class CLIError(Exception):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robolearn", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="robolearn",
+        description="robolearn: demonstrations, interventions, policies, search and RL in one loop.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, func, help_text) in SUBCOMMANDS.items():
         if name != only:  # listed for --help without importing its module

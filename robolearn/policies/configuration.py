@@ -148,6 +148,7 @@ class TrainConfig:
     ema_max_decay: float = 0.9999
     val_ratio: float = 0.02
     eval_every: int = 5_000
+    eval_episodes: int = 0  # closed-loop rollouts at each eval (needs --task); 0 = validation loss only
     save_every: int = 10_000
     log_every: int = 100
     seed: int = 0
@@ -167,6 +168,19 @@ class TrainConfig:
             raise ConfigError(f"train.betas must hold two numbers, got {self.betas}")
 
 
+@dataclass
+class DataConfig:
+    """Which steps of the store train the policy (see robolearn.data.mixtures)."""
+
+    mix: str = "all"  # all | rac | hg_dagger | iwr | sirius
+
+    def __post_init__(self) -> None:
+        from robolearn.data.mixtures import MIXTURES
+
+        if self.mix not in MIXTURES:
+            raise ConfigError(f"data.mix must be one of {', '.join(MIXTURES)}, got {self.mix!r}")
+
+
 @functools.cache
 def run_config_class(policy_name: str) -> type:
     """The dataclass of a whole policy YAML: `name`, `policy:` (that policy's config) and `train:`."""
@@ -179,6 +193,7 @@ def run_config_class(policy_name: str) -> type:
             ("name", str, field(default=policy_name)),
             ("policy", config_cls, field(default_factory=config_cls)),
             ("train", TrainConfig, field(default_factory=TrainConfig)),
+            ("data", DataConfig, field(default_factory=DataConfig)),
         ],
     )
 

@@ -1,0 +1,117 @@
+"""Dataset mixtures for learning from demonstrations plus interventions.
+
+Each mixture turns the store's per-step `source` labels and per-episode outcomes into two per-step
+arrays: which steps may be sampled and how often (sampling weights), and how much each sampled
+step counts in the loss (loss weights). Every policy's training uses them through the sampler.
+
+- `all`: every step of the training episodes, uniformly.
+- `rac` (RaC, Hu et al. 2025): demos + recovery + correction segments; the robot's autonomous
+  steps only from fully autonomous successes.
+- `hg_dagger` (Kelly et al. 2019): only operator-labelled steps (demos, recovery, correction).
+- `iwr` (Mandlekar et al. 2020): every step; intervention steps are sampled to make up half of each
+  batch.
+- `sirius` (Liu et al. 2022): every step, uniformly sampled, with class loss weights: demo 1,
+  intervention 0.5/ratio_int, the 15 robot steps before each takeover 0.002/ratio_pre, the other
+  robot steps share the remaining mass. Weights are rescaled to mean 1 over the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from robolearn.data.store import SOURCE_CODES, EpisodeStore
+
+MIXTURES = ("all", "rac", "hg_dagger", "iwr", "sirius")
+SIRIUS_PRE_INTERVENTION_STEPS = 15
+
+
+@dataclass
+class Mixture:
+    """Episodes to draw windows from, plus optional per-step sampling and loss weights."""
+
+    episodes: np.ndarray
+    sampling: np.ndarray | None  # (num_steps,) relative sampling weight per anchor step
+    loss_weights: np.ndarray | None  # (num_steps,) per-step loss weight (mean 1 over kept steps)
+
+    def window_sampling_weights(self, dataset) -> np.ndarray:
+        """Per-window sampling weights for a SequenceDataset built over `episodes`."""
+        if self.sampling is None:
+            return np.ones(len(dataset), np.float64)
+        w = self.sampling[dataset.anchor].astype(np.float64)
+        if w.sum() <= 0:
+            raise ValueError("the chosen mixture keeps no training steps")
+        return w
+
+
+def _step_episode(store: EpisodeStore) -> np.ndarray:
+    return np.repeat(np.arange(store.num_episodes), store.episode_lengths)
+
+
+def _pre_intervention(source: np.ndarray, starts: np.ndarray, ends: np.ndarray, k: int) -> np.ndarray:
+    """Robot (policy) steps among the k steps before each takeover, per episode."""
+    policy = source == SOURCE_CODES["policy"]
+    operator = (source == SOURCE_CODES["recovery"]) | (source == SOURCE_CODES["correction"])
+    out = np.zeros(len(source), bool)
+    for lo, hi in zip(starts, ends):
+        op = operator[lo:hi]
+        takeovers = np.flatnonzero(op & ~np.concatenate([[False], op[:-1]]))
+        for t in takeovers:
+            a = max(0, t - k)
+            out[lo + a : lo + t] |= policy[lo + a : lo + t]
+    return out
+
+
+def mixture_weights(store: EpisodeStore, mix: str, episodes: np.ndarray) -> Mixture:
+    """Build the `mix` mixture restricted to `episodes` (e.g. the training split)."""
+    if mix not in MIXTURES:
+        raise ValueError(f"unknown mixture {mix!r} (known: {', '.join(MIXTURES)})")
+    episodes = np.asarray(episodes, dtype=np.int64)
+    if mix == "all":
+        return Mixture(episodes, None, None)
+    source = store.read("source")
+    in_split = np.zeros(store.num_episodes, bool)
+    in_split[episodes] = True
+    step_ep = _step_episode(store)
+    keep_ep = in_split[step_ep]
+    demo = source == SOURCE_CODES["demo"]
+    policy = source == SOURCE_CODES["policy"]
+    intervention = (source == SOURCE_CODES["recovery"]) | (source == SOURCE_CODES["correction"])
+    if mix in ("rac", "hg_dagger"):
+        keep = demo | intervention
+        if mix == "rac":
+            success = store.column("success").astype(bool)
+            autonomous = store.column("intervention_count") == 0
+            keep |= policy & (success & autonomous)[step_ep]
+        sampling = (keep & keep_ep).astype(np.float64)
+        return Mixture(episodes, sampling, None)
+    if mix == "iwr":
+        kept = keep_ep
+        n_int = int((intervention & kept).sum())
+        n_other = int((~intervention & kept).sum())
+        sampling = kept.astype(np.float64)
+        if n_int and n_other:
+            sampling[intervention & kept] = 0.5 / n_int
+            sampling[~intervention & kept] = 0.5 / n_other
+        return Mixture(episodes, sampling, None)
+    # sirius
+    pre = _pre_intervention(source, store.episode_starts, store.episode_ends, SIRIUS_PRE_INTERVENTION_STEPS)
+    robot = policy & ~pre
+    kept = keep_ep
+    n = max(int(kept.sum()), 1)
+    ratio = {name: float((m & kept).sum()) / n for name, m in (("demo", demo), ("int", intervention), ("pre", pre), ("robot", robot))}
+    weights = np.zeros(len(source), np.float64)
+    weights[demo] = 1.0
+    if ratio["int"] > 0:
+        weights[intervention] = 0.5 / ratio["int"]
+    if ratio["pre"] > 0:
+        weights[pre] = 0.002 / ratio["pre"]
+    remainder = 1.0 - ratio["demo"] - (0.5 if ratio["int"] else 0.0) - (0.002 if ratio["pre"] else 0.0)
+    if ratio["robot"] > 0:
+        weights[robot] = max(remainder, 0.0) / ratio["robot"]
+    weights[~kept] = 0.0
+    mean = weights[kept].mean() if kept.any() else 1.0
+    if mean <= 0:
+        raise ValueError("sirius weights are all zero for this data")
+    return Mixture(episodes, kept.astype(np.float64), (weights / mean).astype(np.float32))
