@@ -317,6 +317,7 @@ def test_hierarchical_with_diffusion_low_level_trains_and_round_trips(tmp_path):
 def test_hierarchical_needs_labels_and_history():
     batch = staged_batch(size=8)
     policy = build("hierarchical", hierarchical_config(), batch)
+    assert policy.config.extra_batch_keys == ("primitive",) and tiny_bc().extra_batch_keys == ()
     with pytest.raises(KeyError, match="no 'primitive' labels"):
         policy.compute_loss({k: v for k, v in batch.items() if k != "primitive"})
     bad = dict(batch, primitive=batch["primitive"] + NUM_PRIMITIVES)

@@ -87,6 +87,11 @@ class PolicyConfig:
     def obs_keys(self) -> list[str]:
         return [*self.state_keys, *self.image_keys]
 
+    @property
+    def extra_batch_keys(self) -> tuple[str, ...]:
+        """Per-step store features the sampler must add to batches (its `extra_keys`)."""
+        return ()
+
     def with_features(self, features: Mapping[str, Feature]) -> "PolicyConfig":
         """A copy with input shapes and action dim taken from a store schema ({'obs/state': Feature})."""
         missing = [obs_stat_key(k) for k in self.obs_keys if obs_stat_key(k) not in features]

@@ -83,6 +83,11 @@ class HierarchicalConfig:
     action_dim = property(lambda self: self.low_level.action_dim)
 
     @property
+    def extra_batch_keys(self) -> tuple[str, ...]:
+        """The primitive labels, shaped like the action window (B, T)."""
+        return (self.label_key,)
+
+    @property
     def vision(self) -> VisionConfig:
         return self.low_level.vision
 
