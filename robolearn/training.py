@@ -206,9 +206,7 @@ def train(
         raise ValueError(f"{data} holds no episodes to train on")
     pcfg = run_cfg.policy.with_features(store.features)
     run_cfg = dataclasses.replace(run_cfg, policy=pcfg)
-    from robolearn.policies import policy_classes
-
-    extra_keys = list(getattr(policy_classes(policy_name)[1], "extra_batch_keys", ()))
+    extra_keys = list(pcfg.extra_batch_keys)  # per-step labels the policy reads (e.g. primitive)
     missing = [k for k in extra_keys if k not in store.features]
     if missing:
         raise ValueError(f"policy {policy_name!r} needs per-step {', '.join(missing)} labels, which {data} lacks")
