@@ -14,7 +14,7 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import mujoco
 import numpy as np
@@ -381,39 +381,32 @@ def compile_model(xml: str) -> mujoco.MjModel:
     return mujoco.MjModel.from_xml_string(xml, assets=asset_bytes())
 
 
-def replicate(xml: str, template_names: dict[str, str], count: int, edit) -> str:
-    """Copy elements named in template_names (tag path -> name with '0') `count` times.
+def replicate(xml: str, stems: tuple[str, ...], count: int, edit: Callable[[ET.Element, int], None]) -> str:
+    """Copy every body/sensor whose name (or sensed object) is `<stem>0...` to indices 1..count-1.
 
-    Used by tasks whose object count is configurable: the asset holds object 0, copies get index
-    i in every name attribute, and `edit(elem, i)` adjusts colours/positions.
+    Used by tasks whose object count is configurable: the asset holds object 0 as a template,
+    copies get index i in each name attribute, and `edit(element, i)` sets colours/positions.
     """
     root = ET.fromstring(xml)
-    for parent_path, name in template_names.items():
-        parent = root.find(parent_path)
-        assert parent is not None, parent_path
-        templ = [e for e in parent if e.get("name") == name or e.get("name", "").startswith(name.rstrip("0"))]
-        templ = [e for e in parent if _belongs(e, name)]
+    prefixes = tuple(stem + "0" for stem in stems)
+
+    def is_template(e: ET.Element) -> bool:
+        return any(e.get(k, "").startswith(prefixes) for k in ("name", "objname"))
+
+    for parent in (root.find("worldbody"), root.find("sensor")):
+        assert parent is not None
+        templates = [e for e in parent if is_template(e)]
         for i in range(1, count):
-            for e in templ:
-                c = _deepcopy_renamed(e, name, i)
+            for e in templates:
+                c = ET.fromstring(ET.tostring(e))
+                for node in c.iter():
+                    for k, v in list(node.attrib.items()):
+                        for stem in stems:
+                            if k in ("name", "objname") and v.startswith(stem + "0"):
+                                node.set(k, f"{stem}{i}{v[len(stem) + 1:]}")
                 edit(c, i)
                 parent.append(c)
     return ET.tostring(root, encoding="unicode")
-
-
-def _belongs(e: ET.Element, name: str) -> bool:
-    stem = name[:-1]
-    return any(v == name or v.startswith(stem + "0") for k, v in e.attrib.items() if k in ("name", "objname"))
-
-
-def _deepcopy_renamed(e: ET.Element, name: str, i: int) -> ET.Element:
-    stem = name[:-1]
-    c = ET.fromstring(ET.tostring(e))
-    for node in c.iter():
-        for k, v in list(node.attrib.items()):
-            if k in ("name", "objname", "joint", "site", "body", "body1", "body2") and v.startswith(stem + "0"):
-                node.set(k, stem + str(i) + v[len(stem) + 1:])
-    return c
 
 
 def config_fields() -> list[str]:

@@ -1,0 +1,253 @@
+"""pick_place: grasp a cube and carry it into a bin. Grasps can slip (finite grip force)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from robolearn.tasks.base import EVENT, PRIM, SimState, Task, canonical_quat, quat_to_yaw, uniform, wrap_angle
+from robolearn.tasks.expert import Expert
+from robolearn.tasks.push_cube import REACH
+
+CUBE_HALF = 0.02
+BIN_INNER = 0.049  # half size of the bin's inside
+BIN_OUTER = 0.055
+
+
+class GraspTask(Task):
+    """Shared geometry of tasks that grasp cubes and drop them into bins."""
+
+    action_axes = ("x", "y", "z", "yaw", "grip")
+    perturbations = ("nudge_object", "open_gripper", "shift_target")
+
+    def grasped(self, s: SimState, cube_pos: torch.Tensor) -> torch.Tensor:
+        """Cube centred between the finger pads and the fingers squeezing it."""
+        rel = cube_pos - self.grip_pos(s)
+        yaw = self.grip_yaw(s)
+        c, sn = torch.cos(yaw), torch.sin(yaw)
+        lx = c * rel[:, 0] + sn * rel[:, 1]
+        ly = -sn * rel[:, 0] + c * rel[:, 1]
+        w = self.grip_width(s)
+        return (lx.abs() < 0.015) & (ly.abs() < 0.02) & (rel[:, 2].abs() < 0.025) & (w > 0.03) & (w < 0.05)
+
+    @staticmethod
+    def in_bin(cube_pos: torch.Tensor, bin_pos: torch.Tensor) -> torch.Tensor:
+        """Cube inside the bin's walls and below their rim."""
+        d = (cube_pos[:, :2] - bin_pos[:, :2]).abs()
+        return (d < BIN_INNER - 0.005).all(-1) & (cube_pos[:, 2] < 0.045)
+
+
+class PickPlace(GraspTask):
+    name = "pick_place"
+    xml = "pick_place.xml"
+    num_stages = 2  # 0 pick, 1 place
+    description = "grasp a cube and carry it into a bin (grasps can slip)"
+
+    @property
+    def obs_dim(self) -> int:
+        return 15
+
+    def cube_pos(self, s: SimState) -> torch.Tensor:
+        return self.sensor(s, "cube_pos")
+
+    def bin_pos(self, s: SimState) -> torch.Tensor:
+        return self.sensor(s, "bin_pos")
+
+    def observe(self, s: SimState) -> torch.Tensor:
+        """[gripper xyz, gripper yaw, finger opening, cube xyz, cube quat (w>=0), bin xyz]."""
+        return torch.cat([self.grip_pos(s), self.grip_yaw(s)[:, None], self.grip_width(s)[:, None],
+                          self.cube_pos(s), canonical_quat(self.sensor(s, "cube_quat")), self.bin_pos(s)], -1)
+
+    def success(self, s: SimState) -> torch.Tensor:
+        return self.in_bin(self.cube_pos(s), self.bin_pos(s))
+
+    def stage(self, s: SimState) -> torch.Tensor:
+        return self.grasped(s, self.cube_pos(s)).to(torch.int32)
+
+    def dense_reward(self, s: SimState) -> torch.Tensor:
+        """Staged: reach (<=0.25), grasp (0.35) + lift/carry progress (<=0.35 more), 1 in the bin."""
+        return staged_reward(self, s, self.cube_pos(s), self.bin_pos(s))
+
+    def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
+        return grasp_failures(self, prev, s, self.cube_pos, self.bin_pos)
+
+    def sample_init(self, gen: torch.Generator, n: int) -> torch.Tensor:
+        st = self.base_states(n)
+        cube = uniform(gen, n, [-0.15, -0.15], [0.15, 0.15])
+        bin_xy = uniform(gen, n, [-0.15, -0.15], [0.15, 0.15])
+        for _ in range(100):
+            bad = (bin_xy - cube).norm(dim=-1) < 0.15
+            if not bad.any():
+                break
+            bin_xy = torch.where(bad[:, None], uniform(gen, n, [-0.15, -0.15], [0.15, 0.15]), bin_xy)
+        self.set_free_body(st, "cube", torch.cat([cube, torch.full((n, 1), CUBE_HALF)], -1),
+                           uniform(gen, n, -math.pi, math.pi))
+        self.set_mocap(st, "bin", torch.cat([bin_xy, torch.zeros(n, 1)], -1))
+        self.init_gripper(st, uniform(gen, n, [-0.2, -0.2, 0.1], [0.2, 0.2, 0.2]), uniform(gen, n, -0.5, 0.5))
+        return st
+
+    def perturb(self, kind: str, states: torch.Tensor, s: SimState, gen: torch.Generator) -> torch.Tensor:
+        if kind == "nudge_object":
+            return self.nudge_free_body(states, "cube", gen, spin=3.0)
+        if kind == "open_gripper":
+            return self.open_gripper(states)
+        if kind == "shift_target":
+            return shift_bin(self, states, s, "bin", [self.cube_pos(s)], gen)
+        return super().perturb(kind, states, s, gen)
+
+
+def staged_reward(task: GraspTask, s: SimState, cube: torch.Tensor, bin_pos: torch.Tensor) -> torch.Tensor:
+    reach = (task.grip_pos(s) - cube).norm(dim=-1)
+    held = task.grasped(s, cube)
+    carry = (cube[:, :2] - bin_pos[:, :2]).norm(dim=-1)
+    r = 0.25 * (1 - torch.tanh(10 * reach))
+    r = torch.where(held, 0.35 + 0.35 * (1 - torch.tanh(5 * carry)), r)
+    return torch.where(task.in_bin(cube, bin_pos), torch.ones_like(r), r)
+
+
+def grasp_failures(task: GraspTask, prev: SimState, s: SimState, cube_fn, bin_fn) -> torch.Tensor:
+    """object_dropped: held before, not now, and not released over the bin; out of reach."""
+    was = task.grasped(prev, cube_fn(prev))
+    now = task.grasped(s, cube_fn(s))
+    over_bin = ((cube_fn(s)[:, :2] - bin_fn(s)[:, :2]).abs() < BIN_INNER).all(-1)
+    dropped = was & ~now & ~over_bin & (task.grip_width(s) < 0.06)
+    out = lambda st: (cube_fn(st)[:, :2].abs() > REACH).any(-1)  # noqa: E731
+    ev = torch.where(dropped, EVENT["object_dropped"], 0)
+    ev = torch.where((ev == 0) & out(s) & ~out(prev), EVENT["object_out_of_reach"], ev)
+    return ev.to(torch.int32)
+
+
+def shift_bin(task: Task, states: torch.Tensor, s: SimState, body: str, avoid: list[torch.Tensor],
+              gen: torch.Generator, lim: float = 0.18, others: list[torch.Tensor] = ()) -> torch.Tensor:
+    """Move a bin 5-10 cm, only to places clear of cubes, the gripper's fingers and other bins."""
+    pos = task.get_mocap(states, body).clone()
+    grip = task.grip_pos(s)
+    for _ in range(20):
+        ang = uniform(gen, 1, 0.0, 2 * math.pi)[0]
+        mag = uniform(gen, 1, 0.05, 0.1)[0]
+        cand = pos.clone()
+        cand[:, 0] = (cand[:, 0] + mag * torch.cos(ang)).clamp(-lim, lim)
+        cand[:, 1] = (cand[:, 1] + mag * torch.sin(ang)).clamp(-lim, lim)
+        ok = all(((cand[:, :2] - c[:, :2]).abs().max(-1).values > BIN_OUTER + 0.035).all() for c in avoid)
+        ok &= all(((cand[:, :2] - o[:, :2]).abs().max(-1).values > 2 * BIN_OUTER + 0.01).all() for o in others)
+        ok &= bool((((cand[:, :2] - grip[:, :2]).abs().max(-1).values > BIN_OUTER + 0.07) | (grip[:, 2] > 0.1)).all())
+        if ok:
+            task.set_mocap(states, body, cand)
+            break
+    return states
+
+
+class GraspExpertMixin:
+    """Closed-loop pick-and-place of one cube per env into one bin per env.
+
+    Works from any state: an open gripper above the table reaches, a gripper holding the cube
+    carries, a dropped cube is re-grasped. Mode 1 grasps across the other pair of faces (the cube's
+    90-degree symmetry makes both valid): a source of multimodality.
+    """
+
+    HOVER = 0.07
+    CARRY_Z = 0.13
+    RELEASE_Z = 0.09
+    flip: torch.Tensor
+
+    def _reset_memory(self, mask: torch.Tensor) -> None:
+        if not hasattr(self, "flip"):
+            self.flip = torch.zeros(self.num_envs, dtype=torch.bool)  # type: ignore[attr-defined]
+        self.flip = self.flip & ~mask
+
+    def pick_place_policy(self, s: SimState, cube: torch.Tensor, quat: torch.Tensor, bin_pos: torch.Tensor,
+                          face_mode: torch.Tensor, obstacles: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        task: GraspTask = self.task  # type: ignore[attr-defined]
+        p = task.grip_pos(s)
+        gyaw = task.grip_yaw(s)
+        w = task.grip_width(s)
+        n = p.shape[0]
+        dt = p.dtype
+        held = task.grasped(s, cube)
+        done = task.in_bin(cube, bin_pos)
+        # Yaw target: the face pair whose grasp yaw is nearest to 0 (mode 0) or the other pair
+        # (mode 1). Absolute targets, so the choice cannot flip-flop. Next to a bin, the pair whose
+        # fingers straddle the cube parallel to the bin wall wins (fingers must not land on it).
+        c0 = wrap_angle(quat_to_yaw(quat), math.pi / 2)
+        c1 = c0 - torch.sign(c0 + 1e-9) * math.pi / 2
+        first, second = torch.where(face_mode == 1, c1, c0), torch.where(face_mode == 1, c0, c1)
+        if obstacles is not None:
+            # obstacles (N, M, 2): bins / other cubes; score = worst alignment of the finger axis
+            # (-sin a, cos a) with the direction to an obstacle within finger reach.
+            d = obstacles - cube[:, None, :2]
+            dist = d.norm(dim=-1)
+            dh = d / dist.clamp_min(1e-6)[..., None]
+            near = dist < 0.14
+
+            def score(a: torch.Tensor) -> torch.Tensor:
+                al = (-torch.sin(a)[:, None] * dh[..., 0] + torch.cos(a)[:, None] * dh[..., 1]).abs()
+                return torch.where(near, al, torch.zeros_like(al)).max(-1).values
+
+            swap = score(second) + 0.2 < score(first)
+            first, second = torch.where(swap, second, first), torch.where(swap, first, second)
+        # A blocked descent (a finger resting on something) flips to the other face pair.
+        target_yaw = torch.where(self.flip, second, first)
+        err = target_yaw - gyaw
+        rel = cube[:, :2] - p[:, :2]
+        dist_xy = rel.norm(dim=-1)
+        dz = p[:, 2] - cube[:, 2]
+        xy_ok = (dist_xy < 0.008) & (err.abs() < 0.08)
+        at_h = dz < 0.008
+        # Grasp: descend with open fingers, close when at the cube's height.
+        closing = xy_ok & at_h & ~held
+        descend = xy_ok & ~at_h & (w > 0.07) & ~held
+        lag = p[:, 2] - s.ctrl[:, task.a_xyz[2]]  # > 0: the last downward command was not followed
+        blocked = descend & (dz > 0.02) & (lag > 0.015) & (s.qvel[:, task.v_grip.start + 2].abs() < 0.01)
+        self.flip = self.flip ^ blocked
+        z_grasp = torch.stack([cube[:, 0], cube[:, 1], cube[:, 2]], -1)
+        # Reach: hover above the cube (lift first if low and off target).
+        hover_z = (cube[:, 2] + self.HOVER).clamp_min(0.09)
+        lift_first = (dz < 0.045) & (dist_xy > 0.015)
+        reach_t = torch.where(lift_first[:, None], torch.stack([p[:, 0], p[:, 1], hover_z], -1),
+                              torch.stack([cube[:, 0], cube[:, 1], hover_z], -1))
+        # Transport: lift, carry at CARRY_Z to above the bin, lower to RELEASE_Z, open.
+        to_bin = bin_pos[:, :2] - p[:, :2]
+        over_bin = to_bin.norm(dim=-1) < 0.012
+        low = p[:, 2] < self.CARRY_Z - 0.03
+        carry_t = torch.where((low & ~over_bin & (to_bin.norm(dim=-1) > 0.03))[:, None],
+                              torch.stack([p[:, 0], p[:, 1], torch.full_like(p[:, 0], self.CARRY_Z)], -1),
+                              torch.stack([bin_pos[:, 0], bin_pos[:, 1], torch.full_like(p[:, 0], self.CARRY_Z)], -1))
+        release_t = torch.stack([bin_pos[:, 0], bin_pos[:, 1], torch.full_like(p[:, 0], self.RELEASE_Z)], -1)
+        release = held & over_bin & (p[:, 2] < self.RELEASE_Z + 0.03)
+        lower = held & over_bin & ~release
+        # Done: back off upwards with the fingers open.
+        done_t = torch.stack([p[:, 0], p[:, 1], torch.full_like(p[:, 0], self.CARRY_Z)], -1)
+
+        target = reach_t
+        grip = torch.full((n,), -1.0, dtype=dt)
+        yaw_a = err / task.yaw_scale
+        prim = torch.full((n,), PRIM["reach"], dtype=torch.int64)
+        sel = descend | closing
+        target = torch.where(sel[:, None], z_grasp, target)
+        grip = torch.where(closing, 1.0, grip)
+        prim = torch.where(sel, PRIM["grasp"], prim)
+        target = torch.where(held[:, None], carry_t, target)
+        target = torch.where(lower[:, None], release_t, target)
+        grip = torch.where(held & ~release, 1.0, grip)
+        yaw_a = torch.where(held, torch.zeros_like(yaw_a), yaw_a)
+        prim = torch.where(held, PRIM["transport"], prim)
+        target = torch.where(release[:, None], release_t, target)
+        prim = torch.where(release | lower, PRIM["release"], prim)
+        target = torch.where(done[:, None], done_t, target)
+        grip = torch.where(done, -1.0, grip)
+        yaw_a = torch.where(done, torch.zeros_like(yaw_a), yaw_a)
+        prim = torch.where(done, PRIM["release"], prim)
+        move = self.move_action(s, target)  # type: ignore[attr-defined]
+        action = torch.cat([move, yaw_a[:, None], grip[:, None]], -1)
+        return action, prim
+
+
+class PickPlaceExpert(GraspExpertMixin, Expert):
+    num_modes = 2
+
+    def policy(self, s: SimState) -> tuple[torch.Tensor, torch.Tensor]:
+        task: PickPlace = self.task  # type: ignore[assignment]
+        return self.pick_place_policy(s, task.cube_pos(s), task.sensor(s, "cube_quat"), task.bin_pos(s), self.mode,
+                                      obstacles=task.bin_pos(s)[:, None, :2])

@@ -1,0 +1,264 @@
+"""push_t: push a T block to a target pose (the diffusion-policy PushT benchmark, in MuJoCo).
+
+As in the original: 1 px = 1 mm, workspace 0.5 m, block starts at a random pose in +-0.15 m,
+the goal pose is fixed ((0, 0), 45 degrees), action is the planar pusher motion, reward is
+coverage / 0.95 clipped to 1, and success is coverage of the goal T >= 0.95. Coverage is the
+fraction of a 2 mm grid over the goal T that lies inside the current T (pure torch, batched).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from robolearn.tasks.base import EVENT, PRIM, SimState, Task, quat_to_yaw, uniform, wrap_angle
+from robolearn.tasks.expert import Expert
+
+# T geometry in the block frame (origin = centre of the bar's top edge, stem along -y).
+BAR = (-0.06, 0.06, -0.03, 0.0)  # xmin, xmax, ymin, ymax
+STEM = (-0.015, 0.015, -0.12, -0.03)
+COM = (0.0, -0.0408)
+GOAL_POSE = (0.0, 0.0, math.pi / 4)
+SUCCESS_COVERAGE = 0.95
+PUSH_Z = 0.02
+LIMIT = 0.24
+
+
+def _grid(rect: tuple[float, float, float, float], h: float = 0.002) -> torch.Tensor:
+    x0, x1, y0, y1 = rect
+    xs = torch.arange(x0 + h / 2, x1, h, dtype=torch.float64)
+    ys = torch.arange(y0 + h / 2, y1, h, dtype=torch.float64)
+    return torch.cartesian_prod(xs, ys)
+
+
+GOAL_POINTS = torch.cat([_grid(BAR), _grid(STEM)])  # (P, 2) area-uniform samples of the T
+
+
+def inside_t(local: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Points (..., 2) in the block frame inside the T (inflated by margin)."""
+    x, y = local[..., 0], local[..., 1]
+
+    def rect(r):
+        return (x >= r[0] - margin) & (x <= r[1] + margin) & (y >= r[2] - margin) & (y <= r[3] + margin)
+
+    return rect(BAR) | rect(STEM)
+
+
+def to_local(points: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    """World points (N, P, 2) into block frames given poses (N, 3)."""
+    d = points - pose[:, None, :2]
+    c, s = torch.cos(pose[:, 2])[:, None], torch.sin(pose[:, 2])[:, None]
+    return torch.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], -1)
+
+
+def to_world(local: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    """Block-frame points (N, P, 2) or (P, 2) into the world."""
+    if local.ndim == 2:
+        local = local.unsqueeze(0).expand(pose.shape[0], -1, -1)
+    c, s = torch.cos(pose[:, 2])[:, None], torch.sin(pose[:, 2])[:, None]
+    x = c * local[..., 0] - s * local[..., 1] + pose[:, None, 0]
+    y = s * local[..., 0] + c * local[..., 1] + pose[:, None, 1]
+    return torch.stack([x, y], -1)
+
+
+def coverage(pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """Fraction of the goal T's area covered by the T at `pose` (both (N, 3) x, y, yaw)."""
+    pts = to_world(GOAL_POINTS.to(pose), goal)
+    return inside_t(to_local(pts, pose)).to(pose.dtype).mean(-1)
+
+
+class PushT(Task):
+    name = "push_t"
+    xml = "push_t.xml"
+    action_axes = ("x", "y")
+    perturbations = ("nudge_object", "shift_target")
+    num_stages = 2  # 0 coarse (coverage < 0.5), 1 fine alignment
+    description = "push a T block onto a target pose (coverage >= 0.95), as diffusion-policy PushT"
+    pos_scale = 0.03
+
+    @property
+    def obs_dim(self) -> int:
+        return 10
+
+    def hold_ctrl(self, s: SimState) -> torch.Tensor:
+        """Planar pusher: fingers closed, height and yaw fixed."""
+        ctrl = s.ctrl.clone()
+        ctrl[:, self.a_xyz[2]] = PUSH_Z
+        ctrl[:, self.a_yaw] = 0.0
+        ctrl[:, self.a_fl] = 0.0
+        ctrl[:, self.a_fr] = 0.0
+        return ctrl
+
+    def block_pose(self, s: SimState) -> torch.Tensor:
+        return torch.cat([self.sensor(s, "t_pos")[:, :2], quat_to_yaw(self.sensor(s, "t_quat"))[:, None]], -1)
+
+    def goal_pose(self, s: SimState) -> torch.Tensor:
+        return torch.cat([self.sensor(s, "goal_pos")[:, :2], quat_to_yaw(self.sensor(s, "goal_quat"))[:, None]], -1)
+
+    def observe(self, s: SimState) -> torch.Tensor:
+        """[pusher xy, block x, y, sin, cos of yaw, goal x, y, sin, cos of yaw]."""
+        b, g = self.block_pose(s), self.goal_pose(s)
+        return torch.cat([self.grip_pos(s)[:, :2], b[:, :2], torch.sin(b[:, 2:]), torch.cos(b[:, 2:]),
+                          g[:, :2], torch.sin(g[:, 2:]), torch.cos(g[:, 2:])], -1)
+
+    def coverage(self, s: SimState) -> torch.Tensor:
+        return coverage(self.block_pose(s), self.goal_pose(s))
+
+    def success(self, s: SimState) -> torch.Tensor:
+        return self.coverage(s) >= SUCCESS_COVERAGE
+
+    def dense_reward(self, s: SimState) -> torch.Tensor:
+        return (self.coverage(s) / SUCCESS_COVERAGE).clamp(0, 1)
+
+    def stage(self, s: SimState) -> torch.Tensor:
+        return (self.coverage(s) >= 0.5).to(torch.int32)
+
+    def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
+        out = lambda st: (self.block_pose(st)[:, :2].abs() > LIMIT).any(-1)  # noqa: E731
+        return torch.where(out(s) & ~out(prev), EVENT["object_out_of_reach"], 0).to(torch.int32)
+
+    def sample_init(self, gen: torch.Generator, n: int) -> torch.Tensor:
+        st = self.base_states(n)
+        block = torch.cat([uniform(gen, n, [-0.15, -0.15], [0.15, 0.15]), uniform(gen, n, -math.pi, math.pi)[:, None]], -1)
+        pusher = uniform(gen, n, [-0.2, -0.2], [0.2, 0.2])
+        for _ in range(100):  # the pusher must not start inside the block
+            bad = inside_t(to_local(pusher[:, None], block)[:, 0], margin=0.03)
+            if not bad.any():
+                break
+            pusher = torch.where(bad[:, None], uniform(gen, n, [-0.2, -0.2], [0.2, 0.2]), pusher)
+        L = self.layout
+        for j, name in enumerate(("tx", "ty", "tyaw")):
+            self.set_in_state(st, "qpos", L.qpos_adr[name], block[:, j])
+        g = torch.tensor([GOAL_POSE], dtype=torch.float64).expand(n, 3)
+        self.set_mocap(st, "goal", torch.cat([g[:, :2], torch.zeros(n, 1)], -1), g[:, 2])
+        self.init_gripper(st, torch.cat([pusher, torch.full((n, 1), PUSH_Z)], -1), opening=0.0)
+        return st
+
+    def perturb(self, kind: str, states: torch.Tensor, s: SimState, gen: torch.Generator) -> torch.Tensor:
+        L = self.layout
+        if kind == "nudge_object":
+            v = self.get_from_state(states, "qvel")
+            ang = uniform(gen, 1, 0.0, 2 * math.pi)
+            mag = uniform(gen, 1, 0.3, 0.5)
+            v[:, L.dof_adr["tx"]] += mag * torch.cos(ang)
+            v[:, L.dof_adr["ty"]] += mag * torch.sin(ang)
+            v[:, L.dof_adr["tyaw"]] += uniform(gen, 1, -4.0, 4.0)
+            return states
+        if kind == "shift_target":
+            i = L.mocap["goal"]
+            pos = self.get_mocap(states, "goal").clone()
+            pos[:, :2] = (pos[:, :2] + uniform(gen, 1, [-0.04, -0.04], [0.04, 0.04])).clamp(-0.1, 0.1)
+            q = self.get_from_state(states, "mocap_quat")[:, 4 * i:4 * i + 4]
+            yaw = quat_to_yaw(q) + uniform(gen, 1, -0.6, 0.6)
+            self.set_mocap(states, "goal", pos, yaw)
+            return states
+        return super().perturb(kind, states, s, gen)
+
+
+# Candidate pushing contacts on the T: (point in block frame, inward normal), away from corners.
+def _contacts() -> tuple[torch.Tensor, torch.Tensor]:
+    pts, nrm = [], []
+
+    def add(points, n):
+        for p in points:
+            pts.append(p)
+            nrm.append(n)
+
+    add([(x, 0.0) for x in (-0.045, -0.025, 0.0, 0.025, 0.045)], (0.0, -1.0))  # top of the bar
+    add([(x, -0.03) for x in (-0.05, -0.032, 0.032, 0.05)], (0.0, 1.0))  # under the bar
+    add([(-0.06, -0.015)], (1.0, 0.0))
+    add([(0.06, -0.015)], (-1.0, 0.0))
+    add([(-0.015, y) for y in (-0.05, -0.075, -0.1)], (1.0, 0.0))  # stem sides
+    add([(0.015, y) for y in (-0.05, -0.075, -0.1)], (-1.0, 0.0))
+    add([(0.0, -0.12)], (0.0, 1.0))  # stem end
+    return torch.tensor(pts, dtype=torch.float64), torch.tensor(nrm, dtype=torch.float64)
+
+
+CONTACT_PTS, CONTACT_NRM = _contacts()
+
+
+class PushTExpert(Expert):
+    """Quasi-static pushing controller.
+
+    Each step it picks the contact (of 18 on the T's edges) whose predicted motion (force along
+    the inward normal; twist ~ (n, r x n / c^2)) best matches the desired twist towards the goal
+    pose, walks around the block to it without touching it, and pushes. A contact is kept while
+    it stays nearly as good (hysteresis). Mode = which side wins near-ties: demonstrations push
+    from either side.
+    """
+
+    num_modes = 2
+    C2 = 0.0008  # I/m of the T about its centre of mass
+    RHO = 0.06  # metres per radian when comparing rotation with translation
+    PRE = 0.028  # stand-off of the approach point from the contact
+    AROUND = 0.105  # radius of the detour circle around the centre of mass
+
+    def _reset_memory(self, mask: torch.Tensor) -> None:
+        if not hasattr(self, "contact"):
+            self.contact = torch.full((self.num_envs,), -1, dtype=torch.int64)
+        self.contact = torch.where(mask, -1, self.contact)
+
+    def policy(self, s: SimState) -> tuple[torch.Tensor, torch.Tensor]:
+        task: PushT = self.task  # type: ignore[assignment]
+        n = s.qpos.shape[0]
+        p = task.grip_pos(s)[:, :2]
+        pose, goal = task.block_pose(s), task.goal_pose(s)
+        com_l = torch.tensor(COM, dtype=p.dtype)
+        com = to_world(com_l[None], pose)[:, 0]
+        gcom = to_world(com_l[None], goal)[:, 0]
+        e_p = gcom - com
+        e_t = wrap_angle(goal[:, 2] - pose[:, 2])
+        desired = torch.cat([e_p, self.RHO * e_t[:, None]], -1)  # (N, 3)
+        # Predicted motion of each contact, rotated into the world.
+        c, sn = torch.cos(pose[:, 2]), torch.sin(pose[:, 2])
+        r = CONTACT_PTS.to(p) - com_l
+        torque = r[:, 0] * CONTACT_NRM[:, 1].to(p) - r[:, 1] * CONTACT_NRM[:, 0].to(p)
+        nx, ny = CONTACT_NRM[:, 0].to(p), CONTACT_NRM[:, 1].to(p)
+        nw = torch.stack([c[:, None] * nx - sn[:, None] * ny, sn[:, None] * nx + c[:, None] * ny], -1)  # (N, K, 2)
+        motion = torch.cat([nw, (self.RHO * torque / self.C2).expand(n, -1)[..., None]], -1)
+        motion = motion / motion.norm(dim=-1, keepdim=True)
+        dn = desired / desired.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+        score = (motion * dn[:, None]).sum(-1)  # cosine similarity (N, K)
+        side = torch.where(self.mode == 0, 1.0, -1.0).to(p)
+        score = score + 0.03 * side[:, None] * torch.sign(CONTACT_PTS[:, 0]).to(p)[None]
+        best = score.argmax(-1)
+        keep = (self.contact >= 0) & (score.gather(1, self.contact.clamp_min(0)[:, None])[:, 0]
+                                      > score.gather(1, best[:, None])[:, 0] - 0.12)
+        k = torch.where(keep, self.contact, best)
+        self.contact = k
+        cp = to_world(CONTACT_PTS.to(p)[None].expand(n, -1, -1), pose)[torch.arange(n), k]  # (N, 2)
+        cn = nw[torch.arange(n), k]
+        pre = cp - cn * self.PRE
+        # Engaged: on the contact's line, behind the contact, close enough to push.
+        rel = p - cp
+        along = -(rel * cn).sum(-1)  # distance behind the contact point
+        lat = rel - (rel * cn).sum(-1, keepdim=True) * cn
+        engaged = (along > 0.0) & (along < self.PRE + 0.006) & (lat.norm(dim=-1) < 0.006)
+        mag = desired.norm(dim=-1)
+        step = (0.5 * mag).clamp(0.003, 0.025)
+        push_t = p + cn * (step + (along - 0.012).clamp_min(0))[:, None] - 0.8 * lat
+        # Approach: straight if the segment clears the (inflated) block, else around it.
+        seg = p[:, None] + torch.linspace(0, 0.9, 12, dtype=p.dtype)[None, :, None] * (pre - p)[:, None]
+        hit = inside_t(to_local(seg, pose), margin=0.013).any(-1)
+        rel_c = p - com
+        ang = torch.atan2(rel_c[:, 1], rel_c[:, 0])
+        tgt = torch.atan2(pre[:, 1] - com[:, 1], pre[:, 0] - com[:, 0])
+        diff = wrap_angle(tgt - ang)
+        direction = torch.where(diff.abs() > 2.8, side, torch.sign(diff))
+        nxt = ang + direction * diff.abs().clamp(max=0.5)
+        radius = torch.maximum(rel_c.norm(dim=-1), torch.full_like(ang, self.AROUND))
+        radius = torch.minimum(radius, torch.full_like(ang, self.AROUND + 0.02))
+        around = com + torch.stack([torch.cos(nxt), torch.sin(nxt)], -1) * radius[:, None]
+        # If we are inside the detour circle and blocked, first move straight out.
+        out = com + rel_c / rel_c.norm(dim=-1, keepdim=True).clamp_min(1e-6) * self.AROUND
+        inside = rel_c.norm(dim=-1) < self.AROUND - 0.01
+        detour = torch.where(inside[:, None], out, around)
+        detour = torch.where((diff.abs() < 0.15)[:, None], pre, detour)  # at the contact's bearing: go in
+        approach = torch.where(hit[:, None], detour, pre)
+        target = torch.where(engaged[:, None], push_t, approach)
+        delta = (target - p) / task.pos_scale
+        norm = delta.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+        action = delta * torch.clamp(1.0 / norm, max=1.0)
+        prim = torch.where(engaged, PRIM["push"], PRIM["reach"])
+        return action, prim

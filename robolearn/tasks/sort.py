@@ -1,0 +1,152 @@
+"""sort: K cubes, each into the bin of its colour, in a fixed order (cube 0 first).
+
+Stage k = index of the first cube not yet in its bin (K once all are sorted), so a cube knocked
+out of its bin sends the stage back. The expert labels primitives reach/grasp/transport/release
+within each stage and re-grasps dropped cubes: the long-horizon task for hierarchical imitation
+and recovery interventions.
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+
+import torch
+
+from robolearn.tasks.base import SimState, TaskConfig, canonical_quat, read_asset, replicate, uniform
+from robolearn.tasks.expert import Expert
+from robolearn.tasks.pick_place import CUBE_HALF, GraspExpertMixin, GraspTask, grasp_failures, shift_bin, staged_reward
+
+COLORS = ["0.85 0.2 0.2 1", "0.2 0.45 0.85 1", "0.2 0.7 0.3 1", "0.9 0.75 0.15 1", "0.6 0.3 0.75 1"]
+BIN_Y = 0.2
+BIN_SPACING = 0.125
+
+
+class Sort(GraspTask):
+    name = "sort"
+    xml = "sort.xml"
+    description = "K cubes into their colour's bins in a fixed order (one stage per cube)"
+
+    def __init__(self, cfg: TaskConfig, layout):
+        super().__init__(cfg, layout)
+        self.k = int(cfg.num_cubes or 3)
+        self.num_stages = self.k
+
+    @classmethod
+    def build_xml(cls, cfg: TaskConfig) -> str:
+        k = int(cfg.num_cubes or 3)
+
+        def edit(e: ET.Element, i: int) -> None:
+            for node in e.iter("geom"):
+                node.set("rgba", COLORS[i % len(COLORS)])
+
+        return replicate(read_asset(cls.xml), ("cube", "bin"), k, edit)
+
+    @property
+    def obs_dim(self) -> int:
+        return 5 + 9 * self.k
+
+    # -- readers -------------------------------------------------------------------------------
+    def cubes(self, s: SimState) -> torch.Tensor:
+        """(N, K, 3) cube positions."""
+        return torch.stack([self.sensor(s, f"cube{i}_pos") for i in range(self.k)], 1)
+
+    def quats(self, s: SimState) -> torch.Tensor:
+        return torch.stack([self.sensor(s, f"cube{i}_quat") for i in range(self.k)], 1)
+
+    def bins(self, s: SimState) -> torch.Tensor:
+        return torch.stack([self.sensor(s, f"bin{i}_pos") for i in range(self.k)], 1)
+
+    def sorted_mask(self, s: SimState) -> torch.Tensor:
+        """(N, K) cube i is in bin i."""
+        c, b = self.cubes(s), self.bins(s)
+        return torch.stack([self.in_bin(c[:, i], b[:, i]) for i in range(self.k)], 1)
+
+    def current(self, s: SimState) -> torch.Tensor:
+        """Index of the first cube not in its bin (K when all are sorted)."""
+        m = self.sorted_mask(s)
+        first = torch.argmin(m.to(torch.int64), dim=1)
+        return torch.where(m.all(1), self.k, first)
+
+    def _pick(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        i = idx.clamp(max=self.k - 1)
+        return x[torch.arange(x.shape[0]), i]
+
+    # -- task functions ------------------------------------------------------------------------
+    def observe(self, s: SimState) -> torch.Tensor:
+        """[gripper xyz, yaw, opening, K x (cube xyz, cube quat w>=0), K x bin xy]."""
+        n = s.qpos.shape[0]
+        cubes = torch.cat([self.cubes(s), canonical_quat(self.quats(s))], -1).reshape(n, -1)
+        return torch.cat([self.grip_pos(s), self.grip_yaw(s)[:, None], self.grip_width(s)[:, None], cubes,
+                          self.bins(s)[:, :, :2].reshape(n, -1)], -1)
+
+    def success(self, s: SimState) -> torch.Tensor:
+        return self.sorted_mask(s).all(1)
+
+    def stage(self, s: SimState) -> torch.Tensor:
+        return self.current(s).to(torch.int32)
+
+    def dense_reward(self, s: SimState) -> torch.Tensor:
+        """(sorted cubes + staged progress on the current cube) / K, in [0, 1]."""
+        cur = self.current(s)
+        part = staged_reward(self, s, self._pick(self.cubes(s), cur), self._pick(self.bins(s), cur))
+        done = self.sorted_mask(s).sum(1).to(part.dtype)
+        return torch.where(cur >= self.k, torch.ones_like(part), (done + part.clamp(max=0.99)) / self.k)
+
+    def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
+        ev = torch.zeros(s.qpos.shape[0], dtype=torch.int32)
+        for i in range(self.k):
+            e = grasp_failures(self, prev, s, lambda st, i=i: self.sensor(st, f"cube{i}_pos"),
+                               lambda st, i=i: self.sensor(st, f"bin{i}_pos"))
+            ev = torch.where(ev == 0, e, ev)
+        return ev
+
+    def sample_init(self, gen: torch.Generator, n: int) -> torch.Tensor:
+        st = self.base_states(n)
+        k = self.k
+        xs = (torch.arange(k, dtype=torch.float64) - (k - 1) / 2) * BIN_SPACING
+        for r in range(n):
+            order = torch.randperm(k, generator=gen)
+            for i in range(k):
+                self.set_mocap(st[r:r + 1], f"bin{i}", torch.tensor([[xs[order[i]], BIN_Y, 0.0]]))
+            placed: list[torch.Tensor] = []
+            for i in range(k):
+                for _ in range(200):  # cubes >= 10 cm apart so open fingers never land on a neighbour
+                    c = uniform(gen, 1, [-0.2, -0.2], [0.2, 0.06])
+                    if all((c - q).norm() > 0.1 for q in placed):
+                        break
+                placed.append(c)
+                self.set_free_body(st[r:r + 1], f"cube{i}", torch.cat([c, torch.full((1, 1), CUBE_HALF)], -1),
+                                   uniform(gen, 1, -math.pi, math.pi))
+            self.init_gripper(st[r:r + 1], uniform(gen, 1, [-0.2, -0.2, 0.1], [0.2, 0.2, 0.2]),
+                              uniform(gen, 1, -0.5, 0.5))
+        return st
+
+    def perturb(self, kind: str, states: torch.Tensor, s: SimState, gen: torch.Generator) -> torch.Tensor:
+        cur = int(self.current(s)[0].clamp(max=self.k - 1))
+        if kind == "nudge_object":
+            return self.nudge_free_body(states, f"cube{cur}", gen, spin=3.0)
+        if kind == "open_gripper":
+            return self.open_gripper(states)
+        if kind == "shift_target":
+            cubes = [self.sensor(s, f"cube{i}_pos") for i in range(self.k)]
+            others = [self.get_mocap(states, f"bin{i}") for i in range(self.k) if i != cur]
+            return shift_bin(self, states, s, f"bin{cur}", cubes, gen, lim=0.25, others=others)
+        return super().perturb(kind, states, s, gen)
+
+
+class SortExpert(GraspExpertMixin, Expert):
+    """Pick-and-place of the current cube (first not in its bin); mode picks the grasp faces."""
+
+    num_modes = 2
+
+    def policy(self, s: SimState) -> tuple[torch.Tensor, torch.Tensor]:
+        task: Sort = self.task  # type: ignore[assignment]
+        cur = task.current(s)
+        cube = task._pick(task.cubes(s), cur)
+        bins = task.bins(s)[:, :, :2]
+        cubes = task.cubes(s)[:, :, :2]
+        others = torch.where((torch.arange(task.k)[None, :] == cur.clamp(max=task.k - 1)[:, None])[..., None],
+                             torch.full_like(cubes, 10.0), cubes)  # the target cube is no obstacle
+        return self.pick_place_policy(s, cube, task._pick(task.quats(s), cur), task._pick(task.bins(s), cur),
+                                      self.mode, obstacles=torch.cat([bins, others], 1))
