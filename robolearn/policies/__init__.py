@@ -19,6 +19,7 @@ POLICIES: dict[str, tuple[str, str]] = {
         "robolearn.policies.hierarchical.configuration:HierarchicalConfig",
         "robolearn.policies.hierarchical.modeling:HierarchicalPolicy",
     ),
+    "sailor": ("robolearn.sailor.configuration:SailorConfig", "robolearn.sailor.agent:SailorPolicy"),
 }
 
 
