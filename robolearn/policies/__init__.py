@@ -20,6 +20,7 @@ POLICIES: dict[str, tuple[str, str]] = {
         "robolearn.policies.hierarchical.modeling:HierarchicalPolicy",
     ),
     "sailor": ("robolearn.sailor.configuration:SailorConfig", "robolearn.sailor.agent:SailorPolicy"),
+    "rl_actor": ("robolearn.policies.rl_actor.configuration:RLActorConfig", "robolearn.policies.rl_actor.modeling:RLActorPolicy"),
 }
 
 
