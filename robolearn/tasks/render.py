@@ -1,16 +1,12 @@
-"""Offscreen rendering of task scenes (EGL when MUJOCO_GL=egl).
+"""Offscreen rendering of task scenes (EGL: robolearn.tasks sets MUJOCO_GL=egl unless already set).
 
 Shadows and reflections are switched off: at 84x84 they add cost and no information.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
+import mujoco
+import numpy as np
 
 
 class ImageRenderer:

@@ -1,0 +1,184 @@
+"""Scripted-expert data collection into an EpisodeStore (source=demo, collector=scripted).
+
+Per-step alignment (index t of an episode): `obs/*`, `stage`, `sim_state`, `failure_event` and
+`primitive` describe the state the expert saw before `action[t]` (failure_event[t] != 0 means a
+perturbation hit, or a failure was detected, on the transition into that state); `reward[t]` and
+`done[t]` are the results of `action[t]`. Each finished episode is committed on its own, so an
+interrupted collection keeps every episode finished before the interrupt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robolearn.tasks.base import TaskConfig
+from robolearn.tasks.registry import TASKS, load_task_config
+from robolearn.tasks.sim import TaskSim
+
+
+def store_features(sim: TaskSim) -> dict[str, Any]:
+    """Feature schema of the episodes `collect` writes for this task config."""
+    from robolearn.data.schema import Feature
+
+    size = sim.cfg.image_size
+    feats = {
+        "obs/state": Feature("float32", (sim.obs_dim,), "obs"),
+        "action": Feature("float32", (sim.action_dim,), "action"),
+        "sim_state": Feature("float64", (sim.backend.layout.state_size,), "sim_state"),
+        "primitive": Feature("int32", (), "aux"),
+        "failure_event": Feature("int32", (), "aux"),
+    }
+    for key in sim.image_keys:
+        feats[f"obs/{key}"] = Feature("uint8", (size, size, 3), "obs")
+    return feats
+
+
+def _open_store(path: Path, sim: TaskSim, cfg: TaskConfig):
+    from robolearn.data.store import EpisodeStore
+
+    feats = store_features(sim)
+    if path.exists():
+        store = EpisodeStore.open(path, mode="a")
+        if store.task != cfg.task:
+            store.close()
+            raise ValueError(f"store {path} holds task {store.task!r}, not {cfg.task!r}")
+        for key, feat in feats.items():
+            have = store.features.get(key)
+            if have is None or have.shape != feat.shape or have.dtype != feat.dtype:
+                store.close()
+                raise ValueError(f"store {path} has feature {key}={have}, this collection writes {feat} "
+                                 "(different obs mode or task config)")
+        return store
+    return EpisodeStore.create(path, features=feats, task=cfg.task, env_kwargs=dataclasses.asdict(cfg),
+                               control_period=sim.control_period)
+
+
+def collect(task: str, episodes: int, out: str | Path, num_envs: int = 1, noise: float = 0.0,
+            perturb: float | None = None, image: bool = False, seed: int = 0,
+            overrides: list[str] | dict | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the scripted expert for `episodes` episodes and append them to the store at `out`.
+
+    Episode k is reset with seed `seed + k` (initial state and perturbations reproduce from it).
+    Returns a summary {episodes, steps, successes, success_rate, failure_events}.
+    """
+    if task not in TASKS:
+        from robolearn.tasks.registry import check_task
+
+        check_task(task)
+        raise ValueError(f"task {task!r} has no scripted expert")
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if num_envs < 1:
+        raise ValueError(f"--num-envs must be >= 1, got {num_envs}")
+    cfg = load_task_config(task, overrides)
+    if perturb is not None:
+        cfg.perturb_rate = float(perturb)
+    if image:
+        cfg.obs_mode = "state+image"
+    cfg.validate(TASKS[task][0].perturbations)
+    n = min(num_envs, episodes)
+    sim = TaskSim(task, cfg=cfg, num_envs=n)
+    expert = TASKS[task][1](sim.task, n, noise=noise, seed=seed)
+    store = _open_store(Path(out), sim, cfg)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=episodes, desc=f"collect {task}", unit="ep")
+    summary = {"episodes": 0, "steps": 0, "successes": 0, "failure_events": 0}
+    try:
+        launched = n
+        ep_seed = [seed + i for i in range(n)]
+        obs = sim.reset(seeds=ep_seed)
+        status = sim.status()
+        expert.reset()
+        bufs = [_new_buf() for _ in range(n)]
+        active = np.ones(n, bool)
+        while active.any():
+            s = sim.read()
+            states = sim.get_state()
+            action, prim = expert.act(s)
+            act = action.numpy()
+            prim_np = prim.numpy()
+            for i in np.flatnonzero(active):
+                b = bufs[i]
+                for k, v in obs.items():
+                    b["obs/" + k].append(v[i])
+                b["stage"].append(status["stage"][i])
+                b["failure_event"].append(status["failure_event"][i])
+                b["sim_state"].append(states[i])
+                b["primitive"].append(prim_np[i])
+                b["action"].append(act[i])
+            obs, rew, term, trunc, info = sim.step(act)
+            status = info
+            done = (term | trunc) & active
+            for i in np.flatnonzero(active):
+                bufs[i]["reward"].append(rew[i])
+                bufs[i]["done"].append(bool(done[i]))
+            reset_mask = np.zeros(n, bool)
+            for i in np.flatnonzero(done):
+                b = bufs[i]
+                steps = {k: np.asarray(v) for k, v in b.items()}
+                steps["source"] = np.full(len(b["action"]), "demo")
+                n_events = int(np.count_nonzero(steps["failure_event"]))
+                store.append_episode(steps, success=bool(info["success"][i]), collector="scripted", seed=ep_seed[i],
+                                     metadata={"noise": noise, "perturb_rate": cfg.perturb_rate,
+                                               "expert_mode": int(expert.mode[i]), "failure_events": n_events})
+                summary["episodes"] += 1
+                summary["steps"] += len(b["action"])
+                summary["successes"] += int(bool(info["success"][i]))
+                summary["failure_events"] += n_events
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(success=f"{summary['successes'] / summary['episodes']:.2f}")
+                bufs[i] = _new_buf()
+                if launched < episodes:
+                    ep_seed[i] = seed + launched
+                    launched += 1
+                    reset_mask[i] = True
+                else:
+                    active[i] = False
+            if reset_mask.any():
+                new_obs = sim.reset(torch.as_tensor(reset_mask), seeds=[ep_seed[i] for i in np.flatnonzero(reset_mask)])
+                for k in obs:
+                    obs[k][reset_mask] = new_obs[k][reset_mask]
+                fresh = sim.status()
+                for k in status:
+                    status[k][reset_mask] = fresh[k][reset_mask]
+                expert.reset(torch.as_tensor(reset_mask))
+    finally:
+        if bar is not None:
+            bar.close()
+        store.close()
+        sim.close()
+    summary["success_rate"] = summary["successes"] / max(1, summary["episodes"])
+    return summary
+
+
+def _new_buf() -> dict[str, list]:
+    from collections import defaultdict
+
+    return defaultdict(list)
+
+
+def replay(sim: TaskSim, sim_states: np.ndarray, actions: np.ndarray,
+           failure_events: np.ndarray | None = None) -> np.ndarray:
+    """Re-run stored actions from the first stored state (env 0 of `sim`); returns the states.
+
+    Perturbations are external state edits, so at steps whose failure_event is a perturbation
+    code (1-3) the stored state is restored instead of being re-simulated. On the CPU backend the
+    returned states equal the stored ones bit for bit.
+    """
+    sim.set_state(sim_states[:1])
+    out = [sim.get_state()[0]]
+    for t in range(len(actions) - 1):
+        sim.step(np.asarray(actions[t], np.float64)[None])
+        if failure_events is not None and 1 <= int(failure_events[t + 1]) <= 3:
+            sim.set_state(sim_states[t + 1:t + 2])
+        out.append(sim.get_state()[0])
+    return np.stack(out)

@@ -1,0 +1,358 @@
+"""Tasks, experts, envs, perturbations, state save/restore, rendering, collect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+import robolearn.tasks as T
+from robolearn.tasks.base import EVENT, PERTURBATIONS, PRIMITIVES, SimulationError
+from robolearn.tasks.collect import collect, replay
+from robolearn.tasks.sim import TaskSim
+
+TASK_NAMES = list(T.TASKS)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_check_env(name):
+    env = T.make_env(name)
+    check_env(env.unwrapped)
+    env.close()
+
+
+def test_gym_registration_and_image_obs():
+    ids = T.register_gym_envs()
+    assert "robolearn/PushCube-v0" in ids and T.register_gym_envs() == ids  # idempotent
+    import gymnasium as gym
+
+    env = gym.make("robolearn/PickPlace-v0", obs_mode="state+image", wrist_camera=True, render_mode="rgb_array")
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (84, 84, 3) and obs["image"].dtype == np.uint8
+    assert obs["wrist_image"].shape == (84, 84, 3)
+    assert env.render().shape == (256, 256, 3)
+    env.close()
+
+
+def run_expert(name: str, seeds: list[int], noise: float = 0.0, **overrides) -> np.ndarray:
+    """Batched expert rollouts (one env per seed); returns per-episode success."""
+    sim = TaskSim(name, num_envs=len(seeds), **overrides)
+    expert = T.make_expert(sim, noise=noise, seed=0)
+    sim.reset(seeds=seeds)
+    done = np.zeros(len(seeds), bool)
+    success = np.zeros(len(seeds), bool)
+    for _ in range(sim.cfg.horizon):
+        action, prim = expert.act(sim.read())
+        assert ((prim >= 0) & (prim < len(PRIMITIVES))).all()
+        _, _, term, trunc, info = sim.step(action.numpy())
+        success |= ~done & info["success"]
+        done |= term | trunc
+        if done.all():
+            break
+    sim.close()
+    return success
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_expert_success_50_seeds(name):
+    success = run_expert(name, list(range(50)))
+    assert success.mean() >= 0.95, f"{name}: expert success {success.mean():.2f}"
+
+
+def test_expert_recovers_from_perturbations():
+    # pick_place with frequent shoves / forced gripper opening / bin moves, longer horizon.
+    success = run_expert("pick_place", list(range(20)), perturb_rate=0.05, horizon=160)
+    assert success.mean() >= 0.9
+
+
+def test_sort_num_cubes_and_stages():
+    sim = TaskSim("sort", num_envs=1, num_cubes=2, horizon=150)
+    assert sim.obs_dim == 5 + 9 * 2
+    expert = T.make_expert(sim, seed=0)
+    sim.reset(seeds=[3])
+    stages, prims = [], []
+    for _ in range(150):
+        a, p = expert.act(sim.read())
+        _, _, term, _, info = sim.step(a.numpy())
+        stages.append(int(info["stage"][0]))
+        prims.append(int(p[0]))
+        if term[0]:
+            break
+    assert term[0] and stages[-1] == 2
+    assert sorted(set(stages)) == [0, 1, 2] and stages == sorted(stages)  # one stage per cube, in order
+    assert {T.PRIM[k] for k in ("reach", "grasp", "transport", "release")} <= set(prims)
+
+
+def test_expert_from_arbitrary_mid_episode_state():
+    # Drive pick_place with random actions, then hand over to the expert: it must still finish.
+    env = T.make_env("pick_place", horizon=200)
+    env.reset(seed=5)
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        env.step(rng.uniform(-1, 1, env.action_space.shape))
+    expert = T.make_expert(env, seed=1)
+    for _ in range(150):
+        a, _ = expert.act(env.unwrapped.sim.read())
+        _, _, term, trunc, info = env.step(a[0].numpy())
+        if term or trunc:
+            break
+    assert info["success"]
+
+
+def test_exact_replay_from_stored_states(tmp_path):
+    from robolearn.data.store import EpisodeStore
+
+    out = tmp_path / "pp.zarr"
+    collect("pick_place", 3, out, num_envs=2, noise=0.2, perturb=0.1, seed=7, progress=False)
+    store = EpisodeStore.open(out)
+    sim = TaskSim("pick_place", num_envs=1)  # perturb_rate 0: perturbations come from the record
+    n_events = 0
+    for i in range(store.num_episodes):
+        ep = store.get_episode(i)
+        n_events += int(np.isin(ep["failure_event"], [1, 2, 3]).sum())
+        states = replay(sim, ep["sim_state"], ep["action"], ep["failure_event"])
+        np.testing.assert_array_equal(states, ep["sim_state"])
+    assert n_events > 0
+    # Without perturbations, replaying the actions alone from the first state is exact too.
+    collect("push_cube", 1, tmp_path / "pc.zarr", noise=0.3, seed=1, progress=False)
+    ep = EpisodeStore.open(tmp_path / "pc.zarr").get_episode(0)
+    states = replay(TaskSim("push_cube"), ep["sim_state"], ep["action"])
+    np.testing.assert_array_equal(states, ep["sim_state"])
+
+
+def test_seeded_reset_reproduces_episode_with_perturbations():
+    def rollout():
+        env = T.make_env("push_cube", perturb_rate=0.2)
+        obs, _ = env.reset(seed=11)
+        rng = np.random.default_rng(3)
+        traj, events = [obs["state"]], []
+        for _ in range(30):
+            obs, _, _, _, info = env.step(rng.uniform(-1, 1, 4))
+            traj.append(obs["state"])
+            events.append(info["failure_event"])
+        return np.stack(traj), events
+
+    (a, ea), (b, eb) = rollout(), rollout()
+    np.testing.assert_array_equal(a, b)
+    assert ea == eb and any(ea)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_save_restore_round_trip(name):
+    env = T.make_env(name)
+    env.reset(seed=2)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        env.step(rng.uniform(-1, 1, env.action_space.shape))
+    saved = env.get_sim_state()
+    actions = rng.uniform(-1, 1, (8, env.action_space.shape[0]))
+    first = [env.step(a)[0]["state"] for a in actions]
+    obs_restored = env.set_sim_state(saved)
+    np.testing.assert_array_equal(env.get_sim_state(), saved)
+    assert obs_restored["state"].shape == first[0].shape
+    second = [env.step(a)[0]["state"] for a in actions]
+    np.testing.assert_array_equal(np.stack(first), np.stack(second))
+    # reset(options={"sim_state": ...}) restores too
+    env.reset(seed=0, options={"sim_state": saved})
+    np.testing.assert_array_equal(env.get_sim_state(), saved)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_rendering_non_constant(name):
+    env = T.make_env(name, obs_mode="state+image")
+    obs, _ = env.reset(seed=0)
+    img = obs["image"]
+    assert img.shape == (84, 84, 3) and img.dtype == np.uint8
+    assert img.std() > 5 and len(np.unique(img.reshape(-1, 3), axis=0)) > 20
+    obs2 = env.step(np.ones(env.action_space.shape))[0]
+    assert np.abs(obs2["image"].astype(int) - img).sum() > 0  # the gripper moved in the picture
+
+
+def test_perturbation_rate():
+    rate, n, steps = 0.1, 16, 100
+    sim = TaskSim("pick_place", num_envs=n, perturb_rate=rate, horizon=10_000, terminate_on_success=False)
+    sim.reset(seeds=list(range(n)))
+    counts = {k: 0 for k in PERTURBATIONS}
+    total = 0
+    for _ in range(steps):
+        _, _, _, _, info = sim.step(np.zeros((n, sim.action_dim)))
+        for code in info["failure_event"]:
+            if 1 <= code <= 3:
+                counts[T.FAILURE_EVENTS[code]] += 1
+                total += 1
+    # Binomial(1600, 0.1): mean 160, std 12
+    assert abs(total / (n * steps) - rate) < 0.03
+    assert all(c > 20 for c in counts.values())  # every kind occurs
+
+
+def test_perturbations_change_state():
+    for kind in ("nudge_object", "open_gripper", "shift_target"):
+        env = T.make_env("pick_place", perturb_rate=1.0, perturb_kinds=[kind])
+        env.reset(seed=4)
+        before = env.get_sim_state()
+        _, _, _, _, info = env.step(np.zeros(5))
+        assert info["failure_event"] == EVENT[kind]
+        assert not np.array_equal(before, env.get_sim_state())
+
+
+def test_bad_inputs_give_clear_errors():
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        T.make_env("nope")
+    with pytest.raises(ValueError, match="unknown key"):
+        T.make_env("push_cube", bogus=1)
+    with pytest.raises(ValueError, match="num_cubes is only valid"):
+        T.make_env("push_cube", num_cubes=2)
+    with pytest.raises(ValueError, match="does not support perturbation"):
+        T.make_env("push_t", perturb_kinds=["open_gripper"])
+    with pytest.raises(ValueError, match="obs_mode"):
+        T.make_env("push_cube", obs_mode="pixels")
+
+
+def test_nan_action_refused_and_simulation_untouched():
+    env = T.make_env("push_cube")
+    env.reset(seed=0)
+    env.step(np.zeros(4))
+    before = env.get_sim_state()
+    for bad in (np.array([np.nan, 0, 0, 0]), np.array([0, np.inf, 0, 0])):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            env.step(bad)
+        np.testing.assert_array_equal(env.get_sim_state(), before)
+    obs, *_ = env.step(np.zeros(4))  # still usable
+    assert np.isfinite(obs["state"]).all()
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.zeros(3))
+
+
+def test_unstable_simulation_raises():
+    env = T.make_env("push_cube")
+    env.reset(seed=0)
+    state = env.get_sim_state()
+    state[env.task.layout.state_slices["qvel"]] = 1e30
+    env.set_sim_state(state)
+    with pytest.raises(SimulationError, match="unstable"):
+        env.step(np.zeros(4))
+
+
+@pytest.mark.parametrize("mode", ["NextStep", "SameStep"])
+def test_vector_env_autoreset(mode):
+    venv = T.make_vector_env("push_cube", 3, autoreset_mode=mode, horizon=5)
+    obs, info = venv.reset(seed=[10, 11, 12])
+    assert obs["state"].shape == (3, 13) and info["sim_state"].shape[0] == 3
+    zeros = np.zeros((3, 4), np.float32)
+    for _ in range(4):
+        obs, rew, term, trunc, info = venv.step(zeros)
+    obs, rew, term, trunc, info = venv.step(zeros)
+    assert trunc.all() and (info["t"] == 5).all() if mode == "NextStep" else True
+    if mode == "SameStep":
+        assert info["_final_obs"].all() and (info["t"] == 0).all()
+        assert info["final_obs"]["state"].shape == (3, 13)
+    else:
+        obs, rew, term, trunc, info = venv.step(zeros)
+        assert (info["t"] == 0).all() and (rew == 0).all() and not (term | trunc).any()
+    venv.close()
+
+
+def test_vector_env_matches_single_env():
+    venv = T.make_vector_env("pick_place", 2, num_threads=2)
+    vobs, _ = venv.reset(seed=[3, 4])
+    env = T.make_env("pick_place")
+    sobs, _ = env.reset(seed=4)
+    np.testing.assert_array_equal(vobs["state"][1], sobs["state"])
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a = rng.uniform(-1, 1, (2, 5)).astype(np.float32)
+        vobs = venv.step(a)[0]
+        sobs = env.step(a[1])[0]
+    np.testing.assert_array_equal(vobs["state"][1], sobs["state"])
+
+
+def test_gym_mujoco_adapter():
+    env = T.make_env("hopper")
+    obs, info = env.reset(seed=0)
+    assert obs["state"].dtype == np.float32 and info["success"] is False and info["stage"] == 0
+    saved = env.get_sim_state()
+    a = np.full(env.action_space.shape, 0.3)
+    first = env.step(a)[0]["state"]
+    env.set_sim_state(saved)
+    np.testing.assert_array_equal(env.step(a)[0]["state"], first)
+    with pytest.raises(ValueError, match="NaN"):
+        env.step(np.full(env.action_space.shape, np.nan))
+    check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_task_functions_are_pure_torch():
+    # The same task code runs on any backend: feed it arbitrary batched tensors directly.
+    sim = TaskSim("push_t", num_envs=4)
+    sim.reset(seeds=[0, 1, 2, 3])
+    s = sim.read()
+    fake = T.SimState(*(x.clone().to(torch.float32) for x in s))
+    obs = sim.task.observe(fake)
+    assert obs.shape == (4, 10) and obs.dtype == torch.float32
+    assert sim.task.success(fake).dtype == torch.bool
+    states = sim.task.sample_init(torch.Generator().manual_seed(0), 3)
+    assert states.shape == (3, sim.backend.layout.state_size)
+
+
+def test_push_t_coverage():
+    from robolearn.tasks.push_t import coverage
+
+    goal = torch.tensor([[0.0, 0.0, 0.7]], dtype=torch.float64)
+    assert coverage(goal, goal).item() == 1.0
+    shifted = goal + torch.tensor([[0.2, 0.0, 0.0]], dtype=torch.float64)
+    assert coverage(shifted, goal).item() == 0.0
+    small = goal + torch.tensor([[0.003, 0.0, 0.0]], dtype=torch.float64)
+    assert 0.9 < coverage(small, goal).item() < 1.0
+
+
+def test_collect_appends_and_keeps_committed_episodes(tmp_path, monkeypatch):
+    from robolearn.data.store import EpisodeStore
+
+    out = tmp_path / "s.zarr"
+    summary = collect("sort", 2, out, num_envs=2, seed=0, overrides=["num_cubes=2", "horizon=150"], progress=False)
+    assert summary["episodes"] == 2
+    collect("sort", 1, out, seed=2, overrides=["num_cubes=2", "horizon=150"], progress=False)
+    store = EpisodeStore.open(out)
+    assert store.num_episodes == 3 and store.task == "sort"
+    ep = store.get_episode(0)
+    assert set(ep) >= {"obs/state", "action", "reward", "done", "source", "stage", "primitive", "sim_state",
+                       "failure_event"}
+    assert ep["done"][-1] and not ep["done"][:-1].any()
+    assert ep["action"].dtype == np.float32 and np.abs(ep["action"]).max() <= 1
+    assert (ep["primitive"] >= 0).all() and ep["stage"][0] == 0
+    assert (store.column("collector") == "scripted").all()
+    # Interrupt during the 3rd episode's commit: the 2 committed before survive.
+    orig = EpisodeStore.append_episode
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(EpisodeStore, "append_episode", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        collect("push_cube", 5, tmp_path / "i.zarr", seed=0, progress=False)
+    monkeypatch.setattr(EpisodeStore, "append_episode", orig)
+    assert EpisodeStore.open(tmp_path / "i.zarr").num_episodes == 2
+    with pytest.raises(ValueError, match="holds task"):
+        collect("push_cube", 1, out, progress=False)
+
+
+def test_cli_tasks_and_collect(tmp_path, capsys):
+    from robolearn.cli import main
+
+    assert main(["tasks"]) == 0
+    text = capsys.readouterr().out
+    assert "push_t" in text and "hopper" in text
+    out = tmp_path / "c.zarr"
+    assert main(["collect", "--task", "push_cube", "--episodes", "2", "--out", str(out), "--image",
+                 "--no-progress", "--perturb", "0.1", "--noise", "0.1", "--seed", "3"]) == 0
+    from robolearn.data.store import EpisodeStore
+
+    ep = EpisodeStore.open(out).get_episode(1)
+    assert ep["obs/image"].shape[1:] == (84, 84, 3)
+    assert main(["collect", "--task", "nope", "--episodes", "1", "--out", str(tmp_path / "x")]) == 2
+    assert main(["collect", "--task", "sort", "--episodes", "1", "--out", str(tmp_path / "y"),
+                 "--set", "bogus=1"]) == 2
