@@ -16,6 +16,9 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "tasks": ("robolearn.tasks.cli", "register_tasks", "list tasks with observation/action shapes and horizon"),
     "collect": ("robolearn.tasks.cli", "register_collect", "collect scripted-expert episodes into a store"),
     "train": ("robolearn.training", "register", "train a policy on an episode store"),
+    "eval": ("robolearn.evaluation", "register", "evaluate a checkpoint on a task with fixed seeds"),
+    "demo": ("robolearn.demo", "register", "collect demos, train a diffusion policy, evaluate, write a report"),
+    "sailor": ("robolearn.sailor.cli", "register", "SAILOR: world model + reward + critic + residual planner around a diffusion policy"),
 }
 
 
