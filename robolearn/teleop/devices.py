@@ -1,0 +1,398 @@
+"""Teleoperation devices: an action plus events (take over, hand back, success, ...) per step.
+
+Every device follows one protocol (`Device`):
+
+    events = device.poll(ctx)      # read inputs; returns TeleopEvents (motion is buffered)
+    device.engage(pose)            # operator takes control: the reference starts at the robot's pose
+    action = device.action(ctx)    # normalized task action while the operator is in control
+
+Human devices move a *reference pose* (gripper xyz, yaw, grip command) and command the robot
+towards it. `engage` sets the reference to the robot's current pose (and the current finger
+command), so a takeover never jumps: with no input, the first operator action holds position.
+
+Inputs are injectable so everything is testable without hardware: `KeyboardDevice` reads key
+names from a key source (`ViewerKeySource` fed by `mujoco.viewer.launch_passive(...,
+key_callback=...)`, `TerminalKeySource` reading a terminal, or `QueueKeySource` in tests);
+`SpaceMouseDevice` and `GamepadDevice` read from a `reader` callable (pyspacemouse / pygame by
+default, imported lazily; the `teleop` extra installs pyspacemouse and hidapi).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from robolearn.teleop.session import Mode, TeleopEvent, advance_event
+
+
+# ----------------------------------------------------------------------------------- poses
+@dataclass
+class Pose:
+    """Gripper pose and finger command: pos (3,) metres, yaw radians, grip in [-1 open, +1 closed]."""
+
+    pos: np.ndarray
+    yaw: float = 0.0
+    grip: float = -1.0
+
+    def copy(self) -> "Pose":
+        return Pose(np.array(self.pos, dtype=np.float64), float(self.yaw), float(self.grip))
+
+
+def robot_pose(task: Any, s: Any, env: int = 0) -> Pose:
+    """The robot's current pose from simulator arrays; grip is the current finger *command*."""
+    pos = task.grip_pos(s)[env].detach().cpu().numpy().astype(np.float64)
+    yaw = float(task.grip_yaw(s)[env])
+    opening = float(s.ctrl[env, task.a_fl])
+    grip = float(np.clip(1.0 - 2.0 * opening / task.grip_open, -1.0, 1.0))
+    return Pose(pos, yaw, grip)
+
+
+def pose_action(task: Any, target: Pose, current: Pose, speed: float = 1.0) -> np.ndarray:
+    """Normalized action (task.action_axes order) moving `current` towards `target`."""
+    delta = (np.asarray(target.pos) - np.asarray(current.pos)) / task.pos_scale
+    norm = float(np.linalg.norm(delta))
+    if norm > speed:
+        delta = delta * (speed / norm)
+    dyaw = (target.yaw - current.yaw + math.pi) % (2 * math.pi) - math.pi
+    values = {"x": delta[0], "y": delta[1], "z": delta[2], "yaw": dyaw / task.yaw_scale, "grip": target.grip}
+    return np.clip(np.array([values[a] for a in task.action_axes], dtype=np.float32), -1.0, 1.0)
+
+
+@dataclass
+class DeviceContext:
+    """What a device may look at each step. `state` is privileged (scripted operator only)."""
+
+    task: Any
+    state: Any  # SimState with one row (the recorded env)
+    pose: Pose
+    mode: Mode
+    info: dict[str, Any] = field(default_factory=dict)  # failure_event, stage, success, t of the last step
+    obs: dict[str, np.ndarray] | None = None
+    episode: int = 0
+
+
+class Device(Protocol):
+    name: str
+
+    def reset_episode(self) -> None: ...
+
+    def poll(self, ctx: DeviceContext) -> list[TeleopEvent]: ...
+
+    def engage(self, pose: Pose) -> None: ...
+
+    def action(self, ctx: DeviceContext) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class ReferenceDevice:
+    """Base of human devices: integrates motion input into a reference pose, commands towards it."""
+
+    name = "device"
+    max_lead = 0.06  # metres the reference may run ahead of a blocked robot
+
+    def __init__(self) -> None:
+        self.reference: Pose | None = None
+        self._motion = np.zeros(4)  # pending dx, dy, dz (m), dyaw (rad)
+        self._toggle_grip = False
+
+    def reset_episode(self) -> None:
+        self.reference = None
+        self._motion[:] = 0
+        self._toggle_grip = False
+
+    def engage(self, pose: Pose) -> None:
+        self.reference = pose.copy()
+        self._motion[:] = 0  # input given before the takeover must not move the new reference
+        self._toggle_grip = False
+
+    def action(self, ctx: DeviceContext) -> np.ndarray:
+        if self.reference is None:
+            self.engage(ctx.pose)
+        ref = self.reference
+        assert ref is not None
+        ref.pos = ref.pos + self._motion[:3]
+        lead = ref.pos - ctx.pose.pos
+        n = float(np.linalg.norm(lead))
+        if n > self.max_lead:
+            ref.pos = ctx.pose.pos + lead * (self.max_lead / n)
+        ref.yaw += float(self._motion[3])
+        if self._toggle_grip:
+            ref.grip = -1.0 if ref.grip > 0 else 1.0
+        self._motion[:] = 0
+        self._toggle_grip = False
+        return pose_action(ctx.task, ref, ctx.pose)
+
+    def close(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------------- keyboard
+# GLFW key codes (what mujoco.viewer's key_callback receives) -> key names.
+GLFW_NAMES = {32: "space", 256: "escape", 257: "enter", 259: "backspace", 262: "right", 263: "left",
+              264: "down", 265: "up", 266: "page_up", 267: "page_down"}
+
+
+def glfw_key_name(code: int) -> str | None:
+    if code in GLFW_NAMES:
+        return GLFW_NAMES[code]
+    if 65 <= code <= 90 or 48 <= code <= 57:
+        return chr(code).lower()
+    return None
+
+
+# key name -> motion (dx, dy, dz, dyaw) in units of one step, or an event, or the grip toggle.
+KEY_MOTION = {
+    "up": (1, 0, 0, 0), "down": (-1, 0, 0, 0), "left": (0, 1, 0, 0), "right": (0, -1, 0, 0),
+    "page_up": (0, 0, 1, 0), "page_down": (0, 0, -1, 0),
+    "i": (1, 0, 0, 0), "k": (-1, 0, 0, 0), "j": (0, 1, 0, 0), "l": (0, -1, 0, 0),
+    "u": (0, 0, 1, 0), "o": (0, 0, -1, 0), "z": (0, 0, 0, 1), "x": (0, 0, 0, -1),
+}
+KEY_EVENTS = {
+    "t": TeleopEvent.TAKEOVER, "c": TeleopEvent.CORRECT, "h": TeleopEvent.HAND_BACK,
+    "y": TeleopEvent.SUCCESS, "enter": TeleopEvent.SUCCESS, "n": TeleopEvent.FAILURE,
+    "r": TeleopEvent.RERECORD, "backspace": TeleopEvent.RERECORD, "q": TeleopEvent.QUIT, "escape": TeleopEvent.QUIT,
+}
+GRIP_KEYS = ("space", "g")
+KEY_HELP = ("keys: t take over (again: start correcting), c correct, h hand back, arrows/ijkl move x/y, "
+            "page up/down or u/o move z, z/x yaw, space/g grip, y/enter success, n failure, "
+            "r/backspace re-record, q/escape quit")
+
+
+class QueueKeySource:
+    """Thread-safe queue of key names; `push` from any thread, `drain` from the control loop."""
+
+    def __init__(self) -> None:
+        self._q: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def push(self, name: str) -> None:
+        self._q.put(name)
+
+    def drain(self) -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(self._q.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self) -> None:
+        pass
+
+
+class ViewerKeySource(QueueKeySource):
+    """Keys pressed in the MuJoCo viewer window: pass `callback` as launch_passive's key_callback."""
+
+    def callback(self, keycode: int) -> None:
+        name = glfw_key_name(int(keycode))
+        if name is not None:
+            self.push(name)
+
+
+class TerminalKeySource(QueueKeySource):
+    """Keys typed in a terminal (cbreak mode), read by a daemon thread. `fd` defaults to stdin."""
+
+    ESCAPES = {"\x1b[A": "up", "\x1b[B": "down", "\x1b[C": "right", "\x1b[D": "left",
+               "\x1b[5~": "page_up", "\x1b[6~": "page_down"}
+
+    def __init__(self, fd: int | None = None, raw: bool | None = None) -> None:
+        super().__init__()
+        import sys
+
+        self.fd = sys.stdin.fileno() if fd is None else fd
+        raw = os.isatty(self.fd) if raw is None else raw
+        if fd is None and not os.isatty(self.fd):
+            raise ValueError("keyboard teleop without --viewer needs an interactive terminal (stdin is not a tty)")
+        self._old = None
+        if raw:
+            import termios
+            import tty
+
+            self._old = termios.tcgetattr(self.fd)
+            tty.setcbreak(self.fd)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        pending = ""
+        while not self._stop:
+            try:
+                ch = os.read(self.fd, 1).decode(errors="ignore")
+            except OSError:
+                return
+            if ch == "":
+                return
+            pending += ch
+            if pending.startswith("\x1b"):
+                if pending in self.ESCAPES:
+                    self.push(self.ESCAPES[pending])
+                    pending = ""
+                elif not any(e.startswith(pending) for e in self.ESCAPES):
+                    self.push("escape")  # a lone escape is seen when the next key arrives
+                    pending = "" if len(pending) == 1 else pending[1:]
+                    if pending and not pending.startswith("\x1b"):
+                        self._push_char(pending)
+                        pending = ""
+                continue
+            self._push_char(pending)
+            pending = ""
+
+    def _push_char(self, ch: str) -> None:
+        names = {" ": "space", "\n": "enter", "\r": "enter", "\x7f": "backspace"}
+        self.push(names.get(ch, ch.lower()))
+
+    def close(self) -> None:
+        self._stop = True
+        if self._old is not None:
+            import termios
+
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._old)
+            self._old = None
+
+
+class KeyboardDevice(ReferenceDevice):
+    """Keyboard teleop: each key press moves the reference by `step` metres (`yaw_step` rad)."""
+
+    name = "keyboard"
+
+    def __init__(self, source: Any, step: float = 0.01, yaw_step: float = 0.1) -> None:
+        super().__init__()
+        self.source = source
+        self.step = float(step)
+        self.yaw_step = float(yaw_step)
+
+    def poll(self, ctx: DeviceContext) -> list[TeleopEvent]:
+        events = []
+        for key in self.source.drain():
+            if key in KEY_EVENTS:
+                events.append(KEY_EVENTS[key])
+            elif key in KEY_MOTION:
+                m = np.array(KEY_MOTION[key], dtype=np.float64)
+                self._motion += m * np.array([self.step, self.step, self.step, self.yaw_step])
+            elif key in GRIP_KEYS:
+                self._toggle_grip = not self._toggle_grip
+        return events
+
+    def close(self) -> None:
+        self.source.close()
+
+
+# ----------------------------------------------------------------------------------- SpaceMouse
+class SpaceMouseDevice(ReferenceDevice):
+    """3Dconnexion SpaceMouse: translation/yaw axes are velocities of the reference.
+
+    Button 0 toggles the gripper; button 1 advances the phase (take over -> correct -> hand back).
+    Success / failure / re-record / quit come from an optional keyboard `keys` source.
+    `reader()` returns an object with x, y, z, yaw in [-1, 1] and a `buttons` list; by default
+    pyspacemouse (`pip install robolearn[teleop]`).
+    """
+
+    name = "spacemouse"
+
+    def __init__(self, reader: Callable[[], Any] | None = None, keys: Any = None, speed: float = 0.02,
+                 yaw_speed: float = 0.2, deadzone: float = 0.1) -> None:
+        super().__init__()
+        if reader is None:
+            try:
+                import pyspacemouse  # type: ignore[import-not-found]
+            except ImportError:
+                raise RuntimeError("SpaceMouse teleop needs the teleop extra: pip install 'robolearn[teleop]'") from None
+            if not pyspacemouse.open():
+                raise RuntimeError("no SpaceMouse found (check the USB connection and hidraw permissions)")
+            reader = pyspacemouse.read
+        self.reader = reader
+        self.keys = keys
+        self.speed, self.yaw_speed, self.deadzone = float(speed), float(yaw_speed), float(deadzone)
+        self._buttons: list[int] = []
+
+    def _dz(self, v: float) -> float:
+        return 0.0 if abs(v) < self.deadzone else float(np.clip(v, -1, 1))
+
+    def poll(self, ctx: DeviceContext) -> list[TeleopEvent]:
+        st = self.reader()
+        events: list[TeleopEvent] = []
+        self._motion += np.array([self._dz(st.y) * self.speed, -self._dz(st.x) * self.speed,
+                                  self._dz(st.z) * self.speed, self._dz(st.yaw) * self.yaw_speed])
+        buttons = list(getattr(st, "buttons", []) or [])
+        pressed = [i for i, b in enumerate(buttons) if b and not (i < len(self._buttons) and self._buttons[i])]
+        self._buttons = buttons
+        if 0 in pressed:
+            self._toggle_grip = not self._toggle_grip
+        if 1 in pressed:
+            events.append(advance_event(ctx.mode))
+        if self.keys is not None:
+            events += [KEY_EVENTS[k] for k in self.keys.drain() if k in KEY_EVENTS]
+        return events
+
+    def close(self) -> None:
+        if self.keys is not None:
+            self.keys.close()
+
+
+# ----------------------------------------------------------------------------------- gamepad
+class GamepadDevice(ReferenceDevice):
+    """Gamepad (optional, pygame): left stick x/y, right stick y = z, triggers = yaw.
+
+    `reader()` returns {"axes": {"lx", "ly", "rx", "ry", "lt", "rt"}: [-1, 1], "buttons": set of
+    names}: "a" grip toggle, "b" advance the phase, "y" success, "x" failure, "back" re-record,
+    "start" quit.
+    """
+
+    name = "gamepad"
+    BUTTON_EVENTS = {"y": TeleopEvent.SUCCESS, "x": TeleopEvent.FAILURE, "back": TeleopEvent.RERECORD,
+                     "start": TeleopEvent.QUIT}
+
+    def __init__(self, reader: Callable[[], dict[str, Any]] | None = None, speed: float = 0.02,
+                 yaw_speed: float = 0.2, deadzone: float = 0.15) -> None:
+        super().__init__()
+        self.reader = reader if reader is not None else _pygame_reader()
+        self.speed, self.yaw_speed, self.deadzone = float(speed), float(yaw_speed), float(deadzone)
+        self._held: set[str] = set()
+
+    def poll(self, ctx: DeviceContext) -> list[TeleopEvent]:
+        st = self.reader()
+        ax = {k: (0.0 if abs(v) < self.deadzone else float(np.clip(v, -1, 1))) for k, v in st.get("axes", {}).items()}
+        self._motion += np.array([-ax.get("ly", 0.0) * self.speed, -ax.get("lx", 0.0) * self.speed,
+                                  -ax.get("ry", 0.0) * self.speed,
+                                  (ax.get("lt", 0.0) - ax.get("rt", 0.0)) * 0.5 * self.yaw_speed])
+        buttons = set(st.get("buttons", ()))
+        pressed = buttons - self._held
+        self._held = buttons
+        events = [self.BUTTON_EVENTS[b] for b in sorted(pressed) if b in self.BUTTON_EVENTS]
+        if "a" in pressed:
+            self._toggle_grip = not self._toggle_grip
+        if "b" in pressed:
+            events.insert(0, advance_event(ctx.mode))
+        return events
+
+
+def _pygame_reader() -> Callable[[], dict[str, Any]]:
+    try:
+        import pygame  # type: ignore[import-not-found]
+    except ImportError:
+        raise RuntimeError("gamepad teleop needs pygame: pip install pygame") from None
+    pygame.init()
+    pygame.joystick.init()
+    if pygame.joystick.get_count() == 0:
+        raise RuntimeError("no gamepad found")
+    js = pygame.joystick.Joystick(0)
+    js.init()
+    names = ["a", "b", "x", "y", "lb", "rb", "back", "start"]
+
+    def read() -> dict[str, Any]:
+        pygame.event.pump()
+        axes = [js.get_axis(i) for i in range(js.get_numaxes())] + [0.0] * 6
+        return {"axes": dict(zip(["lx", "ly", "lt", "rx", "ry", "rt"], axes)),
+                "buttons": {n for i, n in enumerate(names) if i < js.get_numbuttons() and js.get_button(i)}}
+
+    return read
+
+
+TELEOP_DEVICES = ("keyboard", "spacemouse", "gamepad", "scripted")

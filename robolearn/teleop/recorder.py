@@ -1,0 +1,404 @@
+"""`robolearn intervene`: deploy a policy, let an operator intervene, record every step.
+
+Each step the device is polled, the session applies its events (AUTONOMOUS <-> RECOVERY ->
+CORRECTION -> end | AUTONOMOUS), and the step is written with `source` = policy / recovery /
+correction, the task stage of the observed state, the failure event, the expert primitive (operator
+steps of the scripted operator) and the full `sim_state`. An episode is committed in one append
+when it ends (task success, time limit, the operator's success/failure, or -- with
+`--terminate-after-intervention`, RaC's rule 2 -- the end of an intervention), so a killed
+recorder keeps every committed episode. Re-record discards the running episode and restarts it
+from the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robolearn.teleop.devices import DeviceContext, robot_pose
+from robolearn.teleop.session import InterventionSession, Mode
+
+
+# ----------------------------------------------------------------------------------- store
+def intervention_features(sim: Any) -> dict[str, Any]:
+    """Store features of recorded episodes: the same schema as `robolearn collect` writes."""
+    from robolearn.tasks.collect import store_features
+
+    return store_features(sim)
+
+
+def open_output_store(path: str | Path, sim: Any, task: str) -> Any:
+    """Append to an existing store of the same task (e.g. a copy of the demos), else create one."""
+    from robolearn.data.store import EpisodeStore
+
+    path = Path(path)
+    if path.exists():
+        store = EpisodeStore.open(path, mode="a")
+        if store.task not in ("", task):
+            store.close()
+            raise ValueError(f"{path} holds task {store.task!r}, not {task!r}")
+        want = intervention_features(sim)
+        for key in ("obs/state", "action"):
+            if key in store.features and key in want and store.features[key].shape != want[key].shape:
+                store.close()
+                raise ValueError(f"{path}: {key} has shape {store.features[key].shape}, task {task} gives {want[key].shape}")
+        return store
+    import dataclasses
+
+    return EpisodeStore.create(path, intervention_features(sim), task=task, env_kwargs=dataclasses.asdict(sim.cfg),
+                               control_period=sim.control_period)
+
+
+# ----------------------------------------------------------------------------------- metrics
+def intervention_metrics(store: Any, episodes: np.ndarray | list[int] | None = None) -> dict[str, float]:
+    """Per-round numbers from a store's labels: intervention rate, recoveries per successful
+    episode, recovery:correction step ratio, operator steps used."""
+    from robolearn.data.store import SOURCE_CODES
+
+    eps = np.arange(store.num_episodes) if episodes is None else np.asarray(episodes, dtype=np.int64)
+    src = store.read("source", cache=False)
+    starts, ends = store.episode_starts, store.episode_ends
+    success = store.column("success").astype(bool)
+    count = store.column("intervention_count").astype(int)
+    per = {"policy": 0, "recovery": 0, "correction": 0, "demo": 0}
+    recoveries = np.zeros(len(eps), int)
+    for j, e in enumerate(eps):
+        seg = src[starts[e]:ends[e]]
+        for name in per:
+            per[name] += int(np.sum(seg == SOURCE_CODES[name]))
+        rec = seg == SOURCE_CODES["recovery"]
+        recoveries[j] = int(np.sum(rec & ~np.concatenate([[False], rec[:-1]])))
+    n = len(eps)
+    succ = success[eps] if n else np.zeros(0, bool)
+    operator = per["recovery"] + per["correction"]
+    return {
+        "episodes": n,
+        "success_rate": float(succ.mean()) if n else 0.0,
+        "intervention_rate": float((count[eps] > 0).mean()) if n else 0.0,
+        "interventions_per_episode": float(count[eps].mean()) if n else 0.0,
+        "recoveries_per_successful_episode": float(recoveries[succ].mean()) if succ.any() else 0.0,
+        "recovery_steps": per["recovery"],
+        "correction_steps": per["correction"],
+        "policy_steps": per["policy"],
+        "demo_steps": per["demo"],
+        "operator_steps": operator,
+        "recovery_correction_ratio": per["recovery"] / per["correction"] if per["correction"] else float("nan"),
+        "autonomous_successes": int(np.sum(succ & (count[eps] == 0))) if n else 0,
+    }
+
+
+# ----------------------------------------------------------------------------------- viewer
+class InterventionViewer:
+    """MuJoCo passive viewer of env 0 with a mode/episode overlay; keys go to `key_callback`."""
+
+    def __init__(self, sim: Any, key_callback: Any = None, launcher: Any = None) -> None:
+        import mujoco
+
+        if launcher is None:
+            import mujoco.viewer
+
+            launcher = mujoco.viewer.launch_passive
+        self.mujoco = mujoco
+        self.model = sim.model
+        self.data = mujoco.MjData(sim.model)
+        try:
+            self.handle = launcher(self.model, self.data, key_callback=key_callback)
+        except Exception as exc:  # no display, no GLFW
+            raise RuntimeError(f"--viewer could not open a window ({exc}); run without --viewer or set DISPLAY") from None
+
+    def update(self, state: np.ndarray, mode: Mode, episode: int, episodes: int, interventions: int, extra: str = "") -> None:
+        from robolearn.tasks.base import STATE_SPEC
+
+        m = self.mujoco
+        with self.handle.lock():
+            m.mj_setState(self.model, self.data, np.asarray(state, np.float64), STATE_SPEC)
+            m.mj_forward(self.model, self.data)
+        self.handle.set_texts([(None, m.mjtGridPos.mjGRID_TOPLEFT, "mode\nepisode\ninterventions",
+                                f"{mode.value.upper()}\n{episode + 1}/{episodes}\n{interventions}{extra}")])
+        self.handle.sync()
+
+    @property
+    def running(self) -> bool:
+        return bool(self.handle.is_running())
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+# ----------------------------------------------------------------------------------- loop
+def record_interventions(
+    policy: Any,
+    task: str,
+    device: Any,
+    episodes: int,
+    out: str | Path,
+    seed: int = 0,
+    terminate_after_intervention: bool = False,
+    recovery: bool = True,
+    perturb: float | None = None,
+    task_overrides: list[str] | None = None,
+    collector: str | None = None,
+    max_operator_steps: int | None = None,
+    viewer: Any = None,
+    realtime: bool = False,
+    progress: bool = True,
+    max_rerecords: int = 100,
+) -> dict[str, Any]:
+    """Record `episodes` episodes (seeds seed, seed+1, ...); returns the round's metrics.
+
+    `device` follows robolearn.teleop.devices.Device (or is a factory `sim -> device`); `viewer` is
+    an InterventionViewer, a factory `sim -> viewer`, or None.
+    `max_operator_steps` stops after the episode in which the operator-step budget is reached.
+    """
+    from tqdm import tqdm
+
+    from robolearn.evaluation import _History, _policy_obs_spec
+    from robolearn.tasks.registry import load_task_config
+    from robolearn.tasks.sim import TaskSim
+
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if max_operator_steps is not None and max_operator_steps < 1:
+        raise ValueError(f"--max-operator-steps must be >= 1, got {max_operator_steps}")
+    n_obs, keys = _policy_obs_spec(policy)
+    overrides = list(task_overrides or [])
+    if perturb is not None:
+        overrides.append(f"perturb_rate={perturb}")
+    if any(k != "state" for k in keys):
+        overrides.append("obs_mode=state+image")
+        if "wrist_image" in keys:
+            overrides.append("wrist_camera=true")
+    cfg = load_task_config(task, overrides)
+    sim = TaskSim(task, cfg=cfg, num_envs=1)
+    if not hasattr(device, "poll"):  # a factory: build the device (and viewer) for this simulator
+        device = device(sim)
+    if viewer is not None and not hasattr(viewer, "update"):
+        viewer = viewer(sim)
+    store = open_output_store(out, sim, task)
+    first_new = store.num_episodes
+    p_device = next(iter(policy.parameters())).device if hasattr(policy, "parameters") else torch.device("cpu")
+    session = InterventionSession(terminate_after_intervention, recovery=recovery)
+    collector = collector or f"intervene:{device.name}"
+    feats = store.features
+    operator_used = 0
+    quit_early = False
+    committed = 0
+    bar = tqdm(total=episodes, desc=f"intervene {task}", disable=not progress, dynamic_ncols=True)
+    try:
+        ep = 0
+        rerecords = 0
+        while ep < episodes and not quit_early:
+            ep_seed = seed + ep
+            obs = sim.reset(seeds=[ep_seed])
+            info: dict[str, Any] = {k: v[0] for k, v in sim.status().items()}
+            policy.reset()
+            device.reset_episode()
+            session.start_episode()
+            hist = _History(n_obs, keys)
+            hist.reset(obs)
+            segments: list[dict[str, Any]] = []
+            outcome = None
+            with store.writer(collector=collector, seed=ep_seed) as writer:
+                for _t in range(cfg.horizon):
+                    s = sim.read()
+                    pose = robot_pose(sim.task, s)
+                    ctx = DeviceContext(task=sim.task, state=s, pose=pose, mode=session.mode, info=info, obs=obs, episode=ep)
+                    tr = session.apply(device.poll(ctx))
+                    if tr.quit:
+                        quit_early = True
+                        break
+                    if tr.rerecord:
+                        outcome = "rerecord"
+                        break
+                    if tr.end:
+                        outcome = "operator_success" if tr.success else ("operator_failure" if tr.success is False else "intervention_end")
+                        success = bool(info.get("success", False)) if tr.success is None else bool(tr.success)
+                        break
+                    if tr.engaged:
+                        device.engage(pose)
+                        segments.append({"start": int(_t), "reason": getattr(device, "last_reason", ""), "recovery": 0, "correction": 0})
+                    if tr.handed_back:
+                        policy.reset()  # re-plan from the state the operator left
+                    ctx.mode = session.mode
+                    if session.mode.operator:
+                        action = np.asarray(device.action(ctx), dtype=np.float32).reshape(-1)
+                        segments[-1][session.mode.value] += 1
+                        primitive = int(getattr(device, "last_primitive", -1))
+                    else:
+                        with torch.no_grad():
+                            action = policy.select_action(hist.torch(p_device)).detach().cpu().numpy()[0].astype(np.float32)
+                        primitive = -1
+                    if not np.all(np.isfinite(action)):
+                        raise RuntimeError(f"{session.mode.value} produced a non-finite action at step {_t}")
+                    stage, event = int(info["stage"]), int(info["failure_event"])  # of the observed state (collect's convention)
+                    pre_state = sim.get_state()[0]
+                    source = session.count_step()
+                    obs_row = {k[4:]: obs[k[4:]][0] for k in feats if k.startswith("obs/")}
+                    obs, reward, term, trunc, step_info = sim.step(action[None])
+                    info = {k: v[0] for k, v in step_info.items()}
+                    extra = {}
+                    if "sim_state" in feats:
+                        extra["sim_state"] = pre_state
+                    if "failure_event" in feats:
+                        extra["failure_event"] = np.int32(event)
+                    if "primitive" in feats:
+                        extra["primitive"] = np.int32(primitive)
+                    writer.add(obs=obs_row, action=action, reward=float(reward[0]), done=bool(term[0] or trunc[0]),
+                               source=source, stage=stage, extra=extra)
+                    hist.push(obs)
+                    if viewer is not None:
+                        viewer.update(sim.get_state()[0], session.mode, ep, episodes, session.intervention_count)
+                        if realtime:
+                            time.sleep(sim.control_period)
+                        if not viewer.running:
+                            quit_early = True
+                            break
+                    if term[0] or trunc[0]:
+                        outcome = "success" if info["success"] else "time_limit"
+                        success = bool(info["success"])
+                        break
+                if quit_early:
+                    writer.discard()
+                    break
+                if outcome == "rerecord":
+                    writer.discard()
+                    rerecords += 1
+                    if rerecords > max_rerecords:
+                        raise RuntimeError(f"episode {ep} was re-recorded {rerecords} times; giving up")
+                    continue  # the same seed again
+                if len(writer) == 0:  # ended before the first step: nothing to store
+                    ep += 1
+                    bar.update(1)
+                    continue
+                meta = {"outcome": outcome, "interventions": segments, "operator_steps": session.operator_steps,
+                        "terminate_after_intervention": terminate_after_intervention, "recovery": recovery}
+                writer.commit(success, metadata=meta, intervention_count=session.intervention_count)
+            committed += 1
+            operator_used += session.operator_steps
+            ep += 1
+            bar.update(1)
+            if max_operator_steps is not None and operator_used >= max_operator_steps:
+                break
+    finally:
+        bar.close()
+        new = np.arange(first_new, store.num_episodes)
+        metrics = intervention_metrics(store, new) if len(new) else intervention_metrics(store, [])
+        store.close()
+        sim.close()
+        device.close()
+        if viewer is not None:
+            viewer.close()
+    metrics.update(task=task, store=str(out), seeds=[seed, seed + committed - 1] if committed else [], quit=quit_early,
+                   terminate_after_intervention=terminate_after_intervention, recovery=recovery)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------- CLI
+def make_device(kind: str, task_obj: Any = None, familiarity: Any = None, viewer_keys: Any = None,
+                recover: bool = True, seed: int = 0) -> Any:
+    from robolearn.teleop import devices as dev
+
+    if kind == "scripted":
+        from robolearn.teleop.scripted_operator import OperatorConfig, ScriptedOperator
+
+        return ScriptedOperator(task_obj, familiarity=familiarity, config=OperatorConfig(recover=recover), seed=seed)
+    if kind == "keyboard":
+        return dev.KeyboardDevice(viewer_keys if viewer_keys is not None else dev.TerminalKeySource())
+    if kind == "spacemouse":
+        return dev.SpaceMouseDevice(keys=viewer_keys)
+    if kind == "gamepad":
+        return dev.GamepadDevice()
+    raise ValueError(f"unknown teleop device {kind!r} (known: {', '.join(dev.TELEOP_DEVICES)})")
+
+
+def _familiarity_source(checkpoint: str | Path, demos: str | None) -> Path | None:
+    """--demos, else the store the checkpoint was trained on (its run.json)."""
+    if demos:
+        return Path(demos)
+    from robolearn.evaluation import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(checkpoint)
+    for run_json in (ckpt.parent / "run.json", ckpt.parent.parent / "run.json", ckpt.parent.parent.parent / "run.json"):
+        if run_json.is_file():
+            data = json.loads(run_json.read_text()).get("data")
+            return Path(data) if data and Path(data).exists() else None
+    return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from robolearn.evaluation import load_any_policy
+
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    policy, meta = load_any_policy(args.checkpoint)
+    task = args.task or meta.get("task")
+    if not task:
+        raise ValueError("the checkpoint records no task: pass --task")
+    familiarity = None
+    if args.teleop == "scripted":
+        from robolearn.data.store import EpisodeStore
+        from robolearn.teleop.scripted_operator import FamiliarityModel
+
+        src = _familiarity_source(args.checkpoint, args.demos)
+        if src is not None:
+            with EpisodeStore.open(src, mode="r") as demo_store:
+                familiarity = FamiliarityModel.from_store(demo_store)
+        else:
+            print("intervene: no demo store found (pass --demos): drift detection is off", file=sys.stderr)
+    keys = None
+    viewer = None
+    if args.viewer:
+        from robolearn.teleop.devices import ViewerKeySource
+
+        keys = ViewerKeySource()
+        viewer = lambda sim: InterventionViewer(sim, key_callback=keys.callback)  # noqa: E731
+    recover = not args.no_recovery
+    device = lambda sim: make_device(args.teleop, sim.task, familiarity, viewer_keys=keys, recover=recover, seed=args.seed)  # noqa: E731
+    metrics = record_interventions(
+        policy, task, device, args.episodes, args.out, seed=args.seed,
+        terminate_after_intervention=args.terminate_after_intervention, recovery=recover,
+        perturb=args.perturb, max_operator_steps=args.max_operator_steps, viewer=viewer,
+        realtime=args.viewer and args.teleop != "scripted", progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    print(f"recorded {metrics['episodes']} episode(s) into {args.out}")
+    print("| episodes | success | intervention rate | recoveries / successful ep | recovery:correction steps | operator steps |")
+    print("|---|---|---|---|---|---|")
+    ratio = metrics["recovery_correction_ratio"]
+    print(f"| {metrics['episodes']} | {metrics['success_rate']:.2f} | {metrics['intervention_rate']:.2f} | "
+          f"{metrics['recoveries_per_successful_episode']:.2f} | {metrics['recovery_steps']}:{metrics['correction_steps']}"
+          f"{'' if ratio != ratio else f' ({ratio:.2f})'} | {metrics['operator_steps']} |")
+    return 0
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    from robolearn.teleop.devices import KEY_HELP, TELEOP_DEVICES
+
+    parser.epilog = KEY_HELP
+    parser.add_argument("--checkpoint", required=True, help="policy checkpoint or run directory")
+    parser.add_argument("--task", help="task (default: the one recorded in the checkpoint)")
+    parser.add_argument("--teleop", required=True, choices=TELEOP_DEVICES)
+    parser.add_argument("--episodes", type=int, required=True)
+    parser.add_argument("--out", required=True, help="episode store to append to (created if missing)")
+    parser.add_argument("--terminate-after-intervention", action="store_true",
+                        help="end each episode when the first intervention ends (RaC rule 2)")
+    parser.add_argument("--no-recovery", action="store_true",
+                        help="take-overs go straight to correction (HG-DAgger/IWR/Sirius protocol)")
+    parser.add_argument("--viewer", action="store_true", help="show env 0 in the MuJoCo viewer (keys go to the device)")
+    parser.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED+i")
+    parser.add_argument("--perturb", type=float, default=None, help="perturbation events per step")
+    parser.add_argument("--demos", default=None, help="demo store for the scripted operator's familiarity model "
+                        "(default: the checkpoint's training data)")
+    parser.add_argument("--max-operator-steps", type=int, default=None,
+                        help="stop after the episode in which this many operator steps were used")
+    parser.add_argument("--json", action="store_true", help="print the round's metrics as one JSON object")
+    parser.set_defaults(func=_run)
