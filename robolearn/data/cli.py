@@ -168,3 +168,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("output")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_export_robomimic)
+
+    from robolearn.rl.cli import register_data_actions  # mix, rollout (offline RL datasets)
+
+    register_data_actions(sub)

@@ -1,0 +1,211 @@
+"""Algorithm registry (name -> agent class, config class), run configs and agent checkpoints.
+
+Checkpoint directory of an RL run (same container as `robolearn train`, robolearn.checkpoint):
+    model.safetensors   the RLActorPolicy (actor + state normaliser): `robolearn eval` loads it
+    agent.safetensors   every network of the agent (critics, targets, value, temperature)
+    opt_<name>.safetensors + rng.safetensors   optimizer / RNG state in checkpoints/last (resume)
+    checkpoint.json     policy "rl_actor", its config and normaliser, plus "rl": algorithm,
+                        agent config, dims, and (for resume) optimizer / sampler state
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robolearn.config import ConfigError, from_dict, to_dict
+
+ALGOS: dict[str, tuple[str, str]] = {
+    "iql": ("robolearn.rl.iql:IQL", "robolearn.rl.iql:IQLConfig"),
+    "cql": ("robolearn.rl.cql:CQL", "robolearn.rl.cql:CQLConfig"),
+    "calql": ("robolearn.rl.cql:CalQL", "robolearn.rl.cql:CQLConfig"),
+    "td3bc": ("robolearn.rl.td3bc:TD3BC", "robolearn.rl.td3bc:TD3BCConfig"),
+    "sac": ("robolearn.rl.sac:SAC", "robolearn.rl.sac:SACConfig"),
+}
+OFFLINE_ALGOS = ("iql", "cql", "calql", "td3bc")
+
+
+def _resolve(target: str) -> Any:
+    import importlib
+
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def algo_classes(name: str) -> tuple[type, type]:
+    if name not in ALGOS:
+        raise ValueError(f"unknown RL algorithm {name!r} (known: {', '.join(ALGOS)})")
+    agent_t, cfg_t = ALGOS[name]
+    return _resolve(agent_t), _resolve(cfg_t)
+
+
+def build_agent(name: str, cfg: Any, obs_dim: int, action_dim: int, stats: dict[str, Any]) -> Any:
+    agent_cls, _ = algo_classes(name)
+    if name == "calql" and not cfg.calql:
+        cfg = dataclasses.replace(cfg, calql=True)
+    return agent_cls(cfg, obs_dim, action_dim, stats)
+
+
+# ------------------------------------------------------------------------------------ run configs
+@dataclass
+class RLTrainConfig:
+    """`train:` section of `robolearn offline`."""
+
+    steps: int = 20_000
+    batch_size: int = 256
+    seed: int = 0
+    log_every: int = 500
+    eval_every: int = 5_000
+    eval_episodes: int = 10
+    eval_seed: int = 100_000
+    save_every: int = 10_000
+    device: str = "cpu"
+    threads: int = 1  # torch CPU threads (RL updates are small; 1 keeps shared boxes usable)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"train.steps and train.batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.eval_every < 1 or self.save_every < 1 or self.log_every < 1:
+            raise ConfigError("train.eval_every, save_every and log_every must be >= 1")
+        if self.eval_episodes < 0 or self.threads < 1:
+            raise ConfigError("train.eval_episodes must be >= 0 and train.threads >= 1")
+
+
+@dataclass
+class SamplerConfig:
+    """`sampler:` section: trajectory reweighting (robolearn.rl.weighting)."""
+
+    kind: str = "uniform"  # uniform | rw | aw | topk
+    alpha: float | None = None  # softmax temperature; default 0.1 (iql, td3bc) / 0.2 (cql, calql)
+    topk: float = 0.1  # fraction of trajectories kept by `topk`
+
+    def __post_init__(self) -> None:
+        from robolearn.rl.weighting import SAMPLERS
+
+        if self.kind not in SAMPLERS:
+            raise ConfigError(f"sampler.kind must be one of {', '.join(SAMPLERS)}, got {self.kind!r}")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ConfigError(f"sampler.alpha must be > 0, got {self.alpha}")
+        if not 0.0 < self.topk <= 1.0:
+            raise ConfigError(f"sampler.topk must be in (0, 1], got {self.topk}")
+
+
+@dataclass
+class FinetuneConfig:
+    """`finetune:` section of `robolearn finetune`. Steps count online env steps incl. warm-up."""
+
+    steps: int = 20_000
+    warmup: int = 5_000  # env steps with the pre-trained policy before any gradient update
+    retain_offline: float = 0.0  # fraction of each batch drawn from the offline data
+    init: str = "checkpoint"  # checkpoint | scratch (random weights, random-action warm-up)
+    batch_size: int = 256
+    buffer_capacity: int = 1_000_000
+    seed: int = 0
+    log_every: int = 1_000
+    eval_every: int = 1_000
+    eval_episodes: int = 10
+    eval_seed: int = 100_000
+    save_every: int = 10_000
+    device: str = "cpu"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"finetune.steps and finetune.batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.warmup < 0:
+            raise ConfigError(f"finetune.warmup must be >= 0, got {self.warmup}")
+        if not 0.0 <= self.retain_offline < 1.0:
+            raise ConfigError(f"finetune.retain_offline must be in [0, 1), got {self.retain_offline}")
+        if self.init not in ("checkpoint", "scratch"):
+            raise ConfigError(f"finetune.init must be 'checkpoint' or 'scratch', got {self.init!r}")
+        if self.eval_every < 1 or self.save_every < 1 or self.log_every < 1 or self.eval_episodes < 0:
+            raise ConfigError("finetune.eval_every/save_every/log_every must be >= 1, eval_episodes >= 0")
+        if self.buffer_capacity < 1 or self.threads < 1:
+            raise ConfigError("finetune.buffer_capacity and finetune.threads must be >= 1")
+
+
+@functools.cache
+def run_config_class(name: str, kind: str) -> type:
+    """Dataclass of a whole YAML: `name`, `agent:` and `train:`+`sampler:` (offline) or `finetune:`."""
+    _, cfg_cls = algo_classes("sac" if name == "wsrl" else name)
+    fields: list[Any] = [("name", str, field(default=name)), ("agent", cfg_cls, field(default_factory=cfg_cls))]
+    if kind == "offline":
+        fields += [("train", RLTrainConfig, field(default_factory=RLTrainConfig)),
+                   ("sampler", SamplerConfig, field(default_factory=SamplerConfig))]
+    else:
+        fields += [("finetune", FinetuneConfig, field(default_factory=FinetuneConfig))]
+    return dataclasses.make_dataclass(f"{cfg_cls.__name__}{kind.title()}Run", fields)
+
+
+def load_run_config(name: str, kind: str, path: str | Path | None, overrides: list[str] | None) -> Any:
+    from robolearn.config import load_config, project_root, read_yaml
+
+    path = Path(path) if path else project_root() / "policies" / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config for {name!r} at {path}")
+    in_file = read_yaml(path).get("name")
+    if in_file not in (None, name):
+        raise ConfigError(f"{path} is a {in_file!r} config, expected {name!r}")
+    return load_config(run_config_class(name, kind), path, overrides)
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def save_agent(agent: Any, directory: str | Path, *, step: int, task: str | None, extra_meta: dict[str, Any] | None = None,
+               train_state: bool = False, rng: dict[str, torch.Tensor] | None = None) -> Path:
+    """Actor policy as the model group, the whole agent as group `agent`; optimizers when resuming."""
+    from robolearn.checkpoint import save_policy
+    from robolearn.training import optimizer_to_tensors
+
+    groups: dict[str, dict[str, torch.Tensor]] = {"agent": agent.state_dict()}
+    rl_meta: dict[str, Any] = {
+        "algo": agent.name, "agent_config": to_dict(agent.cfg), "obs_dim": agent.obs_dim,
+        "action_dim": agent.action_dim, "num_updates": agent.num_updates,
+    }
+    if train_state:
+        opt_meta = {}
+        for name, opt in agent.optimizers().items():
+            tensors, meta = optimizer_to_tensors(opt)
+            groups[f"opt_{name}"] = tensors
+            opt_meta[name] = meta
+        rl_meta["optimizers"] = opt_meta
+        groups["rng"] = rng or {"torch": torch.get_rng_state()}
+    meta = {"rl": rl_meta, **(extra_meta or {})}
+    return save_policy(agent.policy, directory, step=step, task=task, extra_meta=meta, extra_groups=groups)
+
+
+def load_agent(directory: str | Path, device: str | torch.device = "cpu", with_optimizers: bool = False) -> tuple[Any, dict[str, Any]]:
+    """(agent, checkpoint metadata) of a checkpoint written by `save_agent`."""
+    from robolearn.checkpoint import CheckpointError, load_tensors, read_meta
+    from robolearn.data.normalizer import Normalizer
+    from robolearn.evaluation import resolve_checkpoint
+    from robolearn.training import optimizer_from_tensors
+
+    directory = resolve_checkpoint(directory)
+    meta = read_meta(directory)
+    rl = meta.get("rl")
+    if not isinstance(rl, dict) or "algo" not in rl:
+        raise CheckpointError(f"{directory} is not an RL agent checkpoint (no 'rl' entry; written by robolearn offline/finetune?)")
+    _, cfg_cls = algo_classes(rl["algo"])
+    try:
+        cfg = from_dict(cfg_cls, rl["agent_config"], where=f"{directory}:rl.agent_config")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    stats = Normalizer.from_json(meta["normalizer"]).stats
+    agent = build_agent(rl["algo"], cfg, int(rl["obs_dim"]), int(rl["action_dim"]), stats)
+    state = load_tensors(directory, "agent", meta)
+    missing = sorted(set(agent.state_dict()) - set(state))
+    if missing:
+        raise CheckpointError(f"{directory}: agent weights lack {', '.join(missing[:5])}")
+    agent.load_state_dict(state)
+    agent.num_updates = int(rl.get("num_updates", 0))
+    if with_optimizers:
+        if "optimizers" not in rl:
+            raise CheckpointError(f"{directory} holds no optimizer state (not a checkpoints/last directory)")
+        for name, opt in agent.optimizers().items():
+            optimizer_from_tensors(opt, load_tensors(directory, f"opt_{name}", meta), rl["optimizers"][name])
+    return agent.to(device), meta

@@ -1,0 +1,103 @@
+"""CLI of the RL commands: `robolearn offline`, `robolearn finetune`, and the `data mix` /
+`data rollout` actions (registered from robolearn.data.cli)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _offline(args: argparse.Namespace) -> int:
+    from robolearn.config import ConfigError
+    from robolearn.rl.offline import train_offline
+
+    if args.resume is None and (args.algo is None or args.data is None):
+        raise ConfigError("offline needs --algo and --data (or --resume DIR)")
+    run_dir = train_offline(args.algo, args.data, task=args.task, sampler=args.sampler, overrides=args.overrides,
+                            out=args.out, wandb_mode=args.wandb, resume=args.resume, config_path=args.config)
+    print(f"run directory: {run_dir}")
+    print(f"policy checkpoint: {run_dir / 'policy'}")
+    return 0
+
+
+def register_offline(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--algo", choices=["iql", "cql", "calql", "td3bc"])
+    parser.add_argument("--data", help="episode store with obs/state, action, reward")
+    parser.add_argument("--task", help="task for evaluation rollouts (default: the store's task)")
+    parser.add_argument("--sampler", choices=["uniform", "rw", "aw", "topk"], help="trajectory reweighting (default: the config's)")
+    parser.add_argument("--out", help="run directory (default runs/<algo>-<sampler>-<task>-<time>)")
+    parser.add_argument("--config", help="YAML config instead of policies/ALGO.yaml")
+    parser.add_argument("--wandb", default="offline", choices=["off", "offline", "online"])
+    parser.add_argument("--resume", help="continue the run in this directory exactly where it stopped")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=5000 sampler.alpha=0.2")
+    parser.set_defaults(func=_offline)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from robolearn.rl.wsrl import finetune
+
+    run_dir = finetune(args.checkpoint, task=args.task, algo=args.algo, warmup=args.warmup, retain_offline=args.retain_offline,
+                       steps=args.steps, data=args.data, overrides=args.overrides, out=args.out, wandb_mode=args.wandb,
+                       config_path=args.config)
+    print(f"run directory: {run_dir}")
+    print(f"policy checkpoint: {run_dir / 'policy'}")
+    print(f"continual evaluation: {run_dir / 'continual.json'}")
+    return 0
+
+
+def register_finetune(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", help="offline checkpoint or run directory to start from")
+    parser.add_argument("--task", help="task (default: the checkpoint's)")
+    parser.add_argument("--algo", default="wsrl", choices=["wsrl", "sac"],
+                        help="wsrl: warm-up then online-only SAC; sac: same SAC, no warm-up by default")
+    parser.add_argument("--warmup", type=int, help="env steps with the pre-trained policy and no updates")
+    parser.add_argument("--retain-offline", type=float, help="fraction of each batch from the offline data (0 = none)")
+    parser.add_argument("--steps", type=int, help="online env steps, warm-up included")
+    parser.add_argument("--data", help="offline store for --retain-offline (default: the checkpoint's)")
+    parser.add_argument("--out", help="run directory")
+    parser.add_argument("--config", help="YAML config instead of policies/ALGO.yaml")
+    parser.add_argument("--wandb", default="offline", choices=["off", "offline", "online"])
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. agent.utd=8 finetune.eval_every=500")
+    parser.set_defaults(func=_finetune)
+
+
+def _mix(args: argparse.Namespace) -> int:
+    from robolearn.rl.datasets import mix_stores
+
+    dst = mix_stores(args.good, args.bad, args.ratio, args.out, size=args.size, seed=args.seed, overwrite=args.overwrite)
+    mix = dst.attrs["mix"]
+    print(f"wrote {dst.path}: {dst.num_episodes} episodes ({mix['good_episodes']} good, {mix['bad_episodes']} bad), {dst.num_steps} steps")
+    return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from robolearn.rl.datasets import collect
+
+    store = collect(args.task, args.policy, args.episodes, args.out, noise=args.noise, seed=args.seed,
+                    max_steps=args.max_steps, overwrite=args.overwrite)
+    ret = store.column("return")
+    print(f"wrote {store.path}: {store.num_episodes} episodes, {store.num_steps} steps, "
+          f"return mean {ret.mean():.2f} (min {ret.min():.2f}, max {ret.max():.2f}), success {store.column('success').mean():.3f}")
+    return 0
+
+
+def register_data_actions(sub: argparse._SubParsersAction) -> None:
+    """Adds `mix` and `rollout` to `robolearn data`."""
+    p = sub.add_parser("mix", help="good+bad mixed dataset with a given fraction of good transitions (harness paper)")
+    p.add_argument("--good", required=True)
+    p.add_argument("--bad", required=True)
+    p.add_argument("--ratio", type=float, required=True, help="fraction of transitions from good trajectories")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, help="total transitions (default: the bad store's steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_mix)
+    p = sub.add_parser("rollout", help="collect random / noisy-expert / noisy-checkpoint episodes with task rewards")
+    p.add_argument("--task", required=True)
+    p.add_argument("--policy", default="random", help="random, expert (our tasks) or a checkpoint directory")
+    p.add_argument("--episodes", type=int, required=True)
+    p.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise std")
+    p.add_argument("--max-steps", type=int, help="stop once this many steps are stored")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_rollout)

@@ -1,0 +1,96 @@
+"""The minimal env protocol RL code runs on, over our tasks and gymnasium MuJoCo tasks.
+
+    env.reset(seed) -> obs (D,) float32
+    env.step(action in [-1, 1]^A) -> (obs, reward, terminated, truncated, info with "success")
+
+`make_env(task)` builds it from the tasks package: robolearn tasks (TASKS, e.g. push_cube) via
+`robolearn.tasks.env.TaskEnv`, gymnasium MuJoCo v5 tasks via `robolearn.tasks.gym_adapter`
+(names such as `hopper` or ids such as `Hopper-v5`). Actions are always [-1, 1] for the agent and
+rescaled to the env's Box bounds here, so tanh actors fit every task.
+
+`evaluate(act, task_or_env, seeds)` runs one deterministic episode per seed (sequentially, on one
+env) and returns per-episode return/success/length. It serves the continual evaluation during
+fine-tuning and the results scripts on both task families; `robolearn eval` (batched,
+robolearn.evaluation) evaluates the saved actors on our own tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+class RLEnv:
+    """Flat-state, [-1, 1]-action view of a gymnasium env with dict observations {"state": ...}."""
+
+    def __init__(self, env: Any, task: str) -> None:
+        self.env = env
+        self.task = task
+        space = env.action_space
+        self.low = np.asarray(space.low, np.float64)
+        self.high = np.asarray(space.high, np.float64)
+        self.action_dim = int(np.prod(space.shape))
+        self.obs_dim = int(env.observation_space["state"].shape[0])
+        spec = getattr(env, "spec", None) or getattr(getattr(env, "env", None), "spec", None)
+        horizon = getattr(getattr(env, "cfg", None), "horizon", None)
+        self.max_episode_steps = int(horizon or (spec.max_episode_steps if spec and spec.max_episode_steps else 1000))
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        obs, _ = self.env.reset(seed=seed)
+        return np.asarray(obs["state"], np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        a = np.clip(np.asarray(action, np.float64).reshape(-1), -1.0, 1.0)
+        a = self.low + (a + 1.0) * 0.5 * (self.high - self.low)
+        obs, reward, term, trunc, info = self.env.step(a)
+        return np.asarray(obs["state"], np.float32), float(np.asarray(reward).reshape(-1)[0]), bool(term), bool(trunc), info
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def is_own_task(task: str) -> bool:
+    from robolearn.tasks.registry import TASKS
+
+    return task in TASKS
+
+
+def make_env(task: str, **overrides: Any) -> RLEnv:
+    """An RLEnv of a robolearn task or a gymnasium MuJoCo task (name or gymnasium id)."""
+    from robolearn.tasks.gym_adapter import GYM_TASKS, make_gym_task
+    from robolearn.tasks.registry import TASKS
+
+    if task in TASKS:
+        from robolearn.tasks.env import TaskEnv
+
+        return RLEnv(TaskEnv(task, **overrides), task)
+    by_id = {v: k for k, v in GYM_TASKS.items()}
+    name = by_id.get(task, task)
+    if name in GYM_TASKS:
+        return RLEnv(make_gym_task(name, **overrides), name)
+    known = ", ".join(list(TASKS) + list(GYM_TASKS))
+    raise ValueError(f"unknown task {task!r} (known: {known})")
+
+
+def evaluate(act: Callable[[np.ndarray], np.ndarray], env: RLEnv | str, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """One episode per seed with `act(obs (D,)) -> action (A,)`; returns per-episode records."""
+    own = isinstance(env, str)
+    env = make_env(env) if isinstance(env, str) else env
+    records = []
+    try:
+        for seed in seeds:
+            obs = env.reset(seed=int(seed))
+            total, length, success = 0.0, 0, False
+            while True:
+                obs, r, term, trunc, info = env.step(act(obs))
+                total += r
+                length += 1
+                success = success or bool(np.asarray(info.get("success", False)).reshape(-1)[0])
+                if term or trunc:
+                    break
+            records.append({"seed": int(seed), "return": total, "success": success, "length": length})
+    finally:
+        if own:
+            env.close()
+    return records

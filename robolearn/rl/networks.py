@@ -1,0 +1,135 @@
+"""Networks shared by every RL algorithm, all built from robolearn.nn.mlp.MLP.
+
+- `TanhGaussianActor`: obs -> tanh-squashed diagonal Gaussian over actions in [-1, 1]. SAC/CQL
+  sample from it, IQL fits it by advantage-weighted likelihood, TD3+BC uses its deterministic
+  mode tanh(mean). One actor class means every offline checkpoint can initialise SAC (WSRL).
+- `QEnsemble`: E independent Q(s, a) MLPs evaluated in one vectorised call (torch.func.vmap over
+  stacked parameters), optional LayerNorm (stabilises high update-to-data critics).
+- `ValueNet`: V(s) for IQL.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state
+
+from robolearn.nn.mlp import MLP
+
+LOG_STD_MIN = -5.0
+LOG_STD_MAX = 2.0
+
+
+class TanhGaussianActor(nn.Module):
+    """pi(a|s) = tanh(N(mu(s), sigma(s))). Actions live in [-1, 1] (env units of our tasks)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dims: Sequence[int] = (256, 256),
+                 activation: str = "relu", layer_norm: bool = False,
+                 log_std_min: float = LOG_STD_MIN, log_std_max: float = LOG_STD_MAX) -> None:
+        super().__init__()
+        self.net = MLP(obs_dim, 2 * action_dim, hidden_dims, activation, layer_norm)
+        self.action_dim = action_dim
+        self.log_std_min = log_std_min
+        self.log_std_max = log_std_max
+
+    def _mean_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        # soft clamp (as in CleanRL / SAC-v2 implementations) keeps gradients alive near the bounds
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
+        return mean, log_std
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action tanh(mu(s))."""
+        return torch.tanh(self._mean_log_std(obs)[0])
+
+    def sample(self, obs: torch.Tensor, deterministic: bool = False,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action, log_prob) with the reparameterisation trick; log_prob sums over action dims."""
+        mean, log_std = self._mean_log_std(obs)
+        std = log_std.exp()
+        if deterministic:
+            u = mean
+        else:
+            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            u = mean + std * eps
+        action = torch.tanh(u)
+        log_prob = _normal_log_prob(u, mean, log_std) - _tanh_log_det(u)
+        return action, log_prob.sum(-1)
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+        """log pi(a|s) of given (dataset) actions, clipped inside (-1, 1) before atanh."""
+        mean, log_std = self._mean_log_std(obs)
+        a = action.clamp(-1 + eps, 1 - eps)
+        u = torch.atanh(a)
+        return (_normal_log_prob(u, mean, log_std) - _tanh_log_det(u)).sum(-1)
+
+
+def _normal_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    return -0.5 * ((x - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+
+
+def _tanh_log_det(u: torch.Tensor) -> torch.Tensor:
+    """log |d tanh(u)/du| computed stably: 2 (log 2 - u - softplus(-2u))."""
+    return 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u))
+
+
+class QEnsemble(nn.Module):
+    """E critics Q_e(s, a); `forward` returns (E, B). Parameters are stacked (E, ...) tensors."""
+
+    def __init__(self, obs_dim: int, action_dim: int, num_qs: int = 2, hidden_dims: Sequence[int] = (256, 256),
+                 activation: str = "relu", layer_norm: bool = True) -> None:
+        super().__init__()
+        if num_qs < 1:
+            raise ValueError(f"a Q ensemble needs num_qs >= 1, got {num_qs}")
+        members = [MLP(obs_dim + action_dim, 1, hidden_dims, activation, layer_norm) for _ in range(num_qs)]
+        params, buffers = stack_module_state(members)
+        self.num_qs = num_qs
+        self.params = nn.ParameterDict({k.replace(".", "__"): nn.Parameter(v) for k, v in params.items()})
+        self._names = {k.replace(".", "__"): k for k in params}
+        if buffers:  # MLP has none; keep the door shut rather than silently dropping state
+            raise ValueError("QEnsemble members must not hold buffers")
+        # a stateless template for functional calls (kept out of this module's state_dict)
+        self._template = [copy.deepcopy(members[0]).to("meta")]
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, action], dim=-1)
+        params = {self._names[k]: v for k, v in self.params.items()}
+        template = self._template[0]
+
+        def one(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return functional_call(template, p, (x,))
+
+        return torch.vmap(one)(params).squeeze(-1)
+
+    def subset(self, index: Sequence[int] | torch.Tensor) -> "QEnsemble":
+        """A new ensemble holding copies of members `index` (e.g. to shrink a pretrained ensemble)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        new = copy.deepcopy(self)
+        with torch.no_grad():
+            for k, v in new.params.items():
+                new.params[k] = nn.Parameter(v[idx].clone())
+        new.num_qs = len(idx)
+        return new
+
+
+class ValueNet(nn.Module):
+    """V(s) -> (B,)."""
+
+    def __init__(self, obs_dim: int, hidden_dims: Sequence[int] = (256, 256), activation: str = "relu",
+                 layer_norm: bool = False) -> None:
+        super().__init__()
+        self.net = MLP(obs_dim, 1, hidden_dims, activation, layer_norm)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging target <- (1 - tau) target + tau source, over parameters."""
+    for t, s in zip(target.parameters(), source.parameters()):
+        t.lerp_(s, tau)

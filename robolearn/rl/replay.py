@@ -1,0 +1,187 @@
+"""Transitions for RL: an offline buffer built from an EpisodeStore and an online ring buffer.
+
+The store keeps, per step t of an episode, the observation *before* the action, the action, the
+reward received after it and `done`. A transition (s_t, a_t, r_t, s_{t+1}) therefore exists for
+t < T-1 from the stored arrays; the last step of an episode is a transition only when the episode
+*terminated* there (its next state is never bootstrapped, so it is not needed). Episodes that
+ended by a time limit drop their last step (as D4RL's qlearning_dataset does), since bootstrapping
+from a missing next state would be wrong and treating a timeout as terminal biases values.
+
+Whether an episode terminated is read from its metadata (`{"terminated": bool}`, written by
+robolearn.rl.datasets collectors); stores written elsewhere fall back to `done[-1] and success`
+(our tasks terminate on success and truncate otherwise).
+
+Per transition the buffer also holds its episode id, the episode's undiscounted return G_i (the
+sum of all its stored rewards, what trajectory reweighting ranks), the episode's initial state
+s0_i (for AW's baseline), and the discounted Monte-Carlo return-to-go (Cal-QL's lower bound).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Transitions:
+    """Flat transition arrays (N = number of transitions, E = number of episodes)."""
+
+    obs: np.ndarray  # (N, D) float32
+    action: np.ndarray  # (N, A) float32
+    reward: np.ndarray  # (N,) float32
+    next_obs: np.ndarray  # (N, D) float32
+    terminal: np.ndarray  # (N,) bool: no bootstrapping from next_obs
+    episode: np.ndarray  # (N,) int64 index into the episode arrays below
+    mc_return: np.ndarray  # (N,) float32 discounted reward-to-go within the episode
+    episode_return: np.ndarray  # (E,) float64 undiscounted sum of the episode's rewards
+    episode_length: np.ndarray  # (E,) int64 stored steps of the episode
+    initial_obs: np.ndarray  # (E, D) float32 s0 of each episode
+    store_episode: np.ndarray  # (E,) int64 episode index in the source store
+
+    def __len__(self) -> int:
+        return len(self.reward)
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.obs.shape[1])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.action.shape[1])
+
+    @property
+    def transition_return(self) -> np.ndarray:
+        """G of each transition's episode (N,)."""
+        return self.episode_return[self.episode]
+
+    def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        return {
+            "obs": torch.as_tensor(self.obs[idx], device=device),
+            "action": torch.as_tensor(self.action[idx], device=device),
+            "reward": torch.as_tensor(self.reward[idx], device=device),
+            "next_obs": torch.as_tensor(self.next_obs[idx], device=device),
+            "terminal": torch.as_tensor(self.terminal[idx].astype(np.float32), device=device),
+            "mc_return": torch.as_tensor(self.mc_return[idx], device=device),
+        }
+
+
+def discounted_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    out = np.zeros(len(rewards), np.float64)
+    acc = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        acc = float(rewards[t]) + gamma * acc
+        out[t] = acc
+    return out
+
+
+def episode_terminated(store: Any, index: int, done_last: bool, success: bool) -> bool:
+    raw = store.column("metadata")[index]
+    if raw:
+        try:
+            meta = json.loads(raw)
+        except ValueError:
+            meta = {}
+        if isinstance(meta, dict) and "terminated" in meta:
+            return bool(meta["terminated"])
+    return bool(done_last and success)
+
+
+def transitions_from_store(store: Any, obs_key: str = "obs/state", episodes: Sequence[int] | None = None,
+                           gamma: float = 0.99, reward_scale: float = 1.0, reward_bias: float = 0.0) -> Transitions:
+    """All transitions of (a subset of) a store's episodes; rewards become r * scale + bias."""
+    if obs_key not in store.features:
+        raise ValueError(f"{store.path} has no {obs_key!r} observations (features: {', '.join(store.features)})")
+    if "action" not in store.features:
+        raise ValueError(f"{store.path} has no actions")
+    if store.features[obs_key].role != "obs" or len(store.features[obs_key].shape) != 1:
+        raise ValueError(f"{obs_key!r} must be a flat state vector, got shape {store.features[obs_key].shape}")
+    eps = np.arange(store.num_episodes) if episodes is None else np.asarray(episodes, dtype=np.int64)
+    if len(eps) == 0:
+        raise ValueError(f"{store.path}: no episodes selected")
+    obs_all = store.read(obs_key).astype(np.float32)
+    act_all = store.read("action").astype(np.float32)
+    rew_all = store.read("reward").astype(np.float64) * reward_scale + reward_bias
+    done_all = store.read("done").astype(bool)
+    starts, ends = store.episode_starts, store.episode_ends
+    success = store.column("success").astype(bool)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminal", "episode", "mc")}
+    ep_ret, ep_len, s0 = [], [], []
+    for j, i in enumerate(eps):
+        s, e = int(starts[i]), int(ends[i])
+        obs, act, rew = obs_all[s:e], act_all[s:e], rew_all[s:e]
+        term = episode_terminated(store, int(i), bool(done_all[e - 1]), bool(success[i]))
+        n = len(rew) if term else len(rew) - 1
+        next_obs = np.concatenate([obs[1:], obs[-1:]], axis=0)  # last row only used when terminal
+        terminal = np.zeros(len(rew), bool)
+        terminal[-1] = term
+        mc = discounted_to_go(rew, gamma)
+        parts["obs"].append(obs[:n])
+        parts["action"].append(act[:n])
+        parts["reward"].append(rew[:n])
+        parts["next_obs"].append(next_obs[:n])
+        parts["terminal"].append(terminal[:n])
+        parts["episode"].append(np.full(n, j, np.int64))
+        parts["mc"].append(mc[:n])
+        ep_ret.append(float(rew.sum()))
+        ep_len.append(len(rew))
+        s0.append(obs[0])
+    total = sum(len(x) for x in parts["reward"])
+    if total == 0:
+        raise ValueError(f"{store.path}: no transitions (every episode has a single, truncated step)")
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    return Transitions(
+        obs=cat["obs"], action=cat["action"], reward=cat["reward"].astype(np.float32), next_obs=cat["next_obs"],
+        terminal=cat["terminal"], episode=cat["episode"], mc_return=cat["mc"].astype(np.float32),
+        episode_return=np.asarray(ep_ret), episode_length=np.asarray(ep_len, np.int64),
+        initial_obs=np.stack(s0).astype(np.float32), store_episode=eps.copy(),
+    )
+
+
+class ReplayBuffer:
+    """Online FIFO ring buffer of transitions (numpy), sampled uniformly with a seeded generator."""
+
+    def __init__(self, obs_dim: int, action_dim: int, capacity: int, seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError(f"replay capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.action = np.zeros((capacity, action_dim), np.float32)
+        self.reward = np.zeros(capacity, np.float32)
+        self.terminal = np.zeros(capacity, bool)
+        self.size = 0
+        self.pos = 0
+        self.added = 0  # total transitions ever added
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray, terminal: bool) -> None:
+        i = self.pos
+        self.obs[i], self.action[i], self.reward[i] = obs, action, reward
+        self.next_obs[i], self.terminal[i] = next_obs, terminal
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+        self.added += 1
+
+    def sample(self, batch_size: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        idx = self.rng.integers(0, self.size, size=batch_size)
+        return {
+            "obs": torch.as_tensor(self.obs[idx], device=device),
+            "action": torch.as_tensor(self.action[idx], device=device),
+            "reward": torch.as_tensor(self.reward[idx], device=device),
+            "next_obs": torch.as_tensor(self.next_obs[idx], device=device),
+            "terminal": torch.as_tensor(self.terminal[idx].astype(np.float32), device=device),
+        }
+
+
+def concat_batches(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    keys = [k for k in a if k in b]
+    return {k: torch.cat([a[k], b[k]], dim=0) for k in keys}
