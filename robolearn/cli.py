@@ -18,8 +18,6 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("robolearn.training", "register", "train a policy on an episode store"),
     "offline": ("robolearn.rl.cli", "register_offline", "offline RL (IQL, CQL, Cal-QL, TD3+BC) with trajectory reweighting"),
     "finetune": ("robolearn.rl.cli", "register_finetune", "online RL fine-tuning of an offline checkpoint (WSRL, SAC)"),
-    "offline": ("robolearn.rl.cli", "register_offline", "offline RL (IQL, CQL, Cal-QL, TD3+BC) with trajectory reweighting"),
-    "finetune": ("robolearn.rl.cli", "register_finetune", "online RL fine-tuning of an offline checkpoint (WSRL, SAC)"),
     "eval": ("robolearn.evaluation", "register", "evaluate a checkpoint on a task with fixed seeds"),
     "intervene": ("robolearn.teleop.recorder", "register", "deploy a policy with an operator (keyboard/SpaceMouse/gamepad/scripted) and record recoveries/corrections"),
     "demo": ("robolearn.demo", "register", "collect demos, train a diffusion policy, evaluate, write a report"),
