@@ -229,20 +229,36 @@ class Task:
         """Position targets from normalized actions: deltas from the measured gripper pose
         (no integrator wind-up when blocked), absolute finger opening (-1 open, +1 closed).
         Axes not in `action_axes` hold their `hold_ctrl` value."""
+        if not hasattr(self, "_act_map"):
+            self._build_action_map()
+        d_cols, d_act, d_qpos, d_scale, g_col, lo, hi = self._act_map
         ctrl = self.hold_ctrl(s)
         a = action.to(ctrl.dtype)
+        if len(d_cols):
+            ctrl[:, d_act] = s.qpos[:, d_qpos] + a[:, d_cols] * d_scale.to(ctrl)
+        if g_col is not None:
+            opening = (self.grip_open / 2) * (1 - a[:, g_col])
+            ctrl[:, self.a_fl] = opening
+            ctrl[:, self.a_fr] = opening
+        return torch.minimum(torch.maximum(ctrl, lo.to(ctrl)), hi.to(ctrl))
+
+    def _build_action_map(self) -> None:
+        """Index tensors for action_to_ctrl (a handful of vectorized ops per step)."""
+        d_cols, d_act, d_qpos, d_scale, g_col = [], [], [], [], None
         for i, axis in enumerate(self.action_axes):
             if axis in ("x", "y", "z"):
                 k = "xyz".index(axis)
-                ctrl[:, self.a_xyz[k]] = s.qpos[:, self.q_grip.start + k] + self.pos_scale * a[:, i]
+                d_cols.append(i), d_act.append(self.a_xyz[k]), d_qpos.append(self.q_grip.start + k)
+                d_scale.append(self.pos_scale)
             elif axis == "yaw":
-                ctrl[:, self.a_yaw] = s.qpos[:, self.q_yaw] + self.yaw_scale * a[:, i]
+                d_cols.append(i), d_act.append(self.a_yaw), d_qpos.append(self.q_yaw), d_scale.append(self.yaw_scale)
             elif axis == "grip":
-                opening = self.grip_open * (1 - a[:, i]) / 2
-                ctrl[:, self.a_fl] = opening
-                ctrl[:, self.a_fr] = opening
-        lo, hi = self.layout.ctrlrange[:, 0].to(ctrl), self.layout.ctrlrange[:, 1].to(ctrl)
-        return torch.minimum(torch.maximum(ctrl, lo), hi)
+                g_col = i
+            else:
+                raise ValueError(f"unknown action axis {axis!r}")
+        t = lambda x: torch.tensor(x, dtype=torch.int64)  # noqa: E731
+        self._act_map = (t(d_cols), t(d_act), t(d_qpos), torch.tensor(d_scale, dtype=torch.float64), g_col,
+                         self.layout.ctrlrange[:, 0].clone(), self.layout.ctrlrange[:, 1].clone())
 
     def hold_ctrl(self, s: SimState) -> torch.Tensor:
         """Control of axes the action does not drive: keep the current target."""
@@ -266,7 +282,7 @@ class Task:
     def observe(self, s: SimState) -> torch.Tensor:
         raise NotImplementedError
 
-    def dense_reward(self, s: SimState) -> torch.Tensor:
+    def dense_reward(self, s: SimState, success: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def success(self, s: SimState) -> torch.Tensor:
@@ -275,10 +291,17 @@ class Task:
     def stage(self, s: SimState) -> torch.Tensor:
         return torch.zeros(s.qpos.shape[0], dtype=torch.int32, device=s.qpos.device)
 
-    def reward(self, s: SimState) -> torch.Tensor:
+    def reward(self, s: SimState, success: torch.Tensor | None = None) -> torch.Tensor:
+        """Sparse (success) or dense reward; pass `success` if already computed."""
         if self.cfg.reward_type == "sparse":
-            return self.success(s).to(torch.float32)
-        return self.dense_reward(s).to(torch.float32)
+            return (self.success(s) if success is None else success).to(torch.float32)
+        return self.dense_reward(s, success).to(torch.float32)
+
+    def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(success, reward, stage, detected failure) of a transition prev -> s, in one call so
+        tasks can share intermediate results (e.g. push_t's coverage)."""
+        success = self.success(s)
+        return success, self.reward(s, success), self.stage(s), self.detect_failure(prev, s)
 
     def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
         """Failure events that happened without injection (codes in FAILURE_EVENTS, 0 = none)."""

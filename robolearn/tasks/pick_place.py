@@ -65,7 +65,7 @@ class PickPlace(GraspTask):
     def stage(self, s: SimState) -> torch.Tensor:
         return self.grasped(s, self.cube_pos(s)).to(torch.int32)
 
-    def dense_reward(self, s: SimState) -> torch.Tensor:
+    def dense_reward(self, s: SimState, success: torch.Tensor | None = None) -> torch.Tensor:
         """Staged: reach (<=0.25), grasp (0.35) + lift/carry progress (<=0.35 more), 1 in the bin."""
         return staged_reward(self, s, self.cube_pos(s), self.bin_pos(s))
 

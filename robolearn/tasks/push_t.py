@@ -108,11 +108,17 @@ class PushT(Task):
     def success(self, s: SimState) -> torch.Tensor:
         return self.coverage(s) >= SUCCESS_COVERAGE
 
-    def dense_reward(self, s: SimState) -> torch.Tensor:
+    def dense_reward(self, s: SimState, success: torch.Tensor | None = None) -> torch.Tensor:
         return (self.coverage(s) / SUCCESS_COVERAGE).clamp(0, 1)
 
     def stage(self, s: SimState) -> torch.Tensor:
         return (self.coverage(s) >= 0.5).to(torch.int32)
+
+    def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        cov = self.coverage(s)  # computed once for success, reward and stage
+        success = cov >= SUCCESS_COVERAGE
+        reward = success.to(torch.float32) if self.cfg.reward_type == "sparse" else (cov / SUCCESS_COVERAGE).clamp(0, 1)
+        return success, reward.to(torch.float32), (cov >= 0.5).to(torch.int32), self.detect_failure(prev, s)
 
     def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
         out = lambda st: (self.block_pose(st)[:, :2].abs() > LIMIT).any(-1)  # noqa: E731

@@ -84,37 +84,37 @@ class TaskSim:
         self._prev = self._clone(self.backend.read())
         return self.observe()
 
+    @torch.inference_mode()
     def step(self, action: np.ndarray | torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray,
                                                              np.ndarray, dict[str, np.ndarray]]:
         """One control step for every env. Non-finite actions are refused before anything runs."""
-        a = torch.as_tensor(np.asarray(action, dtype=np.float64) if not torch.is_tensor(action) else action)
-        a = a.to(torch.float64)
-        if a.ndim == 1 and self.num_envs == 1:
-            a = a.unsqueeze(0)
-        if a.shape != (self.num_envs, self.action_dim):
-            raise ValueError(f"action must have shape {(self.num_envs, self.action_dim)}, got {tuple(a.shape)}")
-        if not torch.isfinite(a).all():
-            bad = torch.nonzero(~torch.isfinite(a).all(1)).flatten().tolist()
+        a_np = (action.detach().cpu().numpy() if torch.is_tensor(action) else np.asarray(action)).astype(np.float64)
+        if a_np.ndim == 1 and self.num_envs == 1:
+            a_np = a_np[None]
+        if a_np.shape != (self.num_envs, self.action_dim):
+            raise ValueError(f"action must have shape {(self.num_envs, self.action_dim)}, got {tuple(a_np.shape)}")
+        finite = np.isfinite(a_np)
+        if not finite.all():
+            bad = np.flatnonzero(~finite.all(1)).tolist()
             raise ValueError(f"action contains NaN or inf (env(s) {bad}); refused, simulation not stepped")
-        a = a.clamp(-1.0, 1.0)
+        a = torch.from_numpy(np.clip(a_np, -1.0, 1.0))
         s = self.backend.read()
         self.backend.set_ctrl(self.task.action_to_ctrl(s, a))
         self.backend.step(self.cfg.frame_skip)
         self.t += 1
         events = self._perturb()
         s = self.backend.read()
-        detected = self.task.detect_failure(self._prev, s).to(torch.int64)
-        events = torch.where(events > 0, events, detected)
+        success, reward, stage, detected = self.task.evaluate(self._prev, s)
+        events = torch.where(events > 0, events, detected.to(torch.int64))
         self._prev = self._clone(s)
-        success = self.task.success(s)
-        reward = self.task.reward(s)
         terminated = success if self.cfg.terminate_on_success else torch.zeros_like(success)
         truncated = (self.t >= self.cfg.horizon) & ~terminated
-        info = {"success": success.numpy().astype(bool), "stage": self.task.stage(s).numpy().astype(np.int32),
+        info = {"success": success.numpy().astype(bool), "stage": stage.numpy().astype(np.int32),
                 "failure_event": events.numpy().astype(np.int32), "t": self.t.numpy().copy()}
         return (self.observe(), reward.numpy().astype(np.float32), terminated.numpy().astype(bool),
                 truncated.numpy().astype(bool), info)
 
+    @torch.inference_mode()
     def observe(self) -> dict[str, np.ndarray]:
         s = self.backend.read()
         obs = {"state": self.task.observe(s).to(torch.float32).numpy()}

@@ -86,12 +86,23 @@ class Sort(GraspTask):
     def stage(self, s: SimState) -> torch.Tensor:
         return self.current(s).to(torch.int32)
 
-    def dense_reward(self, s: SimState) -> torch.Tensor:
+    def dense_reward(self, s: SimState, success: torch.Tensor | None = None) -> torch.Tensor:
         """(sorted cubes + staged progress on the current cube) / K, in [0, 1]."""
         cur = self.current(s)
         part = staged_reward(self, s, self._pick(self.cubes(s), cur), self._pick(self.bins(s), cur))
         done = self.sorted_mask(s).sum(1).to(part.dtype)
         return torch.where(cur >= self.k, torch.ones_like(part), (done + part.clamp(max=0.99)) / self.k)
+
+    def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        m = self.sorted_mask(s)  # computed once for success, reward and stage
+        success = m.all(1)
+        cur = torch.where(success, self.k, torch.argmin(m.to(torch.int64), dim=1))
+        if self.cfg.reward_type == "sparse":
+            reward = success.to(torch.float32)
+        else:
+            part = staged_reward(self, s, self._pick(self.cubes(s), cur), self._pick(self.bins(s), cur))
+            reward = torch.where(success, torch.ones_like(part), (m.sum(1).to(part.dtype) + part.clamp(max=0.99)) / self.k)
+        return success, reward.to(torch.float32), cur.to(torch.int32), self.detect_failure(prev, s)
 
     def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
         ev = torch.zeros(s.qpos.shape[0], dtype=torch.int32)

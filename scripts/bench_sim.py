@@ -1,0 +1,116 @@
+"""Simulation throughput: robolearn envs vs a raw mj_step loop on the same MJCF.
+
+For each task: control steps/s of
+  raw      - `mj_step(m, d, nstep=frame_skip)` + writing ctrl, nothing else (the floor), replaying
+             exactly the ctrl sequence the single env applied, from the same start state,
+  single   - TaskEnv.step with state obs (action -> ctrl, physics, sensors refresh, obs, reward,
+             success, stage, failure detection, sim_state in info),
+  vector   - TaskVectorEnv.step with N envs (env-steps/s = N x calls/s),
+  image    - TaskEnv.step with state + 84x84 RGB obs (EGL).
+Overhead = raw / single (best of 2 runs each). Random uniform actions (seeded); no termination.
+
+    python scripts/bench_sim.py [--steps 2000] [--num-envs 16] [--tasks push_cube,...] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import robolearn.tasks as T  # noqa: E402
+from robolearn.tasks.registry import build_model  # noqa: E402
+
+
+def bench_env(name: str, steps: int, seed: int, record: bool = False, **overrides):
+    """Steps/s of TaskEnv.step; with record=True also the start state and the ctrl sequence."""
+    env = T.make_env(name, terminate_on_success=False, horizon=10**9, **overrides)
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    actions = rng.uniform(-1, 1, (steps + 20, env.action_space.shape[0])).astype(np.float32)
+    for a in actions[:20]:  # warm-up (torch dispatch, renderer context)
+        env.step(a)
+    start = env.get_sim_state()
+    t0 = time.perf_counter()
+    for a in actions[20:]:
+        env.step(a)
+    rate = steps / (time.perf_counter() - t0)
+    ctrls = None
+    if record:  # re-run to record the ctrl the env applied at each step (not timed)
+        data = env.unwrapped.sim.backend.datas[0]
+        env.set_sim_state(start)
+        ctrls = []
+        for a in actions[20:]:
+            env.step(a)
+            ctrls.append(data.ctrl.copy())
+    env.close()
+    return rate, start, ctrls
+
+
+def bench_raw(name: str, start: np.ndarray, ctrls: list[np.ndarray]) -> float:
+    """The floor: the same physics (same start state, same ctrl per step) in a bare loop."""
+    cfg = T.load_task_config(name)
+    _, model = build_model(name, cfg)
+    data = mujoco.MjData(model)
+    mujoco.mj_setState(model, data, start, T.STATE_SPEC)
+    mujoco.mj_forward(model, data)
+    t0 = time.perf_counter()
+    for c in ctrls:
+        data.ctrl[:] = c
+        mujoco.mj_step(model, data, nstep=cfg.frame_skip)
+    return len(ctrls) / (time.perf_counter() - t0)
+
+
+def bench_vector(name: str, steps: int, num_envs: int, seed: int, num_threads: int = 1) -> float:
+    venv = T.make_vector_env(name, num_envs, num_threads=num_threads, terminate_on_success=False, horizon=10**9)
+    venv.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    calls = max(10, steps // num_envs)
+    actions = rng.uniform(-1, 1, (calls, num_envs, venv.single_action_space.shape[0])).astype(np.float32)
+    for a in actions[:5]:
+        venv.step(a)
+    t0 = time.perf_counter()
+    for a in actions:
+        venv.step(a)
+    rate = calls * num_envs / (time.perf_counter() - t0)
+    venv.close()
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--image-steps", type=int, default=500)
+    ap.add_argument("--num-envs", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1, help="threads of the vector env's CPU backend")
+    ap.add_argument("--tasks", default=",".join(T.TASKS))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, mujoco {mujoco.__version__}, "
+          f"torch {torch.__version__}, steps={args.steps}, seed={args.seed}")
+    print("| task | frame_skip | raw mj_step loop (steps/s) | single env, state (steps/s) | overhead | "
+          f"vector env N={args.num_envs}, state (env-steps/s) | vector overhead | "
+          "single env, state+image 84x84 (steps/s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.tasks.split(","):
+        single, start, ctrls = bench_env(name, args.steps, args.seed, record=True)
+        raw = bench_raw(name, start, ctrls)
+        single = max(single, bench_env(name, args.steps, args.seed)[0])  # best of 2 (shared CPUs)
+        raw = max(raw, bench_raw(name, start, ctrls))
+        vec = bench_vector(name, args.steps * 2, args.num_envs, args.seed, args.threads)
+        img = bench_env(name, args.image_steps, args.seed, obs_mode="state+image")[0]
+        fs = T.load_task_config(name).frame_skip
+        print(f"| {name} | {fs} | {raw:.0f} | {single:.0f} | {raw / single:.2f}x | {vec:.0f} | {raw / vec:.2f}x | "
+              f"{img:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
