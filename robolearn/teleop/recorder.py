@@ -181,6 +181,7 @@ def record_interventions(
         device = device(sim)
     if viewer is not None and not hasattr(viewer, "update"):
         viewer = viewer(sim)
+    _check_policy_fits(policy, sim, task)
     store = open_output_store(out, sim, task)
     first_new = store.num_episodes
     p_device = next(iter(policy.parameters())).device if hasattr(policy, "parameters") else torch.device("cpu")
@@ -298,6 +299,17 @@ def record_interventions(
     metrics.update(task=task, store=str(out), seeds=[seed, seed + committed - 1] if committed else [], quit=quit_early,
                    terminate_after_intervention=terminate_after_intervention, recovery=recovery)
     return metrics
+
+
+def _check_policy_fits(policy: Any, sim: Any, task: str) -> None:
+    cfg = getattr(policy, "config", None)
+    if cfg is None:
+        return
+    shapes = dict(getattr(cfg, "input_shapes", {}) or {})
+    if "state" in shapes and list(shapes["state"]) != [sim.obs_dim]:
+        raise ValueError(f"the policy reads {shapes['state'][0]}-dim states; task {task} gives {sim.obs_dim}")
+    if getattr(cfg, "action_dim", sim.action_dim) not in (0, sim.action_dim):
+        raise ValueError(f"the policy outputs {cfg.action_dim}-dim actions; task {task} takes {sim.action_dim}")
 
 
 # ----------------------------------------------------------------------------------- CLI
