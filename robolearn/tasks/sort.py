@@ -105,7 +105,7 @@ class Sort(GraspTask):
         return success, reward.to(torch.float32), cur.to(torch.int32), self.detect_failure(prev, s)
 
     def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
-        ev = torch.zeros(s.qpos.shape[0], dtype=torch.int32)
+        ev = torch.zeros(s.qpos.shape[0], dtype=torch.int32, device=s.qpos.device)
         for i in range(self.k):
             e = grasp_failures(self, prev, s, lambda st, i=i: self.sensor(st, f"cube{i}_pos"),
                                lambda st, i=i: self.sensor(st, f"bin{i}_pos"))
