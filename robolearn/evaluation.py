@@ -85,9 +85,22 @@ def evaluate_policy(
     collector: str | None = None,
     task_overrides: list[str] | None = None,
     progress: bool = True,
+    backend: str = "cpu",
 ) -> dict[str, Any]:
-    """Run `episodes` seeded episodes and return the report (see module docstring)."""
+    """Run `episodes` seeded episodes and return the report (see module docstring).
+
+    backend: "cpu" (MuJoCo C), "gpu" (MuJoCo Warp on CUDA) or "warp-cpu" (MuJoCo Warp on Warp's
+    CPU device, for tests); the Warp backends run `robolearn.tasks.device_env` (state obs only).
+    """
     from tqdm import tqdm
+
+    if backend != "cpu":
+        from robolearn.tasks.device_env import evaluate_policy_device
+
+        if video or save or perturb:
+            raise ValueError(f"--backend {backend} does not record videos/rollouts or inject perturbations; use --backend cpu")
+        return evaluate_policy_device(policy, task, episodes, seed=seed, num_envs=num_envs, backend=backend,
+                                      task_overrides=task_overrides, progress=progress)
 
     from robolearn.tasks.registry import load_task_config
     from robolearn.tasks.sim import TaskSim
@@ -328,16 +341,19 @@ def load_any_policy(path: str | Path, device: str = "cpu") -> tuple[Any, dict[st
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.backend == "gpu":
-        raise RuntimeError("--backend gpu needs the MuJoCo Warp backend (robolearn GPU issue) and a CUDA device")
-    policy, meta = load_any_policy(args.checkpoint)
+    device = "cpu"
+    if args.backend == "gpu":  # fail fast, before loading anything, without the gpu extra or CUDA
+        from robolearn.tasks.warp_backend import resolve_device
+
+        device = resolve_device("cuda")
+    policy, meta = load_any_policy(args.checkpoint, device=device)
     task = args.task or meta.get("task")
     if not task:
         raise ValueError("the checkpoint records no task: pass --task")
     video_dir = Path(args.video_dir) if args.video_dir else resolve_checkpoint(args.checkpoint) / "videos"
     report = evaluate_policy(
         policy, task, args.episodes, seed=args.seed, num_envs=args.num_envs, perturb=args.perturb,
-        video=args.video, video_dir=video_dir, save=args.save, progress=not args.json,
+        video=args.video, video_dir=video_dir, save=args.save, progress=not args.json, backend=args.backend,
     )
     report["checkpoint"] = str(resolve_checkpoint(args.checkpoint))
     if args.json:
@@ -367,6 +383,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=int, default=0, help="record mp4s of the first K episodes")
     parser.add_argument("--video-dir", default=None)
     parser.add_argument("--save", default=None, help="append rollouts to this episode store (source=policy)")
-    parser.add_argument("--backend", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--backend", choices=["cpu", "gpu", "warp-cpu"], default="cpu",
+                        help="cpu: MuJoCo C; gpu: MuJoCo Warp on CUDA (extra 'gpu'); warp-cpu: MuJoCo Warp on its CPU device (tests)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=_run)

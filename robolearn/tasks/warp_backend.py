@@ -122,7 +122,7 @@ class MujocoWarpBackend:
 
     def __init__(self, model: mujoco.MjModel, num_envs: int, device: str | None = None,
                  nconmax: int | None = None, njmax: int | None = None, use_graph: bool = True,
-                 check_every: int | None = None):
+                 check_every: int | None = None, match_c_collisions: bool = True):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         wp, mjw = import_warp()
@@ -147,6 +147,12 @@ class MujocoWarpBackend:
         with wp.ScopedDevice(self.wp_device):
             self.m = mjw.put_model(model)
             self.m.opt.warn_overflow = 0  # no device printf spam; overflow is raised by check()
+            if match_c_collisions:
+                # MJWarp sends box-box pairs through general CCD unless NATIVECCD is disabled; MuJoCo C
+                # uses its dedicated box-box collider, which MJWarp ports as the "primitive" box_box.
+                # Every task touches box-box (fingers, cubes), and the CCD contacts differ enough
+                # (one vs two contacts on a tilting face) to make pushing diverge within a few steps.
+                self.m.opt.disableflags |= int(mjw.DisableBit.NATIVECCD)
             self.d = mjw.make_data(model, nworld=num_envs, nconmax=self.nconmax, njmax=self.njmax)
             S = self.layout.state_size
             self._state_wp = wp.zeros((num_envs, S), dtype=float)

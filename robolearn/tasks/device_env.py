@@ -1,0 +1,212 @@
+"""Device-resident batched task envs and evaluation (MuJoCo Warp on CUDA; any backend works).
+
+`DeviceVectorEnv` is the torch counterpart of the gymnasium `TaskVectorEnv`: actions, obs,
+reward, success, stage, failure events, episode bookkeeping and automatic resets are tensors on
+the backend's device, and a step never waits for the host (no `.item()`, no boolean indexing).
+Initial states are sampled on the host once, per episode seed, exactly as `TaskSim.reset(seeds=)`
+does (so the same seeds give the same initial states on every backend), and copied to the device
+as a pool; a finished env takes the next pool entry inside the step (SAME_STEP autoreset: the
+returned obs is the new episode's first, `info` holds the finished step's success/episode).
+
+`evaluate_policy_device` is `robolearn eval --backend gpu|warp-cpu`: the same seeds and report as
+`robolearn.evaluation.evaluate_policy`, with per-episode results scattered into device arrays and
+the host consulted only every `sync_every` steps to see whether all episodes are done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from robolearn.tasks.base import SimState, Task, TaskConfig
+
+
+class DeviceVectorEnv:
+    """`num_envs` envs of one task on one backend; every per-step tensor stays on its device."""
+
+    def __init__(self, task_name: str, num_envs: int, backend: Any = "gpu", cfg: TaskConfig | None = None,
+                 overrides: list[str] | dict[str, Any] | None = None, **backend_kwargs: Any):
+        from robolearn.tasks.registry import build_model, load_task_config
+        from robolearn.tasks.warp_backend import make_backend
+
+        self.cfg = cfg if cfg is not None else load_task_config(task_name, overrides)
+        if self.cfg.perturb_rate > 0:
+            raise ValueError("perturbation events are drawn per env on the host: use --backend cpu for perturb_rate > 0")
+        if self.cfg.image:
+            raise ValueError("images are rendered on the host: the device env serves state observations only")
+        task_cls, model = build_model(task_name, self.cfg)
+        self.model = model
+        self.backend = make_backend(backend, model, num_envs, **backend_kwargs) if isinstance(backend, str) else backend
+        self.num_envs = self.backend.num_envs
+        self.task: Task = task_cls(self.cfg, self.backend.layout)
+        self.device = self.backend.device
+        N, dev = self.num_envs, self.device
+        self.t = torch.zeros(N, dtype=torch.int64, device=dev)
+        self.slot_episode = torch.full((N,), -1, dtype=torch.int64, device=dev)
+        self._pool: torch.Tensor | None = None
+        self._next = torch.zeros((), dtype=torch.int64, device=dev)
+        self._cycle = False
+        self._prev: SimState | None = None
+        self._bad_action = torch.zeros(N, dtype=torch.bool, device=dev)
+
+    @property
+    def obs_dim(self) -> int:
+        return self.task.obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        return self.task.action_dim
+
+    @property
+    def num_episodes(self) -> int:
+        return 0 if self._pool is None else self._pool.shape[0]
+
+    def set_episodes(self, seeds: list[int], cycle: bool = False) -> None:
+        """Initial states of episodes with these seeds (cycle=True: reuse them forever, for benchmarks)."""
+        if not seeds:
+            raise ValueError("need at least one episode seed")
+        states = torch.cat([self.task.sample_init(torch.Generator().manual_seed(int(s)), 1) for s in seeds])
+        self._pool = states.to(self.device)
+        self._cycle = cycle
+
+    def reset(self) -> torch.Tensor:
+        """Every env starts the next episode of the pool (envs beyond the pool stay idle, episode -1)."""
+        if self._pool is None:
+            raise RuntimeError("call set_episodes(seeds) before reset()")
+        E, N = self.num_episodes, self.num_envs
+        idx = torch.arange(N, device=self.device)
+        valid = torch.ones_like(idx, dtype=torch.bool) if self._cycle else idx < E
+        self._reset_where(torch.ones(N, dtype=torch.bool, device=self.device), self._pool[idx % E])
+        self.slot_episode = torch.where(valid, idx, -1)
+        self._next = torch.tensor(N if self._cycle else min(N, E), dtype=torch.int64, device=self.device)
+        self.t.zero_()
+        self._prev = _clone(self.backend.read())
+        return self.observe()
+
+    def observe(self) -> torch.Tensor:
+        return self.task.observe(self.backend.read()).to(torch.float32)
+
+    def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One control step of every env; finished envs are reset to their next episode in place."""
+        a = action.to(self.device)
+        self._bad_action |= ~torch.isfinite(a).all(1)
+        a = torch.nan_to_num(a, 0.0, 0.0, 0.0).clamp(-1.0, 1.0)
+        task, cfg = self.task, self.cfg
+        self.backend.set_ctrl(task.action_to_ctrl(self.backend.read(), a))
+        self.backend.step(cfg.frame_skip)
+        self.t += 1
+        s = self.backend.read()
+        success, reward, stage, events = task.evaluate(self._prev, s)
+        terminated = success if cfg.terminate_on_success else torch.zeros_like(success)
+        truncated = (self.t >= cfg.horizon) & ~terminated
+        done = terminated | truncated
+        info = {"success": success, "stage": stage, "failure_event": events, "episode": self.slot_episode.clone(),
+                "done": done}
+        # Automatic reset: done envs take the next episodes of the pool, in env order.
+        E = self.num_episodes
+        new_ep = self._next + torch.cumsum(done.to(torch.int64), 0) - 1
+        has_next = done & (torch.ones_like(done) if self._cycle else new_ep < E)
+        self._reset_where(has_next, self._pool[new_ep.clamp(min=0) % E])
+        self.slot_episode = torch.where(has_next, new_ep, torch.where(done, -1, self.slot_episode))
+        self._next = self._next + has_next.sum()
+        self.t = torch.where(done, 0, self.t)
+        self._prev = _clone(self.backend.read())
+        return self.observe(), reward, terminated, truncated, info
+
+    def _reset_where(self, mask: torch.Tensor, states: torch.Tensor) -> None:
+        reset_where = getattr(self.backend, "reset_where", None)
+        if reset_where is not None:  # device backends: no host sync
+            reset_where(mask, states)
+        elif bool(mask.any()):  # e.g. MujocoCBackend (host anyway)
+            self.backend.reset(mask.cpu(), states[mask].cpu())
+
+    def check(self) -> None:
+        """Raise for NaN/inf actions and simulator errors since the last check (host sync)."""
+        if bool(self._bad_action.any()):
+            bad = torch.nonzero(self._bad_action).flatten().tolist()
+            raise RuntimeError(f"the policy produced a NaN/inf action for env(s) {bad[:8]}")
+        check = getattr(self.backend, "check", None)
+        if check:
+            check("step")
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close:
+            close()
+
+
+def _clone(s: SimState) -> SimState:
+    return SimState(*(x.clone() for x in s))
+
+
+def evaluate_policy_device(policy: Any, task: str, episodes: int, seed: int = 0, num_envs: int = 1,
+                           backend: str = "gpu", task_overrides: list[str] | None = None, progress: bool = True,
+                           sync_every: int | None = None, **backend_kwargs: Any) -> dict[str, Any]:
+    """Seeded evaluation on a device backend; same seeds and report as `evaluate_policy`."""
+    from tqdm import tqdm
+
+    from robolearn.evaluation import _policy_obs_spec, summarize
+
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    num_envs = max(1, min(num_envs, episodes))
+    n_obs, keys = _policy_obs_spec(policy)
+    if keys != ["state"]:
+        raise ValueError(f"--backend {backend} evaluates state-observation policies only (this one needs {keys})")
+    env = DeviceVectorEnv(task, num_envs, backend=backend, overrides=list(task_overrides or []), **backend_kwargs)
+    dev = env.device
+    sync_every = sync_every or (1 if dev.type == "cpu" else 16)
+    seeds = [seed + i for i in range(episodes)]
+    env.set_episodes(seeds)
+    E = episodes
+    # Per-episode results (index E is a dump slot for envs that did not finish this step).
+    ep = {k: torch.zeros(E + 1, dtype=dt, device=dev) for k, dt in
+          (("success", torch.bool), ("return", torch.float64), ("length", torch.int64), ("events", torch.int64),
+           ("max_stage", torch.int64), ("done", torch.bool))}
+    acc = {k: torch.zeros(num_envs, dtype=dt, device=dev) for k, dt in
+           (("return", torch.float64), ("length", torch.int64), ("events", torch.int64), ("max_stage", torch.int64))}
+    pdev = next(iter(policy.parameters())).device if hasattr(policy, "parameters") else dev
+    policy.reset()
+    obs = env.reset()
+    hist = obs[:, None].repeat(1, n_obs, 1)
+    bar = tqdm(total=episodes, desc=f"eval {task} [{backend}]", disable=not progress, dynamic_ncols=True)
+    steps, finished = 0, 0
+    with torch.no_grad():
+        while True:
+            action = policy.select_action({"state": hist.to(pdev)})
+            obs, reward, terminated, truncated, info = env.step(action)
+            active = info["episode"] >= 0
+            acc["return"] += torch.where(active, reward.to(torch.float64), 0.0)
+            acc["length"] += active.to(torch.int64)
+            acc["events"] += (active & (info["failure_event"] > 0)).to(torch.int64)
+            acc["max_stage"] = torch.maximum(acc["max_stage"], torch.where(active, info["stage"].to(torch.int64), 0))
+            done = info["done"] & active
+            target = torch.where(done, info["episode"], E)
+            ep["success"].scatter_(0, target, info["success"])
+            ep["done"].scatter_(0, target, done)
+            for k in acc:
+                ep[k].scatter_(0, target, acc[k])
+                acc[k] = torch.where(info["done"], torch.zeros_like(acc[k]), acc[k])
+            restarted = info["done"]
+            hist = torch.cat([hist[:, 1:], obs[:, None]], 1)
+            hist = torch.where(restarted[:, None, None], obs[:, None].expand_as(hist), hist)
+            policy.reset(restarted.to(pdev))
+            steps += 1
+            if steps % sync_every == 0:
+                env.check()
+                now = int(ep["done"][:E].sum())
+                bar.update(now - finished)
+                finished = now
+                if finished >= E:
+                    break
+    bar.close()
+    env.close()
+    host = {k: v[:E].cpu() for k, v in ep.items()}
+    records = []
+    for i in range(E):
+        success, events = bool(host["success"][i]), int(host["events"][i])
+        records.append({"episode": i, "seed": seeds[i], "success": success, "return": float(host["return"][i]),
+                        "length": int(host["length"][i]), "failure_events": events,
+                        "recoveries": events if success else 0, "max_stage": int(host["max_stage"][i])})
+    return summarize(records, task=task, seed=seed, num_envs=num_envs, perturb=0.0, videos=[], backend=backend)
