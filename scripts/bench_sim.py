@@ -10,6 +10,7 @@ For each task: control steps/s of
 Overhead = raw / single (best of 2 runs each). Random uniform actions (seeded); no termination.
 
     python scripts/bench_sim.py [--steps 2000] [--num-envs 16] [--tasks push_cube,...] [--seed 0]
+    python scripts/bench_sim.py --expert-seeds 50     # scripted expert success table instead
 """
 
 from __future__ import annotations
@@ -84,6 +85,25 @@ def bench_vector(name: str, steps: int, num_envs: int, seed: int, num_threads: i
     return rate
 
 
+def expert_success(name: str, seeds: list[int], noise: float, perturb_rate: float) -> np.ndarray:
+    """Per-episode success of the scripted expert, one batched env per seed."""
+    from robolearn.tasks.sim import TaskSim
+
+    sim = TaskSim(name, num_envs=len(seeds), perturb_rate=perturb_rate)
+    expert = T.make_expert(sim, noise=noise, seed=0)
+    sim.reset(seeds=seeds)
+    done = np.zeros(len(seeds), bool)
+    success = np.zeros(len(seeds), bool)
+    for _ in range(sim.cfg.horizon):
+        action, _ = expert.act(sim.read())
+        _, _, term, trunc, info = sim.step(action.numpy())
+        success |= ~done & info["success"]
+        done |= term | trunc
+        if done.all():
+            break
+    return success
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
@@ -92,8 +112,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="threads of the vector env's CPU backend")
     ap.add_argument("--tasks", default=",".join(T.TASKS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--expert-seeds", type=int, default=0,
+                    help="instead of throughput, measure expert success over seeds 0..N-1")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.expert_seeds:
+        print("| task | action noise (std) | perturb_rate / step | success |\n|---|---|---|---|")
+        for name in args.tasks.split(","):
+            for noise, rate in ((0.0, 0.0), (0.1, 0.0), (0.0, 0.02)):
+                s = expert_success(name, list(range(args.expert_seeds)), noise, rate)
+                print(f"| {name} | {noise} | {rate} | {s.mean():.2f} ({s.sum()}/{len(s)}) |", flush=True)
+        return
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, mujoco {mujoco.__version__}, "
           f"torch {torch.__version__}, steps={args.steps}, seed={args.seed}")
     print("| task | frame_skip | raw mj_step loop (steps/s) | single env, state (steps/s) | overhead | "
