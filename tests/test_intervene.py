@@ -59,6 +59,7 @@ def test_scripted_rac_episode_labels_and_rule2(setup, tmp_path):
 
     m = record_interventions(policy, TASK, make, 3, out, seed=100, terminate_after_intervention=True, progress=False)
     store = EpisodeStore.open(out)
+    assert np.abs(store.read("action")).max() <= 1.0  # the executed (clamped) actions, not raw policy outputs
     assert store.num_episodes == 3 and m["episodes"] == 3 and m["intervention_rate"] > 0 and m["recovery_steps"] > 0
     import re
 

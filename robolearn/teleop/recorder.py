@@ -238,6 +238,7 @@ def record_interventions(
                         primitive = -1
                     if not np.all(np.isfinite(action)):
                         raise RuntimeError(f"{session.mode.value} produced a non-finite action at step {_t}")
+                    action = np.clip(action, -1.0, 1.0)  # what the simulator executes is what gets stored
                     stage, event = int(info["stage"]), int(info["failure_event"])  # of the observed state (collect's convention)
                     pre_state = sim.get_state()[0]
                     source = session.count_step()
