@@ -54,8 +54,12 @@ def _policy_fn(policy: str, env: Any, noise: float, seed: int) -> tuple[Any, Any
 
 
 def collect(task: str, policy: str, episodes: int, out: str | Path, noise: float = 0.0, seed: int = 0,
-            max_steps: int | None = None, overwrite: bool = False, progress: bool = True) -> Any:
-    """Roll `policy` for `episodes` episodes (or until `max_steps` steps) into a new store at `out`."""
+            max_steps: int | None = None, overwrite: bool = False, progress: bool = True,
+            env_kwargs: dict[str, Any] | None = None) -> Any:
+    """Roll `policy` for `episodes` episodes (or until `max_steps` steps) into a new store at `out`.
+
+    `env_kwargs` (task config overrides, e.g. {"terminate_on_success": False}) are recorded as the
+    store's `env_kwargs`, so offline training evaluates on the same task variant."""
     from tqdm import tqdm
 
     from robolearn.data.store import EpisodeStore, Feature
@@ -67,10 +71,11 @@ def collect(task: str, policy: str, episodes: int, out: str | Path, noise: float
         raise ValueError(f"--noise must be >= 0, got {noise}")
     if policy not in ("random", "expert") and not Path(policy).exists():
         raise FileNotFoundError(f"policy {policy!r} is neither random, expert nor an existing checkpoint")
-    env = make_env(task)
+    env = make_env(task, **(env_kwargs or {}))
     features = {"obs/state": Feature("float32", (env.obs_dim,), "obs"), "action": Feature("float32", (env.action_dim,), "action")}
     control_period = getattr(getattr(env.env, "sim", None), "control_period", None)
-    store = EpisodeStore.create(out, features, task=env.task, control_period=control_period, overwrite=overwrite)
+    store = EpisodeStore.create(out, features, task=env.task, env_kwargs=env_kwargs or {},
+                                control_period=control_period, overwrite=overwrite)
     act, on_reset = _policy_fn(policy, env, noise, seed)
     total = 0
     try:

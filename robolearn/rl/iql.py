@@ -73,7 +73,7 @@ class IQL(Agent):
         with torch.no_grad():
             adv = q_target - self.value(obs)
             weight = torch.exp(cfg.beta * adv).clamp(max=cfg.max_weight)
-        actor_loss = -(weight * self.actor.log_prob(obs, action)).mean()
+        actor_loss = -(weight * self.actor.mean_log_prob(obs, action)).mean()
         self._opt["actor"].zero_grad(set_to_none=True)
         actor_loss.backward()
         self._opt["actor"].step()

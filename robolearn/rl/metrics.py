@@ -34,6 +34,8 @@ def wc_acc_curve(scores: Sequence[float]) -> np.ndarray:
 def windowed_forgetting(steps: Sequence[int], scores: Sequence[float], window: int) -> float:
     steps = np.asarray(steps, np.int64)
     s = np.asarray(scores, np.float64)
+    if len(steps) != len(s):
+        raise ValueError(f"{len(steps)} steps for {len(s)} scores")
     worst = 0.0
     for i in range(len(s)):
         inside = (steps >= steps[i] - window) & (steps <= steps[i])

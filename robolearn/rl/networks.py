@@ -68,6 +68,16 @@ class TanhGaussianActor(nn.Module):
         return (_normal_log_prob(u, mean, log_std) - _tanh_log_det(u)).sum(-1)
 
 
+    def mean_log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """log N(a; tanh(mu(s)), sigma(s)): the likelihood IQL's AWR (and BC) fit to dataset actions.
+
+        As in the reference IQL, the Gaussian is over actions with a tanh-squashed *mean*: unlike the
+        tanh-distribution's log-likelihood it stays well conditioned for actions at +-1 (atanh blows
+        up there), and its mode is the same tanh(mu(s)) that every evaluator executes."""
+        mean, log_std = self._mean_log_std(obs)
+        return _normal_log_prob(action, torch.tanh(mean), log_std).sum(-1)
+
+
 def _normal_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     return -0.5 * ((x - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
 

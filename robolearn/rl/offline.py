@@ -117,13 +117,14 @@ def train_offline(
             "episodes": int(len(trans.episode_return)), "sampler_alpha": alpha,
         }, indent=1))
     logger = MetricLogger(run_dir, wandb_mode, to_dict(cfg), run_dir.name, True, start if resume else None)
-    env = make_env(task) if (task and tcfg.eval_episodes > 0) else None
+    env_kwargs = store.env_kwargs if task == store.task else {}
+    env = make_env(task, **env_kwargs) if (task and tcfg.eval_episodes > 0) else None
     # what the sampler puts weight on: share of probability mass of the top-10% return trajectories
     top = np.argsort(-trans.episode_return)[: max(1, len(trans.episode_return) // 10)]
     top_mass = float(probs[np.isin(trans.episode, top)].sum())
 
     def save(step: int, directory: Path, final: bool) -> None:
-        extra = {"data": str(data), "sampler": batch_sampler.state_dict(), "sampler_kind": scfg.kind, "sampler_alpha": alpha}
+        extra = {"data": str(data), "env_kwargs": env_kwargs, "sampler": batch_sampler.state_dict(), "sampler_kind": scfg.kind, "sampler_alpha": alpha}
         save_agent(agent, directory, step=step, task=task, extra_meta=extra, train_state=not final)
 
     agent.train()

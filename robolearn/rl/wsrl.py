@@ -95,8 +95,9 @@ def finetune(
     task = task or meta.get("task")
     if not task:
         raise ValueError("no task: pass --task (the checkpoint records none)")
-    env = make_env(task)
-    eval_env = make_env(task)
+    env_kwargs = dict(meta.get("env_kwargs") or {}) if task == meta.get("task") else {}
+    env = make_env(task, **env_kwargs)
+    eval_env = make_env(task, **env_kwargs)
     acfg = cfg.agent
     if src is not None:  # the network shapes and reward transform are the pre-trained agent's
         s = src.cfg
@@ -207,7 +208,7 @@ def finetune(
         if done % fcfg.save_every == 0 and done < fcfg.steps:
             save_agent(agent, run_dir / "checkpoints" / "last", step=done, task=task, train_state=True,
                        extra_meta={"data": str(data) if data else None})
-    extra = {"data": str(data) if data else meta.get("data"), "finetune": {"algo": algo, **stats_log}}
+    extra = {"data": str(data) if data else meta.get("data"), "env_kwargs": env_kwargs, "finetune": {"algo": algo, **stats_log}}
     save_agent(agent, run_dir / "policy", step=fcfg.steps, task=task, extra_meta=extra)
     summary: dict[str, Any] = {"task": task, "algo": algo, "warmup": fcfg.warmup, "retain_offline": fcfg.retain_offline,
                                "score": "success rate" if own else "mean return", **stats_log,

@@ -32,7 +32,7 @@ class RLActorPolicy(Policy):
         """Behaviour cloning by maximum likelihood (lets `robolearn train` pretrain the actor)."""
         obs = self.normalize_obs(batch["obs"])[self.state_key][:, -1]
         action = self.normalized_actions(batch)[:, 0]
-        return -self.actor.log_prob(obs, action) / self.config.action_dim
+        return -self.actor.mean_log_prob(obs, action) / self.config.action_dim
 
     @torch.no_grad()
     def predict_action(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,0 +1,301 @@
+"""Offline / online RL: samplers, replay, algorithms on a tiny task, WSRL warm-up, checkpoints, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)  # small networks: threads only add contention on shared CI boxes
+
+from robolearn.data.store import EpisodeStore, Feature
+from robolearn.rl.replay import discounted_to_go, transitions_from_store
+from robolearn.rl.weighting import linear_value_baseline, make_sampler, minmax, transition_probs
+
+
+# ----------------------------------------------------------------------------------- tiny task
+class PointEnv:
+    """1-D point: x' = clip(x + 0.25 a), reward 1 - |x'|, 20 steps; the optimum drives x to 0."""
+
+    task = "point"
+    obs_dim = 1
+    action_dim = 1
+    max_episode_steps = 20
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(0)
+
+    def reset(self, seed=None):
+        self.rng = np.random.default_rng(seed)
+        self.x = float(self.rng.uniform(-1, 1))
+        self.t = 0
+        return np.array([self.x], np.float32)
+
+    def step(self, action):
+        self.x = float(np.clip(self.x + 0.25 * float(np.clip(np.asarray(action).reshape(-1)[0], -1, 1)), -1, 1))
+        self.t += 1
+        return np.array([self.x], np.float32), 1.0 - abs(self.x), False, self.t >= 20, {"success": abs(self.x) < 0.05}
+
+    def close(self):
+        pass
+
+
+def point_store(path: Path, episodes: int = 60, seed: int = 0) -> EpisodeStore:
+    env = PointEnv()
+    rng = np.random.default_rng(seed)
+    store = EpisodeStore.create(path, {"obs/state": Feature("float32", (1,), "obs"), "action": Feature("float32", (1,), "action")},
+                                task="point")
+    for ep in range(episodes):
+        obs = env.reset(seed=1000 + ep)
+        rows = {"obs/state": [], "action": [], "reward": [], "done": []}
+        while True:
+            a = rng.uniform(-1, 1, 1).astype(np.float32)
+            nxt, r, term, trunc, _ = env.step(a)
+            for k, v in (("obs/state", obs), ("action", a), ("reward", r), ("done", term or trunc)):
+                rows[k].append(v)
+            obs = nxt
+            if term or trunc:
+                break
+        store.append_episode({k: np.asarray(v) for k, v in rows.items()}, metadata={"terminated": False}, seed=ep)
+    return store
+
+
+def policy_return(act, episodes: int = 10) -> float:
+    from robolearn.rl.envs import evaluate
+
+    return float(np.mean([r["return"] for r in evaluate(act, PointEnv(), range(50_000, 50_000 + episodes))]))
+
+
+@pytest.fixture(scope="module")
+def point_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("point") / "point.zarr"
+    point_store(path).close()
+    return path
+
+
+# ----------------------------------------------------------------------------------- samplers
+def hand_store(path: Path) -> EpisodeStore:
+    """3 episodes: lengths 3, 2, 4; rewards chosen so returns are 3, 0, 8; s0 = [0], [1], [2]."""
+    store = EpisodeStore.create(path, {"obs/state": Feature("float32", (1,), "obs"), "action": Feature("float32", (1,), "action")})
+    for s0, rewards, term in (([0.0], [1, 1, 1], True), ([1.0], [0, 0], True), ([2.0], [2, 2, 2, 2], False)):
+        n = len(rewards)
+        store.append_episode({"obs/state": np.array([[s0[0] + 0.1 * t] for t in range(n)], np.float32),
+                              "action": np.zeros((n, 1), np.float32), "reward": np.array(rewards, np.float32),
+                              "done": np.eye(n, dtype=bool)[-1]}, metadata={"terminated": term})
+    return store
+
+
+def test_replay_terminal_timeout_and_returns(tmp_path):
+    trans = transitions_from_store(hand_store(tmp_path / "h.zarr"), gamma=0.5)
+    # the time-limited 3rd episode loses its last step; terminated ones keep all steps
+    assert len(trans) == 3 + 2 + 3
+    np.testing.assert_array_equal(trans.episode, [0, 0, 0, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(trans.terminal, [0, 0, 1, 0, 1, 0, 0, 0])
+    np.testing.assert_allclose(trans.next_obs[:2, 0], [0.1, 0.2], atol=1e-6)
+    np.testing.assert_allclose(trans.episode_return, [3, 0, 8])
+    np.testing.assert_allclose(trans.initial_obs[:, 0], [0, 1, 2])
+    np.testing.assert_allclose(trans.mc_return[:3], [1.75, 1.5, 1.0])
+    np.testing.assert_allclose(discounted_to_go(np.array([2, 2, 2, 2.0]), 0.5)[:3], trans.mc_return[5:])
+
+
+def test_sampler_probabilities_match_formulas(tmp_path):
+    trans = transitions_from_store(hand_store(tmp_path / "h.zarr"))
+    ep, G, s0 = trans.episode, trans.episode_return, trans.initial_obs
+    # uniform
+    np.testing.assert_allclose(transition_probs("uniform", ep, G, s0), np.full(8, 1 / 8))
+    # RW: w = minmax(G) = [3/8, 0, 1]; p_j ∝ exp(w_i(j) / alpha) over transitions
+    alpha = 0.1
+    w = np.array([3 / 8, 0.0, 1.0])
+    expect = np.exp(w[ep] / alpha)
+    np.testing.assert_allclose(transition_probs("rw", ep, G, s0, alpha=alpha), expect / expect.sum(), rtol=1e-10)
+    # AW: A = G - V(s0), V the least-squares line through (0,3), (1,0), (2,8): slope 2.5, intercept 1.25 - 0... solve
+    slope, intercept = np.polyfit([0.0, 1.0, 2.0], [3.0, 0.0, 8.0], 1)
+    adv = np.array([3.0, 0.0, 8.0]) - (slope * np.array([0.0, 1.0, 2.0]) + intercept)
+    np.testing.assert_allclose(linear_value_baseline(s0, G), G - adv, atol=1e-9)
+    a = (adv - adv.min()) / (adv.max() - adv.min())
+    expect = np.exp(a[ep] / 0.2)
+    np.testing.assert_allclose(transition_probs("aw", ep, G, s0, alpha=0.2), expect / expect.sum(), rtol=1e-10)
+    # top-k: int(0.34 * 3) = 1 trajectory (the best, episode 2), uniform over its 3 transitions
+    np.testing.assert_allclose(transition_probs("topk", ep, G, s0, topk=0.34), [0, 0, 0, 0, 0, 1 / 3, 1 / 3, 1 / 3])
+    np.testing.assert_allclose(transition_probs("topk", ep, G, s0, topk=0.7), np.r_[[1 / 6] * 3, 0, 0, [1 / 6] * 3])
+    # the sampler draws with those probabilities and resumes exactly
+    p = transition_probs("rw", ep, G, s0, alpha=0.5)
+    sampler = make_sampler(p, seed=3)
+    counts = np.bincount(sampler.next_batch(40_000), minlength=8) / 40_000
+    np.testing.assert_allclose(counts, p, atol=0.01)
+    state = sampler.state_dict()
+    nxt = sampler.next_batch(17)
+    again = make_sampler(p, seed=3)
+    again.load_state_dict(state)
+    np.testing.assert_array_equal(again.next_batch(17), nxt)
+    assert np.all(minmax(np.ones(3)) == 0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        transition_probs("bogus", ep, G, s0)
+
+
+def test_mix_ratio_and_cli_errors(tmp_path, capsys):
+    from robolearn.cli import main
+
+    good = point_store(tmp_path / "good.zarr", episodes=5, seed=1)
+    bad = point_store(tmp_path / "bad.zarr", episodes=10, seed=2)
+    good.close(), bad.close()
+    assert main(["data", "mix", "--good", str(tmp_path / "good.zarr"), "--bad", str(tmp_path / "bad.zarr"),
+                 "--ratio", "0.3", "--size", "100", "--out", str(tmp_path / "mix.zarr")]) == 0
+    mix = EpisodeStore.open(tmp_path / "mix.zarr")
+    info = mix.attrs["mix"]
+    assert info["good_episodes"] * 20 >= 30 and (info["good_episodes"] - 1) * 20 < 30
+    assert info["bad_episodes"] * 20 >= 70 and mix.num_steps == 20 * (info["good_episodes"] + info["bad_episodes"])
+    assert main(["data", "mix", "--good", str(tmp_path / "good.zarr"), "--bad", str(tmp_path / "bad.zarr"),
+                 "--ratio", "1.5", "--out", str(tmp_path / "m2.zarr")]) == 2
+    assert "--ratio must be in [0, 1]" in capsys.readouterr().err
+    assert main(["offline", "--algo", "iql", "--data", str(tmp_path / "nope.zarr"), "--wandb", "off"]) == 2
+    assert "no episode store" in capsys.readouterr().err
+    assert main(["offline", "--algo", "iql", "--data", str(tmp_path / "mix.zarr"), "--wandb", "off", "agent.bogus=1"]) == 2
+    assert "unknown key(s) bogus" in capsys.readouterr().err
+    assert main(["offline", "--algo", "iql", "--data", str(tmp_path / "mix.zarr"), "--wandb", "off", "sampler.kind=best"]) == 2
+    assert "sampler.kind must be one of" in capsys.readouterr().err
+    assert main(["finetune", "--checkpoint", str(tmp_path / "none"), "--wandb", "off"]) == 2
+
+
+def test_continual_metrics():
+    from robolearn.rl.metrics import continual_metrics, running_min, wc_acc_curve, windowed_forgetting
+
+    steps = [0, 100, 200, 300, 400]
+    scores = [0.6, 0.2, 0.4, 0.8, 0.7]
+    m = continual_metrics(steps, scores, window=100)
+    assert m["min_acc"] == 0.2 and m["min_acc_step"] == 100 and m["final"] == 0.7
+    assert m["wc_acc"] == pytest.approx(0.5 * 0.7 + 0.5 * 0.2)
+    np.testing.assert_allclose(running_min(scores), [0.6, 0.2, 0.2, 0.2, 0.2])
+    np.testing.assert_allclose(wc_acc_curve(scores), [0.6, 0.2, 0.3, 0.5, 0.45])
+    assert windowed_forgetting(steps, scores, 100) == pytest.approx(0.4)
+    assert windowed_forgetting([0, 1, 2], [0.1, 0.2, 0.3], 1000) == 0.0
+
+
+# ----------------------------------------------------------------------------------- algorithms
+SMALL = {"hidden_dims": [32, 32]}
+
+
+def _train_offline_agent(name: str, data: Path, steps: int, **cfg_kw):
+    from robolearn.rl.agent import state_stats
+    from robolearn.rl.algos import algo_classes, build_agent
+
+    torch.manual_seed(0)
+    trans = transitions_from_store(EpisodeStore.open(data), gamma=0.9)
+    _, cfg_cls = algo_classes(name)
+    cfg = cfg_cls(**{**SMALL, "discount": 0.9, **cfg_kw})
+    agent = build_agent(name, cfg, 1, 1, state_stats(trans.obs, 1))
+    sampler = make_sampler(transition_probs("uniform", trans.episode, trans.episode_return), seed=0)
+    for _ in range(steps):
+        agent.update(trans.batch(sampler.next_batch(128)))
+    return agent
+
+
+@pytest.mark.parametrize("name,steps,kw", [
+    ("iql", 1000, {"actor_lr": 1e-3, "critic_lr": 1e-3, "value_lr": 1e-3}),
+    ("td3bc", 800, {}),
+    pytest.param("cql", 1000, {"cql_n_actions": 4, "cql_alpha": 1.0}, marks=pytest.mark.slow),
+    pytest.param("calql", 1000, {"cql_n_actions": 4, "cql_alpha": 1.0}, marks=pytest.mark.slow),
+])
+def test_offline_algorithms_improve_on_behaviour(point_data, name, steps, kw):
+    data_return = EpisodeStore.open(point_data).column("return").mean()  # the random behaviour policy's
+    agent = _train_offline_agent(name, point_data, steps, **kw)
+    learned = policy_return(lambda o: agent.act(o))
+    assert learned > data_return + 4.0, (name, learned, data_return)
+
+
+@pytest.mark.slow
+def test_sac_online_improves():
+    from robolearn.rl.agent import state_stats
+    from robolearn.rl.replay import ReplayBuffer
+    from robolearn.rl.sac import SAC, SACConfig
+
+    torch.manual_seed(0)
+    env = PointEnv()
+    agent = SAC(SACConfig(hidden_dims=[32, 32], num_qs=4, utd=2, discount=0.9), 1, 1, state_stats(None, 1))
+    buf = ReplayBuffer(1, 1, 10_000)
+    before = policy_return(lambda o: agent.act(o))
+    obs = env.reset(seed=0)
+    for t in range(1500):
+        a = agent.act(obs, deterministic=False)
+        nxt, r, term, trunc, _ = env.step(a)
+        buf.add(obs, a, r, nxt, term)
+        obs = env.reset(seed=t) if term or trunc else nxt
+        if len(buf) >= 128:
+            agent.update([buf.sample(128) for _ in range(2)])
+    after = policy_return(lambda o: agent.act(o))
+    assert after > before + 2.0 and after > 15.0, (before, after)
+
+
+# ----------------------------------------------------------------------------------- offline run, resume, finetune
+@pytest.fixture()
+def point_env(monkeypatch):
+    import robolearn.rl.envs as envs
+
+    real = envs.make_env
+    monkeypatch.setattr(envs, "make_env", lambda task, **kw: PointEnv() if task == "point" else real(task, **kw))
+    monkeypatch.setattr(envs, "is_own_task", lambda task: False)
+
+
+def test_offline_resume_is_exact(point_data, tmp_path, point_env):
+    from robolearn.checkpoint import load_tensors
+    from robolearn.rl.offline import train_offline
+
+    ov = ["agent.hidden_dims=[16,16]", "train.batch_size=32", "train.eval_episodes=0", "train.log_every=10"]
+    full = train_offline("td3bc", point_data, sampler="rw", out=tmp_path / "full", wandb_mode="off", progress=False,
+                         overrides=[*ov, "train.steps=40", "train.save_every=40"])
+    part = train_offline("td3bc", point_data, sampler="rw", out=tmp_path / "part", wandb_mode="off", progress=False,
+                         overrides=[*ov, "train.steps=20", "train.save_every=20"])
+    train_offline("td3bc", None, resume=part, wandb_mode="off", progress=False, overrides=["train.steps=40"])
+    a, b = load_tensors(full / "policy", "agent"), load_tensors(part / "policy", "agent")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_wsrl_warmup_no_updates_no_offline_data(point_data, tmp_path, point_env):
+    from robolearn.checkpoint import load_tensors
+    from robolearn.rl.offline import train_offline
+    from robolearn.rl.wsrl import finetune
+
+    ckpt = train_offline("iql", point_data, out=tmp_path / "iql", wandb_mode="off", progress=False,
+                         overrides=["agent.hidden_dims=[16,16]", "agent.num_qs=3", "train.steps=30", "train.batch_size=32",
+                                    "train.eval_episodes=0"])
+    ov = ["agent.utd=2", "finetune.batch_size=16", "finetune.eval_every=30", "finetune.eval_episodes=2", "finetune.log_every=10"]
+    # warm-up only: no gradient update, weights untouched, buffer holds only online transitions
+    run = finetune(ckpt, task="point", algo="wsrl", warmup=60, steps=60, overrides=ov, out=tmp_path / "w", wandb_mode="off", progress=False)
+    summary = json.loads((run / "continual.json").read_text())
+    assert summary["grad_updates"] == 0 and summary["offline_samples"] == 0 and summary["online_transitions"] == 60
+    before, after = load_tensors(ckpt / "policy"), load_tensors(run / "policy")
+    for k in before:
+        torch.testing.assert_close(before[k], after[k])
+    assert summary["metrics"]["initial"] == summary["metrics"]["final"]  # same policy, same eval seeds
+    # warm-up then updates: none during warm-up, UTD per env step after, still no offline data
+    run = finetune(ckpt, task="point", algo="wsrl", warmup=40, steps=70, overrides=ov, out=tmp_path / "w2", wandb_mode="off", progress=False)
+    summary = json.loads((run / "continual.json").read_text())
+    assert summary["warmup_grad_updates"] == 0 and summary["grad_updates"] == 2 * 30 and summary["offline_samples"] == 0
+    # the 50/50 retention baseline draws half of every batch from the offline store
+    run = finetune(ckpt, task="point", algo="sac", retain_offline=0.5, steps=20, overrides=ov, out=tmp_path / "r",
+                   wandb_mode="off", progress=False)
+    summary = json.loads((run / "continual.json").read_text())
+    assert summary["warmup"] == 0 and summary["offline_samples"] == 8 * summary["grad_updates"] > 0
+    assert (run / "continual.png").is_file()
+
+
+def test_checkpoint_evaluates_with_robolearn_eval(tmp_path, capsys):
+    from robolearn.checkpoint import load_policy
+    from robolearn.cli import main
+    from robolearn.policies.rl_actor.modeling import RLActorPolicy
+
+    assert main(["data", "rollout", "--task", "push_cube", "--policy", "random", "--episodes", "2", "--out", str(tmp_path / "pc.zarr")]) == 0
+    store = EpisodeStore.open(tmp_path / "pc.zarr")
+    assert store.num_steps == 120 and store.column("return").min() > 0  # dense task rewards stored per step
+    assert main(["offline", "--algo", "td3bc", "--data", str(tmp_path / "pc.zarr"), "--out", str(tmp_path / "run"), "--wandb", "off",
+                 "agent.hidden_dims=[16,16]", "train.steps=20", "train.batch_size=16", "train.eval_episodes=1"]) == 0
+    policy = load_policy(tmp_path / "run" / "policy")
+    assert isinstance(policy, RLActorPolicy) and policy.config.n_obs_steps == policy.config.horizon == 1
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--episodes", "2", "--num-envs", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 2 and report["task"] == "push_cube"
