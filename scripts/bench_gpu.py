@@ -136,7 +136,13 @@ def bench_raw(task: str, n: int, steps: int, warmup: int, device: str, frame_ski
                 t0 = time.perf_counter()
             a = net(torch.cat([qpos, sens], 1))
             ctrl.copy_(lo + (a + 1) * 0.5 * (hi - lo))
-            wp.capture_launch(cap.graph)
+            if dev.type == "cuda":  # order torch's stream and Warp's (device-side waits, as the backend does)
+                ts, ws = wp.stream_from_torch(torch.cuda.current_stream(dev)), wp.get_stream(wdev)
+                ws.wait_stream(ts)
+                wp.capture_launch(cap.graph, stream=ws)
+                ts.wait_stream(ws)
+            else:
+                wp.capture_launch(cap.graph)
         sync(dev)
         dt = time.perf_counter() - t0
     return steps * n / dt

@@ -172,7 +172,10 @@ def evaluate_policy_device(policy: Any, task: str, episodes: int, seed: int = 0,
     hist = obs[:, None].repeat(1, n_obs, 1)
     bar = tqdm(total=episodes, desc=f"eval {task} [{backend}]", disable=not progress, dynamic_ncols=True)
     steps, finished = 0, 0
-    with torch.no_grad():
+    # Stochastic policies draw from torch's global RNG: seed it from the evaluation seed (as the
+    # CPU evaluation does) and restore the caller's RNG afterwards.
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(seed)
         while True:
             action = policy.select_action({"state": hist.to(pdev)})
             obs, reward, terminated, truncated, info = env.step(action)

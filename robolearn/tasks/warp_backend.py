@@ -173,8 +173,8 @@ class MujocoWarpBackend:
         self._err_nan = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
         self._steps_since_check = 0
         self._graphs: dict[tuple[str, int], Any] = {}
-        self._primed = False  # the state is post-step1 (split mode) / post-forward
         self._sync_after_reset()
+        wp.synchronize_device(self.wp_device)
 
     # -- interface ------------------------------------------------------------------------
     def set_ctrl(self, ctrl: torch.Tensor) -> None:
@@ -221,7 +221,10 @@ class MujocoWarpBackend:
     def get_state(self) -> torch.Tensor:
         """Full state (N, state_size) float64 (host tensor, like the C backend)."""
         self.check("get_state")
-        self.mjw.get_state(self.m, self.d, self._state_wp, STATE_SPEC)
+        with self.wp.ScopedDevice(self.wp_device):
+            self._after_torch()
+            self.mjw.get_state(self.m, self.d, self._state_wp, STATE_SPEC)
+            self._before_torch()
         return self._state_t.to("cpu", torch.float64)
 
     def read(self) -> SimState:
@@ -260,15 +263,28 @@ class MujocoWarpBackend:
     def _run(self, key: tuple[str, int], body) -> None:
         wp = self.wp
         with wp.ScopedDevice(self.wp_device):
+            self._after_torch()
             if not self.use_graph:
                 body()
-                return
-            graph = self._graphs.get(key)
-            if graph is None:
-                with wp.ScopedCapture(device=self.wp_device) as cap:
-                    body()
-                graph = self._graphs[key] = cap.graph
-            wp.capture_launch(graph)
+            else:
+                graph = self._graphs.get(key)
+                if graph is None:
+                    with wp.ScopedCapture(device=self.wp_device) as cap:
+                        body()
+                    graph = self._graphs[key] = cap.graph
+                wp.capture_launch(graph)
+            self._before_torch()
+
+    # Warp launches on its own CUDA stream, torch on its current stream: order them with
+    # device-side stream waits (no host sync) so torch's ctrl/state writes precede the graph and
+    # torch reads see its results. No-ops on the CPU device.
+    def _after_torch(self) -> None:
+        if self.is_cuda:
+            self.wp.get_stream(self.wp_device).wait_stream(self.wp.stream_from_torch(torch.cuda.current_stream(self.device)))
+
+    def _before_torch(self) -> None:
+        if self.is_cuda:
+            self.wp.stream_from_torch(torch.cuda.current_stream(self.device)).wait_stream(self.wp.get_stream(self.wp_device))
 
     def _step_body(self, frame_skip: int) -> None:
         m, d, mjw = self.m, self.d, self.mjw
