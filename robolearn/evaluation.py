@@ -123,6 +123,22 @@ def evaluate_policy(
     writer = _RolloutWriter(save, sim, task, collector or getattr(policy, "name", "policy")) if save else None
     videos = _VideoRecorder(sim, video, video_dir) if video > 0 else None
 
+    # Stochastic policies (diffusion noise, GMM sampling) draw from torch's global RNG: seed it from
+    # the evaluation seed so results are reproducible, and restore the caller's RNG afterwards.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        records = _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer, videos, progress, task)
+    sim.close()
+    if writer:
+        writer.close()
+    return summarize([r for r in records if r is not None], task=task, seed=seed, num_envs=num_envs,
+                     perturb=cfg.perturb_rate, videos=videos.paths if videos else [])
+
+
+def _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer, videos, progress, task):
+    """The batched episode loop: step every env, restart finished ones with the next seed."""
+    from tqdm import tqdm
+
     slot_episode = np.full(num_envs, -1)
     next_ep = 0
     records: list[dict[str, Any] | None] = [None] * episodes
@@ -204,11 +220,7 @@ def evaluate_policy(
                     if writer:
                         writer.begin(restart, obs)
     bar.close()
-    sim.close()
-    if writer:
-        writer.close()
-    return summarize([r for r in records if r is not None], task=task, seed=seed, num_envs=num_envs,
-                     perturb=cfg.perturb_rate, videos=videos.paths if videos else [])
+    return records
 
 
 def summarize(records: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

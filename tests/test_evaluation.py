@@ -1,0 +1,77 @@
+"""`robolearn eval`: Wilson intervals, seeded determinism, rollouts saved to a store, CLI, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from robolearn.data.store import EpisodeStore
+from robolearn.evaluation import evaluate_policy, load_any_policy, resolve_checkpoint, wilson_interval
+from robolearn.tasks.collect import collect
+from robolearn.training import train
+
+
+def test_wilson_interval_reference_values():
+    # reference values (Wilson score interval, z = 1.96)
+    lo, hi = wilson_interval(8, 10)
+    assert abs(lo - 0.4902) < 1e-3 and abs(hi - 0.9433) < 1e-3
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
+    lo, hi = wilson_interval(50, 100)
+    assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    collect("push_cube", episodes=6, out=root / "demos.zarr", num_envs=3, seed=0, progress=False)
+    run = train("diffusion", root / "demos.zarr", task="push_cube", out=root / "run", wandb_mode="off", progress=False,
+                overrides=["train.steps=30", "train.batch_size=32", "policy.down_dims=[16,32]",
+                           "policy.diffusion_step_embed_dim=16", "train.val_ratio=0.2"])
+    return root, run
+
+
+def test_same_seed_gives_identical_results_and_saved_rollouts(trained, tmp_path):
+    _, run = trained
+    policy, meta = load_any_policy(run)
+    assert meta["task"] == "push_cube"
+    a = evaluate_policy(policy, "push_cube", 4, seed=7, num_envs=2, progress=False, save=tmp_path / "roll.zarr")
+    b = evaluate_policy(policy, "push_cube", 4, seed=7, num_envs=2, progress=False)
+    assert a["episodes"] == b["episodes"]
+    assert a["seeds"] == [7, 8, 9, 10] and a["n"] == 4
+    assert set(a) >= {"n", "success_rate", "ci95", "mean_return", "episodes", "failure_events_per_episode", "recoveries_per_episode"}
+    store = EpisodeStore.open(tmp_path / "roll.zarr")
+    assert store.num_episodes == 4 and store.source_counts()["policy"] == store.num_steps
+    assert sorted(store.column("seed").tolist()) == [7, 8, 9, 10]
+    lengths = {r["seed"]: r["length"] for r in a["episodes"]}
+    for i in range(4):
+        assert store.episode_lengths[i] == lengths[int(store.column("seed")[i])]
+
+
+def test_perturbations_are_counted(trained):
+    _, run = trained
+    policy, _ = load_any_policy(run)
+    r = evaluate_policy(policy, "push_cube", 2, seed=0, num_envs=2, perturb=0.2, progress=False)
+    assert r["failure_events_per_episode"] > 0 and r["perturb"] == 0.2
+
+
+def test_cli_json_video_and_errors(trained, tmp_path):
+    _, run = trained
+    cmd = [sys.executable, "-m", "robolearn.cli", "eval", "--checkpoint", str(run), "--episodes", "2", "--num-envs", "2", "--json",
+           "--video", "1", "--video-dir", str(tmp_path / "v")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["n"] == 2 and len(report["ci95"]) == 2 and len(report["episodes"]) == 2
+    assert (tmp_path / "v" / "episode_0000.mp4").stat().st_size > 0
+    bad = subprocess.run([sys.executable, "-m", "robolearn.cli", "eval", "--checkpoint", str(tmp_path / "nope"), "--episodes", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
+    wrong_task = subprocess.run([*cmd[:6], "--task", "no_such_task", "--episodes", "1"], capture_output=True, text=True, timeout=120)
+    assert wrong_task.returncode == 2 and "unknown task" in wrong_task.stderr
+    with pytest.raises(FileNotFoundError):
+        resolve_checkpoint(tmp_path)
