@@ -44,6 +44,7 @@ class ImageRenderer:
             d = mujoco.MjData(self.model) if len(states) > 1 else self._scratch
             mujoco.mj_setState(self.model, d, st, spec)
             mujoco.mj_kinematics(self.model, d)
+            mujoco.mj_camlight(self.model, d)  # camera and light poses: without them the frame is black
             datas.append(d)
         return self.render(datas)
 
