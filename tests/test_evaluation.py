@@ -67,7 +67,10 @@ def test_cli_json_video_and_errors(trained, tmp_path):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["n"] == 2 and len(report["ci95"]) == 2 and len(report["episodes"]) == 2
-    assert (tmp_path / "v" / "episode_0000.mp4").stat().st_size > 0
+    import imageio.v3 as iio
+
+    frames = iio.imread(tmp_path / "v" / "episode_0000.mp4")
+    assert frames.ndim == 4 and frames.shape[0] > 1 and frames.mean() > 40 and frames.std() > 10  # a lit scene, not black
     bad = subprocess.run([sys.executable, "-m", "robolearn.cli", "eval", "--checkpoint", str(tmp_path / "nope"), "--episodes", "1"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
