@@ -270,7 +270,8 @@ class _RolloutWriter:
         for r in np.flatnonzero(active):
             row = {f"obs/{k}": v for k, v in self.last_obs[int(r)].items() if f"obs/{k}" in self.store.features}
             row.update(
-                action=action[r].astype(np.float32), reward=np.float32(reward[r]), done=bool(done[r]),
+                # the simulator clamps to [-1, 1]: store what was executed, not the raw policy output
+                action=np.clip(action[r], -1.0, 1.0).astype(np.float32), reward=np.float32(reward[r]), done=bool(done[r]),
                 stage=np.int32(info["stage"][r]), sim_state=pre_state[r],
             )
             if "failure_event" in self.store.features:
