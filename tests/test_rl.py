@@ -43,7 +43,7 @@ class PointEnv:
         pass
 
 
-def point_store(path: Path, episodes: int = 60, seed: int = 0) -> EpisodeStore:
+def point_store(path: Path, episodes: int = 40, seed: int = 0) -> EpisodeStore:
     env = PointEnv()
     rng = np.random.default_rng(seed)
     store = EpisodeStore.create(path, {"obs/state": Feature("float32", (1,), "obs"), "action": Feature("float32", (1,), "action")},
