@@ -64,6 +64,7 @@ class SequenceBuffer:
 
     def __init__(self, plan_start: int, plan_len: int) -> None:
         self.episodes: list[Episode] = []
+        self.pending: list[Episode] = []  # episodes still running in the training envs (trained on, not stored yet)
         self.plan_start, self.plan_len = plan_start, plan_len
         self._flat: dict[str, np.ndarray] | None = None
 
@@ -91,9 +92,13 @@ class SequenceBuffer:
     def invalidate(self) -> None:
         self._flat = None
 
+    def set_pending(self, episodes: list[Episode]) -> None:
+        self.pending = [e for e in episodes if len(e.action)]
+        self._flat = None
+
     def flat(self) -> dict[str, np.ndarray]:
         if self._flat is None:
-            eps = self.episodes
+            eps = self.episodes + self.pending
             state = np.concatenate([e.state for e in eps]).astype(np.float32)
             action = np.concatenate([e.action for e in eps]).astype(np.float32)
             prev = np.concatenate([np.concatenate([np.zeros_like(e.action[:1]), e.action[:-1]]) for e in eps]).astype(np.float32)
@@ -261,7 +266,8 @@ class SailorTrainer:
         wcfg, ccfg = self.acfg.world_model, self.acfg.critic
         wm, rm = self.agent.world_model, self.agent.reward_model
         half, L = wcfg.batch_size // 2, wcfg.batch_length
-        if iterations <= 0 or len(self.replay) == 0:
+        self.replay.set_pending(self._pending_episodes())
+        if iterations <= 0 or self.replay.num_steps + sum(len(e.action) for e in self.replay.pending) < L:
             return {}
         self.agent.train()
         self.agent.base.eval()
@@ -297,33 +303,38 @@ class SailorTrainer:
         return {k: float(np.mean(v)) for k, v in sums.items()}
 
     # -- data collection ---------------------------------------------------------------------------
-    def collect(self, n_steps: int, mode: str, seed_base: int) -> dict[str, float]:
-        """Roll out (mode 'noisy_base' or 'planner') for `n_steps` env steps (up to num_envs - 1 more);
-        episodes still running when the budget is spent are stored cut short (done, not successful)."""
-        from tqdm import tqdm
-
+    def _start_collector(self) -> None:
         from robolearn.evaluation import _History
         from robolearn.tasks.sim import TaskSim
 
-        n_envs = self.loop.num_envs
-        sim = TaskSim(self.task, cfg=self.task_cfg, num_envs=n_envs)
-        agent = self.agent
+        n = self.loop.num_envs
+        self._sim = TaskSim(self.task, cfg=self.task_cfg, num_envs=n)
+        self._seeds = [self._next_seed() for _ in range(n)]
+        self._obs = self._sim.reset(seeds=self._seeds)
+        self._hist = _History(self.acfg.n_obs_steps, list(self.acfg.base.state_keys))
+        self._hist.reset(self._obs)
+        self._bufs: list[dict[str, list]] = [{} for _ in range(n)]
+        self.agent.reset()
+
+    def _next_seed(self) -> int:
+        self._seed_counter = getattr(self, "_seed_counter", 1_000_000 + 100_000 * self.cfg.seed) + 1
+        return self._seed_counter  # training episodes never reuse evaluation seeds (< 1e6)
+
+    def collect(self, n_steps: int, mode: str) -> dict[str, float]:
+        """Step the training envs (mode 'noisy_base' or 'planner') for `n_steps` env steps (rounded up
+        to a multiple of num_envs). Envs persist across calls: an episode running at the end of a
+        round continues in the next one, and is committed to the replay when it ends."""
+        from tqdm import tqdm
+
+        if getattr(self, "_sim", None) is None:
+            self._start_collector()
+        n_envs, sim, agent, hist = self.loop.num_envs, self._sim, self.agent, self._hist
         agent.eval()
         agent.use_planner = mode == "planner"
-        agent.reset()
-        To = self.acfg.n_obs_steps
-        hist = _History(To, list(self.acfg.base.state_keys))
-        next_seed = seed_base
-        seeds = list(range(next_seed, next_seed + n_envs))
-        next_seed += n_envs
-        obs = sim.reset(seeds=seeds)
-        hist.reset(obs)
-        bufs: list[dict[str, list]] = [{} for _ in range(n_envs)]
-        steps = 0
-        done_eps, successes, cut = 0, 0, 0
+        steps = done_eps = successes = 0
         bar = tqdm(total=n_steps, desc=f"collect {mode}", disable=not self.progress, leave=False, dynamic_ncols=True)
         with torch.no_grad():
-            while True:
+            while steps < n_steps:
                 action = agent.select_action(hist.torch(self.device), generator=self.gen)
                 if mode == "noisy_base":
                     noise = self.loop.data_collect_noise_std * torch.randn(action.shape, generator=self.gen).to(action)
@@ -332,13 +343,13 @@ class SailorTrainer:
                 act = action.cpu().numpy().astype(np.float64)
                 chunk = agent.last_base_chunk.cpu().numpy()
                 residual = agent.last_residual.cpu().numpy()
-                pre = {k: v.copy() for k, v in obs.items()}
+                pre = self._obs
                 obs, reward, term, trunc, info = sim.step(act)
                 trunc = trunc | (sim.t.numpy() >= self.max_len)
                 for i in range(n_envs):
-                    b = bufs[i]
+                    b = self._bufs[i]
                     for k in self.acfg.base.state_keys:
-                        b.setdefault(f"obs/{k}", []).append(pre[k][i])
+                        b.setdefault(f"obs/{k}", []).append(pre[k][i].copy())
                     b.setdefault("action", []).append(act[i].astype(np.float32))
                     b.setdefault("base_action", []).append(chunk[i])
                     b.setdefault("residual", []).append(residual[i])
@@ -347,40 +358,51 @@ class SailorTrainer:
                     b.setdefault("stage", []).append(np.int32(info["stage"][i]))
                     b.setdefault("failure_event", []).append(np.int32(info["failure_event"][i]))
                 steps += n_envs
+                self.env_step += n_envs
                 bar.update(n_envs)
                 hist.push(obs)
                 finished = np.flatnonzero(term | trunc)
-                restart = []
                 for i in finished:
                     success = bool(info["success"][i])
-                    self._commit(bufs[i], success, seeds[i], mode)
-                    bufs[i] = {}
+                    self._commit(self._bufs[i], success, self._seeds[i], mode)
+                    self._bufs[i] = {}
                     done_eps += 1
                     successes += int(success)
-                    seeds[i] = next_seed
-                    next_seed += 1
-                    restart.append(i)
-                if steps >= n_steps:  # budget spent: cut the running episodes (truncated, not failed)
-                    for i in range(n_envs):
-                        if i not in finished:
-                            bufs[i]["done"][-1] = True
-                            self._commit(bufs[i], False, seeds[i], mode)
-                            cut += 1
-                    break
-                if restart:
+                    self._seeds[i] = self._next_seed()
+                if len(finished):
                     mask = np.zeros(n_envs, bool)
-                    mask[restart] = True
-                    new = sim.reset(torch.as_tensor(mask), seeds=[seeds[i] for i in restart])
-                    for k in obs:
-                        obs[k][mask] = new[k][mask]
-                    hist.reset(obs, np.asarray(restart))
+                    mask[finished] = True
+                    new = sim.reset(torch.as_tensor(mask), seeds=[self._seeds[i] for i in finished])
+                    obs = {k: np.where(mask.reshape(-1, *[1] * (v.ndim - 1)), new[k], v) for k, v in obs.items()}
+                    hist.reset(obs, finished)
                     agent.reset(torch.as_tensor(mask))
+                self._obs = obs
         bar.close()
-        sim.close()
         agent.use_planner = self.acfg.use_planner
-        self.env_step += steps
-        return {"collect_steps": steps, "collect_episodes": done_eps, "collect_cut_episodes": cut,
-                "collect_success_rate": successes / max(done_eps, 1)}
+        return {"collect_steps": steps, "collect_episodes": done_eps, "collect_success_rate": successes / max(done_eps, 1)}
+
+    def _pending_episodes(self) -> list[Episode]:
+        out = []
+        for b in getattr(self, "_bufs", []) if getattr(self, "_sim", None) is not None else []:
+            if b:
+                steps = {k: np.asarray(v) for k, v in b.items()}
+                out.append(Episode(self._state_of(steps), steps["action"].astype(np.float32), False,
+                                   steps["base_action"].astype(np.float32)))
+        return out
+
+    def close_collector(self) -> int:
+        """Commit the episodes still running (cut short: done, not successful); returns how many."""
+        if getattr(self, "_sim", None) is None:
+            return 0
+        cut = 0
+        for i, b in enumerate(self._bufs):
+            if b:
+                b["done"][-1] = True
+                self._commit(b, False, self._seeds[i], "planner" if self.agent.use_planner else "noisy_base")
+                cut += 1
+        self._sim.close()
+        self._sim = None
+        return cut
 
     def _commit(self, buf: dict[str, list], success: bool, seed: int, mode: str) -> None:
         steps = {k: np.asarray(v) for k, v in buf.items()}
@@ -464,6 +486,8 @@ class SailorTrainer:
         return {"dp_loss": float(np.mean(losses)), "dp_buffer_trajs": len(self.dp_buffer)}
 
     def expert_iteration(self) -> dict[str, float]:
+        if not self.replay.episodes:
+            return {"dp_skipped": 1}  # no finished replay episode to re-label yet
         newest = self.replay.episodes[-self.loop.n_traj_to_relabel_per_round :]
         relabelled = self.relabel_with_planner(newest)
         have = {i for i, _, _ in relabelled}
@@ -502,17 +526,14 @@ class SailorTrainer:
         t0 = time.time()
         loop = self.loop
         warm = int(loop.warmstart_fraction * self.env_steps) if loop.warmstart else 0
-        seed_base = 1_000_000 + 10_000 * self.cfg.seed  # training episodes never reuse eval seeds
         if warm > 0:
-            m = self.collect(warm, "noisy_base", seed_base)
-            seed_base += 5_000
+            m = self.collect(warm, "noisy_base")
             m.update(self.train_models(int(warm * loop.warmstart_train_ratio), "warm start"))
             self.log({"phase": "warmstart", **m})
         round_id = 0
         while self.env_step < self.env_steps:
             n = min(loop.min_env_steps_per_round, self.env_steps - self.env_step)
-            m = self.collect(n, "planner", seed_base)
-            seed_base += 5_000
+            m = self.collect(n, "planner")
             m["replay_dropped_episodes"] = self.trim_replay()
             m["replay_steps"] = self.replay.num_steps
             m.update(self.train_models(int(loop.rounds_train_ratio * m["collect_steps"]), f"round {round_id}"))
@@ -524,12 +545,13 @@ class SailorTrainer:
                 self.save(self.out / "checkpoints" / f"round_{round_id:04d}")
             self.log({"phase": "round", "round": round_id, "wall_s": time.time() - t0, **m})
             round_id += 1
+        cut = self.close_collector()
         self.trim_replay()
         self.save(self.out / "policy", final=True)
         from robolearn.checkpoint import save_policy
 
         save_policy(self.agent.base, self.out / "base_policy", step=self.dp_updates, task=self.task)
-        final = {"phase": "final", "rounds": round_id, "wall_s": time.time() - t0}
+        final = {"phase": "final", "rounds": round_id, "cut_episodes": cut, "wall_s": time.time() - t0}
         if loop.eval_episodes > 0:
             final.update(self.evaluate(loop.eval_episodes))
         self.log(final)
