@@ -69,8 +69,8 @@ class MujocoCBackend:
             self._pull(i)
 
     # -- interface ------------------------------------------------------------------------
-    def set_ctrl(self, ctrl: torch.Tensor) -> None:
-        c = ctrl.detach().cpu().numpy()
+    def set_ctrl(self, ctrl: torch.Tensor | np.ndarray) -> None:
+        c = ctrl if isinstance(ctrl, np.ndarray) else ctrl.detach().cpu().numpy()
         for i, d in enumerate(self.datas):
             d.ctrl[:] = c[i]
         self._ctrl[:] = c
@@ -107,6 +107,11 @@ class MujocoCBackend:
     def read(self) -> SimState:
         return SimState(torch.from_numpy(self._qpos), torch.from_numpy(self._qvel),
                         torch.from_numpy(self._ctrl), torch.from_numpy(self._sens))
+
+    def read_numpy(self) -> SimState:
+        """The same arrays as numpy (no copy): TaskSim's host fast path runs the task functions on
+        these (see array_ops). They are overwritten by the next step/reset: copy to keep them."""
+        return SimState(self._qpos, self._qvel, self._ctrl, self._sens)
 
     def close(self) -> None:
         if self._pool is not None:

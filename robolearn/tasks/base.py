@@ -1,7 +1,8 @@
 """Backend-neutral task definition.
 
-A task is an MJCF scene plus pure torch functions over batched simulator arrays (`SimState`:
-qpos, qvel, ctrl, sensordata, each (N, ...)). Object, site and mocap poses are exposed as MJCF
+A task is an MJCF scene plus pure array functions over batched simulator arrays (`SimState`:
+qpos, qvel, ctrl, sensordata, each (N, ...)): torch tensors on any device, or numpy arrays (the
+per-step functions are written once against `array_ops`, see there). Object, site and mocap poses are exposed as MJCF
 sensors, so any backend (MuJoCo C here, MuJoCo Warp on a GPU later) only has to provide these four
 arrays. Model indices (joint addresses, sensor slices, state-vector layout) are resolved once from
 the `MjModel` on the host in `ModelLayout`; the task methods then never call mujoco.
@@ -19,6 +20,8 @@ from typing import Any, Callable, NamedTuple
 import mujoco
 import numpy as np
 import torch
+
+from robolearn.tasks import array_ops
 
 # Full simulator state stored per step in `sim_state`. FULLPHYSICS (time, qpos, qvel, act,
 # plugin state) is extended with ctrl, applied forces, mocap poses (goals / bins live on mocap
@@ -82,7 +85,8 @@ class TaskConfig:
 
 
 class SimState(NamedTuple):
-    """Batched simulator arrays every backend exposes (N rows, one per env)."""
+    """Batched simulator arrays every backend exposes (N rows, one per env): torch tensors, or
+    numpy arrays for the host fast path of the MuJoCo C backend (`MujocoCBackend.read_numpy`)."""
 
     qpos: torch.Tensor
     qvel: torch.Tensor
@@ -149,8 +153,8 @@ class ModelLayout:
 
 def quat_to_yaw(q: torch.Tensor) -> torch.Tensor:
     """Yaw (rotation about world z) of (..., 4) wxyz quaternions."""
-    w, x, y, z = q.unbind(-1)
-    return torch.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    return array_ops.of(q).atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
 
 
 def yaw_to_quat(yaw: torch.Tensor) -> torch.Tensor:
@@ -161,12 +165,12 @@ def yaw_to_quat(yaw: torch.Tensor) -> torch.Tensor:
 
 def canonical_quat(q: torch.Tensor) -> torch.Tensor:
     """Resolve the q/-q ambiguity (w >= 0) so observations are continuous for learning."""
-    return torch.where(q[..., :1] < 0, -q, q)
+    return array_ops.of(q).where(q[..., :1] < 0, -q, q)
 
 
 def wrap_angle(a: torch.Tensor, period: float = 2 * math.pi) -> torch.Tensor:
     """Wrap to [-period/2, period/2)."""
-    return torch.remainder(a + period / 2, period) - period / 2
+    return array_ops.of(a).remainder(a + period / 2, period) - period / 2
 
 
 def uniform(gen: torch.Generator, n: int, low: Any, high: Any, dtype=torch.float64) -> torch.Tensor:
@@ -182,9 +186,12 @@ def uniform(gen: torch.Generator, n: int, low: Any, high: Any, dtype=torch.float
 class Task:
     """Base class of a task bound to one compiled model layout.
 
-    Subclasses define the MJCF (`xml`), the action interface (`action_axes`), and the pure torch
+    Subclasses define the MJCF (`xml`), the action interface (`action_axes`), and the pure array
     functions `observe`, `dense_reward`, `success`, `stage`, `sample_init`, plus optional
-    `detect_failure` and perturbation hooks. None of them may call mujoco.
+    `detect_failure` and perturbation hooks. None of them may call mujoco. The per-step functions
+    (action_to_ctrl, hold_ctrl, observe, success, reward, stage, detect_failure, evaluate) take
+    torch tensors or numpy arrays alike: write them with `xp = array_ops.of(x)` (one copy of the
+    logic; the numpy path is the single CPU env's fast path). sample_init / perturb are torch.
     """
 
     name: str = ""
@@ -233,14 +240,16 @@ class Task:
             self._build_action_map()
         d_cols, d_act, d_qpos, d_scale, g_col, lo, hi = self._act_map
         ctrl = self.hold_ctrl(s)
-        a = action.to(ctrl.dtype)
-        if len(d_cols):
-            ctrl[:, d_act] = s.qpos[:, d_qpos] + a[:, d_cols] * d_scale.to(ctrl)
+        xp = array_ops.of(ctrl)
+        a = xp.astype(action, ctrl.dtype)
+        if d_cols is not None:
+            delta = a[:, _ix(xp, d_cols, ctrl)] * xp.const(d_scale, ctrl)
+            ctrl[:, _ix(xp, d_act, ctrl)] = s.qpos[:, _ix(xp, d_qpos, ctrl)] + delta
         if g_col is not None:
             opening = (self.grip_open / 2) * (1 - a[:, g_col])
             ctrl[:, self.a_fl] = opening
             ctrl[:, self.a_fr] = opening
-        return torch.minimum(torch.maximum(ctrl, lo.to(ctrl)), hi.to(ctrl))
+        return xp.minimum(xp.maximum(ctrl, xp.const(lo, ctrl)), xp.const(hi, ctrl))
 
     def _build_action_map(self) -> None:
         """Index tensors for action_to_ctrl (a handful of vectorized ops per step)."""
@@ -256,13 +265,18 @@ class Task:
                 g_col = i
             else:
                 raise ValueError(f"unknown action axis {axis!r}")
-        t = lambda x: torch.tensor(x, dtype=torch.int64)  # noqa: E731
-        self._act_map = (t(d_cols), t(d_act), t(d_qpos), torch.tensor(d_scale, dtype=torch.float64), g_col,
+        def t(x: list[int]) -> slice | torch.Tensor:  # a slice where contiguous (cheaper than gathers)
+            if x == list(range(x[0], x[0] + len(x))):
+                return slice(x[0], x[0] + len(x))
+            return torch.tensor(x, dtype=torch.int64)
+
+        self._act_map = (t(d_cols) if d_cols else None, t(d_act) if d_cols else None, t(d_qpos) if d_cols else None,
+                         torch.tensor(d_scale, dtype=torch.float64), g_col,
                          self.layout.ctrlrange[:, 0].clone(), self.layout.ctrlrange[:, 1].clone())
 
     def hold_ctrl(self, s: SimState) -> torch.Tensor:
         """Control of axes the action does not drive: keep the current target."""
-        return s.ctrl.clone()
+        return array_ops.of(s.ctrl).copy(s.ctrl)
 
     # -- shared state readers -------------------------------------------------------------------
     def grip_pos(self, s: SimState) -> torch.Tensor:
@@ -278,7 +292,7 @@ class Task:
     def sensor(self, s: SimState, name: str) -> torch.Tensor:
         return s.sensordata[:, self.layout.sensor[name]]
 
-    # -- task functions (pure torch) ------------------------------------------------------------
+    # -- task functions (pure array functions, torch or numpy) -----------------------------------
     def observe(self, s: SimState) -> torch.Tensor:
         raise NotImplementedError
 
@@ -289,13 +303,15 @@ class Task:
         raise NotImplementedError
 
     def stage(self, s: SimState) -> torch.Tensor:
-        return torch.zeros(s.qpos.shape[0], dtype=torch.int32, device=s.qpos.device)
+        xp = array_ops.of(s.qpos)
+        return xp.zeros(s.qpos.shape[0], xp.int32, s.qpos)
 
     def reward(self, s: SimState, success: torch.Tensor | None = None) -> torch.Tensor:
         """Sparse (success) or dense reward; pass `success` if already computed."""
+        xp = array_ops.of(s.qpos)
         if self.cfg.reward_type == "sparse":
-            return (self.success(s) if success is None else success).to(torch.float32)
-        return self.dense_reward(s, success).to(torch.float32)
+            return xp.astype(self.success(s) if success is None else success, xp.float32)
+        return xp.astype(self.dense_reward(s, success), xp.float32)
 
     def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(success, reward, stage, detected failure) of a transition prev -> s, in one call so
@@ -303,9 +319,15 @@ class Task:
         success = self.success(s)
         return success, self.reward(s, success), self.stage(s), self.detect_failure(prev, s)
 
+    def transition(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, ...]:
+        """(obs, success, reward, stage, detected failure) of prev -> s: everything an env step
+        computes, in one call so tasks can share work between observe and evaluate (push_t)."""
+        return (self.observe(s), *self.evaluate(prev, s))
+
     def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
         """Failure events that happened without injection (codes in FAILURE_EVENTS, 0 = none)."""
-        return torch.zeros(s.qpos.shape[0], dtype=torch.int32, device=s.qpos.device)
+        xp = array_ops.of(s.qpos)
+        return xp.zeros(s.qpos.shape[0], xp.int32, s.qpos)
 
     def sample_init(self, gen: torch.Generator, n: int) -> torch.Tensor:
         """n initial full states (n, state_size) float64 drawn from `gen`."""
@@ -388,6 +410,10 @@ class Task:
         for j in ("finger_l", "finger_r"):
             self.set_in_state(states, "qvel", self.layout.dof_adr[j], torch.zeros(states.shape[0]))
         return states
+
+
+def _ix(xp, index: slice | torch.Tensor, like):
+    return index if isinstance(index, slice) else xp.index(index, like)
 
 
 def read_asset(name: str) -> str:

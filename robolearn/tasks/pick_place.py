@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from robolearn.tasks import array_ops
 from robolearn.tasks.base import EVENT, PRIM, SimState, Task, canonical_quat, quat_to_yaw, uniform, wrap_angle
 from robolearn.tasks.expert import Expert
 from robolearn.tasks.push_cube import REACH
@@ -22,20 +23,23 @@ class GraspTask(Task):
     perturbations = ("nudge_object", "open_gripper", "shift_target")
 
     def grasped(self, s: SimState, cube_pos: torch.Tensor) -> torch.Tensor:
-        """Cube centred between the finger pads and the fingers squeezing it."""
-        rel = cube_pos - self.grip_pos(s)
-        yaw = self.grip_yaw(s)
-        c, sn = torch.cos(yaw), torch.sin(yaw)
-        lx = c * rel[:, 0] + sn * rel[:, 1]
-        ly = -sn * rel[:, 0] + c * rel[:, 1]
-        w = self.grip_width(s)
-        return (lx.abs() < 0.015) & (ly.abs() < 0.02) & (rel[:, 2].abs() < 0.025) & (w > 0.03) & (w < 0.05)
+        """Cube centred between the finger pads and the fingers squeezing it; cube_pos (N, 3) -> (N,)
+        or (N, K, 3) -> (N, K)."""
+        xp = array_ops.of(cube_pos)
+        grip, yaw, w = self.grip_pos(s), self.grip_yaw(s), self.grip_width(s)
+        if cube_pos.ndim == 3:
+            grip, yaw, w = grip[:, None], yaw[:, None], w[:, None]
+        rel = cube_pos - grip
+        c, sn = xp.cos(yaw), xp.sin(yaw)
+        lx = c * rel[..., 0] + sn * rel[..., 1]
+        ly = -sn * rel[..., 0] + c * rel[..., 1]
+        return (abs(lx) < 0.015) & (abs(ly) < 0.02) & (abs(rel[..., 2]) < 0.025) & (w > 0.03) & (w < 0.05)
 
     @staticmethod
     def in_bin(cube_pos: torch.Tensor, bin_pos: torch.Tensor) -> torch.Tensor:
-        """Cube inside the bin's walls and below their rim."""
-        d = (cube_pos[:, :2] - bin_pos[:, :2]).abs()
-        return (d < BIN_INNER - 0.005).all(-1) & (cube_pos[:, 2] < 0.045)
+        """Cube inside the bin's walls and below their rim ((..., 3) -> (...))."""
+        d = abs(cube_pos[..., :2] - bin_pos[..., :2])
+        return (d < BIN_INNER - 0.005).all(-1) & (cube_pos[..., 2] < 0.045)
 
 
 class PickPlace(GraspTask):
@@ -56,21 +60,33 @@ class PickPlace(GraspTask):
 
     def observe(self, s: SimState) -> torch.Tensor:
         """[gripper xyz, gripper yaw, finger opening, cube xyz, cube quat (w>=0), bin xyz]."""
-        return torch.cat([self.grip_pos(s), self.grip_yaw(s)[:, None], self.grip_width(s)[:, None],
-                          self.cube_pos(s), canonical_quat(self.sensor(s, "cube_quat")), self.bin_pos(s)], -1)
+        return array_ops.of(s.qpos).cat([self.grip_pos(s), self.grip_yaw(s)[:, None], self.grip_width(s)[:, None],
+                                         self.cube_pos(s), canonical_quat(self.sensor(s, "cube_quat")),
+                                         self.bin_pos(s)], -1)
 
     def success(self, s: SimState) -> torch.Tensor:
         return self.in_bin(self.cube_pos(s), self.bin_pos(s))
 
     def stage(self, s: SimState) -> torch.Tensor:
-        return self.grasped(s, self.cube_pos(s)).to(torch.int32)
+        xp = array_ops.of(s.qpos)
+        return xp.astype(self.grasped(s, self.cube_pos(s)), xp.int32)
 
     def dense_reward(self, s: SimState, success: torch.Tensor | None = None) -> torch.Tensor:
         """Staged: reach (<=0.25), grasp (0.35) + lift/carry progress (<=0.35 more), 1 in the bin."""
         return staged_reward(self, s, self.cube_pos(s), self.bin_pos(s))
 
     def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
-        return grasp_failures(self, prev, s, self.cube_pos, self.bin_pos)
+        return grasp_failures(self, prev, s, self.cube_pos(prev), self.cube_pos(s), self.bin_pos(s))
+
+    def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        cube, bin_pos = self.cube_pos(s), self.bin_pos(s)
+        held = self.grasped(s, cube)  # shared by reward, stage and drop detection
+        success = self.in_bin(cube, bin_pos)
+        xp = array_ops.of(cube)
+        reward = (xp.astype(success, xp.float32) if self.cfg.reward_type == "sparse"
+                  else xp.astype(staged_reward(self, s, cube, bin_pos, held, success), xp.float32))
+        failure = grasp_failures(self, prev, s, self.cube_pos(prev), cube, bin_pos, held)
+        return success, reward, xp.astype(held, xp.int32), failure
 
     def sample_init(self, gen: torch.Generator, n: int) -> torch.Tensor:
         st = self.base_states(n)
@@ -97,25 +113,33 @@ class PickPlace(GraspTask):
         return super().perturb(kind, states, s, gen)
 
 
-def staged_reward(task: GraspTask, s: SimState, cube: torch.Tensor, bin_pos: torch.Tensor) -> torch.Tensor:
-    reach = (task.grip_pos(s) - cube).norm(dim=-1)
-    held = task.grasped(s, cube)
-    carry = (cube[:, :2] - bin_pos[:, :2]).norm(dim=-1)
-    r = 0.25 * (1 - torch.tanh(10 * reach))
-    r = torch.where(held, 0.35 + 0.35 * (1 - torch.tanh(5 * carry)), r)
-    return torch.where(task.in_bin(cube, bin_pos), torch.ones_like(r), r)
+def staged_reward(task: GraspTask, s: SimState, cube: torch.Tensor, bin_pos: torch.Tensor,
+                  held: torch.Tensor | None = None, done: torch.Tensor | None = None) -> torch.Tensor:
+    """held / done (cube in the bin) may be passed when already computed."""
+    xp = array_ops.of(cube)
+    reach = xp.norm(task.grip_pos(s) - cube)
+    held = task.grasped(s, cube) if held is None else held
+    carry = xp.norm(cube[:, :2] - bin_pos[:, :2])
+    r = 0.25 * (1 - xp.tanh(10 * reach))
+    r = xp.where(held, 0.35 + 0.35 * (1 - xp.tanh(5 * carry)), r)
+    return xp.where(task.in_bin(cube, bin_pos) if done is None else done, xp.ones_like(r), r)
 
 
-def grasp_failures(task: GraspTask, prev: SimState, s: SimState, cube_fn, bin_fn) -> torch.Tensor:
-    """object_dropped: held before, not now, and not released over the bin; out of reach."""
-    was = task.grasped(prev, cube_fn(prev))
-    now = task.grasped(s, cube_fn(s))
-    over_bin = ((cube_fn(s)[:, :2] - bin_fn(s)[:, :2]).abs() < BIN_INNER).all(-1)
-    dropped = was & ~now & ~over_bin & (task.grip_width(s) < 0.06)
-    out = lambda st: (cube_fn(st)[:, :2].abs() > REACH).any(-1)  # noqa: E731
-    ev = torch.where(dropped, EVENT["object_dropped"], 0)
-    ev = torch.where((ev == 0) & out(s) & ~out(prev), EVENT["object_out_of_reach"], ev)
-    return ev.to(torch.int32)
+def grasp_failures(task: GraspTask, prev: SimState, s: SimState, cube_prev: torch.Tensor, cube: torch.Tensor,
+                   bin_pos: torch.Tensor, held: torch.Tensor | None = None) -> torch.Tensor:
+    """object_dropped: held before, not now, and not released over the bin; out of reach.
+    Cube/bin positions (N, 3) or (N, K, 3) (one event per cube); `held` = grasped(s, cube) if known."""
+    xp = array_ops.of(cube)
+    was = task.grasped(prev, cube_prev)
+    now = task.grasped(s, cube) if held is None else held
+    over_bin = (abs(cube[..., :2] - bin_pos[..., :2]) < BIN_INNER).all(-1)
+    w = task.grip_width(s)
+    dropped = was & ~now & ~over_bin & ((w[:, None] if cube.ndim == 3 else w) < 0.06)
+    out_now = (abs(cube[..., :2]) > REACH).any(-1)
+    out_prev = (abs(cube_prev[..., :2]) > REACH).any(-1)
+    ev = xp.where(dropped, EVENT["object_dropped"], 0)
+    ev = xp.where((ev == 0) & out_now & ~out_prev, EVENT["object_out_of_reach"], ev)
+    return xp.astype(ev, xp.int32)
 
 
 def shift_bin(task: Task, states: torch.Tensor, s: SimState, body: str, avoid: list[torch.Tensor],

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from robolearn.tasks import array_ops
 from robolearn.tasks.base import EVENT, PRIM, SimState, Task, canonical_quat, uniform
 from robolearn.tasks.expert import Expert, navigate_around
 
@@ -33,29 +34,48 @@ class PushCube(Task):
 
     def observe(self, s: SimState) -> torch.Tensor:
         """[gripper xyz, finger opening, cube xyz, cube quat (wxyz, w>=0), goal xy]."""
-        return torch.cat([self.grip_pos(s), self.grip_width(s)[:, None], self.cube_pos(s),
-                          canonical_quat(self.sensor(s, "cube_quat")), self.goal_xy(s)], -1)
+        xp = array_ops.of(s.qpos)
+        return xp.cat([self.grip_pos(s), self.grip_width(s)[:, None], self.cube_pos(s),
+                       canonical_quat(self.sensor(s, "cube_quat")), self.goal_xy(s)], -1)
 
-    def goal_dist(self, s: SimState) -> torch.Tensor:
-        return (self.cube_pos(s)[:, :2] - self.goal_xy(s)).norm(dim=-1)
+    def goal_dist(self, s: SimState, cube: torch.Tensor | None = None) -> torch.Tensor:
+        cube = self.cube_pos(s) if cube is None else cube
+        return array_ops.of(cube).norm(cube[:, :2] - self.goal_xy(s))
 
-    def success(self, s: SimState) -> torch.Tensor:
-        return (self.goal_dist(s) < GOAL_RADIUS) & (self.cube_pos(s)[:, 2] < 0.03)
+    def success(self, s: SimState, cube: torch.Tensor | None = None, dist: torch.Tensor | None = None) -> torch.Tensor:
+        cube = self.cube_pos(s) if cube is None else cube
+        return ((self.goal_dist(s, cube) if dist is None else dist) < GOAL_RADIUS) & (cube[:, 2] < 0.03)
 
-    def dense_reward(self, s: SimState, success: torch.Tensor | None = None) -> torch.Tensor:
+    def dense_reward(self, s: SimState, success: torch.Tensor | None = None, cube: torch.Tensor | None = None,
+                     dist: torch.Tensor | None = None) -> torch.Tensor:
         """0.25 for reaching the cube + 0.75 for cube-goal progress; 1 on success."""
-        reach = (self.grip_pos(s) - self.cube_pos(s)).norm(dim=-1)
-        r = 0.25 * (1 - torch.tanh(10 * reach)) + 0.75 * (1 - torch.tanh(10 * self.goal_dist(s)))
-        return torch.where(self.success(s) if success is None else success, torch.ones_like(r), r)
+        cube = self.cube_pos(s) if cube is None else cube
+        dist = self.goal_dist(s, cube) if dist is None else dist
+        xp = array_ops.of(cube)
+        reach = xp.norm(self.grip_pos(s) - cube)
+        r = 0.25 * (1 - xp.tanh(10 * reach)) + 0.75 * (1 - xp.tanh(10 * dist))
+        return xp.where(self.success(s, cube, dist) if success is None else success, xp.ones_like(r), r)
 
-    def stage(self, s: SimState) -> torch.Tensor:
-        near = (self.grip_pos(s)[:, :2] - self.cube_pos(s)[:, :2]).norm(dim=-1) < 0.06
-        return near.to(torch.int32)
+    def stage(self, s: SimState, cube: torch.Tensor | None = None) -> torch.Tensor:
+        cube = self.cube_pos(s) if cube is None else cube
+        xp = array_ops.of(cube)
+        near = xp.norm(self.grip_pos(s)[:, :2] - cube[:, :2]) < 0.06
+        return xp.astype(near, xp.int32)
 
-    def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
-        out = lambda st: (self.cube_pos(st)[:, :2].abs() > REACH).any(-1)  # noqa: E731
-        ev = out(s) & ~out(prev)
-        return torch.where(ev, EVENT["object_out_of_reach"], 0).to(torch.int32)
+    def detect_failure(self, prev: SimState, s: SimState, cube: torch.Tensor | None = None) -> torch.Tensor:
+        cube = self.cube_pos(s) if cube is None else cube
+        xp = array_ops.of(cube)
+        ev = (abs(cube[:, :2]) > REACH).any(-1) & ~(abs(self.cube_pos(prev)[:, :2]) > REACH).any(-1)
+        return xp.astype(xp.where(ev, EVENT["object_out_of_reach"], 0), xp.int32)
+
+    def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        cube = self.cube_pos(s)  # sensor slices and the goal distance shared by all four
+        dist = self.goal_dist(s, cube)
+        success = self.success(s, cube, dist)
+        xp = array_ops.of(cube)
+        reward = (xp.astype(success, xp.float32) if self.cfg.reward_type == "sparse"
+                  else xp.astype(self.dense_reward(s, success, cube, dist), xp.float32))
+        return success, reward, self.stage(s, cube), self.detect_failure(prev, s, cube)
 
     def sample_init(self, gen: torch.Generator, n: int) -> torch.Tensor:
         st = self.base_states(n)

@@ -3,7 +3,7 @@
 As in the original: 1 px = 1 mm, workspace 0.5 m, block starts at a random pose in +-0.15 m,
 the goal pose is fixed ((0, 0), 45 degrees), action is the planar pusher motion, reward is
 coverage / 0.95 clipped to 1, and success is coverage of the goal T >= 0.95. Coverage is the
-fraction of a 2 mm grid over the goal T that lies inside the current T (pure torch, batched).
+fraction of a 2 mm grid over the goal T that lies inside the current T (pure array code, batched).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from robolearn.tasks import array_ops
 from robolearn.tasks.base import EVENT, PRIM, SimState, Task, quat_to_yaw, uniform, wrap_angle
 from robolearn.tasks.expert import Expert
 
@@ -45,27 +46,34 @@ def inside_t(local: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
     return rect(BAR) | rect(STEM)
 
 
-def to_local(points: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
-    """World points (N, P, 2) into block frames given poses (N, 3)."""
+def to_local(points: torch.Tensor, pose: torch.Tensor, cs: tuple[torch.Tensor, torch.Tensor] | None = None
+             ) -> torch.Tensor:
+    """World points (N, P, 2) into block frames given poses (N, 3); cs = (cos, sin) of pose[:, 2:]
+    if already computed."""
+    xp = array_ops.of(points)
     d = points - pose[:, None, :2]
-    c, s = torch.cos(pose[:, 2])[:, None], torch.sin(pose[:, 2])[:, None]
-    return torch.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], -1)
+    c, s = (xp.cos(pose[:, 2:]), xp.sin(pose[:, 2:])) if cs is None else cs
+    return xp.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], -1)
 
 
-def to_world(local: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
-    """Block-frame points (N, P, 2) or (P, 2) into the world."""
-    if local.ndim == 2:
-        local = local.unsqueeze(0).expand(pose.shape[0], -1, -1)
-    c, s = torch.cos(pose[:, 2])[:, None], torch.sin(pose[:, 2])[:, None]
+def to_world(local: torch.Tensor, pose: torch.Tensor, cs: tuple[torch.Tensor, torch.Tensor] | None = None
+             ) -> torch.Tensor:
+    """Block-frame points (N, P, 2) or (P, 2) into the world; cs as in to_local."""
+    xp = array_ops.of(pose)
+    if local.ndim == 2:  # shared points: broadcast over the batch (same values as expanding)
+        local = local[None]
+    c, s = (xp.cos(pose[:, 2:]), xp.sin(pose[:, 2:])) if cs is None else cs
     x = c * local[..., 0] - s * local[..., 1] + pose[:, None, 0]
     y = s * local[..., 0] + c * local[..., 1] + pose[:, None, 1]
-    return torch.stack([x, y], -1)
+    return xp.stack([x, y], -1)
 
 
-def coverage(pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-    """Fraction of the goal T's area covered by the T at `pose` (both (N, 3) x, y, yaw)."""
-    pts = to_world(GOAL_POINTS.to(pose), goal)
-    return inside_t(to_local(pts, pose)).to(pose.dtype).mean(-1)
+def coverage(pose: torch.Tensor, goal: torch.Tensor, pose_cs=None, goal_cs=None, goal_points=None) -> torch.Tensor:
+    """Fraction of the goal T's area covered by the T at `pose` (both (N, 3) x, y, yaw).
+    Optional: (cos, sin) of the yaws and the goal T's world points, if already computed."""
+    xp = array_ops.of(pose)
+    pts = to_world(xp.const(GOAL_POINTS, pose), goal, goal_cs) if goal_points is None else goal_points
+    return xp.astype(inside_t(to_local(pts, pose, pose_cs)), pose.dtype).mean(-1)
 
 
 class PushT(Task):
@@ -83,7 +91,7 @@ class PushT(Task):
 
     def hold_ctrl(self, s: SimState) -> torch.Tensor:
         """Planar pusher: fingers closed, height and yaw fixed."""
-        ctrl = s.ctrl.clone()
+        ctrl = array_ops.of(s.ctrl).copy(s.ctrl)
         ctrl[:, self.a_xyz[2]] = PUSH_Z
         ctrl[:, self.a_yaw] = 0.0
         ctrl[:, self.a_fl] = 0.0
@@ -91,38 +99,70 @@ class PushT(Task):
         return ctrl
 
     def block_pose(self, s: SimState) -> torch.Tensor:
-        return torch.cat([self.sensor(s, "t_pos")[:, :2], quat_to_yaw(self.sensor(s, "t_quat"))[:, None]], -1)
+        xp = array_ops.of(s.sensordata)
+        return xp.cat([self.sensor(s, "t_pos")[:, :2], quat_to_yaw(self.sensor(s, "t_quat"))[:, None]], -1)
 
     def goal_pose(self, s: SimState) -> torch.Tensor:
-        return torch.cat([self.sensor(s, "goal_pos")[:, :2], quat_to_yaw(self.sensor(s, "goal_quat"))[:, None]], -1)
+        xp = array_ops.of(s.sensordata)
+        return xp.cat([self.sensor(s, "goal_pos")[:, :2], quat_to_yaw(self.sensor(s, "goal_quat"))[:, None]], -1)
 
-    def observe(self, s: SimState) -> torch.Tensor:
-        """[pusher xy, block x, y, sin, cos of yaw, goal x, y, sin, cos of yaw]."""
+    def frames(self, s: SimState) -> tuple:
+        """(block pose, goal pose, (cos, sin) of the block yaw, of the goal yaw): what observe and
+        coverage share (each (N, 1) cos/sin is computed once per step)."""
+        xp = array_ops.of(s.qpos)
         b, g = self.block_pose(s), self.goal_pose(s)
-        return torch.cat([self.grip_pos(s)[:, :2], b[:, :2], torch.sin(b[:, 2:]), torch.cos(b[:, 2:]),
-                          g[:, :2], torch.sin(g[:, 2:]), torch.cos(g[:, 2:])], -1)
+        return b, g, (xp.cos(b[:, 2:]), xp.sin(b[:, 2:])), (xp.cos(g[:, 2:]), xp.sin(g[:, 2:]))
 
-    def coverage(self, s: SimState) -> torch.Tensor:
-        return coverage(self.block_pose(s), self.goal_pose(s))
+    def observe(self, s: SimState, frames: tuple | None = None) -> torch.Tensor:
+        """[pusher xy, block x, y, sin, cos of yaw, goal x, y, sin, cos of yaw]."""
+        xp = array_ops.of(s.qpos)
+        b, g, (cb, sb), (cg, sg) = self.frames(s) if frames is None else frames
+        return xp.cat([self.grip_pos(s)[:, :2], b[:, :2], sb, cb, g[:, :2], sg, cg], -1)
+
+    def coverage(self, s: SimState, frames: tuple | None = None) -> torch.Tensor:
+        b, g, cs_b, cs_g = self.frames(s) if frames is None else frames
+        return coverage(b, g, cs_b, cs_g, self._goal_points(g, cs_g))
+
+    def _goal_points(self, g: torch.Tensor, cs_g: tuple) -> torch.Tensor | None:
+        """World points of the goal T. On numpy (host) arrays they are kept while the goal pose is
+        bit-for-bit unchanged (the goal only moves on shift_target): the same values, computed
+        once per goal instead of per step. Torch: None (computed in coverage; no host sync)."""
+        xp = array_ops.of(g)
+        if xp is not array_ops.NumpyOps:
+            return None
+        key = g.tobytes()
+        if getattr(self, "_goal_key", None) != key:
+            self._goal_pts = to_world(xp.const(GOAL_POINTS, g), g, cs_g)
+            self._goal_key = key
+        return self._goal_pts
 
     def success(self, s: SimState) -> torch.Tensor:
         return self.coverage(s) >= SUCCESS_COVERAGE
 
     def dense_reward(self, s: SimState, success: torch.Tensor | None = None) -> torch.Tensor:
-        return (self.coverage(s) / SUCCESS_COVERAGE).clamp(0, 1)
+        return array_ops.of(s.qpos).clip(self.coverage(s) / SUCCESS_COVERAGE, 0, 1)
 
     def stage(self, s: SimState) -> torch.Tensor:
-        return (self.coverage(s) >= 0.5).to(torch.int32)
+        xp = array_ops.of(s.qpos)
+        return xp.astype(self.coverage(s) >= 0.5, xp.int32)
 
-    def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        cov = self.coverage(s)  # computed once for success, reward and stage
+    def evaluate(self, prev: SimState, s: SimState, frames: tuple | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        xp = array_ops.of(s.qpos)
+        cov = self.coverage(s, frames)  # computed once for success, reward and stage
         success = cov >= SUCCESS_COVERAGE
-        reward = success.to(torch.float32) if self.cfg.reward_type == "sparse" else (cov / SUCCESS_COVERAGE).clamp(0, 1)
-        return success, reward.to(torch.float32), (cov >= 0.5).to(torch.int32), self.detect_failure(prev, s)
+        reward = success if self.cfg.reward_type == "sparse" else xp.clip(cov / SUCCESS_COVERAGE, 0, 1)
+        return success, xp.astype(reward, xp.float32), xp.astype(cov >= 0.5, xp.int32), self.detect_failure(prev, s)
+
+    def transition(self, prev: SimState, s: SimState) -> tuple:
+        frames = self.frames(s)  # poses and yaw cos/sin shared by the observation and the coverage
+        return (self.observe(s, frames), *self.evaluate(prev, s, frames))
 
     def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
-        out = lambda st: (self.block_pose(st)[:, :2].abs() > LIMIT).any(-1)  # noqa: E731
-        return torch.where(out(s) & ~out(prev), EVENT["object_out_of_reach"], 0).to(torch.int32)
+        # The block's xy position only: no yaw (atan2) is needed for the workspace check.
+        xp = array_ops.of(s.qpos)
+        out = lambda st: (abs(self.sensor(st, "t_pos")[:, :2]) > LIMIT).any(-1)  # noqa: E731
+        return xp.astype(xp.where(out(s) & ~out(prev), EVENT["object_out_of_reach"], 0), xp.int32)
 
     def sample_init(self, gen: torch.Generator, n: int) -> torch.Tensor:
         st = self.base_states(n)

@@ -2,7 +2,12 @@
 
 Holds a backend, a task and its config; turns normalized actions into position targets, steps
 physics, injects perturbations, and computes obs/reward/success/stage/failure events with the
-task's torch functions. Everything per env is a row of a tensor.
+task's array functions. Everything per env is a row of an array.
+
+With the MuJoCo C backend the per-step task functions run on numpy views of the backend's host
+buffers (`read_numpy`, see array_ops: same code, same bits as torch, a fraction of torch's per-op
+cost on (1, d) arrays); other backends get torch tensors. `read()` (experts, scripted operators)
+always returns torch tensors.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class TaskSim:
         self.t = torch.zeros(self.num_envs, dtype=torch.int64)
         self._renderer = None
         self._prev: SimState | None = None
+        # Host fast path: task functions on numpy views of the backend's buffers.
+        self._host = callable(getattr(self.backend, "read_numpy", None))
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -81,13 +88,18 @@ class TaskSim:
         if idx:
             self.backend.reset(mask, states)
         self.t[mask] = 0
-        self._prev = self._clone(self.backend.read())
+        self._prev = self._clone(self._read_fast())
         return self.observe()
 
-    @torch.inference_mode()
     def step(self, action: np.ndarray | torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray,
                                                              np.ndarray, dict[str, np.ndarray]]:
         """One control step for every env. Non-finite actions are refused before anything runs."""
+        if self._host:  # numpy all the way (torch only runs a few kernels on views, no autograd state)
+            return self._step(action)
+        with torch.inference_mode():
+            return self._step(action)
+
+    def _step(self, action):
         a_np = (action.detach().cpu().numpy() if torch.is_tensor(action) else np.asarray(action)).astype(np.float64)
         if a_np.ndim == 1 and self.num_envs == 1:
             a_np = a_np[None]
@@ -97,36 +109,44 @@ class TaskSim:
         if not finite.all():
             bad = np.flatnonzero(~finite.all(1)).tolist()
             raise ValueError(f"action contains NaN or inf (env(s) {bad}); refused, simulation not stepped")
-        a = torch.from_numpy(np.clip(a_np, -1.0, 1.0))
-        s = self.backend.read()
-        self.backend.set_ctrl(self.task.action_to_ctrl(s, a))
-        self.backend.step(self.cfg.frame_skip)
-        self.t += 1
+        a_np = np.minimum(np.maximum(a_np, -1.0), 1.0)  # = np.clip (finite), without its wrapper cost
+        task, backend = self.task, self.backend
+        s = self._read_fast()
+        backend.set_ctrl(task.action_to_ctrl(s, a_np if self._host else torch.from_numpy(a_np)))
+        backend.step(self.cfg.frame_skip)
+        t = self.t.numpy()
+        t += 1
         events = self._perturb()
-        s = self.backend.read()
-        success, reward, stage, detected = self.task.evaluate(self._prev, s)
-        events = torch.where(events > 0, events, detected.to(torch.int64))
+        s = self._read_fast()
+        state_obs, success, reward, stage, detected = (_host(x) for x in task.transition(self._prev, s))
+        events = np.where(events > 0, events, detected.astype(np.int64))
         self._prev = self._clone(s)
-        terminated = success if self.cfg.terminate_on_success else torch.zeros_like(success)
-        truncated = (self.t >= self.cfg.horizon) & ~terminated
-        info = {"success": success.numpy().astype(bool), "stage": stage.numpy().astype(np.int32),
-                "failure_event": events.numpy().astype(np.int32), "t": self.t.numpy().copy()}
-        return (self.observe(), reward.numpy().astype(np.float32), terminated.numpy().astype(bool),
-                truncated.numpy().astype(bool), info)
+        terminated = success if self.cfg.terminate_on_success else np.zeros_like(success)
+        truncated = (t >= self.cfg.horizon) & ~terminated
+        info = {"success": success.astype(bool), "stage": stage.astype(np.int32),
+                "failure_event": events.astype(np.int32), "t": t.copy()}
+        obs = {"state": state_obs.astype(np.float32)}
+        if self.cfg.image:
+            obs.update(self.render_images())
+        return obs, reward.astype(np.float32), terminated.astype(bool), truncated.astype(bool), info
 
-    @torch.inference_mode()
     def observe(self) -> dict[str, np.ndarray]:
-        s = self.backend.read()
-        obs = {"state": self.task.observe(s).to(torch.float32).numpy()}
+        if self._host:
+            return self._observe()
+        with torch.inference_mode():
+            return self._observe()
+
+    def _observe(self) -> dict[str, np.ndarray]:
+        obs = {"state": _host(self.task.observe(self._read_fast())).astype(np.float32)}
         if self.cfg.image:
             obs.update(self.render_images())
         return obs
 
     def status(self) -> dict[str, np.ndarray]:
         """success / stage of the current state (e.g. right after reset)."""
-        s = self.backend.read()
-        return {"success": self.task.success(s).numpy().astype(bool),
-                "stage": self.task.stage(s).numpy().astype(np.int32),
+        s = self._read_fast()
+        return {"success": _host(self.task.success(s)).astype(bool),
+                "stage": _host(self.task.stage(s)).astype(np.int32),
                 "failure_event": np.zeros(self.num_envs, np.int32), "t": self.t.numpy().copy()}
 
     def get_state(self) -> np.ndarray:
@@ -142,7 +162,7 @@ class TaskSim:
         if not torch.isfinite(st).all():
             raise ValueError("state contains NaN or inf; refused")
         self.backend.reset(m, st)
-        self._prev = self._clone(self.backend.read())
+        self._prev = self._clone(self._read_fast())
 
     def render_images(self, size: int | None = None) -> dict[str, np.ndarray]:
         from robolearn.tasks.base import STATE_SPEC
@@ -168,8 +188,12 @@ class TaskSim:
             close()
 
     # -- internals ------------------------------------------------------------------------------
-    def _perturb(self) -> torch.Tensor:
-        events = torch.zeros(self.num_envs, dtype=torch.int64)
+    def _read_fast(self) -> SimState:
+        """The arrays the per-step task functions run on: numpy views on the host fast path."""
+        return self.backend.read_numpy() if self._host else self.backend.read()
+
+    def _perturb(self) -> np.ndarray:
+        events = np.zeros(self.num_envs, dtype=np.int64)
         if self.perturber.rate <= 0:
             return events
         kinds = self.perturber.draw(self.gens)
@@ -189,4 +213,8 @@ class TaskSim:
 
     @staticmethod
     def _clone(s: SimState) -> SimState:
-        return SimState(*(x.clone() for x in s))
+        return SimState(*(x.copy() if isinstance(x, np.ndarray) else x.clone() for x in s))
+
+
+def _host(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()

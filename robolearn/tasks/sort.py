@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 
 import torch
 
+from robolearn.tasks import array_ops
 from robolearn.tasks.base import SimState, TaskConfig, canonical_quat, read_asset, replicate, uniform
 from robolearn.tasks.expert import Expert
 from robolearn.tasks.pick_place import CUBE_HALF, GraspExpertMixin, GraspTask, grasp_failures, shift_bin, staged_reward
@@ -31,6 +32,11 @@ class Sort(GraspTask):
         super().__init__(cfg, layout)
         self.k = int(cfg.num_cubes or 3)
         self.num_stages = self.k
+        # sensordata columns of all cubes' positions / quaternions / all bins' positions (one gather
+        # per reader instead of K slices and a stack).
+        cols = lambda fmt: torch.tensor([c for i in range(self.k)  # noqa: E731
+                                         for c in range(*layout.sensor[fmt.format(i)].indices(layout.nsensordata))])
+        self._cube_cols, self._quat_cols, self._bin_cols = cols("cube{}_pos"), cols("cube{}_quat"), cols("bin{}_pos")
 
     @classmethod
     def build_xml(cls, cfg: TaskConfig) -> str:
@@ -47,69 +53,87 @@ class Sort(GraspTask):
         return 5 + 9 * self.k
 
     # -- readers -------------------------------------------------------------------------------
+    def _gather(self, s: SimState, cols: torch.Tensor, dim: int) -> torch.Tensor:
+        d = s.sensordata
+        return d[:, array_ops.of(d).index(cols, d)].reshape(d.shape[0], self.k, dim)
+
     def cubes(self, s: SimState) -> torch.Tensor:
         """(N, K, 3) cube positions."""
-        return torch.stack([self.sensor(s, f"cube{i}_pos") for i in range(self.k)], 1)
+        return self._gather(s, self._cube_cols, 3)
 
     def quats(self, s: SimState) -> torch.Tensor:
-        return torch.stack([self.sensor(s, f"cube{i}_quat") for i in range(self.k)], 1)
+        return self._gather(s, self._quat_cols, 4)
 
     def bins(self, s: SimState) -> torch.Tensor:
-        return torch.stack([self.sensor(s, f"bin{i}_pos") for i in range(self.k)], 1)
+        return self._gather(s, self._bin_cols, 3)
 
-    def sorted_mask(self, s: SimState) -> torch.Tensor:
+    def sorted_mask(self, s: SimState, cubes: torch.Tensor | None = None, bins: torch.Tensor | None = None
+                    ) -> torch.Tensor:
         """(N, K) cube i is in bin i."""
-        c, b = self.cubes(s), self.bins(s)
-        return torch.stack([self.in_bin(c[:, i], b[:, i]) for i in range(self.k)], 1)
+        return self.in_bin(self.cubes(s) if cubes is None else cubes, self.bins(s) if bins is None else bins)
 
-    def current(self, s: SimState) -> torch.Tensor:
+    def current(self, s: SimState, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Index of the first cube not in its bin (K when all are sorted)."""
-        m = self.sorted_mask(s)
-        first = torch.argmin(m.to(torch.int64), dim=1)
-        return torch.where(m.all(1), self.k, first)
+        m = self.sorted_mask(s) if mask is None else mask
+        xp = array_ops.of(m)
+        first = xp.argmin(xp.astype(m, xp.int64), 1)
+        return xp.where(m.all(1), self.k, first)
 
     def _pick(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        i = idx.clamp(max=self.k - 1)
-        return x[torch.arange(x.shape[0]), i]
+        xp = array_ops.of(x)
+        i = xp.clip(idx, None, self.k - 1)
+        return x[xp.arange(x.shape[0], x), i]
 
     # -- task functions ------------------------------------------------------------------------
     def observe(self, s: SimState) -> torch.Tensor:
         """[gripper xyz, yaw, opening, K x (cube xyz, cube quat w>=0), K x bin xy]."""
+        xp = array_ops.of(s.qpos)
         n = s.qpos.shape[0]
-        cubes = torch.cat([self.cubes(s), canonical_quat(self.quats(s))], -1).reshape(n, -1)
-        return torch.cat([self.grip_pos(s), self.grip_yaw(s)[:, None], self.grip_width(s)[:, None], cubes,
-                          self.bins(s)[:, :, :2].reshape(n, -1)], -1)
+        cubes = xp.cat([self.cubes(s), canonical_quat(self.quats(s))], -1).reshape(n, -1)
+        return xp.cat([self.grip_pos(s), self.grip_yaw(s)[:, None], self.grip_width(s)[:, None], cubes,
+                       self.bins(s)[:, :, :2].reshape(n, -1)], -1)
 
     def success(self, s: SimState) -> torch.Tensor:
         return self.sorted_mask(s).all(1)
 
     def stage(self, s: SimState) -> torch.Tensor:
-        return self.current(s).to(torch.int32)
+        xp = array_ops.of(s.qpos)
+        return xp.astype(self.current(s), xp.int32)
 
     def dense_reward(self, s: SimState, success: torch.Tensor | None = None) -> torch.Tensor:
         """(sorted cubes + staged progress on the current cube) / K, in [0, 1]."""
-        cur = self.current(s)
-        part = staged_reward(self, s, self._pick(self.cubes(s), cur), self._pick(self.bins(s), cur))
-        done = self.sorted_mask(s).sum(1).to(part.dtype)
-        return torch.where(cur >= self.k, torch.ones_like(part), (done + part.clamp(max=0.99)) / self.k)
+        return self._dense(s, self.cubes(s), self.bins(s), self.sorted_mask(s))
+
+    def _dense(self, s: SimState, cubes: torch.Tensor, bins: torch.Tensor, m: torch.Tensor,
+               cur: torch.Tensor | None = None, held: torch.Tensor | None = None) -> torch.Tensor:
+        """held: grasped(s, cubes) (N, K) if already computed."""
+        xp = array_ops.of(cubes)
+        cur = self.current(s, m) if cur is None else cur
+        part = staged_reward(self, s, self._pick(cubes, cur), self._pick(bins, cur),
+                             None if held is None else self._pick(held, cur))
+        done = xp.astype(m.sum(1), part.dtype)
+        return xp.where(cur >= self.k, xp.ones_like(part), (done + xp.clip(part, None, 0.99)) / self.k)
 
     def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        m = self.sorted_mask(s)  # computed once for success, reward and stage
+        xp = array_ops.of(s.qpos)
+        cubes, bins = self.cubes(s), self.bins(s)
+        m = self.sorted_mask(s, cubes, bins)  # computed once for success, reward and stage
         success = m.all(1)
-        cur = torch.where(success, self.k, torch.argmin(m.to(torch.int64), dim=1))
-        if self.cfg.reward_type == "sparse":
-            reward = success.to(torch.float32)
-        else:
-            part = staged_reward(self, s, self._pick(self.cubes(s), cur), self._pick(self.bins(s), cur))
-            reward = torch.where(success, torch.ones_like(part), (m.sum(1).to(part.dtype) + part.clamp(max=0.99)) / self.k)
-        return success, reward.to(torch.float32), cur.to(torch.int32), self.detect_failure(prev, s)
+        cur = self.current(s, m)
+        held = self.grasped(s, cubes)  # (N, K): the current cube's for the reward, all for drops
+        reward = success if self.cfg.reward_type == "sparse" else self._dense(s, cubes, bins, m, cur, held)
+        return (success, xp.astype(reward, xp.float32), xp.astype(cur, xp.int32),
+                self._failures(prev, s, cubes, bins, held))
 
     def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
-        ev = torch.zeros(s.qpos.shape[0], dtype=torch.int32, device=s.qpos.device)
-        for i in range(self.k):
-            e = grasp_failures(self, prev, s, lambda st, i=i: self.sensor(st, f"cube{i}_pos"),
-                               lambda st, i=i: self.sensor(st, f"bin{i}_pos"))
-            ev = torch.where(ev == 0, e, ev)
+        return self._failures(prev, s, self.cubes(s), self.bins(s))
+
+    def _failures(self, prev: SimState, s: SimState, cubes: torch.Tensor, bins: torch.Tensor,
+                  held: torch.Tensor | None = None) -> torch.Tensor:
+        e = grasp_failures(self, prev, s, self.cubes(prev), cubes, bins, held)  # (N, K), all cubes at once
+        ev = e[:, 0]
+        for i in range(1, self.k):  # the first cube (in index order) with an event wins
+            ev = array_ops.of(e).where(ev == 0, e[:, i], ev)
         return ev
 
     def sample_init(self, gen: torch.Generator, n: int) -> torch.Tensor:
