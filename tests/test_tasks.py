@@ -313,6 +313,14 @@ def test_host_numpy_path_matches_torch_path(name):
         np.testing.assert_array_equal(a, b)
 
 
+def test_sort_horizon_scales_with_num_cubes():
+    assert T.load_task_config("sort").horizon == 200  # K = 3
+    assert T.load_task_config("sort", {"num_cubes": 5}).horizon == 400
+    assert T.load_task_config("sort", ["num_cubes=4"]).horizon == 300
+    assert T.load_task_config("sort", {"num_cubes": 2}).horizon == 200
+    assert T.load_task_config("sort", ["num_cubes=5", "horizon=250"]).horizon == 250  # explicit wins
+
+
 def test_push_t_coverage():
     from robolearn.tasks.push_t import coverage
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import mujoco
 
-from robolearn.config import ConfigError, load_config, project_root
+from robolearn.config import ConfigError, load_config, parse_overrides, project_root
 from robolearn.tasks.base import Task, TaskConfig, compile_model
 from robolearn.tasks.expert import Expert
 from robolearn.tasks.pick_place import PickPlace, PickPlaceExpert
@@ -22,6 +22,12 @@ TASKS: dict[str, tuple[type[Task], type[Expert], str]] = {
     "push_t": (PushT, PushTExpert, "robolearn/PushT-v0"),
     "sort": (Sort, SortExpert, "robolearn/Sort-v0"),
 }
+
+
+# sort: control steps added to the config's horizon (written for K <= 3) per cube beyond 3, unless
+# the horizon is overridden. The expert needs ~40 steps per cube on average and up to ~55 (K=5:
+# mean 203, max 271 steps over 16 seeds), so K=5 gets 400.
+SORT_STEPS_PER_EXTRA_CUBE = 100
 
 
 def check_task(name: str) -> None:
@@ -52,6 +58,9 @@ def load_task_config(name: str, overrides: dict[str, Any] | list[str] | None = N
     if name == "sort":
         if cfg.num_cubes is None or not 1 <= cfg.num_cubes <= 5:
             raise ConfigError(f"sort: num_cubes must be between 1 and 5, got {cfg.num_cubes}")
+        given = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+        if "horizon" not in given:  # the config's horizon is for K <= 3 (see envs/sort.yaml)
+            cfg.horizon += SORT_STEPS_PER_EXTRA_CUBE * max(0, cfg.num_cubes - 3)
     elif cfg.num_cubes is not None:
         raise ConfigError(f"num_cubes is only valid for task 'sort', not {name!r}")
     cfg.validate(TASKS[name][0].perturbations)
