@@ -7,9 +7,12 @@ For each task: control steps/s of
              success, stage, failure detection, sim_state in info),
   vector   - TaskVectorEnv.step with N envs (env-steps/s = N x calls/s),
   image    - TaskEnv.step with state + 84x84 RGB obs (EGL).
-Overhead = raw / single (best of 2 runs each). Random uniform actions (seeded); no termination.
+Overhead = single-env time / raw time per step, measured in --rounds interleaved rounds (env run,
+then raw run of the same steps, in the same process) and reported as the median over rounds, so
+that load from other processes hits both sides alike; the rates are medians over rounds too.
+Random uniform actions (seeded); no termination.
 
-    python scripts/bench_sim.py [--steps 2000] [--num-envs 16] [--tasks push_cube,...] [--seed 0]
+    python scripts/bench_sim.py [--steps 2000] [--rounds 5] [--num-envs 16] [--tasks push_cube,...] [--seed 0]
     python scripts/bench_sim.py --expert-seeds 50     # scripted expert success table instead
 """
 
@@ -30,43 +33,59 @@ import robolearn.tasks as T  # noqa: E402
 from robolearn.tasks.registry import build_model  # noqa: E402
 
 
-def bench_env(name: str, steps: int, seed: int, record: bool = False, **overrides):
-    """Steps/s of TaskEnv.step; with record=True also the start state and the ctrl sequence."""
+def bench_env(name: str, steps: int, seed: int, **overrides) -> float:
+    """Steps/s of TaskEnv.step (one run)."""
     env = T.make_env(name, terminate_on_success=False, horizon=10**9, **overrides)
     env.reset(seed=seed)
     rng = np.random.default_rng(seed)
     actions = rng.uniform(-1, 1, (steps + 20, env.action_space.shape[0])).astype(np.float32)
     for a in actions[:20]:  # warm-up (torch dispatch, renderer context)
         env.step(a)
-    start = env.get_sim_state()
     t0 = time.perf_counter()
     for a in actions[20:]:
         env.step(a)
     rate = steps / (time.perf_counter() - t0)
-    ctrls = None
-    if record:  # re-run to record the ctrl the env applied at each step (not timed)
-        data = env.unwrapped.sim.backend.datas[0]
+    env.close()
+    return rate
+
+
+def bench_single_vs_raw(name: str, steps: int, seed: int, rounds: int) -> tuple[float, float, float]:
+    """(raw steps/s, single-env steps/s, overhead): medians over interleaved rounds.
+
+    The raw loop replays exactly the ctrl sequence the env applied, from the same start state, in
+    a bare `mj_step(m, d, nstep=frame_skip)` loop (the floor)."""
+    env = T.make_env(name, terminate_on_success=False, horizon=10**9)
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    actions = rng.uniform(-1, 1, (steps + 20, env.action_space.shape[0])).astype(np.float32)
+    for a in actions[:20]:  # warm-up (dispatch, caches)
+        env.step(a)
+    start = env.get_sim_state()
+    data = env.unwrapped.sim.backend.datas[0]
+    ctrls = []
+    for a in actions[20:]:  # record the ctrl the env applied at each step (not timed)
+        env.step(a)
+        ctrls.append(data.ctrl.copy())
+    cfg = env.unwrapped.cfg
+    _, model = build_model(name, cfg)
+    raw_data = mujoco.MjData(model)
+    t_env, t_raw = [], []
+    for _ in range(rounds):
         env.set_sim_state(start)
-        ctrls = []
+        t0 = time.perf_counter()
         for a in actions[20:]:
             env.step(a)
-            ctrls.append(data.ctrl.copy())
+        t_env.append(time.perf_counter() - t0)
+        mujoco.mj_setState(model, raw_data, start, T.STATE_SPEC)
+        mujoco.mj_forward(model, raw_data)
+        t0 = time.perf_counter()
+        for c in ctrls:
+            raw_data.ctrl[:] = c
+            mujoco.mj_step(model, raw_data, nstep=cfg.frame_skip)
+        t_raw.append(time.perf_counter() - t0)
     env.close()
-    return rate, start, ctrls
-
-
-def bench_raw(name: str, start: np.ndarray, ctrls: list[np.ndarray]) -> float:
-    """The floor: the same physics (same start state, same ctrl per step) in a bare loop."""
-    cfg = T.load_task_config(name)
-    _, model = build_model(name, cfg)
-    data = mujoco.MjData(model)
-    mujoco.mj_setState(model, data, start, T.STATE_SPEC)
-    mujoco.mj_forward(model, data)
-    t0 = time.perf_counter()
-    for c in ctrls:
-        data.ctrl[:] = c
-        mujoco.mj_step(model, data, nstep=cfg.frame_skip)
-    return len(ctrls) / (time.perf_counter() - t0)
+    t_env, t_raw = np.array(t_env), np.array(t_raw)
+    return steps / np.median(t_raw), steps / np.median(t_env), float(np.median(t_env / t_raw))
 
 
 def bench_vector(name: str, steps: int, num_envs: int, seed: int, num_threads: int = 1) -> float:
@@ -108,6 +127,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--image-steps", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved env/raw rounds (median)")
     ap.add_argument("--num-envs", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="threads of the vector env's CPU backend")
     ap.add_argument("--tasks", default=",".join(T.TASKS))
@@ -124,20 +144,18 @@ def main() -> None:
                 print(f"| {name} | {noise} | {rate} | {s.mean():.2f} ({s.sum()}/{len(s)}) |", flush=True)
         return
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, mujoco {mujoco.__version__}, "
-          f"torch {torch.__version__}, steps={args.steps}, seed={args.seed}")
+          f"torch {torch.__version__}, steps={args.steps}, rounds={args.rounds}, seed={args.seed}, "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print("| task | frame_skip | raw mj_step loop (steps/s) | single env, state (steps/s) | overhead | "
           f"vector env N={args.num_envs}, state (env-steps/s) | vector overhead | "
           "single env, state+image 84x84 (steps/s) |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.tasks.split(","):
-        single, start, ctrls = bench_env(name, args.steps, args.seed, record=True)
-        raw = bench_raw(name, start, ctrls)
-        single = max(single, bench_env(name, args.steps, args.seed)[0])  # best of 2 (shared CPUs)
-        raw = max(raw, bench_raw(name, start, ctrls))
+        raw, single, overhead = bench_single_vs_raw(name, args.steps, args.seed, args.rounds)
         vec = bench_vector(name, args.steps * 2, args.num_envs, args.seed, args.threads)
-        img = bench_env(name, args.image_steps, args.seed, obs_mode="state+image")[0]
+        img = bench_env(name, args.image_steps, args.seed, obs_mode="state+image")
         fs = T.load_task_config(name).frame_skip
-        print(f"| {name} | {fs} | {raw:.0f} | {single:.0f} | {raw / single:.2f}x | {vec:.0f} | {raw / vec:.2f}x | "
+        print(f"| {name} | {fs} | {raw:.0f} | {single:.0f} | {overhead:.2f}x | {vec:.0f} | {raw / vec:.2f}x | "
               f"{img:.0f} |", flush=True)
 
 
