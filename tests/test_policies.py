@@ -470,8 +470,8 @@ def test_save_checkpoint_rejects_bad_metadata(tmp_path):
 
 
 def test_registry_and_default_yamls_load():
-    assert set(POLICIES) == {"bc", "diffusion", "hierarchical"}
-    for name in POLICIES:
+    assert {"bc", "diffusion", "hierarchical"} <= set(POLICIES)
+    for name in ("bc", "diffusion", "hierarchical"):  # the `robolearn train` policies (others load from checkpoints)
         run = load_run_config(f"policies/{name}.yaml")
         assert isinstance(run.policy, policy_classes(name)[0]) and run.name == name
     run = load_run_config("policies/diffusion.yaml", ["policy.num_inference_steps=16", "train.lr=3e-4"])

@@ -119,6 +119,18 @@ class Policy(nn.Module):
             out[key] = obs[key].to(device)
         return out
 
+    def encode_with_cond(self, obs: dict[str, torch.Tensor], cond: torch.Tensor | None) -> torch.Tensor:
+        """Observation features from `self.obs_encoder`, with the optional extra conditioning vector
+        (e.g. a primitive one-hot from a hierarchical parent) appended when `self.cond_dim` > 0."""
+        features = self.obs_encoder(self.normalize_obs(obs))
+        cond_dim = getattr(self, "cond_dim", 0)
+        if cond_dim:
+            if cond is None or cond.shape != (features.shape[0], cond_dim):
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(f"this policy needs cond of shape ({features.shape[0]}, {cond_dim}), got {got}")
+            features = torch.cat([features, cond.to(features)], dim=-1)
+        return features
+
     def normalized_actions(self, batch: Batch) -> torch.Tensor:
         """The batch's action chunk (B, T, Da), validated and normalized."""
         if ACTION_KEY not in batch:

@@ -40,18 +40,9 @@ class BCPolicy(Policy):
         else:
             self.head = MLP(in_dim, chunk_dim, config.hidden_dims, config.activation, config.layer_norm, config.dropout)
 
-    def _features(self, obs: dict[str, torch.Tensor], cond: torch.Tensor | None) -> torch.Tensor:
-        features = self.obs_encoder(self.normalize_obs(obs))
-        if self.cond_dim:
-            if cond is None or cond.shape != (features.shape[0], self.cond_dim):
-                got = None if cond is None else tuple(cond.shape)
-                raise ValueError(f"this policy needs cond of shape ({features.shape[0]}, {self.cond_dim}), got {got}")
-            features = torch.cat([features, cond.to(features)], dim=-1)
-        return features
-
     def compute_loss(self, batch: Batch, cond: torch.Tensor | None = None) -> torch.Tensor:
         target = self.normalized_actions(batch).flatten(1)
-        features = self._features(batch["obs"], cond)
+        features = self.encode_with_cond(batch["obs"], cond)
         if self.config.head == "gmm":
             # Negative log-likelihood per action dimension, so its scale does not grow with T*Da.
             return -self.head.log_prob(features, target) / target.shape[1]
@@ -67,7 +58,7 @@ class BCPolicy(Policy):
         generator: torch.Generator | None = None,
         cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        features = self._features(obs, cond)
+        features = self.encode_with_cond(obs, cond)
         if self.config.head == "gmm":
             if self.config.gmm_inference == "mode":
                 flat = self.head.mode(features)

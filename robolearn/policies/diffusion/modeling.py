@@ -51,18 +51,9 @@ class DiffusionPolicy(Policy):
         self.train_scheduler = DDPMScheduler(**schedule)
         self.inference_scheduler = DDIMScheduler(**schedule, set_alpha_to_one=True, steps_offset=0)
 
-    def _global_cond(self, obs: dict[str, torch.Tensor], cond: torch.Tensor | None) -> torch.Tensor:
-        features = self.obs_encoder(self.normalize_obs(obs))
-        if self.cond_dim:
-            if cond is None or cond.shape != (features.shape[0], self.cond_dim):
-                got = None if cond is None else tuple(cond.shape)
-                raise ValueError(f"this policy needs cond of shape ({features.shape[0]}, {self.cond_dim}), got {got}")
-            features = torch.cat([features, cond.to(features)], dim=-1)
-        return features
-
     def compute_loss(self, batch: Batch, cond: torch.Tensor | None = None) -> torch.Tensor:
         actions = self.normalized_actions(batch)
-        global_cond = self._global_cond(batch["obs"], cond)
+        global_cond = self.encode_with_cond(batch["obs"], cond)
         noise = torch.randn_like(actions)
         timesteps = torch.randint(0, self.config.num_train_timesteps, (actions.shape[0],), device=actions.device)
         noisy = self.train_scheduler.add_noise(actions, noise, timesteps)
@@ -78,7 +69,7 @@ class DiffusionPolicy(Policy):
         cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """DDIM sampling; pass a seeded generator (on the policy's device) for reproducible chunks."""
-        global_cond = self._global_cond(obs, cond)
+        global_cond = self.encode_with_cond(obs, cond)
         shape = (global_cond.shape[0], self.config.horizon, self.config.action_dim)
         sample = torch.randn(shape, generator=generator, device=global_cond.device, dtype=global_cond.dtype)
         scheduler = self.inference_scheduler
