@@ -47,6 +47,22 @@ def _policy_obs_spec(policy: Any) -> tuple[int, list[str]]:
     return n_obs, keys
 
 
+def task_config_for_policy(task: str, policy: Any, perturb: float | None = None, task_overrides: list[str] | None = None) -> Any:
+    """The task's config with the observations this policy reads switched on (images, wrist camera)
+    and an optional perturbation rate, so any policy runs on the task it was trained for."""
+    from robolearn.tasks.registry import load_task_config
+
+    _, keys = _policy_obs_spec(policy)
+    overrides = list(task_overrides or [])
+    if perturb is not None:
+        overrides.append(f"perturb_rate={perturb}")
+    if any(k != "state" for k in keys):
+        overrides.append("obs_mode=state+image")
+        if "wrist_image" in keys:
+            overrides.append("wrist_camera=true")
+    return load_task_config(task, overrides)
+
+
 class _History:
     """Per-env rolling window of the last To observations (edge-padded after a reset)."""
 
@@ -92,8 +108,6 @@ def evaluate_policy(
     backend: "cpu" (MuJoCo C), "gpu" (MuJoCo Warp on CUDA) or "warp-cpu" (MuJoCo Warp on Warp's
     CPU device, for tests); the Warp backends run `robolearn.tasks.device_env` (state obs only).
     """
-    from tqdm import tqdm
-
     if backend != "cpu":
         from robolearn.tasks.device_env import evaluate_policy_device
 
@@ -102,21 +116,13 @@ def evaluate_policy(
         return evaluate_policy_device(policy, task, episodes, seed=seed, num_envs=num_envs, backend=backend,
                                       task_overrides=task_overrides, progress=progress)
 
-    from robolearn.tasks.registry import load_task_config
     from robolearn.tasks.sim import TaskSim
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     num_envs = max(1, min(num_envs, episodes))
     n_obs, keys = _policy_obs_spec(policy)
-    overrides = list(task_overrides or [])
-    if perturb is not None:
-        overrides.append(f"perturb_rate={perturb}")
-    if any(k != "state" for k in keys):
-        overrides.append("obs_mode=state+image")
-        if "wrist_image" in keys:
-            overrides.append("wrist_camera=true")
-    cfg = load_task_config(task, overrides)
+    cfg = task_config_for_policy(task, policy, perturb, task_overrides)
     sim = TaskSim(task, cfg=cfg, num_envs=num_envs)
     device = next(iter(policy.parameters())).device if hasattr(policy, "parameters") else torch.device("cpu")
     seeds = [seed + i for i in range(episodes)]

@@ -159,8 +159,7 @@ def record_interventions(
     """
     from tqdm import tqdm
 
-    from robolearn.evaluation import _History, _policy_obs_spec
-    from robolearn.tasks.registry import load_task_config
+    from robolearn.evaluation import _History, _policy_obs_spec, task_config_for_policy
     from robolearn.tasks.sim import TaskSim
 
     if episodes < 1:
@@ -168,14 +167,7 @@ def record_interventions(
     if max_operator_steps is not None and max_operator_steps < 1:
         raise ValueError(f"--max-operator-steps must be >= 1, got {max_operator_steps}")
     n_obs, keys = _policy_obs_spec(policy)
-    overrides = list(task_overrides or [])
-    if perturb is not None:
-        overrides.append(f"perturb_rate={perturb}")
-    if any(k != "state" for k in keys):
-        overrides.append("obs_mode=state+image")
-        if "wrist_image" in keys:
-            overrides.append("wrist_camera=true")
-    cfg = load_task_config(task, overrides)
+    cfg = task_config_for_policy(task, policy, perturb, task_overrides)
     sim = TaskSim(task, cfg=cfg, num_envs=1)
     if not hasattr(device, "poll"):  # a factory: build the device (and viewer) for this simulator
         device = device(sim)
