@@ -359,6 +359,19 @@ def load_any_policy(path: str | Path, device: str = "cpu") -> tuple[Any, dict[st
     return load_policy(ckpt, device=device), meta
 
 
+# Task-config fields that define the task's structure; evaluation uses the training data's values
+# (e.g. sort's number of cubes). Perturbations are left to the evaluation's own settings.
+STRUCTURAL_TASK_FIELDS = ("num_cubes", "frame_skip", "horizon", "image_size", "wrist_camera", "reward_type")
+
+
+def task_overrides_from_meta(meta: dict[str, Any], task: str) -> list[str]:
+    """`key=value` task overrides recorded with the policy's training data (same task only)."""
+    recorded = meta.get("task_config") or {}
+    if recorded.get("task") not in (None, task):
+        return []
+    return [f"{k}={json.dumps(recorded[k])}" for k in STRUCTURAL_TASK_FIELDS if recorded.get(k) is not None]
+
+
 def _run(args: argparse.Namespace) -> int:
     device = "cpu"
     if args.backend == "gpu":  # fail fast, before loading anything, without the gpu extra or CUDA
@@ -370,9 +383,11 @@ def _run(args: argparse.Namespace) -> int:
     if not task:
         raise ValueError("the checkpoint records no task: pass --task")
     video_dir = Path(args.video_dir) if args.video_dir else resolve_checkpoint(args.checkpoint) / "videos"
+    overrides = task_overrides_from_meta(meta, task)
     report = evaluate_policy(
         policy, task, args.episodes, seed=args.seed, num_envs=args.num_envs, perturb=args.perturb,
         video=args.video, video_dir=video_dir, save=args.save, progress=not args.json, backend=args.backend,
+        task_overrides=overrides,
     )
     report["checkpoint"] = str(resolve_checkpoint(args.checkpoint))
     if args.json:

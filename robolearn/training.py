@@ -269,7 +269,7 @@ def train(
             return
         opt_tensors, opt_meta = optimizer_to_tensors(opt)
         weights = ema.state_dict() if ema is not None else policy.state_dict()
-        extra = {"train_state": {
+        extra = {"task_config": store.env_kwargs, "train_state": {
             "optimizer": opt_meta,
             "scheduler": sched.state_dict(),
             "sampler": sampler.state_dict(),

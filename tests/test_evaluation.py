@@ -78,3 +78,16 @@ def test_cli_json_video_and_errors(trained, tmp_path):
     assert wrong_task.returncode == 2 and "unknown task" in wrong_task.stderr
     with pytest.raises(FileNotFoundError):
         resolve_checkpoint(tmp_path)
+
+
+def test_eval_uses_the_training_data_task_structure(trained):
+    from robolearn.checkpoint import read_meta
+    from robolearn.evaluation import task_overrides_from_meta
+
+    _, run = trained
+    meta = read_meta(resolve_checkpoint(run))
+    assert meta["task_config"]["task"] == "push_cube"  # recorded from the store at training time
+    overrides = task_overrides_from_meta(meta, "push_cube")
+    assert "horizon=60" in overrides and not any(o.startswith("perturb") for o in overrides)
+    assert task_overrides_from_meta({"task_config": {"task": "sort", "num_cubes": 2}}, "sort") == ["num_cubes=2"]
+    assert task_overrides_from_meta({"task_config": {"task": "sort", "num_cubes": 2}}, "push_cube") == []
