@@ -7,6 +7,7 @@ arrays exposed with `wp.to_torch`) implements the same methods and is a drop-in.
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
@@ -29,6 +30,8 @@ class Backend(Protocol):
         """Set actuator targets of all envs, (N, nu)."""
 
     def step(self, frame_skip: int) -> None:
+        if frame_skip < 1:
+            raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
         """Advance every env by frame_skip physics steps, then refresh sensors so `read()` is
         consistent with the state; raise SimulationError if the physics became unstable."""
 
@@ -43,6 +46,7 @@ class Backend(Protocol):
 
 
 _UNSTABLE = (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL)
+_UNSTABLE_IDX = np.array([int(w) for w in _UNSTABLE])
 
 
 class MujocoCBackend:
@@ -76,6 +80,8 @@ class MujocoCBackend:
         self._ctrl[:] = c
 
     def step(self, frame_skip: int) -> None:
+        if frame_skip < 1:
+            raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
         if self._pool is None:
             self._step_range(range(self.num_envs), frame_skip)
         else:
@@ -100,9 +106,18 @@ class MujocoCBackend:
         self.reset(mask, states)
 
     def get_state(self) -> torch.Tensor:
-        for i, d in enumerate(self.datas):
-            mujoco.mj_getState(self.model, d, self._state[i], STATE_SPEC)
-        return torch.from_numpy(self._state.copy())
+        return torch.from_numpy(self.get_state_numpy())
+
+    def get_state_numpy(self, i: int | None = None) -> np.ndarray:
+        """Full state as a new float64 array: (N, state_size), or (state_size,) of env i (one
+        mj_getState into a preallocated buffer, copied once)."""
+        m, st = self.model, self._state
+        if i is not None:
+            mujoco.mj_getState(m, self.datas[i], st[i], STATE_SPEC)
+            return st[i].copy()
+        for j, d in enumerate(self.datas):
+            mujoco.mj_getState(m, d, st[j], STATE_SPEC)
+        return st.copy()
 
     def read(self) -> SimState:
         return SimState(torch.from_numpy(self._qpos), torch.from_numpy(self._qvel),
@@ -120,12 +135,20 @@ class MujocoCBackend:
 
     # -- internals ----------------------------------------------------------------------------
     def _step_range(self, idx, frame_skip: int) -> None:
+        # Split-step control pattern (mj_step = mj_step1 + mj_step2, same bits when nothing runs in
+        # between but setting ctrl, which only mj_step2 reads). Every MjData is kept with its
+        # position and velocity stages (incl. sensors; all task sensors are position-stage) computed
+        # for its current state: by mj_forward after init/reset, by mj_step1 after a step. A step
+        # then finishes the pending substep with the new ctrl (mj_step2), runs frame_skip - 1 full
+        # mj_step, and ends with mj_step1 of the next substep, so the observation's sensors are
+        # computed once per substep boundary instead of by an extra mj_forward.
         m = self.model
         for i in idx:
             d = self.datas[i]
-            mujoco.mj_step(m, d, nstep=frame_skip)
-            # mj_step leaves sensors at the pre-integration state; recompute them for this state.
-            mujoco.mj_forward(m, d)
+            mujoco.mj_step2(m, d)
+            if frame_skip > 1:
+                mujoco.mj_step(m, d, nstep=frame_skip - 1)
+            mujoco.mj_step1(m, d)
             self._check(i, "step")
             self._pull(i)
 
@@ -138,6 +161,11 @@ class MujocoCBackend:
 
     def _check(self, i: int, where: str) -> None:
         d = self.datas[i]
+        # Fast path: no instability warning and every qpos/qvel/qacc finite (one sum each: a sum
+        # is non-finite iff an entry is, or entries beyond mjMAXVAL = 1e10 overflow it, which
+        # MuJoCo's own checks flag as BADQPOS/BADQVEL/BADQACC anyway).
+        if not d.warning.number[_UNSTABLE_IDX].any() and math.isfinite(d.qpos.sum() + d.qvel.sum() + d.qacc.sum()):
+            return
         bad = [w for w in _UNSTABLE if d.warning[w].number > 0]
         if bad or not (np.isfinite(d.qpos).all() and np.isfinite(d.qvel).all() and np.isfinite(d.qacc).all()):
             names = ", ".join(mujoco.mjtWarning(w).name for w in bad) or "non-finite state"

@@ -72,7 +72,7 @@ class TaskEnv(gym.Env):
         if not self._started:
             raise RuntimeError("call reset() before step()")
         obs, rew, term, trunc, info = self.sim.step(np.asarray(action, dtype=np.float64).reshape(1, -1))
-        return self._one(obs), float(rew[0]), bool(term[0]), bool(trunc[0]), self._info(info)
+        return {k: v[0] for k, v in obs.items()}, float(rew[0]), bool(term[0]), bool(trunc[0]), self._info(info)
 
     def render(self):
         if self.render_mode != "rgb_array":
@@ -85,7 +85,7 @@ class TaskEnv(gym.Env):
     # -- state access ----------------------------------------------------------------------
     def get_sim_state(self) -> np.ndarray:
         """Full physics state (state_size,) float64: restores the episode exactly."""
-        return self.sim.get_state()[0]
+        return self.sim.get_state(0)
 
     def set_sim_state(self, state: np.ndarray) -> dict[str, np.ndarray]:
         """Restore a state from `get_sim_state`/`info['sim_state']`; returns its observation."""

@@ -43,7 +43,8 @@ class TaskSim:
         self._renderer = None
         self._prev: SimState | None = None
         # Host fast path: task functions on numpy views of the backend's buffers.
-        self._host = callable(getattr(self.backend, "read_numpy", None))
+        self._host = callable(getattr(self.backend, "read_numpy", None)) and callable(
+            getattr(self.backend, "get_state_numpy", None))
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -100,14 +101,14 @@ class TaskSim:
             return self._step(action)
 
     def _step(self, action):
-        a_np = (action.detach().cpu().numpy() if torch.is_tensor(action) else np.asarray(action)).astype(np.float64)
+        # float64 without a copy when it already is (never written to: the clip below makes a new array)
+        a_np = np.asarray(action.detach().cpu().numpy() if torch.is_tensor(action) else action, dtype=np.float64)
         if a_np.ndim == 1 and self.num_envs == 1:
             a_np = a_np[None]
         if a_np.shape != (self.num_envs, self.action_dim):
             raise ValueError(f"action must have shape {(self.num_envs, self.action_dim)}, got {tuple(a_np.shape)}")
-        finite = np.isfinite(a_np)
-        if not finite.all():
-            bad = np.flatnonzero(~finite.all(1)).tolist()
+        if not np.isfinite(a_np).all():
+            bad = np.flatnonzero(~np.isfinite(a_np).all(1)).tolist()
             raise ValueError(f"action contains NaN or inf (env(s) {bad}); refused, simulation not stepped")
         a_np = np.minimum(np.maximum(a_np, -1.0), 1.0)  # = np.clip (finite), without its wrapper cost
         task, backend = self.task, self.backend
@@ -123,12 +124,14 @@ class TaskSim:
         self._prev = self._clone(s)
         terminated = success if self.cfg.terminate_on_success else np.zeros_like(success)
         truncated = (t >= self.cfg.horizon) & ~terminated
-        info = {"success": success.astype(bool), "stage": stage.astype(np.int32),
+        # Fresh arrays every step, so no copy where the dtype already matches (copy=False).
+        info = {"success": success.astype(bool, copy=False), "stage": stage.astype(np.int32, copy=False),
                 "failure_event": events.astype(np.int32), "t": t.copy()}
         obs = {"state": state_obs.astype(np.float32)}
         if self.cfg.image:
             obs.update(self.render_images())
-        return obs, reward.astype(np.float32), terminated.astype(bool), truncated.astype(bool), info
+        return (obs, reward.astype(np.float32, copy=False), terminated.astype(bool),
+                truncated.astype(bool, copy=False), info)
 
     def observe(self) -> dict[str, np.ndarray]:
         if self._host:
@@ -149,9 +152,12 @@ class TaskSim:
                 "stage": _host(self.task.stage(s)).astype(np.int32),
                 "failure_event": np.zeros(self.num_envs, np.int32), "t": self.t.numpy().copy()}
 
-    def get_state(self) -> np.ndarray:
-        """Full physics state (N, state_size) float64, see base.STATE_SPEC."""
-        return self.backend.get_state().numpy()
+    def get_state(self, i: int | None = None) -> np.ndarray:
+        """Full physics state (N, state_size) float64, see base.STATE_SPEC; (state_size,) of env i."""
+        if self._host:  # MuJoCo C backend: mj_getState into its buffer, one copy
+            return self.backend.get_state_numpy(i)
+        st = self.backend.get_state().numpy()
+        return st if i is None else st[i]
 
     def set_state(self, states: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Restore full states (episode time counters are left unchanged)."""
