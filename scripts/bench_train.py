@@ -43,7 +43,7 @@ def synthetic_batch(cfg, batch: int, state_dim: int, gen: torch.Generator) -> di
         "weight": torch.ones(batch),
     }
     for key in cfg.extra_batch_keys:
-        out[key] = torch.randint(0, 4, (batch, cfg.horizon), generator=gen)
+        out[key] = torch.randint(0, getattr(cfg, "num_primitives", 4), (batch, cfg.horizon), generator=gen)
     return out
 
 
