@@ -122,8 +122,17 @@ def evaluate_policy(
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     num_envs = max(1, min(num_envs, episodes))
     n_obs, keys = _policy_obs_spec(policy)
-    cfg = task_config_for_policy(task, policy, perturb, task_overrides)
-    sim = TaskSim(task, cfg=cfg, num_envs=num_envs)
+    from robolearn.tasks.gym_adapter import GYM_TASKS, GymTaskBatch
+
+    if task in GYM_TASKS:  # gymnasium MuJoCo tasks: no perturbations, videos or saving
+        if perturb or video or save or task_overrides:
+            raise ValueError(f"gymnasium task {task!r} supports no --perturb, --video, --save or task overrides")
+        sim: Any = GymTaskBatch(task, num_envs)
+        perturb_rate = 0.0
+    else:
+        cfg = task_config_for_policy(task, policy, perturb, task_overrides)
+        sim = TaskSim(task, cfg=cfg, num_envs=num_envs)
+        perturb_rate = cfg.perturb_rate
     device = next(iter(policy.parameters())).device if hasattr(policy, "parameters") else torch.device("cpu")
     seeds = [seed + i for i in range(episodes)]
     writer = _RolloutWriter(save, sim, task, collector or getattr(policy, "name", "policy")) if save else None
@@ -138,7 +147,7 @@ def evaluate_policy(
     if writer:
         writer.close()
     return summarize([r for r in records if r is not None], task=task, seed=seed, num_envs=num_envs,
-                     perturb=cfg.perturb_rate, videos=videos.paths if videos else [])
+                     perturb=perturb_rate, videos=videos.paths if videos else [])
 
 
 def _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer, videos, progress, task):
@@ -366,8 +375,10 @@ STRUCTURAL_TASK_FIELDS = ("num_cubes", "frame_skip", "horizon", "image_size", "w
 
 def task_overrides_from_meta(meta: dict[str, Any], task: str) -> list[str]:
     """`key=value` task overrides recorded with the policy's training data (same task only)."""
+    from robolearn.tasks.gym_adapter import GYM_TASKS
+
     recorded = meta.get("task_config") or {}
-    if recorded.get("task") not in (None, task):
+    if task in GYM_TASKS or recorded.get("task") not in (None, task):
         return []
     return [f"{k}={json.dumps(recorded[k])}" for k in STRUCTURAL_TASK_FIELDS if recorded.get(k) is not None]
 

@@ -91,3 +91,23 @@ def test_eval_uses_the_training_data_task_structure(trained):
     assert "horizon=60" in overrides and not any(o.startswith("perturb") for o in overrides)
     assert task_overrides_from_meta({"task_config": {"task": "sort", "num_cubes": 2}}, "sort") == ["num_cubes=2"]
     assert task_overrides_from_meta({"task_config": {"task": "sort", "num_cubes": 2}}, "push_cube") == []
+
+
+def test_gymnasium_tasks_evaluate_through_the_same_loop():
+    class RandomPolicy:
+        class config:
+            n_obs_steps = 1
+            obs_keys = ["state"]
+
+        def select_action(self, obs):
+            return torch.rand(obs["state"].shape[0], 3) * 2 - 1
+
+        def reset(self, env_mask=None):
+            pass
+
+    a = evaluate_policy(RandomPolicy(), "hopper", 3, seed=5, num_envs=2, progress=False)
+    b = evaluate_policy(RandomPolicy(), "hopper", 3, seed=5, num_envs=2, progress=False)
+    assert a["n"] == 3 and a["seeds"] == [5, 6, 7] and a["episodes"] == b["episodes"]
+    assert all(r["length"] > 0 for r in a["episodes"]) and a["success_rate"] == 0.0
+    with pytest.raises(ValueError, match="supports no --perturb"):
+        evaluate_policy(RandomPolicy(), "hopper", 1, perturb=0.1, progress=False)

@@ -70,3 +70,46 @@ def make_gym_task(name: str, **kwargs: Any) -> GymMujocoAdapter:
     if name not in GYM_TASKS:
         raise ValueError(f"unknown gymnasium task {name!r} (known: {', '.join(GYM_TASKS)})")
     return GymMujocoAdapter(GYM_TASKS[name], **kwargs)
+
+
+class GymTaskBatch:
+    """N adapter envs behind TaskSim's batch interface (reset(mask, seeds), step(actions)), so
+    evaluation drives gymnasium MuJoCo tasks exactly like our own tasks."""
+
+    def __init__(self, name: str, num_envs: int, **kwargs: Any) -> None:
+        self.envs = [make_gym_task(name, **kwargs) for _ in range(num_envs)]
+        self.num_envs = num_envs
+        self.model = self.envs[0].unwrapped.model
+        self.control_period = float(self.envs[0].unwrapped.dt)
+        self.action_dim = int(self.envs[0].action_space.shape[0])
+        self._obs = [None] * num_envs
+
+    def _stack(self) -> dict[str, np.ndarray]:
+        return {"state": np.stack([o["state"] for o in self._obs])}
+
+    def reset(self, mask: Any = None, seeds: list[int] | None = None) -> dict[str, np.ndarray]:
+        rows = range(self.num_envs) if mask is None else [int(i) for i in np.flatnonzero(np.asarray(mask))]
+        for j, i in enumerate(rows):
+            self._obs[i], _ = self.envs[i].reset(seed=None if seeds is None else int(seeds[j]))
+        return self._stack()
+
+    def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        actions = np.asarray(actions, np.float64)
+        if actions.shape != (self.num_envs, self.action_dim):
+            raise ValueError(f"action must have shape {(self.num_envs, self.action_dim)}, got {actions.shape}")
+        out = [env.step(a) for env, a in zip(self.envs, actions)]
+        self._obs = [o[0] for o in out]
+        info = {
+            "success": np.zeros(self.num_envs, bool),
+            "stage": np.zeros(self.num_envs, np.int32),
+            "failure_event": np.zeros(self.num_envs, np.int32),
+        }
+        return (self._stack(), np.array([o[1] for o in out], np.float32), np.array([o[2] for o in out]),
+                np.array([o[3] for o in out]), info)
+
+    def get_state(self) -> np.ndarray:
+        return np.stack([env.get_sim_state() for env in self.envs])
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
