@@ -19,7 +19,7 @@ from typing import Any
 DEMO_TRAIN_OVERRIDES = [
     "policy.down_dims=[64,128,256]",
     "policy.diffusion_step_embed_dim=64",
-    "train.batch_size=128",
+    "train.batch_size=64",
     "train.lr=0.001",
     "train.lr_warmup_steps=100",
     "train.log_every=50",
@@ -54,8 +54,8 @@ def plot_learning_curve(metrics: list[dict[str, Any]], path: Path, title: str) -
 
 def run_demo(
     task: str = "push_cube",
-    episodes: int = 100,
-    steps: int = 3000,
+    episodes: int = 200,
+    steps: int = 4000,
     eval_episodes: int = 50,
     num_envs: int = 10,
     seed: int = 0,
@@ -137,8 +137,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="push_cube")
-    parser.add_argument("--episodes", type=int, default=100, help="scripted demos to collect")
-    parser.add_argument("--steps", type=int, default=3000, help="diffusion training steps")
+    parser.add_argument("--episodes", type=int, default=200, help="scripted demos to collect")
+    parser.add_argument("--steps", type=int, default=4000, help="diffusion training steps")
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--num-envs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
