@@ -105,7 +105,8 @@ def main() -> None:
         f"- command: `{cmd}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs while it ran), torch {torch.__version__}, CPU",
         f"- training seeds: {args.seeds}; demo-collection seed = 100000 x seed; evaluation seeds 1000000 + 10000 x seed + 0..{args.eval_episodes - 1}",
-        f"- {args.steps} gradient steps per run; profiles: {json.dumps({p: PROFILES[p] for p in args.policies})}",
+        f"- {args.steps} gradient steps per run; profiles: {json.dumps({p: PROFILES[p] for p in args.policies})}"
+        + (f"; extra overrides applied after the profile: {args.extra}" if args.extra else ""),
         f"- task overrides: {args.task_overrides or 'none'}; date: {dt.date.today().isoformat()}; wall time {time.time() - started:.0f} s",
         "",
         "| task | policy | demos | eval episodes (pooled) | success | 95% CI (Wilson) | per seed | train s/run |",
