@@ -111,3 +111,16 @@ def test_gymnasium_tasks_evaluate_through_the_same_loop():
     assert all(r["length"] > 0 for r in a["episodes"]) and a["success_rate"] == 0.0
     with pytest.raises(ValueError, match="supports no --perturb"):
         evaluate_policy(RandomPolicy(), "hopper", 1, perturb=0.1, progress=False)
+
+
+def test_action_steps_override(trained):
+    from robolearn.evaluation import set_action_steps
+
+    _, run = trained
+    policy, _ = load_any_policy(run)
+    set_action_steps(policy, 2)
+    assert policy.config.n_action_steps == 2
+    r = evaluate_policy(policy, "push_cube", 2, seed=0, num_envs=2, progress=False)
+    assert r["n"] == 2
+    with pytest.raises(ValueError, match="--action-steps must be in"):
+        set_action_steps(policy, 99)
