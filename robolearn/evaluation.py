@@ -383,6 +383,18 @@ def task_overrides_from_meta(meta: dict[str, Any], task: str) -> list[str]:
     return [f"{k}={json.dumps(recorded[k])}" for k in STRUCTURAL_TASK_FIELDS if recorded.get(k) is not None]
 
 
+def set_action_steps(policy: Any, n: int) -> None:
+    """Execute `n` actions of each predicted chunk before re-planning (receding-horizon length)."""
+    cfg = getattr(policy, "config", None)
+    if cfg is None or not hasattr(cfg, "n_action_steps"):
+        raise ValueError("--action-steps needs a chunking policy (its config has n_action_steps)")
+    longest = cfg.horizon - cfg.n_obs_steps + 1
+    if not 1 <= n <= longest:
+        raise ValueError(f"--action-steps must be in [1, {longest}] for horizon {cfg.horizon} and {cfg.n_obs_steps} obs steps, got {n}")
+    cfg.n_action_steps = int(n)
+    policy.reset()
+
+
 def _run(args: argparse.Namespace) -> int:
     device = "cpu"
     if args.backend == "gpu":  # fail fast, before loading anything, without the gpu extra or CUDA
@@ -390,6 +402,8 @@ def _run(args: argparse.Namespace) -> int:
 
         device = resolve_device("cuda")
     policy, meta = load_any_policy(args.checkpoint, device=device)
+    if args.action_steps is not None:
+        set_action_steps(policy, args.action_steps)
     task = args.task or meta.get("task")
     if not task:
         raise ValueError("the checkpoint records no task: pass --task")
@@ -428,6 +442,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=int, default=0, help="record mp4s of the first K episodes")
     parser.add_argument("--video-dir", default=None)
     parser.add_argument("--save", default=None, help="append rollouts to this episode store (source=policy)")
+    parser.add_argument("--action-steps", type=int, default=None,
+                        help="actions executed per predicted chunk before re-planning (default: the policy's n_action_steps)")
     parser.add_argument("--backend", choices=["cpu", "gpu", "warp-cpu"], default="cpu",
                         help="cpu: MuJoCo C; gpu: MuJoCo Warp on CUDA (extra 'gpu'); warp-cpu: MuJoCo Warp on its CPU device (tests)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
