@@ -19,6 +19,7 @@ from typing import Any
 DEMO_TRAIN_OVERRIDES = [
     "policy.down_dims=[64,128,256]",
     "policy.diffusion_step_embed_dim=64",
+    "policy.n_action_steps=2",  # re-plan every 2 steps: push_cube needs it (docs/results/imitation.md)
     "train.batch_size=64",
     "train.lr=0.001",
     "train.lr_warmup_steps=100",
