@@ -24,7 +24,8 @@ POLICIES: dict[str, tuple[str, str]] = {
 }
 
 
-def _resolve(target: str) -> Any:
+def resolve_entry(target: str) -> Any:
+    """Import the object a registry names as "module:attribute" (registries stay import-free)."""
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -34,7 +35,7 @@ def policy_classes(name: str) -> tuple[type, type]:
     if name not in POLICIES:
         raise KeyError(f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
     config_target, policy_target = POLICIES[name]
-    return _resolve(config_target), _resolve(policy_target)
+    return resolve_entry(config_target), resolve_entry(policy_target)
 
 
 def make_policy(name: str, config: Any, stats: dict[str, dict[str, Any]]) -> Any:

@@ -30,18 +30,13 @@ ALGOS: dict[str, tuple[str, str]] = {
 OFFLINE_ALGOS = ("iql", "cql", "calql", "td3bc")
 
 
-def _resolve(target: str) -> Any:
-    import importlib
-
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def algo_classes(name: str) -> tuple[type, type]:
     if name not in ALGOS:
         raise ValueError(f"unknown RL algorithm {name!r} (known: {', '.join(ALGOS)})")
     agent_t, cfg_t = ALGOS[name]
-    return _resolve(agent_t), _resolve(cfg_t)
+    from robolearn.policies import resolve_entry
+
+    return resolve_entry(agent_t), resolve_entry(cfg_t)
 
 
 def build_agent(name: str, cfg: Any, obs_dim: int, action_dim: int, stats: dict[str, Any]) -> Any:
