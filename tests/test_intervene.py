@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from robolearn.data.store import SOURCE_CODES, EpisodeStore
 from robolearn.evaluation import load_any_policy
@@ -25,7 +24,6 @@ from robolearn.teleop.scripted_operator import FamiliarityModel, OperatorConfig,
 from robolearn.teleop.session import Mode
 from robolearn.training import train
 
-torch.set_num_threads(1)
 TASK = "pick_place"
 CODES = {v: k for k, v in SOURCE_CODES.items()}
 

@@ -12,15 +12,6 @@ from robolearn.nn.unet1d import ConditionalUnet1D
 from robolearn.nn.vision import ImageEncoder, SpatialSoftmax, crop_images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny nets on shared cores: one intra-op thread avoids oversubscription stalls.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_mlp_shapes_layer_norm_and_bad_activation():
     mlp = MLP(5, 3, hidden_dims=(8, 8), activation="mish", layer_norm=True)
     assert mlp(torch.randn(4, 7, 5)).shape == (4, 7, 3)

@@ -29,15 +29,6 @@ from robolearn.policies.hierarchical.configuration import HierarchicalConfig
 STATE_DIM, ACTION_DIM = 4, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny nets on shared cores: one intra-op thread avoids oversubscription stalls.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def features(image_shape: tuple[int, ...] | None = None) -> dict[str, Feature]:
     feats = {"obs/state": Feature("float32", (STATE_DIM,), "obs"), "action": Feature("float32", (ACTION_DIM,), "action")}
     if image_shape is not None:

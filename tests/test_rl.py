@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(1)  # small networks: threads only add contention on shared CI boxes
 
 from robolearn.data.store import EpisodeStore, Feature
 from robolearn.rl.replay import discounted_to_go, transitions_from_store

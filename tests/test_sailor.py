@@ -12,7 +12,6 @@ from robolearn.sailor.planner import plan_residual
 from robolearn.sailor.reward_model import RewardModel
 from robolearn.sailor.world_model import WorldModel
 
-torch.set_num_threads(1)
 
 TINY_WM = WorldModelConfig(deter=32, stoch=4, classes=4, hidden=32, units=32, batch_size=8, batch_length=8)
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import pytest
-import torch
 
 from robolearn.checkpoint import load_policy
 from robolearn.data.store import EpisodeStore
 from robolearn.evaluation import evaluate_policy, load_any_policy
 from robolearn.sailor.loop import run_sailor
 
-torch.set_num_threads(1)
 
 TINY = [
     "agent.world_model.deter=32", "agent.world_model.stoch=4", "agent.world_model.classes=4", "agent.world_model.hidden=32",

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from robolearn.data.mixtures import SIRIUS_PRE_INTERVENTION_STEPS, mixture_weights
 from robolearn.data.sampler import SequenceDataset
@@ -20,7 +19,6 @@ from robolearn.teleop.devices import (
 )
 from robolearn.teleop.session import InterventionSession, Mode, TeleopEvent as E
 
-torch.set_num_threads(1)
 
 
 # ----------------------------------------------------------------------------------- session
