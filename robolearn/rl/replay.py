@@ -26,6 +26,17 @@ import numpy as np
 import torch
 
 
+def transition_batch(source: Any, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """(s, a, r, s', terminal) rows `idx` of any buffer holding those arrays, as torch tensors."""
+    return {
+        "obs": torch.as_tensor(source.obs[idx], device=device),
+        "action": torch.as_tensor(source.action[idx], device=device),
+        "reward": torch.as_tensor(source.reward[idx], device=device),
+        "next_obs": torch.as_tensor(source.next_obs[idx], device=device),
+        "terminal": torch.as_tensor(source.terminal[idx].astype(np.float32), device=device),
+    }
+
+
 @dataclass
 class Transitions:
     """Flat transition arrays (N = number of transitions, E = number of episodes)."""
@@ -59,14 +70,9 @@ class Transitions:
         return self.episode_return[self.episode]
 
     def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        return {
-            "obs": torch.as_tensor(self.obs[idx], device=device),
-            "action": torch.as_tensor(self.action[idx], device=device),
-            "reward": torch.as_tensor(self.reward[idx], device=device),
-            "next_obs": torch.as_tensor(self.next_obs[idx], device=device),
-            "terminal": torch.as_tensor(self.terminal[idx].astype(np.float32), device=device),
-            "mc_return": torch.as_tensor(self.mc_return[idx], device=device),
-        }
+        out = transition_batch(self, idx, device)
+        out["mc_return"] = torch.as_tensor(self.mc_return[idx], device=device)
+        return out
 
 
 def discounted_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
@@ -173,13 +179,7 @@ class ReplayBuffer:
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         idx = self.rng.integers(0, self.size, size=batch_size)
-        return {
-            "obs": torch.as_tensor(self.obs[idx], device=device),
-            "action": torch.as_tensor(self.action[idx], device=device),
-            "reward": torch.as_tensor(self.reward[idx], device=device),
-            "next_obs": torch.as_tensor(self.next_obs[idx], device=device),
-            "terminal": torch.as_tensor(self.terminal[idx].astype(np.float32), device=device),
-        }
+        return transition_batch(self, idx, device)
 
 
 def concat_batches(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
