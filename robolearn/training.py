@@ -135,7 +135,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------- data
-def build_datasets(run_cfg: Any, store: Any, seed: int, extra_keys: list[str]) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+def build_datasets(run_cfg: Any, store: Any, seed: int, extra_keys: list[str]) -> tuple[Any, Any, np.ndarray]:
     """Train/validation windows: the store's `train`/`valid` masks if present, else a seeded split."""
     from robolearn.data.mixtures import mixture_weights
     from robolearn.data.sampler import SequenceDataset, split_episodes
@@ -150,7 +150,7 @@ def build_datasets(run_cfg: Any, store: Any, seed: int, extra_keys: list[str]) -
     train_ds = SequenceDataset(store, episodes=mix.episodes, step_weights=mix.loss_weights, **common)
     sample_probs = mix.window_sampling_weights(train_ds)
     val_ds = SequenceDataset(store, episodes=val_eps, **common) if len(val_eps) else None
-    return train_ds, val_ds, sample_probs, train_eps
+    return train_ds, val_ds, sample_probs
 
 
 # ----------------------------------------------------------------------------------- main loop
@@ -213,7 +213,7 @@ def train(
 
     torch.manual_seed(tcfg.seed + rank)
     np.random.seed(tcfg.seed + rank)
-    train_ds, val_ds, sample_probs, _ = build_datasets(run_cfg, store, tcfg.seed, extra_keys)
+    train_ds, val_ds, sample_probs = build_datasets(run_cfg, store, tcfg.seed, extra_keys)
     if len(train_ds) == 0:
         raise ValueError(f"{data}: no training windows (episodes shorter than the horizon?)")
     stats = compute_stats(store, list(pcfg.normalizer_modes()))
