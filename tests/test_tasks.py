@@ -297,7 +297,9 @@ def test_task_functions_are_pure_torch():
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_host_numpy_path_matches_torch_path(name):
     # TaskSim runs the task functions on numpy views of the C backend's buffers (array_ops); the
-    # same functions on torch tensors must give the same bits (obs, reward, stage, failure events).
+    # same functions on torch tensors must give the same results: the same bits for discrete
+    # outputs, floats equal to rounding (numpy's and torch's cos/tanh/norm kernels may differ in
+    # the last bit).
     def rollout(host: bool):
         sim = TaskSim(name, num_envs=3, perturb_rate=0.1)
         sim._host = host
@@ -310,7 +312,10 @@ def test_host_numpy_path_matches_torch_path(name):
 
     for a, b in zip(rollout(True), rollout(False)):
         assert a.dtype == b.dtype
-        np.testing.assert_array_equal(a, b)
+        if np.issubdtype(a.dtype, np.floating):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 if a.dtype == np.float32 else 1e-12)
+        else:
+            np.testing.assert_array_equal(a, b)
 
 
 def test_sort_horizon_scales_with_num_cubes():

@@ -7,10 +7,12 @@ tensors they run as before, batched on any device (MuJoCo Warp / GPU backends, e
 env). On numpy arrays they run on the MuJoCo C backend's host buffers: a single env's arrays are
 (1, d), where torch's per-op dispatch (1-4 us) cost several times the numpy op (0.1-0.5 us).
 
-Both namespaces give the same bits: elementwise arithmetic, comparisons, where/clip/minimum/
-maximum, casts, argmin and sums of 0/1 values are exact IEEE operations in both libraries, while
-functions whose kernels differ by an ulp between numpy and torch (cos, sin, tanh, atan2,
-remainder, vector norms) are evaluated by torch's kernels on zero-copy views of the numpy arrays.
+The two namespaces agree to rounding: elementwise arithmetic, comparisons, where/clip/minimum/
+maximum, casts, argmin and sums of 0/1 values are exact IEEE operations in both libraries (same
+bits); transcendental functions (cos, sin, tanh, atan2) and vector norms come from different
+kernels and may differ in the last bit or two (~1e-16 relative). numpy's own ufuncs are used on the
+host path because a round trip through a torch kernel costs 2-3 us per call on (1, d) arrays, the
+single env's main overhead over raw physics after MuJoCo itself.
 """
 
 from __future__ import annotations
@@ -21,22 +23,7 @@ import numpy as np
 import torch
 
 
-_from = torch.from_numpy
 _vector_norm = torch.linalg.vector_norm  # what Tensor.norm(dim=-1) dispatches to (same kernel)
-
-
-def _unary(fn):
-    def run(x: np.ndarray) -> np.ndarray:
-        return fn(_from(x)).numpy()
-
-    return run
-
-
-def _binary(fn):
-    def run(x: np.ndarray, y) -> np.ndarray:
-        return fn(_from(x), _from(y) if isinstance(y, np.ndarray) else y).numpy()
-
-    return run
 
 
 class TorchOps:
@@ -70,6 +57,11 @@ class TorchOps:
         return x.to(dtype)
 
     @staticmethod
+    def count_true(x: torch.Tensor, dtype) -> torch.Tensor:
+        """Number of True entries over the last axis, as `dtype`."""
+        return x.sum(-1).to(dtype)
+
+    @staticmethod
     def copy(x: torch.Tensor) -> torch.Tensor:
         return x.clone()
 
@@ -93,7 +85,7 @@ class TorchOps:
 
 
 class NumpyOps:
-    """numpy under the same names; ulp-sensitive functions run torch's kernels (see module doc)."""
+    """numpy under the same names (see the module doc on rounding)."""
 
     name = "numpy"
     float32, float64, int32, int64, bool_ = np.float32, np.float64, np.int32, np.int64, np.bool_
@@ -103,11 +95,11 @@ class NumpyOps:
     minimum = staticmethod(np.minimum)
     maximum = staticmethod(np.maximum)
     argmin = staticmethod(np.argmin)
-    cos = staticmethod(_unary(torch.cos))
-    sin = staticmethod(_unary(torch.sin))
-    tanh = staticmethod(_unary(torch.tanh))
-    atan2 = staticmethod(_binary(torch.atan2))
-    remainder = staticmethod(_binary(torch.remainder))
+    cos = staticmethod(np.cos)
+    sin = staticmethod(np.sin)
+    tanh = staticmethod(np.tanh)
+    atan2 = staticmethod(np.arctan2)
+    remainder = staticmethod(np.remainder)  # sign of the divisor, like torch.remainder
     zeros_like = staticmethod(np.zeros_like)
     ones_like = staticmethod(np.ones_like)
     full_like = staticmethod(np.full_like)
@@ -122,11 +114,15 @@ class NumpyOps:
 
     @staticmethod
     def norm(x: np.ndarray) -> np.ndarray:
-        return _vector_norm(_from(x), 2, -1).numpy()
+        return np.sqrt(np.add.reduce(x * x, -1))
 
     @staticmethod
     def astype(x: np.ndarray, dtype) -> np.ndarray:
         return x.astype(dtype)
+
+    @staticmethod
+    def count_true(x: np.ndarray, dtype) -> np.ndarray:
+        return np.count_nonzero(x, axis=-1).astype(dtype)
 
     @staticmethod
     def copy(x: np.ndarray) -> np.ndarray:

@@ -46,7 +46,6 @@ class Backend(Protocol):
 
 
 _UNSTABLE = (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL)
-_UNSTABLE_IDX = np.array([int(w) for w in _UNSTABLE])
 
 
 class MujocoCBackend:
@@ -61,11 +60,16 @@ class MujocoCBackend:
         self.device = torch.device("cpu")
         self.datas = [mujoco.MjData(model) for _ in range(num_envs)]
         L = self.layout
-        self._qpos = np.zeros((num_envs, L.nq))
-        self._qvel = np.zeros((num_envs, L.nv))
-        self._ctrl = np.zeros((num_envs, L.nu))
-        self._sens = np.zeros((num_envs, L.nsensordata))
+        # qpos | qvel | ctrl | sensordata side by side in one host buffer: the SimState arrays are
+        # column views of it, so a copy of the whole state (TaskSim's previous step) is one memcpy.
+        self._widths = (L.nq, L.nv, L.nu, L.nsensordata)
+        self._buf = np.zeros((num_envs, sum(self._widths)))
+        self._host = self.host_views(self._buf)
+        self._qpos, self._qvel, self._ctrl, self._sens = self._host
         self._state = np.zeros((num_envs, L.state_size))
+        # Views of each MjData's warning counters (instability check without per-step lookups).
+        self._warn = [d.warning.number for d in self.datas]
+        self._unstable = tuple(int(w) for w in _UNSTABLE)
         self._pool = ThreadPoolExecutor(num_threads) if num_threads > 1 else None
         self._chunks = np.array_split(np.arange(num_envs), max(1, num_threads))
         for i, d in enumerate(self.datas):
@@ -96,7 +100,7 @@ class MujocoCBackend:
             d = self.datas[i]
             mujoco.mj_setState(self.model, d, st[row], STATE_SPEC)
             mujoco.mj_forward(self.model, d)
-            self._check(i, "reset")
+            self._check(i, "reset", finite=True)
             self._pull(i)
 
     def set_state(self, states: torch.Tensor, mask: torch.Tensor | None = None) -> None:
@@ -125,8 +129,22 @@ class MujocoCBackend:
 
     def read_numpy(self) -> SimState:
         """The same arrays as numpy (no copy): TaskSim's host fast path runs the task functions on
-        these (see array_ops). They are overwritten by the next step/reset: copy to keep them."""
-        return SimState(self._qpos, self._qvel, self._ctrl, self._sens)
+        these (see array_ops). They are overwritten by the next step/reset: copy to keep them
+        (`host_buffer` / `host_views` copy all four at once)."""
+        return self._host
+
+    @property
+    def host_buffer(self) -> np.ndarray:
+        """(N, nq + nv + nu + nsensordata) buffer behind `read_numpy`'s arrays."""
+        return self._buf
+
+    def host_views(self, buf: np.ndarray) -> SimState:
+        """SimState of column views of a buffer shaped like `host_buffer`."""
+        a, out = 0, []
+        for w in self._widths:
+            out.append(buf[:, a:a + w])
+            a += w
+        return SimState(*out)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -159,12 +177,15 @@ class MujocoCBackend:
         self._ctrl[i] = d.ctrl
         self._sens[i] = d.sensordata
 
-    def _check(self, i: int, where: str) -> None:
+    def _check(self, i: int, where: str, finite: bool = False) -> None:
+        # Fast path: no instability warning. Within a step MuJoCo itself tests every qpos/qvel
+        # (mj_checkPos/Vel, at the start of each mj_step/mj_step1) and qacc (mj_checkAcc) for NaN
+        # and |x| > mjMAXVAL and raises BADQPOS/BADQVEL/BADQACC, so a non-finite state always
+        # leaves a warning. mj_forward (reset) runs no such check: finite=True tests the arrays.
+        w = self._warn[i]
+        a, b, c = self._unstable
         d = self.datas[i]
-        # Fast path: no instability warning and every qpos/qvel/qacc finite (one sum each: a sum
-        # is non-finite iff an entry is, or entries beyond mjMAXVAL = 1e10 overflow it, which
-        # MuJoCo's own checks flag as BADQPOS/BADQVEL/BADQACC anyway).
-        if not d.warning.number[_UNSTABLE_IDX].any() and math.isfinite(d.qpos.sum() + d.qvel.sum() + d.qacc.sum()):
+        if not (w[a] or w[b] or w[c]) and (not finite or math.isfinite(d.qpos.sum() + d.qvel.sum() + d.qacc.sum())):
             return
         bad = [w for w in _UNSTABLE if d.warning[w].number > 0]
         if bad or not (np.isfinite(d.qpos).all() and np.isfinite(d.qvel).all() and np.isfinite(d.qacc).all()):

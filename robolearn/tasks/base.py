@@ -236,20 +236,24 @@ class Task:
         """Position targets from normalized actions: deltas from the measured gripper pose
         (no integrator wind-up when blocked), absolute finger opening (-1 open, +1 closed).
         Axes not in `action_axes` hold their `hold_ctrl` value."""
-        if not hasattr(self, "_act_map"):
+        if not hasattr(self, "_act_maps"):
             self._build_action_map()
-        d_cols, d_act, d_qpos, d_scale, g_col, lo, hi = self._act_map
         ctrl = self.hold_ctrl(s)
+        host = isinstance(ctrl, np.ndarray)
+        d_cols, d_act, d_qpos, d_scale, g_col, lo, hi = self._act_maps[host]
         xp = array_ops.of(ctrl)
-        a = xp.astype(action, ctrl.dtype)
+        a = action if host and action.dtype == ctrl.dtype else xp.astype(action, ctrl.dtype)
         if d_cols is not None:
-            delta = a[:, _ix(xp, d_cols, ctrl)] * xp.const(d_scale, ctrl)
-            ctrl[:, _ix(xp, d_act, ctrl)] = s.qpos[:, _ix(xp, d_qpos, ctrl)] + delta
+            if not host:  # constants follow the tensors' dtype and device (GPU backends)
+                d_scale, lo, hi = xp.const(d_scale, ctrl), xp.const(lo, ctrl), xp.const(hi, ctrl)
+            ctrl[:, d_act] = s.qpos[:, d_qpos] + a[:, d_cols] * d_scale
+        elif not host:
+            lo, hi = xp.const(lo, ctrl), xp.const(hi, ctrl)
         if g_col is not None:
             opening = (self.grip_open / 2) * (1 - a[:, g_col])
             ctrl[:, self.a_fl] = opening
             ctrl[:, self.a_fr] = opening
-        return xp.minimum(xp.maximum(ctrl, xp.const(lo, ctrl)), xp.const(hi, ctrl))
+        return xp.minimum(xp.maximum(ctrl, lo), hi)
 
     def _build_action_map(self) -> None:
         """Index tensors for action_to_ctrl (a handful of vectorized ops per step)."""
@@ -270,9 +274,12 @@ class Task:
                 return slice(x[0], x[0] + len(x))
             return torch.tensor(x, dtype=torch.int64)
 
-        self._act_map = (t(d_cols) if d_cols else None, t(d_act) if d_cols else None, t(d_qpos) if d_cols else None,
-                         torch.tensor(d_scale, dtype=torch.float64), g_col,
-                         self.layout.ctrlrange[:, 0].clone(), self.layout.ctrlrange[:, 1].clone())
+        torch_map = (t(d_cols) if d_cols else None, t(d_act) if d_cols else None, t(d_qpos) if d_cols else None,
+                     torch.tensor(d_scale, dtype=torch.float64), g_col,
+                     self.layout.ctrlrange[:, 0].clone(), self.layout.ctrlrange[:, 1].clone())
+        # The same map for numpy arrays (the host path): index arrays and float64 constants.
+        np_map = tuple(x.numpy() if torch.is_tensor(x) else x for x in torch_map)
+        self._act_maps = {False: torch_map, True: np_map}
 
     def hold_ctrl(self, s: SimState) -> torch.Tensor:
         """Control of axes the action does not drive: keep the current target."""
@@ -410,10 +417,6 @@ class Task:
         for j in ("finger_l", "finger_r"):
             self.set_in_state(states, "qvel", self.layout.dof_adr[j], torch.zeros(states.shape[0]))
         return states
-
-
-def _ix(xp, index: slice | torch.Tensor, like):
-    return index if isinstance(index, slice) else xp.index(index, like)
 
 
 def read_asset(name: str) -> str:

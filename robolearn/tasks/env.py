@@ -71,7 +71,7 @@ class TaskEnv(gym.Env):
     def step(self, action):
         if not self._started:
             raise RuntimeError("call reset() before step()")
-        obs, rew, term, trunc, info = self.sim.step(np.asarray(action, dtype=np.float64).reshape(1, -1))
+        obs, rew, term, trunc, info = self.sim.step(action)  # (action_dim,) is taken as the one env's row
         return {k: v[0] for k, v in obs.items()}, float(rew[0]), bool(term[0]), bool(trunc[0]), self._info(info)
 
     def render(self):

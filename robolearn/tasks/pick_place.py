@@ -14,6 +14,8 @@ from robolearn.tasks.push_cube import REACH
 CUBE_HALF = 0.02
 BIN_INNER = 0.049  # half size of the bin's inside
 BIN_OUTER = 0.055
+# |offset| of a held cube from the grasp point, in the gripper frame (across, along the fingers, up).
+GRASP_BOX = torch.tensor([0.015, 0.02, 0.025], dtype=torch.float64)
 
 
 class GraspTask(Task):
@@ -24,16 +26,25 @@ class GraspTask(Task):
 
     def grasped(self, s: SimState, cube_pos: torch.Tensor) -> torch.Tensor:
         """Cube centred between the finger pads and the fingers squeezing it; cube_pos (N, 3) -> (N,)
-        or (N, K, 3) -> (N, K)."""
+        or (N, K, 3) -> (N, K). (Per step, the tasks read the in-gripper position from the
+        `*_in_grip` sensors instead: `holds`.)"""
         xp = array_ops.of(cube_pos)
-        grip, yaw, w = self.grip_pos(s), self.grip_yaw(s), self.grip_width(s)
+        grip, yaw = self.grip_pos(s), self.grip_yaw(s)
         if cube_pos.ndim == 3:
-            grip, yaw, w = grip[:, None], yaw[:, None], w[:, None]
+            grip, yaw = grip[:, None], yaw[:, None]
         rel = cube_pos - grip
         c, sn = xp.cos(yaw), xp.sin(yaw)
-        lx = c * rel[..., 0] + sn * rel[..., 1]
-        ly = -sn * rel[..., 0] + c * rel[..., 1]
-        return (abs(lx) < 0.015) & (abs(ly) < 0.02) & (abs(rel[..., 2]) < 0.025) & (w > 0.03) & (w < 0.05)
+        local = xp.stack([c * rel[..., 0] + sn * rel[..., 1], -sn * rel[..., 0] + c * rel[..., 1], rel[..., 2]], -1)
+        return self.holds(s, local)
+
+    def holds(self, s: SimState, local: torch.Tensor) -> torch.Tensor:
+        """`grasped` from cube positions in the gripper frame (N, 3) or (N, K, 3), e.g. the
+        `cube_in_grip` sensor (MuJoCo computes the rotation, no trigonometry per step here)."""
+        xp = array_ops.of(local)
+        w = self.grip_width(s)
+        if local.ndim == 3:
+            w = w[:, None]
+        return (abs(local) < xp.const(GRASP_BOX, local)).all(-1) & (w > 0.03) & (w < 0.05)
 
     @staticmethod
     def in_bin(cube_pos: torch.Tensor, bin_pos: torch.Tensor) -> torch.Tensor:
@@ -79,13 +90,14 @@ class PickPlace(GraspTask):
         return grasp_failures(self, prev, s, self.cube_pos(prev), self.cube_pos(s), self.bin_pos(s))
 
     def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        cube, bin_pos = self.cube_pos(s), self.bin_pos(s)
-        held = self.grasped(s, cube)  # shared by reward, stage and drop detection
+        cube, bin_pos, local = self.cube_pos(s), self.bin_pos(s), self.sensor(s, "cube_in_grip")
+        held = self.holds(s, local)  # shared by reward, stage and drop detection
         success = self.in_bin(cube, bin_pos)
         xp = array_ops.of(cube)
         reward = (xp.astype(success, xp.float32) if self.cfg.reward_type == "sparse"
-                  else xp.astype(staged_reward(self, s, cube, bin_pos, held, success), xp.float32))
-        failure = grasp_failures(self, prev, s, self.cube_pos(prev), cube, bin_pos, held)
+                  else xp.astype(staged_reward(self, s, cube, bin_pos, held, success, local), xp.float32))
+        was = self.holds(prev, self.sensor(prev, "cube_in_grip"))
+        failure = grasp_failures(self, prev, s, self.cube_pos(prev), cube, bin_pos, held, was)
         return success, reward, xp.astype(held, xp.int32), failure
 
     def sample_init(self, gen: torch.Generator, n: int) -> torch.Tensor:
@@ -114,31 +126,41 @@ class PickPlace(GraspTask):
 
 
 def staged_reward(task: GraspTask, s: SimState, cube: torch.Tensor, bin_pos: torch.Tensor,
-                  held: torch.Tensor | None = None, done: torch.Tensor | None = None) -> torch.Tensor:
-    """held / done (cube in the bin) may be passed when already computed."""
+                  held: torch.Tensor | None = None, done: torch.Tensor | None = None,
+                  local: torch.Tensor | None = None) -> torch.Tensor:
+    """held / done (cube in the bin) / local (cube in the gripper frame: the same reach distance)
+    may be passed when already computed."""
+    r = staged_progress(task, s, cube, bin_pos, held, local)
+    return array_ops.of(r).where(task.in_bin(cube, bin_pos) if done is None else done, 1.0, r)
+
+
+def staged_progress(task: GraspTask, s: SimState, cube: torch.Tensor, bin_pos: torch.Tensor,
+                    held: torch.Tensor | None = None, local: torch.Tensor | None = None) -> torch.Tensor:
+    """The staged reward of a cube not yet in its bin: reach (<= 0.25), then grasp (0.35) plus
+    carry progress (<= 0.35 more)."""
     xp = array_ops.of(cube)
-    reach = xp.norm(task.grip_pos(s) - cube)
+    reach = xp.norm(task.grip_pos(s) - cube if local is None else local)
     held = task.grasped(s, cube) if held is None else held
     carry = xp.norm(cube[:, :2] - bin_pos[:, :2])
     r = 0.25 * (1 - xp.tanh(10 * reach))
-    r = xp.where(held, 0.35 + 0.35 * (1 - xp.tanh(5 * carry)), r)
-    return xp.where(task.in_bin(cube, bin_pos) if done is None else done, xp.ones_like(r), r)
+    return xp.where(held, 0.35 + 0.35 * (1 - xp.tanh(5 * carry)), r)
 
 
 def grasp_failures(task: GraspTask, prev: SimState, s: SimState, cube_prev: torch.Tensor, cube: torch.Tensor,
-                   bin_pos: torch.Tensor, held: torch.Tensor | None = None) -> torch.Tensor:
+                   bin_pos: torch.Tensor, held: torch.Tensor | None = None, was: torch.Tensor | None = None
+                   ) -> torch.Tensor:
     """object_dropped: held before, not now, and not released over the bin; out of reach.
-    Cube/bin positions (N, 3) or (N, K, 3) (one event per cube); `held` = grasped(s, cube) if known."""
+    Cube/bin positions (N, 3) or (N, K, 3) (one event per cube); `held` = grasped(s, cube) and
+    `was` = grasped(prev, cube_prev) if known."""
     xp = array_ops.of(cube)
-    was = task.grasped(prev, cube_prev)
+    was = task.grasped(prev, cube_prev) if was is None else was
     now = task.grasped(s, cube) if held is None else held
     over_bin = (abs(cube[..., :2] - bin_pos[..., :2]) < BIN_INNER).all(-1)
     w = task.grip_width(s)
     dropped = was & ~now & ~over_bin & ((w[:, None] if cube.ndim == 3 else w) < 0.06)
     out_now = (abs(cube[..., :2]) > REACH).any(-1)
     out_prev = (abs(cube_prev[..., :2]) > REACH).any(-1)
-    ev = xp.where(dropped, EVENT["object_dropped"], 0)
-    ev = xp.where((ev == 0) & out_now & ~out_prev, EVENT["object_out_of_reach"], ev)
+    ev = xp.where(dropped, EVENT["object_dropped"], xp.where(out_now & ~out_prev, EVENT["object_out_of_reach"], 0))
     return xp.astype(ev, xp.int32)
 
 

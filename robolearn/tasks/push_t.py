@@ -70,10 +70,22 @@ def to_world(local: torch.Tensor, pose: torch.Tensor, cs: tuple[torch.Tensor, to
 
 def coverage(pose: torch.Tensor, goal: torch.Tensor, pose_cs=None, goal_cs=None, goal_points=None) -> torch.Tensor:
     """Fraction of the goal T's area covered by the T at `pose` (both (N, 3) x, y, yaw).
-    Optional: (cos, sin) of the yaws and the goal T's world points, if already computed."""
+    Optional: (cos, sin) of the yaws and the goal T's world points as an (x, y) pair of (N, P)
+    arrays, if already computed."""
     xp = array_ops.of(pose)
-    pts = to_world(xp.const(GOAL_POINTS, pose), goal, goal_cs) if goal_points is None else goal_points
-    return xp.astype(inside_t(to_local(pts, pose, pose_cs)), pose.dtype).mean(-1)
+    if goal_points is None:
+        pts = to_world(xp.const(GOAL_POINTS, pose), goal, goal_cs)
+        goal_points = (pts[..., 0], pts[..., 1])
+    px, py = goal_points
+    c, s = (xp.cos(pose[:, 2:]), xp.sin(pose[:, 2:])) if pose_cs is None else pose_cs
+    dx, dy = px - pose[:, 0:1], py - pose[:, 1:2]
+    lx, ly = c * dx + s * dy, c * dy - s * dx  # goal points in the block frame (as to_local)
+    # Inside the bar or the stem (both centred on x = 0): one |x| for both, |y - centre| per rect.
+    ax = abs(lx)
+    bar_y, bar_h = (BAR[2] + BAR[3]) / 2, (BAR[3] - BAR[2]) / 2
+    stem_y, stem_h = (STEM[2] + STEM[3]) / 2, (STEM[3] - STEM[2]) / 2
+    inside = (((ax <= BAR[1]) & (abs(ly - bar_y) <= bar_h)) | ((ax <= STEM[1]) & (abs(ly - stem_y) <= stem_h)))
+    return xp.count_true(inside, pose.dtype) / inside.shape[-1]
 
 
 class PushT(Task):
@@ -108,10 +120,33 @@ class PushT(Task):
 
     def frames(self, s: SimState) -> tuple:
         """(block pose, goal pose, (cos, sin) of the block yaw, of the goal yaw): what observe and
-        coverage share (each (N, 1) cos/sin is computed once per step)."""
+        coverage share (each (N, 1) cos/sin is computed once per step). The block pose comes
+        straight from its planar joints (x, y slides, yaw hinge; the yaw is not wrapped, only its
+        cos/sin are used per step); the goal frame is kept on the host while the goal does not move."""
         xp = array_ops.of(s.qpos)
-        b, g = self.block_pose(s), self.goal_pose(s)
-        return b, g, (xp.cos(b[:, 2:]), xp.sin(b[:, 2:])), (xp.cos(g[:, 2:]), xp.sin(g[:, 2:]))
+        if not hasattr(self, "_q_block"):
+            adr = [self.layout.qpos_adr[j] for j in ("tx", "ty", "tyaw")]
+            self._q_block = slice(adr[0], adr[0] + 3) if adr == list(range(adr[0], adr[0] + 3)) else torch.tensor(adr)
+        b = s.qpos[:, self._q_block]
+        g, cs_g = self._goal_frame(s)
+        return b, g, (xp.cos(b[:, 2:]), xp.sin(b[:, 2:])), cs_g
+
+    def _goal_frame(self, s: SimState) -> tuple:
+        """(goal pose, (cos, sin) of its yaw); on numpy (host) arrays computed again only when the
+        goal's sensors change (shift_target), as for the goal points."""
+        xp = array_ops.of(s.qpos)
+        if xp is array_ops.NumpyOps:
+            key = s.sensordata[:, self._goal_cols].tobytes() if hasattr(self, "_goal_cols") else None
+            if key is not None and getattr(self, "_goal_frame_key", None) == key:
+                return self._goal_frame_val
+        g = self.goal_pose(s)
+        val = (g, (xp.cos(g[:, 2:]), xp.sin(g[:, 2:])))
+        if xp is array_ops.NumpyOps:
+            sl_p, sl_q = self.layout.sensor["goal_pos"], self.layout.sensor["goal_quat"]
+            self._goal_cols = list(range(sl_p.start, sl_p.stop)) + list(range(sl_q.start, sl_q.stop))
+            self._goal_frame_key = s.sensordata[:, self._goal_cols].tobytes()
+            self._goal_frame_val = (g.copy(), (val[1][0].copy(), val[1][1].copy()))
+        return val
 
     def observe(self, s: SimState, frames: tuple | None = None) -> torch.Tensor:
         """[pusher xy, block x, y, sin, cos of yaw, goal x, y, sin, cos of yaw]."""
@@ -132,7 +167,8 @@ class PushT(Task):
             return None
         key = g.tobytes()
         if getattr(self, "_goal_key", None) != key:
-            self._goal_pts = to_world(xp.const(GOAL_POINTS, g), g, cs_g)
+            pts = to_world(xp.const(GOAL_POINTS, g), g, cs_g)
+            self._goal_pts = (pts[..., 0].copy(), pts[..., 1].copy())  # contiguous x, y
             self._goal_key = key
         return self._goal_pts
 

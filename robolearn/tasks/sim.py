@@ -12,6 +12,8 @@ always returns torch tensors.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -42,9 +44,14 @@ class TaskSim:
         self.t = torch.zeros(self.num_envs, dtype=torch.int64)
         self._renderer = None
         self._prev: SimState | None = None
-        # Host fast path: task functions on numpy views of the backend's buffers.
-        self._host = callable(getattr(self.backend, "read_numpy", None)) and callable(
-            getattr(self.backend, "get_state_numpy", None))
+        # Host fast path: task functions on numpy views of the backend's buffers; the previous
+        # step's arrays live in a second buffer of the same layout (one memcpy per step).
+        self._host = all(callable(getattr(self.backend, f, None))
+                         for f in ("read_numpy", "get_state_numpy", "host_views"))
+        if self._host:
+            self._prev_buf = np.zeros_like(self.backend.host_buffer)
+            self._prev_host = self.backend.host_views(self._prev_buf)
+        self._t = self.t.numpy()  # shares memory with self.t
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -89,7 +96,7 @@ class TaskSim:
         if idx:
             self.backend.reset(mask, states)
         self.t[mask] = 0
-        self._prev = self._clone(self._read_fast())
+        self._keep_prev()
         return self.observe()
 
     def step(self, action: np.ndarray | torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray,
@@ -101,37 +108,45 @@ class TaskSim:
             return self._step(action)
 
     def _step(self, action):
-        # float64 without a copy when it already is (never written to: the clip below makes a new array)
+        a_np = self._check_action(action)
+        task, backend = self.task, self.backend
+        s = self._read_fast()
+        backend.set_ctrl(task.action_to_ctrl(s, a_np if self._host else torch.from_numpy(a_np)))
+        backend.step(self.cfg.frame_skip)
+        t = self._t
+        t += 1
+        events = self._perturb() if self.perturber.rate > 0 else None
+        s = self._read_fast()
+        out = task.transition(self._prev, s)
+        state_obs, success, reward, stage, detected = out if self._host else (_host(x) for x in out)
+        self._keep_prev()
+        detected = detected.astype(np.int32, copy=False)
+        events = detected if events is None else np.where(events > 0, events, detected).astype(np.int32)
+        terminated = success if self.cfg.terminate_on_success else np.zeros_like(success)
+        truncated = (t >= self.cfg.horizon) & ~terminated
+        # Fresh arrays every step, so no copy where the dtype already matches (copy=False).
+        info = {"success": success.astype(bool, copy=False), "stage": stage.astype(np.int32, copy=False),
+                "failure_event": events, "t": t.copy()}
+        obs = {"state": state_obs.astype(np.float32)}
+        if self.cfg.image:
+            obs.update(self.render_images())
+        return obs, reward.astype(np.float32, copy=False), terminated.astype(bool), truncated, info
+
+    def _check_action(self, action) -> np.ndarray:
+        """(N, action_dim) float64 in [-1, 1]; refuses wrong shapes and non-finite entries before
+        anything is stepped."""
+        # float64 without a copy when it already is (never written to: the clip makes a new array)
         a_np = np.asarray(action.detach().cpu().numpy() if torch.is_tensor(action) else action, dtype=np.float64)
         if a_np.ndim == 1 and self.num_envs == 1:
             a_np = a_np[None]
         if a_np.shape != (self.num_envs, self.action_dim):
             raise ValueError(f"action must have shape {(self.num_envs, self.action_dim)}, got {tuple(a_np.shape)}")
-        if not np.isfinite(a_np).all():
+        flat = a_np.ravel()
+        if not math.isfinite(flat @ flat):  # NaN/inf propagate (huge finite entries go to the exact test)
             bad = np.flatnonzero(~np.isfinite(a_np).all(1)).tolist()
-            raise ValueError(f"action contains NaN or inf (env(s) {bad}); refused, simulation not stepped")
-        a_np = np.minimum(np.maximum(a_np, -1.0), 1.0)  # = np.clip (finite), without its wrapper cost
-        task, backend = self.task, self.backend
-        s = self._read_fast()
-        backend.set_ctrl(task.action_to_ctrl(s, a_np if self._host else torch.from_numpy(a_np)))
-        backend.step(self.cfg.frame_skip)
-        t = self.t.numpy()
-        t += 1
-        events = self._perturb()
-        s = self._read_fast()
-        state_obs, success, reward, stage, detected = (_host(x) for x in task.transition(self._prev, s))
-        events = np.where(events > 0, events, detected.astype(np.int64))
-        self._prev = self._clone(s)
-        terminated = success if self.cfg.terminate_on_success else np.zeros_like(success)
-        truncated = (t >= self.cfg.horizon) & ~terminated
-        # Fresh arrays every step, so no copy where the dtype already matches (copy=False).
-        info = {"success": success.astype(bool, copy=False), "stage": stage.astype(np.int32, copy=False),
-                "failure_event": events.astype(np.int32), "t": t.copy()}
-        obs = {"state": state_obs.astype(np.float32)}
-        if self.cfg.image:
-            obs.update(self.render_images())
-        return (obs, reward.astype(np.float32, copy=False), terminated.astype(bool),
-                truncated.astype(bool, copy=False), info)
+            if bad:
+                raise ValueError(f"action contains NaN or inf (env(s) {bad}); refused, simulation not stepped")
+        return np.minimum(np.maximum(a_np, -1.0), 1.0)  # = np.clip (finite), without its wrapper cost
 
     def observe(self) -> dict[str, np.ndarray]:
         if self._host:
@@ -168,7 +183,7 @@ class TaskSim:
         if not torch.isfinite(st).all():
             raise ValueError("state contains NaN or inf; refused")
         self.backend.reset(m, st)
-        self._prev = self._clone(self._read_fast())
+        self._keep_prev()
 
     def render_images(self, size: int | None = None) -> dict[str, np.ndarray]:
         from robolearn.tasks.base import STATE_SPEC
@@ -197,6 +212,14 @@ class TaskSim:
     def _read_fast(self) -> SimState:
         """The arrays the per-step task functions run on: numpy views on the host fast path."""
         return self.backend.read_numpy() if self._host else self.backend.read()
+
+    def _keep_prev(self) -> None:
+        """Remember the current arrays as the previous step's (failure detection compares them)."""
+        if self._host:
+            np.copyto(self._prev_buf, self.backend.host_buffer)
+            self._prev = self._prev_host
+        else:
+            self._prev = self._clone(self.backend.read())
 
     def _perturb(self) -> np.ndarray:
         events = np.zeros(self.num_envs, dtype=np.int64)

@@ -16,7 +16,8 @@ import torch
 from robolearn.tasks import array_ops
 from robolearn.tasks.base import SimState, TaskConfig, canonical_quat, read_asset, replicate, uniform
 from robolearn.tasks.expert import Expert
-from robolearn.tasks.pick_place import CUBE_HALF, GraspExpertMixin, GraspTask, grasp_failures, shift_bin, staged_reward
+from robolearn.tasks.pick_place import (CUBE_HALF, GraspExpertMixin, GraspTask, grasp_failures, shift_bin,
+                                        staged_progress)
 
 COLORS = ["0.85 0.2 0.2 1", "0.2 0.45 0.85 1", "0.2 0.7 0.3 1", "0.9 0.75 0.15 1", "0.6 0.3 0.75 1"]
 BIN_Y = 0.2
@@ -37,6 +38,10 @@ class Sort(GraspTask):
         cols = lambda fmt: torch.tensor([c for i in range(self.k)  # noqa: E731
                                          for c in range(*layout.sensor[fmt.format(i)].indices(layout.nsensordata))])
         self._cube_cols, self._quat_cols, self._bin_cols = cols("cube{}_pos"), cols("cube{}_quat"), cols("bin{}_pos")
+        self._local_cols = cols("cube{}_in_grip")
+        # Per cube: position | bin position | position in the gripper frame, read in one gather.
+        self._step_cols = torch.cat([torch.stack([self._cube_cols.view(-1, 3)[i], self._bin_cols.view(-1, 3)[i],
+                                                  self._local_cols.view(-1, 3)[i]]).flatten() for i in range(self.k)])
 
     @classmethod
     def build_xml(cls, cfg: TaskConfig) -> str:
@@ -66,6 +71,10 @@ class Sort(GraspTask):
 
     def bins(self, s: SimState) -> torch.Tensor:
         return self._gather(s, self._bin_cols, 3)
+
+    def cubes_in_grip(self, s: SimState) -> torch.Tensor:
+        """(N, K, 3) cube positions in the gripper frame (sensors)."""
+        return self._gather(s, self._local_cols, 3)
 
     def sorted_mask(self, s: SimState, cubes: torch.Tensor | None = None, bins: torch.Tensor | None = None
                     ) -> torch.Tensor:
@@ -105,32 +114,37 @@ class Sort(GraspTask):
         return self._dense(s, self.cubes(s), self.bins(s), self.sorted_mask(s))
 
     def _dense(self, s: SimState, cubes: torch.Tensor, bins: torch.Tensor, m: torch.Tensor,
-               cur: torch.Tensor | None = None, held: torch.Tensor | None = None) -> torch.Tensor:
-        """held: grasped(s, cubes) (N, K) if already computed."""
+               cur: torch.Tensor | None = None, held: torch.Tensor | None = None,
+               local: torch.Tensor | None = None) -> torch.Tensor:
+        """held: grasped(s, cubes) (N, K), local: cubes_in_grip(s), if already computed."""
         xp = array_ops.of(cubes)
         cur = self.current(s, m) if cur is None else cur
-        part = staged_reward(self, s, self._pick(cubes, cur), self._pick(bins, cur),
-                             None if held is None else self._pick(held, cur))
+        rows, i = xp.arange(cubes.shape[0], cubes), xp.clip(cur, None, self.k - 1)
+        # The current cube is not in its bin (or cur = K, where the reward is 1): staged progress.
+        part = staged_progress(self, s, cubes[rows, i], bins[rows, i], None if held is None else held[rows, i],
+                               None if local is None else local[rows, i])
         done = xp.astype(m.sum(1), part.dtype)
-        return xp.where(cur >= self.k, xp.ones_like(part), (done + xp.clip(part, None, 0.99)) / self.k)
+        return xp.where(cur >= self.k, 1.0, (done + xp.clip(part, None, 0.99)) / self.k)
 
     def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         xp = array_ops.of(s.qpos)
-        cubes, bins = self.cubes(s), self.bins(s)
-        m = self.sorted_mask(s, cubes, bins)  # computed once for success, reward and stage
+        g = self._gather(s, self._step_cols, 9)  # one gather: cubes, bins, cubes in the gripper frame
+        cubes, bins, local = g[..., 0:3], g[..., 3:6], g[..., 6:9]
+        m = self.in_bin(cubes, bins)  # (N, K) sorted, computed once for success, reward and stage
         success = m.all(1)
         cur = self.current(s, m)
-        held = self.grasped(s, cubes)  # (N, K): the current cube's for the reward, all for drops
-        reward = success if self.cfg.reward_type == "sparse" else self._dense(s, cubes, bins, m, cur, held)
+        held = self.holds(s, local)  # (N, K): the current cube's for the reward, all for drops
+        reward = success if self.cfg.reward_type == "sparse" else self._dense(s, cubes, bins, m, cur, held, local)
+        was = self.holds(prev, self.cubes_in_grip(prev))
         return (success, xp.astype(reward, xp.float32), xp.astype(cur, xp.int32),
-                self._failures(prev, s, cubes, bins, held))
+                self._failures(prev, s, cubes, bins, held, was))
 
     def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
         return self._failures(prev, s, self.cubes(s), self.bins(s))
 
     def _failures(self, prev: SimState, s: SimState, cubes: torch.Tensor, bins: torch.Tensor,
-                  held: torch.Tensor | None = None) -> torch.Tensor:
-        e = grasp_failures(self, prev, s, self.cubes(prev), cubes, bins, held)  # (N, K), all cubes at once
+                  held: torch.Tensor | None = None, was: torch.Tensor | None = None) -> torch.Tensor:
+        e = grasp_failures(self, prev, s, self.cubes(prev), cubes, bins, held, was)  # (N, K), all cubes at once
         ev = e[:, 0]
         for i in range(1, self.k):  # the first cube (in index order) with an event wins
             ev = array_ops.of(e).where(ev == 0, e[:, i], ev)
