@@ -49,11 +49,13 @@ def bench_env(name: str, steps: int, seed: int, **overrides) -> float:
     return rate
 
 
-def bench_single_vs_raw(name: str, steps: int, seed: int, rounds: int) -> tuple[float, float, float]:
-    """(raw steps/s, single-env steps/s, overhead): medians over interleaved rounds.
+def bench_single_vs_raw(name: str, steps: int, seed: int, rounds: int) -> tuple[float, float, float, float]:
+    """(raw steps/s, single-env steps/s, overhead by wall time, overhead by process CPU time):
+    medians over interleaved rounds.
 
     The raw loop replays exactly the ctrl sequence the env applied, from the same start state, in
-    a bare `mj_step(m, d, nstep=frame_skip)` loop (the floor)."""
+    a bare `mj_step(m, d, nstep=frame_skip)` loop (the floor). CPU time (`time.process_time`,
+    single-threaded here) leaves out the time this process waits for a core on a shared box."""
     env = T.make_env(name, terminate_on_success=False, horizon=10**9)
     env.reset(seed=seed)
     rng = np.random.default_rng(seed)
@@ -69,23 +71,26 @@ def bench_single_vs_raw(name: str, steps: int, seed: int, rounds: int) -> tuple[
     cfg = env.unwrapped.cfg
     _, model = build_model(name, cfg)
     raw_data = mujoco.MjData(model)
-    t_env, t_raw = [], []
+    t_env, t_raw, c_env, c_raw = [], [], [], []
     for _ in range(rounds):
         env.set_sim_state(start)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for a in actions[20:]:
             env.step(a)
         t_env.append(time.perf_counter() - t0)
+        c_env.append(time.process_time() - c0)
         mujoco.mj_setState(model, raw_data, start, T.STATE_SPEC)
         mujoco.mj_forward(model, raw_data)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for c in ctrls:
             raw_data.ctrl[:] = c
             mujoco.mj_step(model, raw_data, nstep=cfg.frame_skip)
         t_raw.append(time.perf_counter() - t0)
+        c_raw.append(time.process_time() - c0)
     env.close()
-    t_env, t_raw = np.array(t_env), np.array(t_raw)
-    return steps / np.median(t_raw), steps / np.median(t_env), float(np.median(t_env / t_raw))
+    t_env, t_raw, c_env, c_raw = map(np.array, (t_env, t_raw, c_env, c_raw))
+    return (steps / np.median(t_raw), steps / np.median(t_env), float(np.median(t_env / t_raw)),
+            float(np.median(c_env / c_raw)))
 
 
 def bench_vector(name: str, steps: int, num_envs: int, seed: int, num_threads: int = 1) -> float:
@@ -146,17 +151,17 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, mujoco {mujoco.__version__}, "
           f"torch {torch.__version__}, steps={args.steps}, rounds={args.rounds}, seed={args.seed}, "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print("| task | frame_skip | raw mj_step loop (steps/s) | single env, state (steps/s) | overhead | "
-          f"vector env N={args.num_envs}, state (env-steps/s) | vector overhead | "
+    print("| task | frame_skip | raw mj_step loop (steps/s) | single env, state (steps/s) | overhead (wall) | "
+          f"overhead (CPU time) | vector env N={args.num_envs}, state (env-steps/s) | vector overhead | "
           "single env, state+image 84x84 (steps/s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.tasks.split(","):
-        raw, single, overhead = bench_single_vs_raw(name, args.steps, args.seed, args.rounds)
+        raw, single, overhead, overhead_cpu = bench_single_vs_raw(name, args.steps, args.seed, args.rounds)
         vec = bench_vector(name, args.steps * 2, args.num_envs, args.seed, args.threads)
-        img = bench_env(name, args.image_steps, args.seed, obs_mode="state+image")
+        img = bench_env(name, args.image_steps, args.seed, obs_mode="state+image") if args.image_steps else float("nan")
         fs = T.load_task_config(name).frame_skip
-        print(f"| {name} | {fs} | {raw:.0f} | {single:.0f} | {overhead:.2f}x | {vec:.0f} | {raw / vec:.2f}x | "
-              f"{img:.0f} |", flush=True)
+        print(f"| {name} | {fs} | {raw:.0f} | {single:.0f} | {overhead:.2f}x | {overhead_cpu:.2f}x | {vec:.0f} | "
+              f"{raw / vec:.2f}x | {img:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
