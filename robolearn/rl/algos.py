@@ -28,6 +28,7 @@ ALGOS: dict[str, tuple[str, str]] = {
     "sac": ("robolearn.rl.sac:SAC", "robolearn.rl.sac:SACConfig"),
 }
 OFFLINE_ALGOS = ("iql", "cql", "calql", "td3bc")
+FINETUNE_ALGOS = ("wsrl", "sac")
 
 
 def algo_classes(name: str) -> tuple[type, type]:
@@ -151,12 +152,15 @@ def load_run_config(name: str, kind: str, path: str | Path | None, overrides: li
 
 # ------------------------------------------------------------------------------------ checkpoints
 def save_agent(agent: Any, directory: str | Path, *, step: int, task: str | None, extra_meta: dict[str, Any] | None = None,
-               train_state: bool = False, rng: dict[str, torch.Tensor] | None = None) -> Path:
-    """Actor policy as the model group, the whole agent as group `agent`; optimizers when resuming."""
+               train_state: bool = False, rng: dict[str, torch.Tensor] | None = None,
+               extra_groups: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Actor policy as the model group, the whole agent as group `agent`; optimizers when resuming.
+
+    `extra_groups` adds further tensor groups (e.g. the online replay buffer of `finetune`)."""
     from robolearn.checkpoint import save_policy
     from robolearn.training import optimizer_to_tensors
 
-    groups: dict[str, dict[str, torch.Tensor]] = {"agent": agent.state_dict()}
+    groups: dict[str, dict[str, torch.Tensor]] = {"agent": agent.state_dict(), **(extra_groups or {})}
     rl_meta: dict[str, Any] = {
         "algo": agent.name, "agent_config": to_dict(agent.cfg), "obs_dim": agent.obs_dim,
         "action_dim": agent.action_dim, "num_updates": agent.num_updates,
@@ -204,3 +208,40 @@ def load_agent(directory: str | Path, device: str | torch.device = "cpu", with_o
         for name, opt in agent.optimizers().items():
             optimizer_from_tensors(opt, load_tensors(directory, f"opt_{name}", meta), rl["optimizers"][name])
     return agent.to(device), meta
+
+
+# ------------------------------------------------------------------------------------ resume
+def open_run(run_dir: str | Path, kind: str) -> tuple[Path, dict[str, Any]]:
+    """(directory, run.json) of an `offline` or `finetune` run to `--resume`; one-line errors otherwise."""
+    import json
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"--resume {run_dir}: no such run directory")
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "run.json").is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no config.yaml / run.json (not a robolearn {kind} run)")
+    run_json = json.loads((run_dir / "run.json").read_text())
+    algo = run_json.get("algo") if isinstance(run_json, dict) else None
+    own, other = (OFFLINE_ALGOS, "finetune") if kind == "offline" else (FINETUNE_ALGOS, "offline")
+    if algo not in own:
+        what = f"a robolearn {other} run (algo {algo!r}); resume it with `robolearn {other} --resume`" \
+            if algo in (FINETUNE_ALGOS if kind == "offline" else OFFLINE_ALGOS) else f"a run of algo {algo!r}"
+        raise ConfigError(f"--resume {run_dir}: {what}, not a robolearn {kind} run")
+    return run_dir, run_json
+
+
+def load_resume(run_dir: Path, total_steps: int, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any], dict[str, torch.Tensor], int]:
+    """(agent with optimizers, checkpoint metadata, RNG tensors, step) of `<run_dir>/checkpoints/last`.
+
+    The caller restores the RNG tensors once nothing else will draw from the generators."""
+    from robolearn.checkpoint import load_tensors
+
+    last = run_dir / "checkpoints" / "last"
+    if not last.is_dir():
+        raise FileNotFoundError(f"--resume {run_dir}: no checkpoints/last yet (the run stopped before its first save_every)")
+    agent, meta = load_agent(last, device, with_optimizers=True)
+    rng = load_tensors(last, "rng", meta)
+    start = int(meta["step"])
+    if start >= total_steps:
+        raise ValueError(f"run {run_dir} already finished ({start} of {total_steps} steps)")
+    return agent, meta, rng, start

@@ -37,7 +37,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
     run_dir = finetune(args.checkpoint, task=args.task, algo=args.algo, warmup=args.warmup, retain_offline=args.retain_offline,
                        steps=args.steps, data=args.data, overrides=args.overrides, out=args.out, wandb_mode=args.wandb,
-                       config_path=args.config)
+                       config_path=args.config, resume=args.resume)
     print(f"run directory: {run_dir}")
     print(f"policy checkpoint: {run_dir / 'policy'}")
     print(f"continual evaluation: {run_dir / 'continual.json'}")
@@ -56,6 +56,8 @@ def register_finetune(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--config", help="YAML config instead of policies/ALGO.yaml")
     parser.add_argument("--wandb", default="offline", choices=["off", "offline", "online"])
+    parser.add_argument("--resume", help="continue the fine-tuning run in this directory exactly where it stopped "
+                        "(agent, optimizers, replay buffer, counters, RNG, evaluation history)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. agent.utd=8 finetune.eval_every=500")
     parser.set_defaults(func=_finetune)
 

@@ -52,11 +52,10 @@ def train_offline(
     """Train an offline RL agent; returns the run directory."""
     from tqdm import tqdm
 
-    from robolearn.checkpoint import load_tensors, read_meta
     from robolearn.data.normalizer import compute_stats
     from robolearn.data.store import EpisodeStore
     from robolearn.rl.agent import MIN_STATE_STD, STATE_KEY
-    from robolearn.rl.algos import OFFLINE_ALGOS, build_agent, load_agent, load_run_config, save_agent
+    from robolearn.rl.algos import OFFLINE_ALGOS, build_agent, load_resume, load_run_config, open_run, save_agent
     from robolearn.rl.envs import make_env
     from robolearn.rl.replay import transitions_from_store
     from robolearn.rl.weighting import DEFAULT_ALPHA, make_sampler, transition_probs
@@ -64,10 +63,7 @@ def train_offline(
 
     overrides = list(overrides or [])
     if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml (not a robolearn offline run)")
-        run_json = json.loads((run_dir / "run.json").read_text())
+        run_dir, run_json = open_run(resume, "offline")
         algo, data, task = run_json["algo"], run_json["data"], run_json["task"]
         cfg = load_run_config(algo, "offline", run_dir / "config.yaml", overrides)
     else:
@@ -100,13 +96,9 @@ def train_offline(
     batch_sampler = make_sampler(probs, seed=tcfg.seed)
     start = 0
     if resume is not None:
-        last = run_dir / "checkpoints" / "last"
-        agent, meta = load_agent(last, device, with_optimizers=True)
+        agent, meta, rng, start = load_resume(run_dir, tcfg.steps, device)
         batch_sampler.load_state_dict(meta["sampler"])
-        torch.set_rng_state(load_tensors(last, "rng", read_meta(last))["torch"])
-        start = int(meta["step"])
-        if start >= tcfg.steps:
-            raise ValueError(f"run {run_dir} already finished ({start} of {tcfg.steps} steps)")
+        torch.set_rng_state(rng["torch"])
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

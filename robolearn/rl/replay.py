@@ -175,6 +175,29 @@ class ReplayBuffer:
         self.size = min(self.size + 1, self.capacity)
         self.added += 1
 
+    _ARRAYS = ("obs", "next_obs", "action", "reward", "terminal")
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors of the filled rows, JSON-able counters + generator state): checkpointed as
+        safetensors + JSON, so restoring a buffer never unpickles anything."""
+        tensors = {k: torch.from_numpy(getattr(self, k)[: self.size].copy()) for k in self._ARRAYS}
+        meta = {"capacity": self.capacity, "size": self.size, "pos": self.pos, "added": self.added,
+                "rng": self.rng.bit_generator.state}
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        size = int(meta["size"])
+        if int(meta["capacity"]) != self.capacity:
+            raise ValueError(f"replay buffer capacity {meta['capacity']} in the checkpoint, {self.capacity} configured")
+        for k in self._ARRAYS:
+            dst = getattr(self, k)
+            src = tensors[k].numpy()
+            if src.shape != (size, *dst.shape[1:]):
+                raise ValueError(f"replay buffer {k!r}: checkpoint holds shape {tuple(src.shape)}, expected {(size, *dst.shape[1:])}")
+            dst[:size] = src
+        self.size, self.pos, self.added = size, int(meta["pos"]), int(meta["added"])
+        self.rng.bit_generator.state = meta["rng"]
+
     def sample(self, batch_size: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")

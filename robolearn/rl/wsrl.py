@@ -14,7 +14,14 @@ The deterministic policy is evaluated every `eval_every` env steps on fixed seed
 pre-trained policy); the curve and its continual-evaluation metrics (robolearn.rl.metrics) are
 written to `continual.json` and `continual.png` in the run directory. Env steps count from the
 start of fine-tuning and include the warm-up, so every method gets the same number of samples.
-(Online buffers are not checkpointed: a fine-tuning run restarts rather than resumes.)
+
+Checkpoints like `robolearn offline` (robolearn.rl.algos.save_agent / load_resume):
+`<run>/checkpoints/last` every `save_every` env steps holds the agent, its optimizers, the online
+replay buffer (safetensors arrays, nothing pickled), the env-step / episode / warm-up counters, the
+torch and numpy generator states and the continual-evaluation history; `--resume DIR` continues
+exactly there. The env itself is restored by resetting it with the episode's seed and replaying
+the episode's actions so far (stored with the checkpoint), so a resumed run reproduces the
+uninterrupted one on CPU. `<run>/policy` is the final actor + critics (`robolearn eval`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import dataclasses
 import datetime as dt
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +38,7 @@ import numpy as np
 import torch
 import yaml
 
-from robolearn.config import to_dict
+from robolearn.config import ConfigError, to_dict
 
 
 def _init_from(agent: Any, src: Any) -> None:
@@ -62,57 +70,92 @@ def finetune(
     wandb_mode: str = "offline",
     config_path: str | Path | None = None,
     progress: bool = True,
+    resume: str | Path | None = None,
 ) -> Path:
-    """Fine-tune online; returns the run directory."""
+    """Fine-tune online (or continue the run in `resume` exactly where it stopped); returns the run directory."""
     from tqdm import tqdm
 
+    from robolearn.checkpoint import CheckpointError, load_tensors
     from robolearn.data.store import EpisodeStore
     from robolearn.rl.agent import state_stats
-    from robolearn.rl.algos import build_agent, load_agent, load_run_config, save_agent
+    from robolearn.rl.algos import FINETUNE_ALGOS, build_agent, load_agent, load_resume, load_run_config, open_run, save_agent
     from robolearn.rl.envs import is_own_task, make_env
     from robolearn.rl.metrics import continual_metrics, plot_curves
     from robolearn.rl.replay import ReplayBuffer, concat_batches, transitions_from_store
     from robolearn.training import MetricLogger, resolve_device
 
-    if algo not in ("wsrl", "sac"):
-        raise ValueError(f"--algo must be wsrl or sac, got {algo!r}")
     overrides = list(overrides or [])
-    for key, value in (("warmup", warmup), ("retain_offline", retain_offline), ("steps", steps)):
-        if value is not None:
-            overrides.append(f"finetune.{key}={value}")
-    cfg = load_run_config(algo, "finetune", config_path, overrides)
+    state: dict[str, Any] | None = None  # loop state of the checkpoint being resumed
+    if resume is not None:
+        given = [flag for flag, v in (("--checkpoint", checkpoint), ("--task", task), ("--warmup", warmup), ("--retain-offline", retain_offline),
+                                      ("--data", data), ("--out", out), ("--config", config_path)) if v is not None]
+        if given:
+            raise ConfigError(f"--resume continues a run with its own settings; drop {', '.join(given)} "
+                              "(--steps N or finetune.steps=N extends it)")
+        if steps is not None:
+            overrides.append(f"finetune.steps={steps}")
+        run_dir, run_json = open_run(resume, "finetune")
+        algo, task, data, checkpoint = run_json["algo"], run_json["task"], run_json.get("data"), run_json.get("checkpoint")
+        cfg = load_run_config(algo, "finetune", run_dir / "config.yaml", overrides)
+    else:
+        if algo not in FINETUNE_ALGOS:
+            raise ValueError(f"--algo must be wsrl or sac, got {algo!r}")
+        for key, value in (("warmup", warmup), ("retain_offline", retain_offline), ("steps", steps)):
+            if value is not None:
+                overrides.append(f"finetune.{key}={value}")
+        cfg = load_run_config(algo, "finetune", config_path, overrides)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     fcfg = cfg.finetune
     torch.set_num_threads(fcfg.threads)
     device = resolve_device(fcfg.device)
     torch.manual_seed(fcfg.seed)
     np.random.seed(fcfg.seed)
 
-    src, meta = (None, {})
-    if checkpoint is not None:
-        src, meta = load_agent(checkpoint)
-    elif fcfg.init == "checkpoint":
-        raise ValueError("finetune needs --checkpoint (or finetune.init=scratch with --task)")
-    task = task or meta.get("task")
-    if not task:
-        raise ValueError("no task: pass --task (the checkpoint records none)")
-    env_kwargs = dict(meta.get("env_kwargs") or {}) if task == meta.get("task") else {}
-    env = make_env(task, **env_kwargs)
-    eval_env = make_env(task, **env_kwargs)
-    acfg = cfg.agent
-    if src is not None:  # the network shapes and reward transform are the pre-trained agent's
-        s = src.cfg
-        acfg = dataclasses.replace(acfg, hidden_dims=list(s.hidden_dims), activation=s.activation,
-                                   critic_layer_norm=s.critic_layer_norm, actor_layer_norm=s.actor_layer_norm,
-                                   obs_norm=s.obs_norm, reward_scale=s.reward_scale, reward_bias=s.reward_bias)
-        if (src.obs_dim, src.action_dim) != (env.obs_dim, env.action_dim):
-            raise ValueError(f"checkpoint dims (obs {src.obs_dim}, action {src.action_dim}) do not fit task {task!r} "
-                             f"(obs {env.obs_dim}, action {env.action_dim})")
-        stats = src.policy.normalizer.stats
+    start = 0
+    if resume is not None:
+        final = run_dir / "policy" / "checkpoint.json"  # checkpoints/last is never the last step: ask the final policy
+        if final.is_file() and int(json.loads(final.read_text()).get("step", 0)) >= fcfg.steps:
+            raise ValueError(f"run {run_dir} already finished ({fcfg.steps} steps; --steps N extends it)")
+        agent, meta, rng_tensors, start = load_resume(run_dir, fcfg.steps, device)
+        state = meta.get("finetune_state")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{run_dir / 'checkpoints' / 'last'} holds no fine-tuning loop state (not a `robolearn finetune` checkpoint)")
+        env_kwargs = dict(meta.get("env_kwargs") or {})
+        random_warmup = bool(state["random_warmup"])
+        env = make_env(task, **env_kwargs)
+        eval_env = make_env(task, **env_kwargs)
+        if (agent.name, agent.obs_dim, agent.action_dim) != ("sac", env.obs_dim, env.action_dim):
+            raise CheckpointError(f"{run_dir}: checkpoint agent {agent.name} (obs {agent.obs_dim}, action {agent.action_dim}) "
+                                  f"does not fit SAC fine-tuning on {task!r}")
     else:
-        stats = state_stats(None, env.obs_dim)
-    agent = build_agent("sac", acfg, env.obs_dim, env.action_dim, stats).to(device)
-    if src is not None and fcfg.init == "checkpoint":
-        _init_from(agent, src)
+        src, meta = (None, {})
+        if checkpoint is not None:
+            src, meta = load_agent(checkpoint)
+        elif fcfg.init == "checkpoint":
+            raise ValueError("finetune needs --checkpoint (or finetune.init=scratch with --task)")
+        task = task or meta.get("task")
+        if not task:
+            raise ValueError("no task: pass --task (the checkpoint records none)")
+        env_kwargs = dict(meta.get("env_kwargs") or {}) if task == meta.get("task") else {}
+        env = make_env(task, **env_kwargs)
+        eval_env = make_env(task, **env_kwargs)
+        acfg = cfg.agent
+        if src is not None:  # the network shapes and reward transform are the pre-trained agent's
+            s = src.cfg
+            acfg = dataclasses.replace(acfg, hidden_dims=list(s.hidden_dims), activation=s.activation,
+                                       critic_layer_norm=s.critic_layer_norm, actor_layer_norm=s.actor_layer_norm,
+                                       obs_norm=s.obs_norm, reward_scale=s.reward_scale, reward_bias=s.reward_bias)
+            if (src.obs_dim, src.action_dim) != (env.obs_dim, env.action_dim):
+                raise ValueError(f"checkpoint dims (obs {src.obs_dim}, action {src.action_dim}) do not fit task {task!r} "
+                                 f"(obs {env.obs_dim}, action {env.action_dim})")
+            stats = src.policy.normalizer.stats
+        else:
+            stats = state_stats(None, env.obs_dim)
+        agent = build_agent("sac", acfg, env.obs_dim, env.action_dim, stats).to(device)
+        if src is not None and fcfg.init == "checkpoint":
+            _init_from(agent, src)
+        random_warmup = fcfg.init == "scratch" or src is None
+        cfg = dataclasses.replace(cfg, agent=agent.cfg)  # config.yaml records the agent actually trained
     acfg = agent.cfg
 
     offline = None
@@ -131,16 +174,17 @@ def finetune(
     act_gen = torch.Generator().manual_seed(fcfg.seed)
     act_rng = np.random.default_rng(fcfg.seed)
 
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(out) if out else Path("runs") / f"finetune-{algo}-{task}-{stamp}"
+    if resume is None:
+        run_dir = Path(out) if out else Path("runs") / f"finetune-{algo}-{task}-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    (run_dir / "run.json").write_text(json.dumps({
-        "checkpoint": str(checkpoint) if checkpoint else None, "task": task, "algo": algo, "data": str(data) if data else None,
-        "source_algo": src.name if src is not None else None, "command": " ".join(sys.argv),
-        "started": dt.datetime.now().isoformat(timespec="seconds"),
-    }, indent=1))
-    logger = MetricLogger(run_dir, wandb_mode, to_dict(cfg), run_dir.name, True, None)
+    if resume is None:
+        (run_dir / "run.json").write_text(json.dumps({
+            "checkpoint": str(checkpoint) if checkpoint else None, "task": task, "algo": algo, "data": str(data) if data else None,
+            "source_algo": src.name if src is not None else None, "command": " ".join(sys.argv),
+            "started": dt.datetime.now().isoformat(timespec="seconds"),
+        }, indent=1))
+    logger = MetricLogger(run_dir, wandb_mode, to_dict(cfg), run_dir.name, True, start if resume is not None else None)
     own = is_own_task(task)
     eval_seeds = list(range(fcfg.eval_seed, fcfg.eval_seed + fcfg.eval_episodes))
     history: list[dict[str, Any]] = []
@@ -156,28 +200,71 @@ def finetune(
         history.append(rec)
         return {"eval_success": rec["success"], "eval_return": rec["return"], "eval_score": rec["score"]}
 
+    def env_seed(ep: int) -> int:
+        return fcfg.seed * 1_000_003 + ep
+
     stats_log = {"grad_updates": 0, "warmup_grad_updates": 0, "offline_samples": 0}
     episode = 0
-    obs = env.reset(seed=fcfg.seed * 1_000_003 + episode)
-    ep_ret, ep_returns = 0.0, []
+    ep_ret, ep_returns, ep_actions = 0.0, [], []
     running: dict[str, list[float]] = {}
-    if fcfg.eval_episodes > 0:
-        logger.log(0, evaluate_now(0))
-    bar = tqdm(range(fcfg.steps), disable=not progress, desc=f"finetune {algo} {task}", dynamic_ncols=True)
+    if state is None:
+        obs = env.reset(seed=env_seed(episode))
+        if fcfg.eval_episodes > 0:
+            logger.log(0, evaluate_now(0))
+    else:
+        last = run_dir / "checkpoints" / "last"
+        buffer.load_state_dict(load_tensors(last, "replay", meta), state["replay"])
+        episode, ep_ret, ep_returns = int(state["episode"]), float(state["ep_return"]), list(state["ep_returns"])
+        running = {k: list(v) for k, v in state["running"].items()}
+        stats_log.update(state["stats"])
+        history.extend(state["history"])
+        # the env: reset with the episode's seed and replay its actions so far
+        obs = env.reset(seed=env_seed(episode))
+        for a in load_tensors(last, "episode", meta)["actions"].numpy():
+            obs = env.step(a)[0]
+            ep_actions.append(a)
+        if not np.array_equal(obs, np.asarray(state["obs"], np.float32)):
+            warnings.warn(f"{task}: replaying the current episode did not reproduce the checkpoint's observation "
+                          "(non-deterministic env); the resumed run continues but will not match an uninterrupted one")
+        # generators last: nothing above may shift them
+        act_rng.bit_generator.state = state["act_rng"]
+        off_rng.bit_generator.state = state["off_rng"]
+        name, pos, has_gauss, gauss = state["np_global"]
+        np.random.set_state((name, rng_tensors["np_global"].numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+        act_gen.set_state(rng_tensors["act_gen"])
+        torch.set_rng_state(rng_tensors["torch"])
+
+    def save_last(step: int) -> None:
+        replay_tensors, replay_meta = buffer.state_dict()
+        np_state = np.random.get_state()
+        rng = {"torch": torch.get_rng_state(), "act_gen": act_gen.get_state(),
+               "np_global": torch.from_numpy(np_state[1].astype(np.int64))}
+        loop = {"episode": episode, "ep_return": ep_ret, "ep_returns": ep_returns[-10:], "obs": obs.tolist(),
+                "running": running, "stats": stats_log, "history": history, "random_warmup": random_warmup,
+                "replay": replay_meta, "act_rng": act_rng.bit_generator.state, "off_rng": off_rng.bit_generator.state,
+                "np_global": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+        actions = np.asarray(ep_actions, np.float32).reshape(len(ep_actions), env.action_dim)
+        save_agent(agent, run_dir / "checkpoints" / "last", step=step, task=task, train_state=True, rng=rng,
+                   extra_groups={"replay": replay_tensors, "episode": {"actions": torch.from_numpy(actions)}},
+                   extra_meta={"data": str(data) if data else None, "env_kwargs": env_kwargs, "finetune_state": loop})
+
+    bar = tqdm(range(start, fcfg.steps), initial=start, total=fcfg.steps, disable=not progress,
+               desc=f"finetune {algo} {task}", dynamic_ncols=True)
     for t in bar:
         in_warmup = t < fcfg.warmup
-        if in_warmup and (fcfg.init == "scratch" or src is None):
+        if in_warmup and random_warmup:
             action = act_rng.uniform(-1.0, 1.0, env.action_dim).astype(np.float32)
         else:
             action = agent.act(obs, deterministic=False, generator=act_gen)
         next_obs, reward, term, trunc, _ = env.step(action)
         buffer.add(obs, action, reward * acfg.reward_scale + acfg.reward_bias, next_obs, term)
+        ep_actions.append(np.asarray(action, np.float32).reshape(-1))
         ep_ret += reward
         obs = next_obs
         if term or trunc:
             ep_returns.append(ep_ret)
             episode += 1
-            obs, ep_ret = env.reset(seed=fcfg.seed * 1_000_003 + episode), 0.0
+            obs, ep_ret, ep_actions = env.reset(seed=env_seed(episode)), 0.0, []
         if not in_warmup and len(buffer) >= n_on:
             batches = []
             for _ in range(acfg.utd):
@@ -206,8 +293,7 @@ def finetune(
         if done == fcfg.warmup:
             stats_log["warmup_grad_updates"] = stats_log["grad_updates"]
         if done % fcfg.save_every == 0 and done < fcfg.steps:
-            save_agent(agent, run_dir / "checkpoints" / "last", step=done, task=task, train_state=True,
-                       extra_meta={"data": str(data) if data else None})
+            save_last(done)
     extra = {"data": str(data) if data else meta.get("data"), "env_kwargs": env_kwargs, "finetune": {"algo": algo, **stats_log}}
     save_agent(agent, run_dir / "policy", step=fcfg.steps, task=task, extra_meta=extra)
     summary: dict[str, Any] = {"task": task, "algo": algo, "warmup": fcfg.warmup, "retain_offline": fcfg.retain_offline,
