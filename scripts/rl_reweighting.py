@@ -4,18 +4,30 @@
     python scripts/rl_reweighting.py grid     # IQL, TD3+BC x uniform/rw/aw/topk x ratios x seeds
     python scripts/rl_reweighting.py report   # markdown table -> stdout (pasted into the results doc)
 
-Everything lands in runs/rl_study/ (ignored by git). The budget knobs are the constants below;
-docs/results/offline_to_online.md records what was run with them.
+Everything lands in runs/rl_study/ (ignored by git). Without flags `grid`/`report` use the budget
+constants below (the 1k-step study); flags select a sub-grid and a larger budget, written to its own
+directory and results file under --tag, e.g. the push_cube study at 10k steps with 2x256 nets:
+
+    python scripts/rl_reweighting.py grid --tag pc10k --tasks push_cube --algos td3bc iql --steps 10000 \
+        --hidden 256 256 --lr 0.001 --batch-size 256 --eval-episodes 20 --workers 1 --stop-at 18:30
+    python scripts/rl_reweighting.py report --tag pc10k --tasks push_cube --algos td3bc iql
+
+Jobs run seed-major (every cell's seed 0, then seed 1, ...), results are written after every run,
+and `--stop-at HH:MM` (UTC) launches nothing after that time, so a grid cut short by the clock
+still has whole seeds; `report` prints the number of seeds per cell.
+docs/results/offline_to_online.md records what was run.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
 import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +42,7 @@ MIX_SIZE = 10_000  # transitions per mixed dataset
 STEPS = 1_000  # gradient steps per offline run (CPU budget: 144 runs on a shared, heavily loaded 2-core box)
 EVAL_EPISODES = 10
 # lr 1e-3 instead of the papers' 3e-4: with only 1k gradient steps IQL's critic/AWR barely move at 3e-4
-COMMON = ["agent.hidden_dims=[64,64]", "agent.actor_lr=0.001", "agent.critic_lr=0.001", "train.batch_size=128", f"train.steps={STEPS}", f"train.eval_every={STEPS}",
-          f"train.eval_episodes={EVAL_EPISODES}", f"train.log_every={STEPS}", f"train.save_every={STEPS}"]
+# (the defaults of the --hidden / --lr / --batch-size flags: 2x64 MLPs, lr 1e-3, batch 128)
 WORKERS = int(os.environ.get("RL_WORKERS", "2"))
 
 
@@ -72,72 +83,155 @@ def data() -> None:
     print(f"data done in {time.time() - t0:.0f}s")
 
 
-def _one(job: tuple[str, str, float, str, int]) -> dict:
+def _overrides(steps: int, hidden: list[int], lr: float, batch_size: int, eval_episodes: int) -> list[str]:
+    return [f"agent.hidden_dims=[{','.join(map(str, hidden))}]", f"agent.actor_lr={lr}", f"agent.critic_lr={lr}",
+            f"train.batch_size={batch_size}", f"train.steps={steps}", f"train.eval_every={steps}",
+            f"train.eval_episodes={eval_episodes}", f"train.log_every={steps}", f"train.save_every={steps}"]
+
+
+def _run_dir(job: tuple) -> Path:
+    task, algo, ratio, sampler, seed, grid_dir = job[:6]
+    return grid_dir / f"{task}_{algo}_{ratio}_{sampler}_s{seed}"
+
+
+def _one(job: tuple) -> dict:
     import torch
 
     from robolearn.rl.offline import train_offline
     from robolearn.training import read_metrics
 
-    task, algo, ratio, sampler, seed = job
-    out = ROOT / "grid" / f"{task}_{algo}_{ratio}_{sampler}_s{seed}"
+    task, algo, ratio, sampler, seed, grid_dir, common, lr = job
+    out = _run_dir(job)
     done = out / "policy" / "checkpoint.json"
     if not done.exists():
         t0 = time.time()
         torch.set_num_threads(1)
-        extra = ["agent.value_lr=0.001"] if algo == "iql" else []
+        extra = [f"agent.value_lr={lr}"] if algo == "iql" else []
         train_offline(algo, ROOT / "data" / f"{task}_mix{ratio}.zarr", task=task, sampler=sampler, out=out, wandb_mode="off",
-                      overrides=[*COMMON, *extra, f"train.seed={seed}"], progress=False)
+                      overrides=[*common, *extra, f"train.seed={seed}"], progress=False)
         (out / "wall.txt").write_text(f"{time.time() - t0:.1f}")
     last = read_metrics(out)[-1]
     return {"task": task, "algo": algo, "ratio": ratio, "sampler": sampler, "seed": seed,
-            "return": last["eval_return"], "success": last["eval_success"], "top10_mass": last["sampler_top10_mass"]}
+            "return": last["eval_return"], "success": last["eval_success"], "top10_mass": last["sampler_top10_mass"],
+            "wall_s": float((out / "wall.txt").read_text()) if (out / "wall.txt").exists() else None}
 
 
-def grid() -> None:
-    jobs = [(t, a, r, s, seed) for t in TASKS for a in ALGOS for r in RATIOS for s in SAMPLERS for seed in SEEDS]
+def _paths(tag: str | None) -> tuple[Path, Path]:
+    return (ROOT / "grid", ROOT / "grid_results.json") if not tag else (ROOT / f"grid_{tag}", ROOT / f"grid_results_{tag}.json")
+
+
+def grid(a: argparse.Namespace) -> None:
+    grid_dir, results_path = _paths(a.tag)
+    common = _overrides(a.steps, a.hidden, a.lr, a.batch_size, a.eval_episodes)
+    jobs = [(t, al, r, s, seed, grid_dir, common, a.lr) for seed in a.seeds for t in a.tasks for al in a.algos
+            for r in a.ratios for s in a.samplers]
+    stop = None
+    if a.stop_at:
+        hh, mm = map(int, a.stop_at.split(":"))
+        stop = dt.datetime.now(dt.timezone.utc).replace(hour=hh, minute=mm, second=0, microsecond=0)
+    print(f"{len(jobs)} jobs, overrides {common}, stop launching at {stop}", flush=True)
     t0 = time.time()
-    results = []
-    with ProcessPoolExecutor(WORKERS) as pool:
-        for i, res in enumerate(pool.map(_one, jobs)):
-            results.append(res)
-            print(f"[{i + 1}/{len(jobs)} {time.time() - t0:.0f}s] {res}", flush=True)
-    (ROOT / "grid_results.json").write_text(json.dumps(results, indent=1))
-    print(f"grid done in {time.time() - t0:.0f}s")
+    results, pending, todo, skipped = [], set(), list(jobs), []
+    with ProcessPoolExecutor(a.workers) as pool:
+        while todo or pending:
+            while todo and len(pending) < a.workers:
+                job = todo.pop(0)
+                finished_before = (_run_dir(job) / "policy" / "checkpoint.json").exists()
+                if not finished_before and stop is not None and dt.datetime.now(dt.timezone.utc) >= stop:
+                    skipped.append(job)
+                    continue
+                pending.add(pool.submit(_one, job))
+            if not pending:
+                break
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                res = f.result()
+                results.append(res)
+                print(f"[{len(results)}/{len(jobs)} {time.time() - t0:.0f}s] {res}", flush=True)
+                results_path.write_text(json.dumps(results, indent=1))
+    if skipped:
+        print(f"--stop-at {a.stop_at}: {len(skipped)} runs not launched: {[j[:5] for j in skipped]}")
+    print(f"grid done in {time.time() - t0:.0f}s: {len(results)} of {len(jobs)} runs")
 
 
-def report() -> None:
+def report(a: argparse.Namespace) -> None:
     from robolearn.data.store import EpisodeStore
 
-    results = json.loads((ROOT / "grid_results.json").read_text())
+    grid_dir, results_path = _paths(a.tag)
+    results = json.loads(results_path.read_text())
+    if a.tag and results:  # the episodes each run was evaluated on, as its config recorded them
+        import yaml
+
+        x = results[0]
+        cfg = yaml.safe_load((_run_dir((x["task"], x["algo"], x["ratio"], x["sampler"], x["seed"], grid_dir)) / "config.yaml").read_text())
+        a.eval_episodes = cfg["train"]["eval_episodes"]
     print("Dataset returns (per-episode, mean / max):\n")
     print("| dataset | episodes | steps | mean return | max return | success |")
     print("|---|---|---|---|---|---|")
-    for task in TASKS:
-        for name in ("random", "good", *[f"mix{r}" for r in RATIOS]):
+    for task in a.tasks:
+        for name in ("random", "good", *[f"mix{r}" for r in a.ratios]):
             s = EpisodeStore.open(ROOT / "data" / f"{task}_{name}.zarr")
             ret = s.column("return")
             print(f"| {task}_{name} | {s.num_episodes} | {s.num_steps} | {ret.mean():.2f} | {ret.max():.2f} | {s.column('success').mean():.2f} |")
-    for task in TASKS:
-        metric = "success" if task == "push_cube" else "return"
-        print(f"\n**{task}** — final eval {metric} ({EVAL_EPISODES} fixed-seed episodes), mean ± std over seeds {list(SEEDS)}:\n")
-        print("| algo | good data | " + " | ".join(SAMPLERS) + " |")
-        print("|---|---|" + "---|" * len(SAMPLERS))
-        for algo in ALGOS:
-            for r in RATIOS:
-                cells = []
-                for s in SAMPLERS:
-                    v = [x[metric] for x in results if (x["task"], x["algo"], x["ratio"], x["sampler"]) == (task, algo, r, s)]
-                    cells.append(f"{np.mean(v):.2f} ± {np.std(v):.2f}" if metric == "success" else f"{np.mean(v):.0f} ± {np.std(v):.0f}")
-                print(f"| {algo} | {r:.0%} | " + " | ".join(cells) + " |")
-    print("\nShare of sampling probability on the top-10% return trajectories (seed 0, IQL):\n")
-    print("| task | good data | " + " | ".join(SAMPLERS) + " |")
-    print("|---|---|" + "---|" * len(SAMPLERS))
-    for task in TASKS:
-        for r in RATIOS:
-            cells = [f"{next(x['top10_mass'] for x in results if (x['task'], x['algo'], x['ratio'], x['sampler'], x['seed']) == (task, 'iql', r, s, 0)):.3f}"
-                     for s in SAMPLERS]
+    for task in a.tasks:
+        metrics = ("success", "return") if task == "push_cube" and a.tag else ("success",) if task == "push_cube" else ("return",)
+        for metric in metrics:
+            seeds = sorted({x["seed"] for x in results if x["task"] == task})
+            print(f"\n**{task}** — final eval {metric} ({a.eval_episodes} fixed-seed episodes), mean ± std over seeds {seeds}"
+                  + (" (n = seeds in the cell where fewer)" if a.tag else "") + ":\n")
+            print("| algo | good data | " + " | ".join(a.samplers) + " |")
+            print("|---|---|" + "---|" * len(a.samplers))
+            for algo in a.algos:
+                for r in a.ratios:
+                    cells = []
+                    for smp in a.samplers:
+                        v = [x[metric] for x in results if (x["task"], x["algo"], x["ratio"], x["sampler"]) == (task, algo, r, smp)]
+                        if not v:
+                            cells.append("not run")
+                            continue
+                        digits = 2 if metric == "success" else 1 if task == "push_cube" else 0
+                        cell = f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}"
+                        cells.append(cell + (f" (n={len(v)})" if len(v) < len(seeds) else ""))
+                    print(f"| {algo} | {r:.0%} | " + " | ".join(cells) + " |")
+    algo0 = a.algos[0]
+    print(f"\nShare of sampling probability on the top-10% return trajectories (seed 0, {algo0}):\n")
+    print("| task | good data | " + " | ".join(a.samplers) + " |")
+    print("|---|---|" + "---|" * len(a.samplers))
+    for task in a.tasks:
+        for r in a.ratios:
+            cells = [next((f"{x['top10_mass']:.3f}" for x in results if (x['task'], x['algo'], x['ratio'], x['sampler'], x['seed']) == (task, algo0, r, smp, 0)), "-")
+                     for smp in a.samplers]
             print(f"| {task} | {r:.0%} | " + " | ".join(cells) + " |")
+    walls = [x["wall_s"] for x in results if x.get("wall_s")]
+    if a.tag and walls:
+        by = {al: [x["wall_s"] for x in results if x["algo"] == al and x.get("wall_s")] for al in a.algos}
+        print("\nWall time per run (s, incl. evaluation): " + ", ".join(f"{al} {np.mean(w):.0f} (n={len(w)})" for al, w in by.items() if w))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=["data", "grid", "report"])
+    ap.add_argument("--tag", help="name of a separate grid (runs/rl_study/grid_TAG, grid_results_TAG.json); default: the 1k-step study")
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
+    ap.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
+    ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    ap.add_argument("--steps", type=int, default=STEPS, help="gradient steps per run")
+    ap.add_argument("--hidden", nargs="+", type=int, default=[64, 64], help="MLP widths (actor, critics, value)")
+    ap.add_argument("--lr", type=float, default=0.001, help="actor / critic / value learning rate")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES)
+    ap.add_argument("--workers", type=int, default=WORKERS, help="parallel runs (env RL_WORKERS, default 2)")
+    ap.add_argument("--stop-at", help="UTC HH:MM after which `grid` launches no further run")
+    a = ap.parse_args()
+    if a.action == "data":
+        data()
+    elif a.action == "grid":
+        grid(a)
+    else:
+        report(a)
 
 
 if __name__ == "__main__":
-    {"data": data, "grid": grid, "report": report}[sys.argv[1]]()
+    main()
