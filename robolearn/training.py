@@ -205,6 +205,8 @@ def train(
     if store.num_episodes == 0:
         raise ValueError(f"{data} holds no episodes to train on")
     pcfg = run_cfg.policy.with_features(store.features)
+    if hasattr(pcfg, "with_task"):  # configs that read the task's layout (object-centric hierarchical)
+        pcfg = pcfg.with_task(task or store.task, store.env_kwargs)
     run_cfg = dataclasses.replace(run_cfg, policy=pcfg)
     extra_keys = list(pcfg.extra_batch_keys)  # per-step labels the policy reads (e.g. primitive)
     missing = [k for k in extra_keys if k not in store.features]

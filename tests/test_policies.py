@@ -305,6 +305,69 @@ def test_hierarchical_with_diffusion_low_level_trains_and_round_trips(tmp_path):
     assert torch.equal(policy.predict_action(batch["obs"], generator=gen()), loaded.predict_action(batch["obs"], generator=gen()))
 
 
+def object_centric_batch(size: int = 256, seed: int = 0, horizon: int = 4) -> dict:
+    """state = [robot, object 0, object 1, object 0 done]; the stage is the done flag and the
+    action moves the robot towards the stage's object (first dim) and reports the robot (second)."""
+    gen = torch.Generator().manual_seed(seed)
+    state = torch.rand(size, 2, STATE_DIM, generator=gen) * 2 - 1
+    stage = (torch.rand(size, generator=gen) < 0.5).long()
+    state[:, :, 3] = stage[:, None].float()
+    robot, target = state[:, -1, 0], state[:, -1, 1:3].gather(1, stage[:, None]).squeeze(1)
+    actions = torch.stack([target - robot, robot], -1)[:, None].repeat(1, horizon, 1)
+    return {
+        "obs": {"state": state},
+        "action": actions,
+        "pad_mask": torch.ones(size, horizon, dtype=torch.bool),
+        "weight": torch.ones(size),
+        "primitive": torch.zeros(size, horizon, dtype=torch.long),
+        "stage": stage[:, None].repeat(1, horizon),
+    }
+
+
+def test_object_centric_hierarchical_acts_on_the_selected_stage_object(tmp_path):
+    batch = object_centric_batch()
+    config = HierarchicalConfig(num_primitives=1, bc=BCConfig(n_obs_steps=2, horizon=4, n_action_steps=2, hidden_dims=[64, 64]),
+                                high_level_hidden_dims=[64, 64], termination_hidden_dims=[32],
+                                object_centric=True, stage_obs_columns=[[0, 1, 3], [0, 2, 3]])
+    assert config.extra_batch_keys == ("primitive", "stage")
+    policy = build("hierarchical", config, batch)
+    assert policy.low_level[0].obs_encoder.out_dim == 2 * 3  # robot, the stage's object, flag; 2 steps
+    first, last = train(policy, batch, steps=500, lr=3e-3)
+    assert last < first / 10
+    policy.eval()
+    with torch.no_grad():
+        stage = policy.stage_logits(batch["obs"]).argmax(-1)
+        actions = policy.predict_action(batch["obs"])
+    assert (stage == batch["stage"][:, 0]).float().mean() > 0.95
+    assert (actions - batch["action"]).abs().mean() < 0.1
+    # In stage 0 the low level never sees object 1: moving it changes nothing.
+    obs = {"state": batch["obs"]["state"][:4].clone()}
+    zero = torch.zeros(4, dtype=torch.long)
+    before = policy.predict_action(obs, primitive=zero, stage=zero)
+    obs["state"][:, :, 2] += 0.7
+    assert torch.equal(before, policy.predict_action(obs, primitive=zero, stage=zero))
+    save_policy(policy, tmp_path / "ckpt")
+    loaded = load_policy(tmp_path / "ckpt")
+    assert loaded.config.stage_obs_columns == [[0, 1, 3], [0, 2, 3]]
+    assert torch.equal(policy.predict_action(batch["obs"]), loaded.predict_action(batch["obs"]))
+
+
+def test_object_centric_columns_come_from_the_task():
+    config = HierarchicalConfig(num_primitives=5, object_centric=True)
+    sort3 = config.with_task("sort", {"num_cubes": 3})
+    assert sort3.num_stages == 3 and all(len(c) == 14 for c in sort3.stage_obs_columns)
+    assert sort3.stage_obs_columns[2][5:] == [19, 20, 21, 22, 23, 24, 25, 30, 31]  # cube 2 pose, bin 2 xy
+    reordered = HierarchicalConfig(num_primitives=5, object_centric=True, stage_obs_others=True).with_task(
+        "sort", {"num_cubes": 3}).stage_obs_columns
+    assert all(sorted(c) == list(range(32)) for c in reordered)  # every column, the stage's object first
+    assert reordered[1][:14] == sort3.stage_obs_columns[1]
+    with pytest.raises(ConfigError, match="does not define"):
+        config.with_task("push_cube")
+    with pytest.raises(ConfigError, match="same, non-zero number"):
+        HierarchicalConfig(object_centric=True, stage_obs_columns=[[0, 1], [0]])
+    assert HierarchicalConfig().with_task("push_cube").stage_obs_columns == []  # off: untouched
+
+
 def test_hierarchical_needs_labels_and_history():
     batch = staged_batch(size=8)
     policy = build("hierarchical", hierarchical_config(), batch)

@@ -331,6 +331,14 @@ class Task:
         computes, in one call so tasks can share work between observe and evaluate (push_t)."""
         return (self.observe(s), *self.evaluate(prev, s))
 
+    def stage_obs_columns(self, others: bool = False) -> list[list[int]] | None:
+        """Per stage, the columns of the `state` observation that stage is about (the robot plus
+        the stage's object and target), all of one length; None when stages share one object.
+        others=True appends the remaining objects' columns (a reordering of the whole observation
+        that puts the stage's object first). Object-centric hierarchical policies feed their low
+        level these columns."""
+        return None
+
     def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
         """Failure events that happened without injection (codes in FAILURE_EVENTS, 0 = none)."""
         xp = array_ops.of(s.qpos)

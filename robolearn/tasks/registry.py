@@ -8,7 +8,7 @@ from typing import Any
 import mujoco
 
 from robolearn.config import ConfigError, load_config, parse_overrides, project_root
-from robolearn.tasks.base import Task, TaskConfig, compile_model
+from robolearn.tasks.base import ModelLayout, Task, TaskConfig, compile_model
 from robolearn.tasks.expert import Expert
 from robolearn.tasks.pick_place import PickPlace, PickPlaceExpert
 from robolearn.tasks.push_cube import PushCube, PushCubeExpert
@@ -74,3 +74,11 @@ def build_model(name: str, cfg: TaskConfig) -> tuple[type[Task], mujoco.MjModel]
         raise ValueError(f"task {name!r} is a gymnasium adapter task; use make_env")
     cls = TASKS[name][0]
     return cls, compile_model(cls.build_xml(cfg))
+
+
+def build_task(name: str, overrides: dict[str, Any] | list[str] | None = None) -> Task:
+    """A task definition bound to its compiled model (no simulator data): for reading its layout,
+    e.g. which observation columns belong to which stage."""
+    cfg = load_task_config(name, overrides)
+    cls, model = build_model(name, cfg)
+    return cls(cfg, ModelLayout(model))

@@ -102,6 +102,17 @@ class Sort(GraspTask):
         return xp.cat([self.grip_pos(s), self.grip_yaw(s)[:, None], self.grip_width(s)[:, None], cubes,
                        self.bins(s)[:, :, :2].reshape(n, -1)], -1)
 
+    def stage_obs_columns(self, others: bool = False) -> list[list[int]]:
+        """Stage k: gripper (xyz, yaw, opening), cube k (xyz, quat) and bin k (xy), in observe's
+        layout: 14 columns for every k, the same as the whole observation at K = 1; with others,
+        then the other cubes and the other bins in index order (all 5 + 9K columns)."""
+        k = self.k
+        cube = lambda i: list(range(5 + 7 * i, 12 + 7 * i))  # noqa: E731
+        bin_xy = lambda i: [5 + 7 * k + 2 * i, 6 + 7 * k + 2 * i]  # noqa: E731
+        rest = lambda i: ([c for j in range(k) if j != i for c in cube(j)]  # noqa: E731
+                          + [c for j in range(k) if j != i for c in bin_xy(j)])
+        return [list(range(5)) + cube(i) + bin_xy(i) + (rest(i) if others else []) for i in range(k)]
+
     def success(self, s: SimState) -> torch.Tensor:
         return self.sorted_mask(s).all(1)
 

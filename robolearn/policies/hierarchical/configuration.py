@@ -50,6 +50,15 @@ class HierarchicalConfig:
     high_level_loss_weight: float = 1.0
     termination_loss_weight: float = 1.0
     termination_pos_weight: float = 1.0  # boundaries are rare; >1 up-weights them in the BCE
+    # Object-centric low level: the high level also selects the stage (e.g. which cube), and the
+    # low-level policy sees only that stage's columns of `stage_obs_key` (the robot plus the stage's
+    # object and target), so one primitive skill serves every stage. The columns come from the task
+    # (`Task.stage_obs_columns`) when training starts and are saved with the checkpoint.
+    object_centric: bool = False
+    stage_obs_others: bool = False  # also pass the other objects, after the stage's own (reordered)
+    stage_key: str = "stage"
+    stage_obs_key: str = "state"
+    stage_obs_columns: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.num_primitives < 1:
@@ -67,6 +76,38 @@ class HierarchicalConfig:
             raise ConfigError(f"termination_threshold must be in (0, 1), got {self.termination_threshold}")
         if self.max_primitive_steps < 1:
             raise ConfigError(f"max_primitive_steps must be >= 1, got {self.max_primitive_steps}")
+        if self.stage_obs_columns:
+            widths = {len(c) for c in self.stage_obs_columns}
+            if len(widths) != 1 or 0 in widths:
+                raise ConfigError("stage_obs_columns must list the same, non-zero number of columns for every stage")
+            if min(min(c) for c in self.stage_obs_columns) < 0:
+                raise ConfigError("stage_obs_columns must be non-negative column indices")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_obs_columns)
+
+    def with_task(self, task: str, task_overrides: Mapping | None = None) -> "HierarchicalConfig":
+        """Fill `stage_obs_columns` from the task when `object_centric` is on (no-op otherwise)."""
+        if not self.object_centric or self.stage_obs_columns:
+            return self
+        from robolearn.tasks.registry import build_task
+
+        columns = build_task(task, dict(task_overrides or {})).stage_obs_columns(others=self.stage_obs_others)
+        if not columns:
+            raise ConfigError(f"policy.object_centric needs per-stage observation columns, which task {task!r} does not define")
+        return dataclasses.replace(self, stage_obs_columns=[list(map(int, c)) for c in columns])
+
+    def low_level_config(self) -> PolicyConfig:
+        """The low-level policy's config: `low_level`, with the stage-sliced observation shape when
+        object-centric."""
+        if not self.object_centric:
+            return self.low_level
+        if not self.stage_obs_columns:
+            raise ConfigError("policy.object_centric is on but stage_obs_columns is empty (train with a task store)")
+        shapes = dict(self.low_level.input_shapes)
+        shapes[self.stage_obs_key] = [len(self.stage_obs_columns[0])]
+        return dataclasses.replace(self.low_level, input_shapes=shapes)
 
     # -- the PolicyConfig interface, delegated to the selected low-level config ----------------
     @property
@@ -84,8 +125,8 @@ class HierarchicalConfig:
 
     @property
     def extra_batch_keys(self) -> tuple[str, ...]:
-        """The primitive labels, shaped like the action window (B, T)."""
-        return (self.label_key,)
+        """The primitive (and, object-centric, stage) labels, shaped like the action window (B, T)."""
+        return (self.label_key, self.stage_key) if self.object_centric else (self.label_key,)
 
     @property
     def vision(self) -> VisionConfig:

@@ -14,6 +14,7 @@ earlier primitive: retries emerge from the data instead of being scripted.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +22,7 @@ from torch import nn
 from robolearn.data.normalizer import Normalizer
 from robolearn.nn.mlp import MLP
 from robolearn.policies.base import Batch, Policy
+from robolearn.policies.configuration import obs_stat_key
 from robolearn.policies.hierarchical.configuration import HierarchicalConfig
 from robolearn.policies.observation import ObservationEncoder
 
@@ -43,16 +45,26 @@ class HierarchicalPolicy(Policy):
         self.config: HierarchicalConfig = config
         num = config.num_primitives
         low_cls = _low_level_class(config.low_level_type)
+        low_cfg = config.low_level_config()
+        low_norm = normalizer
+        if config.object_centric:  # the low level sees stage-sliced observations: sliced stats
+            low_norm = _stage_normalizer(normalizer, obs_stat_key(config.stage_obs_key), config.stage_obs_columns)
+            self.register_buffer("stage_columns", torch.tensor(config.stage_obs_columns, dtype=torch.long),
+                                 persistent=False)
         if config.low_level_mode == "conditioned":
-            self.low_level = nn.ModuleList([low_cls(config.low_level, normalizer, cond_dim=num)])
+            self.low_level = nn.ModuleList([low_cls(low_cfg, low_norm, cond_dim=num)])
         else:
-            self.low_level = nn.ModuleList([low_cls(config.low_level, normalizer) for _ in range(num)])
+            self.low_level = nn.ModuleList([low_cls(low_cfg, low_norm) for _ in range(num)])
         self.obs_encoder = ObservationEncoder(config.low_level)
         features = self.obs_encoder.out_dim
         self.selector = MLP(features, num, config.high_level_hidden_dims, config.activation)
+        # Object-centric: the high level also picks the stage whose object the low level acts on.
+        self.stage_selector = (MLP(features, config.num_stages, config.high_level_hidden_dims, config.activation)
+                               if config.object_centric else None)
         # One termination logit per primitive; the active primitive's logit is read out.
         self.termination = MLP(features, num, config.termination_hidden_dims, config.activation)
         self._active: torch.Tensor | None = None  # (B,) active primitive per env, -1 = none yet
+        self._active_stage: torch.Tensor | None = None  # (B,) stage the active primitive acts on
         self._steps_in_primitive: torch.Tensor | None = None  # (B,)
 
     # -- heads ---------------------------------------------------------------------------------
@@ -68,18 +80,34 @@ class HierarchicalPolicy(Policy):
         logits = self.termination(self._obs_features(obs))
         return torch.sigmoid(logits.gather(1, primitive.long().to(logits.device)[:, None]).squeeze(1))
 
+    def stage_logits(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """High-level scores (B, num_stages) of which stage's object to act on (object-centric)."""
+        if self.stage_selector is None:
+            raise RuntimeError("stage_logits needs policy.object_centric")
+        return self.stage_selector(self._obs_features(obs))
+
     def _one_hot(self, primitive: torch.Tensor) -> torch.Tensor:
         return F.one_hot(primitive.long(), self.config.num_primitives).float()
 
+    def _stage_obs(self, obs: dict[str, torch.Tensor], stage: torch.Tensor) -> dict[str, torch.Tensor]:
+        """obs with `stage_obs_key` cut to each sample's stage columns (identity unless
+        object-centric); stage (B,) is clamped to the known stages (K = all done -> the last)."""
+        if not self.config.object_centric:
+            return obs
+        key = self.config.stage_obs_key
+        x = obs[key]
+        cols = self.stage_columns.to(x.device)[stage.long().to(x.device).clamp(0, self.config.num_stages - 1)]
+        return {**obs, key: x.gather(-1, cols[:, None, :].expand(x.shape[0], x.shape[1], cols.shape[1]))}
+
     # -- training ------------------------------------------------------------------------------
-    def _labels(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        key = self.config.label_key
+    def _labels(self, batch: Batch, key: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        key = key or self.config.label_key
         if key not in batch:
             raise KeyError(f"batch has no {key!r} labels (add {key!r} to the sampler's extra_keys)")
         labels = batch[key].to(self.device).long()
         if labels.ndim != 2 or labels.shape[1] != self.config.horizon:
             raise ValueError(f"batch[{key!r}] must have shape (B, {self.config.horizon}), got {tuple(labels.shape)}")
-        if (labels >= self.config.num_primitives).any():
+        if key == self.config.label_key and (labels >= self.config.num_primitives).any():
             raise ValueError(f"batch[{key!r}] holds ids >= num_primitives ({self.config.num_primitives})")
         current_step = self.config.n_obs_steps - 1
         return labels[:, current_step - 1], labels[:, current_step]
@@ -95,17 +123,24 @@ class HierarchicalPolicy(Policy):
         previous, current = self._labels(batch)
         known = current >= 0
         current_safe = current.clamp(min=0)
+        low_batch, stage_loss = batch, 0.0
+        features = self._obs_features(batch["obs"])
+        if self.config.object_centric:  # stage labels: K (all done) counts as the last stage
+            _, stage = self._labels(batch, self.config.stage_key)
+            stage_known = (stage >= 0).float()
+            stage = stage.clamp(0, self.config.num_stages - 1)
+            low_batch = {**batch, "obs": self._stage_obs(batch["obs"], stage)}
+            stage_loss = F.cross_entropy(self.stage_selector(features), stage, reduction="none") * stage_known
 
         low_loss = torch.zeros(current.shape[0], device=self.device)
         if self.config.low_level_mode == "conditioned":
-            low_loss = self.low_level[0].compute_loss(batch, cond=self._one_hot(current_safe))
+            low_loss = self.low_level[0].compute_loss(low_batch, cond=self._one_hot(current_safe))
         else:
             for primitive, policy in enumerate(self.low_level):
                 rows = (current == primitive).nonzero().squeeze(1)
                 if rows.numel():
-                    low_loss = low_loss.index_put((rows,), policy.compute_loss(_select_rows(batch, rows)))
+                    low_loss = low_loss.index_put((rows,), policy.compute_loss(_select_rows(low_batch, rows)))
 
-        features = self._obs_features(batch["obs"])
         selector_loss = F.cross_entropy(self.selector(features), current_safe, reduction="none")
 
         has_previous = (previous >= 0) & known
@@ -116,7 +151,7 @@ class HierarchicalPolicy(Policy):
 
         return (
             low_loss * known
-            + self.config.high_level_loss_weight * selector_loss * known
+            + self.config.high_level_loss_weight * (selector_loss * known + stage_loss)
             + self.config.termination_loss_weight * term_loss * has_previous
         )
 
@@ -127,11 +162,15 @@ class HierarchicalPolicy(Policy):
         obs: dict[str, torch.Tensor],
         generator: torch.Generator | None = None,
         primitive: torch.Tensor | None = None,
+        stage: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Action chunk for `primitive` (B,) or, if omitted, for the high level's choice."""
+        """Action chunk for `primitive` (B,) (and, object-centric, `stage` (B,)) or, if omitted,
+        for the high level's choice."""
         if primitive is None:
             primitive = self.primitive_logits(obs).argmax(dim=-1)
         primitive = primitive.to(self.device).long()
+        if self.config.object_centric:
+            obs = self._stage_obs(obs, self.stage_logits(obs).argmax(dim=-1) if stage is None else stage)
         if self.config.low_level_mode == "conditioned":
             return self.low_level[0].predict_action(obs, generator=generator, cond=self._one_hot(primitive))
         chunk = torch.zeros(primitive.shape[0], self.config.horizon, self.config.action_dim, device=self.device)
@@ -151,6 +190,7 @@ class HierarchicalPolicy(Policy):
         batch = self._queue_pos.shape[0]
         if self._active is None or self._active.shape[0] != batch:
             self._active = torch.full((batch,), -1, dtype=torch.long, device=self.device)
+            self._active_stage = torch.zeros(batch, dtype=torch.long, device=self.device)
             self._steps_in_primitive = torch.zeros(batch, dtype=torch.long, device=self.device)
         requery = self._active < 0
         running = (~requery) & (self._steps_in_primitive > 0)
@@ -164,12 +204,15 @@ class HierarchicalPolicy(Policy):
             rows = requery.nonzero().squeeze(1)
             sub_obs = {k: v[rows.to(v.device)] for k, v in obs.items()}
             self._active[rows] = self.primitive_logits(sub_obs).argmax(dim=-1)
+            if self.config.object_centric:
+                self._active_stage[rows] = self.stage_logits(sub_obs).argmax(dim=-1)
             self._steps_in_primitive[rows] = 0
         self._steps_in_primitive += 1
         return requery | (self._queue_pos >= self.config.n_action_steps)
 
     def _plan(self, obs: dict[str, torch.Tensor], rows: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return self.predict_action(obs, generator=generator, primitive=self._active[rows])
+        return self.predict_action(obs, generator=generator, primitive=self._active[rows],
+                                   stage=self._active_stage[rows] if self.config.object_centric else None)
 
     def reset(self, env_mask: torch.Tensor | None = None) -> None:
         super().reset(env_mask)
@@ -177,10 +220,12 @@ class HierarchicalPolicy(Policy):
             return
         if env_mask is None:
             self._active = None
+            self._active_stage = None
             self._steps_in_primitive = None
         else:
             mask = env_mask.to(self._active.device)
             self._active[mask] = -1
+            self._active_stage[mask] = 0
             self._steps_in_primitive[mask] = 0
 
 
@@ -195,3 +240,27 @@ def _select_rows(batch: Batch, rows: torch.Tensor) -> Batch:
         else:
             out[key] = value
     return out
+
+
+def _stage_normalizer(normalizer: Normalizer, key: str, columns: list[list[int]]) -> Normalizer:
+    """The normalizer of stage-sliced observations: column j of the slice covers column
+    columns[k][j] of every stage k (union of ranges, mean of means, largest spread), so one
+    low-level policy sees every stage's object on the same scale."""
+    stats = {k: dict(v) for k, v in normalizer.stats.items()}
+    if key not in stats:
+        raise ValueError(f"normalizer has no stats for {key!r} (object-centric stage slicing)")
+    idx = np.asarray(columns)  # (K, d)
+    full = stats[key]
+    merged = {}
+    for name, value in full.items():
+        v = np.asarray(value)[idx]  # (K, d)
+        if name in ("min", "q01"):
+            merged[name] = v.min(0)
+        elif name in ("max", "q99"):
+            merged[name] = v.max(0)
+        elif name == "std":
+            merged[name] = v.max(0)
+        else:
+            merged[name] = v.mean(0)
+    stats[key] = merged
+    return Normalizer(stats, dict(normalizer.modes))
