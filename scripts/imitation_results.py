@@ -40,6 +40,12 @@ PROFILES = {
     ],
 }
 COMMON = ["train.log_every=100", "train.val_ratio=0.05"]
+# --image: demos carry the 84x84 front-camera RGB (obs/image) and the policy reads it through a
+# CPU-sized encoder (the YAML's is [32,64,128]). The store's only low-dim key is the full `state`
+# (robot AND object pose), so image + state is not vision-only; pass policy.state_keys=[] in
+# --extra for an image-only policy.
+IMAGE = ["policy.image_keys=[image]", "policy.vision.crop_shape=[76,76]", "policy.vision.channels=[16,32,64]",
+         "policy.vision.feature_dim=64"]
 
 
 def main() -> None:
@@ -54,6 +60,7 @@ def main() -> None:
     ap.add_argument("--task-overrides", nargs="*", default=[], help="e.g. num_cubes=2 for sort")
     ap.add_argument("--extra", nargs="*", default=[], help="extra training overrides for every run")
     ap.add_argument("--label", default="", help="section title suffix")
+    ap.add_argument("--image", action="store_true", help="collect demos with front-camera images and train on them")
     ap.add_argument("--workdir", default="runs/imitation")
     ap.add_argument("--out", default="docs/results/imitation.md")
     args = ap.parse_args()
@@ -63,10 +70,11 @@ def main() -> None:
     started = time.time()
     for task in args.tasks:
         for seed in args.seeds:
-            full = work / f"{task}{'-' + '-'.join(args.task_overrides) if args.task_overrides else ''}-demos-s{seed}.zarr"
+            full = work / (f"{task}{'-' + '-'.join(args.task_overrides) if args.task_overrides else ''}"
+                           f"{'-image' if args.image else ''}-demos-s{seed}.zarr")
             if not full.exists():
                 collect(task, episodes=max(args.demos), out=full, num_envs=args.num_envs, seed=seed * 100_000,
-                        overrides=args.task_overrides or None)
+                        overrides=args.task_overrides or None, image=args.image, progress=False)
             src = EpisodeStore.open(full)
             for n in args.demos:
                 sub = work / f"{full.stem}-first{n}.zarr"
@@ -76,7 +84,8 @@ def main() -> None:
                     run = work / f"{task}-{policy_name}-n{n}-s{seed}{'-' + args.label if args.label else ''}"
                     if run.exists():
                         shutil.rmtree(run)
-                    overrides = [*PROFILES[policy_name], *COMMON, f"train.steps={args.steps}", f"train.seed={seed}",
+                    overrides = [*PROFILES[policy_name], *(IMAGE if args.image else []), *COMMON,
+                                 f"train.steps={args.steps}", f"train.seed={seed}",
                                  f"train.eval_every={args.steps}", f"train.save_every={args.steps}", *args.extra]
                     t0 = time.time()
                     train(policy_name, sub, task=task, out=run, overrides=overrides, wandb_mode="off", progress=False)
@@ -99,12 +108,19 @@ def main() -> None:
         per_seed = ", ".join(f"s{r['seed']}: {r['rate']:.2f}" for r in cell)
         rows.append(f"| {task} | {pol} | {n} | {tot} | {k / tot:.3f} | [{lo:.3f}, {hi:.3f}] | {per_seed} | {sum(r['train_s'] for r in cell) / len(cell):.0f} |")
     cmd = "python " + " ".join(sys.argv)
+    obs_desc = "state (the task's full low-dim vector)"
+    if args.image:
+        image_only = any(e.replace(" ", "") == "policy.state_keys=[]" for e in args.extra)
+        obs_desc = ("84x84 front-camera RGB `image` " + ("only (policy.state_keys=[])" if image_only else
+                    "+ the full low-dim `state` (robot AND object pose: not a vision-only policy)")
+                    + f"; image overrides {json.dumps(IMAGE)}")
     section = [
         f"## {', '.join(args.tasks)}{' (' + args.label + ')' if args.label else ''}",
         "",
         f"- command: `{cmd}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs while it ran), torch {torch.__version__}, CPU",
         f"- training seeds: {args.seeds}; demo-collection seed = 100000 x seed; evaluation seeds 1000000 + 10000 x seed + 0..{args.eval_episodes - 1}",
+        f"- observations: {obs_desc}",
         f"- {args.steps} gradient steps per run; profiles: {json.dumps({p: PROFILES[p] for p in args.policies})}"
         + (f"; extra overrides applied after the profile: {args.extra}" if args.extra else ""),
         f"- task overrides: {args.task_overrides or 'none'}; date: {dt.date.today().isoformat()}; wall time {time.time() - started:.0f} s",
