@@ -388,3 +388,14 @@ def test_cli_tasks_and_collect(tmp_path, capsys):
     assert main(["collect", "--task", "nope", "--episodes", "1", "--out", str(tmp_path / "x")]) == 2
     assert main(["collect", "--task", "sort", "--episodes", "1", "--out", str(tmp_path / "y"),
                  "--set", "bogus=1"]) == 2
+
+
+def test_expert_mode_can_be_fixed_for_unimodal_demos():
+    sim = TaskSim("sort", num_envs=6, num_cubes=1)
+    assert T.make_expert(sim, seed=0).num_modes == 2
+    fixed = T.make_expert(sim, seed=0, mode=1)
+    for _ in range(3):
+        fixed.reset()
+        assert fixed.mode.tolist() == [1] * 6
+    with pytest.raises(ValueError, match="expert mode must be in"):
+        T.make_expert(sim, mode=2)

@@ -55,11 +55,12 @@ def make_vector_env(name: str, num_envs: int, num_threads: int = 1, autoreset_mo
     return TaskVectorEnv(name, num_envs, num_threads=num_threads, autoreset_mode=autoreset_mode, **overrides)
 
 
-def make_expert(env, noise: float = 0.0, seed: int | None = None):
-    """Scripted expert for a TaskEnv / TaskVectorEnv / TaskSim: `expert.act(env.sim.read())`."""
+def make_expert(env, noise: float = 0.0, seed: int | None = None, mode: int | None = None):
+    """Scripted expert for a TaskEnv / TaskVectorEnv / TaskSim: `expert.act(env.sim.read())`.
+    mode: always use this per-episode mode (unimodal demos) instead of drawing one."""
     sim = getattr(getattr(env, "unwrapped", env), "sim", env)
     expert_cls = TASKS[sim.task.name][1]
-    return expert_cls(sim.task, sim.num_envs, noise=noise, seed=seed)
+    return expert_cls(sim.task, sim.num_envs, noise=noise, seed=seed, mode=mode)
 
 
 _REGISTERED = False

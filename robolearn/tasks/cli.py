@@ -46,6 +46,8 @@ def register_collect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="episode store path (created, or appended to)")
     parser.add_argument("--num-envs", type=int, default=1, help="envs stepped as one batch")
     parser.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise on expert actions")
+    parser.add_argument("--expert-mode", type=int, default=None,
+                        help="always use this expert mode (e.g. one grasp face / push side: unimodal demos)")
     parser.add_argument("--perturb", type=float, default=None,
                         help="perturbation events per step (overrides the task config's perturb_rate)")
     parser.add_argument("--image", action="store_true", help="also record 84x84 camera images")
@@ -61,7 +63,7 @@ def run_collect(args: argparse.Namespace) -> int:
 
     summary = collect(args.task, args.episodes, args.out, num_envs=args.num_envs, noise=args.noise,
                       perturb=args.perturb, image=args.image, seed=args.seed, overrides=args.overrides or None,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, expert_mode=args.expert_mode)
     print(f"collected {summary['episodes']} episodes ({summary['steps']} steps) of {args.task} into {args.out}: "
           f"success rate {summary['success_rate']:.3f}, {summary['failure_events']} failure events")
     return 0

@@ -60,8 +60,10 @@ def _open_store(path: Path, sim: TaskSim, cfg: TaskConfig):
 
 def collect(task: str, episodes: int, out: str | Path, num_envs: int = 1, noise: float = 0.0,
             perturb: float | None = None, image: bool = False, seed: int = 0,
-            overrides: list[str] | dict | None = None, progress: bool = True) -> dict[str, Any]:
+            overrides: list[str] | dict | None = None, progress: bool = True,
+            expert_mode: int | None = None) -> dict[str, Any]:
     """Run the scripted expert for `episodes` episodes and append them to the store at `out`.
+    expert_mode fixes the expert's per-episode mode (unimodal demos, e.g. for ablations).
 
     Episode k is reset with seed `seed + k` (initial state and perturbations reproduce from it).
     Returns a summary {episodes, steps, successes, success_rate, failure_events}.
@@ -83,7 +85,7 @@ def collect(task: str, episodes: int, out: str | Path, num_envs: int = 1, noise:
     cfg.validate(TASKS[task][0].perturbations)
     n = min(num_envs, episodes)
     sim = TaskSim(task, cfg=cfg, num_envs=n)
-    expert = TASKS[task][1](sim.task, n, noise=noise, seed=seed)
+    expert = TASKS[task][1](sim.task, n, noise=noise, seed=seed, mode=expert_mode)
     store = _open_store(Path(out), sim, cfg)
     bar = None
     if progress:

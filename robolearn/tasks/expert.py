@@ -18,9 +18,13 @@ class Expert:
 
     num_modes: int = 1
 
-    def __init__(self, task: Task, num_envs: int, noise: float = 0.0, seed: int | None = None):
+    def __init__(self, task: Task, num_envs: int, noise: float = 0.0, seed: int | None = None,
+                 mode: int | None = None):
         if noise < 0:
             raise ValueError(f"expert noise must be >= 0, got {noise}")
+        if mode is not None and not 0 <= mode < self.num_modes:
+            raise ValueError(f"expert mode must be in [0, {self.num_modes}) for task {task.name!r}, got {mode}")
+        self.fixed_mode = mode  # None: draw a mode per episode (multimodal demos); else always this one
         self.task = task
         self.num_envs = num_envs
         self.noise = float(noise)
@@ -33,6 +37,8 @@ class Expert:
         """New episode(s): redraw the per-episode mode (e.g. which side to push from)."""
         mask = torch.ones(self.num_envs, dtype=torch.bool) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
         draw = torch.randint(self.num_modes, (self.num_envs,), generator=self.gen)
+        if self.fixed_mode is not None:
+            draw = torch.full_like(draw, self.fixed_mode)
         self.mode = torch.where(mask, draw, self.mode)
         self._reset_memory(mask)
 
