@@ -5,9 +5,9 @@ physics, injects perturbations, and computes obs/reward/success/stage/failure ev
 task's array functions. Everything per env is a row of an array.
 
 With the MuJoCo C backend the per-step task functions run on numpy views of the backend's host
-buffers (`read_numpy`, see array_ops: same code, same bits as torch, a fraction of torch's per-op
-cost on (1, d) arrays); other backends get torch tensors. `read()` (experts, scripted operators)
-always returns torch tensors.
+buffers (`read_numpy`, see array_ops: same code, the same results as torch up to rounding, a
+fraction of torch's per-op cost on (1, d) arrays); other backends get torch tensors. `read()`
+(experts, scripted operators) always returns torch tensors.
 """
 
 from __future__ import annotations
