@@ -202,6 +202,25 @@ def report(a: argparse.Namespace) -> None:
             cells = [next((f"{x['top10_mass']:.3f}" for x in results if (x['task'], x['algo'], x['ratio'], x['sampler'], x['seed']) == (task, algo0, r, smp, 0)), "-")
                      for smp in a.samplers]
             print(f"| {task} | {r:.0%} | " + " | ".join(cells) + " |")
+    if a.tag:  # what each sampler trains on: probability mass on successful episodes, effective number of episodes
+        from robolearn.rl.replay import transitions_from_store
+        from robolearn.rl.weighting import DEFAULT_ALPHA, transition_probs
+
+        print(f"\nSampler concentration ({algo0}, alpha {DEFAULT_ALPHA[algo0]}): probability mass on successful episodes / "
+              "effective number of episodes 1/sum(p_episode^2):\n")
+        print("| task | good data | good episodes | " + " | ".join(a.samplers) + " |")
+        print("|---|---|---|" + "---|" * len(a.samplers))
+        for task in a.tasks:
+            for r in a.ratios:
+                st = EpisodeStore.open(ROOT / "data" / f"{task}_mix{r}.zarr")
+                tr = transitions_from_store(st)
+                good = st.column("success").astype(bool)[tr.store_episode]
+                cells = []
+                for smp in a.samplers:
+                    pr = transition_probs(smp, tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA[algo0], 0.1)
+                    pe = np.bincount(tr.episode, weights=pr, minlength=len(tr.episode_return))
+                    cells.append(f"{pe[good].sum():.3f} / {1 / np.sum(pe ** 2):.1f}")
+                print(f"| {task} | {r:.0%} | {int(good.sum())} | " + " | ".join(cells) + " |")
     walls = [x["wall_s"] for x in results if x.get("wall_s")]
     if a.tag and walls:
         by = {al: [x["wall_s"] for x in results if x["algo"] == al and x.get("wall_s")] for al in a.algos}
