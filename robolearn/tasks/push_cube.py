@@ -69,23 +69,13 @@ class PushCube(Task):
         return xp.astype(xp.where(ev, EVENT["object_out_of_reach"], 0), xp.int32)
 
     def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        # The same values as success / dense_reward / stage / detect_failure, with the sensor
-        # slices, the goal distance and the gripper-cube offset computed once for all four.
-        xp = array_ops.of(s.qpos)
-        cube = self.cube_pos(s)
-        dist = xp.norm(cube[:, :2] - self.goal_xy(s))
-        success = (dist < GOAL_RADIUS) & (cube[:, 2] < 0.03)
-        to_cube = self.grip_pos(s) - cube
-        if self.cfg.reward_type == "sparse":
-            reward = xp.astype(success, xp.float32)
-        else:
-            r = 0.25 * (1 - xp.tanh(10 * xp.norm(to_cube))) + 0.75 * (1 - xp.tanh(10 * dist))
-            reward = xp.astype(xp.where(success, 1.0, r), xp.float32)
-        stage = xp.astype(xp.norm(to_cube[:, :2]) < 0.06, xp.int32)
-        out_now = (abs(cube[:, :2]) > REACH).any(-1)
-        out_prev = (abs(self.cube_pos(prev)[:, :2]) > REACH).any(-1)
-        failure = xp.astype(xp.where(out_now & ~out_prev, EVENT["object_out_of_reach"], 0), xp.int32)
-        return success, reward, stage, failure
+        cube = self.cube_pos(s)  # sensor slices and the goal distance shared by all four
+        dist = self.goal_dist(s, cube)
+        success = self.success(s, cube, dist)
+        xp = array_ops.of(cube)
+        reward = (xp.astype(success, xp.float32) if self.cfg.reward_type == "sparse"
+                  else xp.astype(self.dense_reward(s, success, cube, dist), xp.float32))
+        return success, reward, self.stage(s, cube), self.detect_failure(prev, s, cube)
 
     def sample_init(self, gen: torch.Generator, n: int) -> torch.Tensor:
         st = self.base_states(n)

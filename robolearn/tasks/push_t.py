@@ -13,7 +13,7 @@ import math
 import torch
 
 from robolearn.tasks import array_ops
-from robolearn.tasks.base import EVENT, PRIM, SimState, Task, quat_to_yaw, uniform, wrap_angle
+from robolearn.tasks.base import EVENT, PRIM, ModelLayout, SimState, Task, TaskConfig, quat_to_yaw, uniform, wrap_angle
 from robolearn.tasks.expert import Expert
 
 # T geometry in the block frame (origin = centre of the bar's top edge, stem along -y).
@@ -97,6 +97,14 @@ class PushT(Task):
     description = "push a T block onto a target pose (coverage >= 0.95), as diffusion-policy PushT"
     pos_scale = 0.03
 
+    def __init__(self, cfg: TaskConfig, layout: ModelLayout):
+        super().__init__(cfg, layout)
+        adr = [layout.qpos_adr[j] for j in ("tx", "ty", "tyaw")]
+        self._q_block = slice(adr[0], adr[0] + 3) if adr == list(range(adr[0], adr[0] + 3)) else torch.tensor(adr)
+        sl_p, sl_q = layout.sensor["goal_pos"], layout.sensor["goal_quat"]
+        self._goal_cols = list(range(sl_p.start, sl_p.stop)) + list(range(sl_q.start, sl_q.stop))
+        self._goal_key: bytes | None = None  # host cache of _goal_frame
+
     @property
     def obs_dim(self) -> int:
         return 10
@@ -119,58 +127,43 @@ class PushT(Task):
         return xp.cat([self.sensor(s, "goal_pos")[:, :2], quat_to_yaw(self.sensor(s, "goal_quat"))[:, None]], -1)
 
     def frames(self, s: SimState) -> tuple:
-        """(block pose, goal pose, (cos, sin) of the block yaw, of the goal yaw): what observe and
-        coverage share (each (N, 1) cos/sin is computed once per step). The block pose comes
-        straight from its planar joints (x, y slides, yaw hinge; the yaw is not wrapped, only its
-        cos/sin are used per step); the goal frame is kept on the host while the goal does not move."""
+        """(block pose, goal pose, (cos, sin) of the block yaw, of the goal yaw, the goal T's world
+        points as an (x, y) pair or None): what observe and coverage share, computed once per step.
+        The block pose comes straight from its planar joints (x, y slides, yaw hinge; the yaw is not
+        wrapped, only its cos/sin are used per step)."""
         xp = array_ops.of(s.qpos)
-        if not hasattr(self, "_q_block"):
-            adr = [self.layout.qpos_adr[j] for j in ("tx", "ty", "tyaw")]
-            self._q_block = slice(adr[0], adr[0] + 3) if adr == list(range(adr[0], adr[0] + 3)) else torch.tensor(adr)
         b = s.qpos[:, self._q_block]
-        g, cs_g = self._goal_frame(s)
-        return b, g, (xp.cos(b[:, 2:]), xp.sin(b[:, 2:])), cs_g
+        g, cs_g, goal_points = self._goal_frame(s)
+        return b, g, (xp.cos(b[:, 2:]), xp.sin(b[:, 2:])), cs_g, goal_points
 
     def _goal_frame(self, s: SimState) -> tuple:
-        """(goal pose, (cos, sin) of its yaw); on numpy (host) arrays computed again only when the
-        goal's sensors change (shift_target), as for the goal points."""
+        """(goal pose, (cos, sin) of its yaw, goal T's world points as contiguous (x, y) arrays).
+        On numpy (host) arrays all three are kept while the goal's sensors are bit-for-bit
+        unchanged (the goal only moves on shift_target): the same values, computed once per goal.
+        Torch: points None (coverage computes them; no host sync)."""
         xp = array_ops.of(s.qpos)
-        if xp is array_ops.NumpyOps:
-            key = s.sensordata[:, self._goal_cols].tobytes() if hasattr(self, "_goal_cols") else None
-            if key is not None and getattr(self, "_goal_frame_key", None) == key:
-                return self._goal_frame_val
+        host = xp is array_ops.NumpyOps
+        if host:
+            key = s.sensordata[:, self._goal_cols].tobytes()
+            if key == self._goal_key:
+                return self._goal_cache
         g = self.goal_pose(s)
-        val = (g, (xp.cos(g[:, 2:]), xp.sin(g[:, 2:])))
-        if xp is array_ops.NumpyOps:
-            sl_p, sl_q = self.layout.sensor["goal_pos"], self.layout.sensor["goal_quat"]
-            self._goal_cols = list(range(sl_p.start, sl_p.stop)) + list(range(sl_q.start, sl_q.stop))
-            self._goal_frame_key = s.sensordata[:, self._goal_cols].tobytes()
-            self._goal_frame_val = (g.copy(), (val[1][0].copy(), val[1][1].copy()))
-        return val
+        cs_g = (xp.cos(g[:, 2:]), xp.sin(g[:, 2:]))
+        if not host:
+            return g, cs_g, None
+        pts = to_world(xp.const(GOAL_POINTS, g), g, cs_g)
+        self._goal_key, self._goal_cache = key, (g, cs_g, (pts[..., 0].copy(), pts[..., 1].copy()))
+        return self._goal_cache
 
     def observe(self, s: SimState, frames: tuple | None = None) -> torch.Tensor:
         """[pusher xy, block x, y, sin, cos of yaw, goal x, y, sin, cos of yaw]."""
         xp = array_ops.of(s.qpos)
-        b, g, (cb, sb), (cg, sg) = self.frames(s) if frames is None else frames
+        b, g, (cb, sb), (cg, sg), _ = self.frames(s) if frames is None else frames
         return xp.cat([self.grip_pos(s)[:, :2], b[:, :2], sb, cb, g[:, :2], sg, cg], -1)
 
     def coverage(self, s: SimState, frames: tuple | None = None) -> torch.Tensor:
-        b, g, cs_b, cs_g = self.frames(s) if frames is None else frames
-        return coverage(b, g, cs_b, cs_g, self._goal_points(g, cs_g))
-
-    def _goal_points(self, g: torch.Tensor, cs_g: tuple) -> torch.Tensor | None:
-        """World points of the goal T. On numpy (host) arrays they are kept while the goal pose is
-        bit-for-bit unchanged (the goal only moves on shift_target): the same values, computed
-        once per goal instead of per step. Torch: None (computed in coverage; no host sync)."""
-        xp = array_ops.of(g)
-        if xp is not array_ops.NumpyOps:
-            return None
-        key = g.tobytes()
-        if getattr(self, "_goal_key", None) != key:
-            pts = to_world(xp.const(GOAL_POINTS, g), g, cs_g)
-            self._goal_pts = (pts[..., 0].copy(), pts[..., 1].copy())  # contiguous x, y
-            self._goal_key = key
-        return self._goal_pts
+        b, g, cs_b, cs_g, goal_points = self.frames(s) if frames is None else frames
+        return coverage(b, g, cs_b, cs_g, goal_points)
 
     def success(self, s: SimState) -> torch.Tensor:
         return self.coverage(s) >= SUCCESS_COVERAGE

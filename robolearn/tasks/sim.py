@@ -115,7 +115,7 @@ class TaskSim:
         backend.step(self.cfg.frame_skip)
         t = self._t
         t += 1
-        events = self._perturb() if self.perturber.rate > 0 else None
+        events = self._perturb()
         s = self._read_fast()
         out = task.transition(self._prev, s)
         state_obs, success, reward, stage, detected = out if self._host else (_host(x) for x in out)
@@ -221,10 +221,11 @@ class TaskSim:
         else:
             self._prev = self._clone(self.backend.read())
 
-    def _perturb(self) -> np.ndarray:
-        events = np.zeros(self.num_envs, dtype=np.int64)
+    def _perturb(self) -> np.ndarray | None:
+        """Injected failure-event codes (N,) of this step; None when perturbations are off."""
         if self.perturber.rate <= 0:
-            return events
+            return None
+        events = np.zeros(self.num_envs, dtype=np.int64)
         kinds = self.perturber.draw(self.gens)
         fired = [i for i, k in enumerate(kinds) if k is not None]
         if not fired:

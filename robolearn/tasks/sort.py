@@ -88,10 +88,13 @@ class Sort(GraspTask):
         first = xp.argmin(xp.astype(m, xp.int64), 1)
         return xp.where(m.all(1), self.k, first)
 
+    def _pick_index(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, cube) indices selecting cube idx (N,) of every env; idx = K (all sorted) -> the last."""
+        xp = array_ops.of(idx)
+        return xp.arange(idx.shape[0], idx), xp.clip(idx, None, self.k - 1)
+
     def _pick(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        xp = array_ops.of(x)
-        i = xp.clip(idx, None, self.k - 1)
-        return x[xp.arange(x.shape[0], x), i]
+        return x[self._pick_index(idx)]
 
     # -- task functions ------------------------------------------------------------------------
     def observe(self, s: SimState) -> torch.Tensor:
@@ -130,10 +133,10 @@ class Sort(GraspTask):
         """held: grasped(s, cubes) (N, K), local: cubes_in_grip(s), if already computed."""
         xp = array_ops.of(cubes)
         cur = self.current(s, m) if cur is None else cur
-        rows, i = xp.arange(cubes.shape[0], cubes), xp.clip(cur, None, self.k - 1)
+        pick = self._pick_index(cur)  # computed once for the up to four arrays below
         # The current cube is not in its bin (or cur = K, where the reward is 1): staged progress.
-        part = staged_progress(self, s, cubes[rows, i], bins[rows, i], None if held is None else held[rows, i],
-                               None if local is None else local[rows, i])
+        part = staged_progress(self, s, cubes[pick], bins[pick], None if held is None else held[pick],
+                               None if local is None else local[pick])
         done = xp.astype(m.sum(1), part.dtype)
         return xp.where(cur >= self.k, 1.0, (done + xp.clip(part, None, 0.99)) / self.k)
 
