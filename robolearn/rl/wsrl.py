@@ -122,11 +122,6 @@ def finetune(
             raise CheckpointError(f"{run_dir / 'checkpoints' / 'last'} holds no fine-tuning loop state (not a `robolearn finetune` checkpoint)")
         env_kwargs = dict(meta.get("env_kwargs") or {})
         random_warmup = bool(state["random_warmup"])
-        env = make_env(task, **env_kwargs)
-        eval_env = make_env(task, **env_kwargs)
-        if (agent.name, agent.obs_dim, agent.action_dim) != ("sac", env.obs_dim, env.action_dim):
-            raise CheckpointError(f"{run_dir}: checkpoint agent {agent.name} (obs {agent.obs_dim}, action {agent.action_dim}) "
-                                  f"does not fit SAC fine-tuning on {task!r}")
     else:
         src, meta = (None, {})
         if checkpoint is not None:
@@ -137,8 +132,13 @@ def finetune(
         if not task:
             raise ValueError("no task: pass --task (the checkpoint records none)")
         env_kwargs = dict(meta.get("env_kwargs") or {}) if task == meta.get("task") else {}
-        env = make_env(task, **env_kwargs)
-        eval_env = make_env(task, **env_kwargs)
+    env = make_env(task, **env_kwargs)
+    eval_env = make_env(task, **env_kwargs)
+    if resume is not None:
+        if (agent.name, agent.obs_dim, agent.action_dim) != ("sac", env.obs_dim, env.action_dim):
+            raise CheckpointError(f"{run_dir}: checkpoint agent {agent.name} (obs {agent.obs_dim}, action {agent.action_dim}) "
+                                  f"does not fit SAC fine-tuning on {task!r}")
+    else:
         acfg = cfg.agent
         if src is not None:  # the network shapes and reward transform are the pre-trained agent's
             s = src.cfg
