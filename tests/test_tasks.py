@@ -318,6 +318,46 @@ def test_host_numpy_path_matches_torch_path(name):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["pick_place", "sort"])
+def test_step_carry_matches_fresh_evaluation(name):
+    """TaskSim hands the task values of the previous state (the carry: which cubes were held)
+    instead of recomputing them. Through grasps, perturbations, resets and set_state of envs that
+    hold a cube, the carry must always describe the current previous state, and every step's
+    outputs must equal a fresh evaluation without a carry."""
+    from robolearn.tasks.registry import TASKS
+
+    sim = TaskSim(name, num_envs=3, perturb_rate=0.03, terminate_on_success=False, horizon=10**6)
+    task = sim.task
+    local = (lambda st: task.sensor(st, "cube_in_grip")) if name == "pick_place" else task.cubes_in_grip
+    expert = TASKS[name][1](task, 3, noise=0.05, seed=0)
+    sim.reset(seeds=[0, 1, 2])
+    expert.reset()
+    start = sim.get_state()
+    resets = restores = 0
+    for t in range(200):
+        held_now = task.holds(sim._prev, local(sim._prev)).reshape(3, -1).any(1)
+        if held_now.any() and t % 7 == 0:  # drop the carry of an env that holds a cube
+            if resets <= restores:
+                sim.reset(torch.as_tensor(held_now), seeds=list(range(100 + t, 100 + t + int(held_now.sum()))))
+                resets += 1
+            else:
+                sim.set_state(start)
+                restores += 1
+            expert.reset()
+        if "held" in sim._carry:
+            np.testing.assert_array_equal(sim._carry["held"], task.holds(sim._prev, local(sim._prev)))
+        prev = sim._clone(sim._read_fast())
+        action, _ = expert.act(sim.read())
+        _, rew, _, _, info = sim.step(action.numpy())
+        success, reward, stage, detected = task.evaluate(prev, sim._clone(sim._read_fast()))
+        np.testing.assert_array_equal(info["success"], success)
+        np.testing.assert_array_equal(info["stage"], stage)
+        np.testing.assert_array_equal(rew, reward)
+        injected = np.isin(info["failure_event"], [1, 2, 3])  # an injected event overrides detection
+        np.testing.assert_array_equal(info["failure_event"][~injected], detected[~injected])
+    assert resets >= 1 and restores >= 1
+
+
 def test_sort_horizon_scales_with_num_cubes():
     assert T.load_task_config("sort").horizon == 200  # K = 3
     assert T.load_task_config("sort", {"num_cubes": 5}).horizon == 400
@@ -335,6 +375,21 @@ def test_push_t_coverage():
     assert coverage(shifted, goal).item() == 0.0
     small = goal + torch.tensor([[0.003, 0.0, 0.0]], dtype=torch.float64)
     assert 0.9 < coverage(small, goal).item() < 1.0
+
+
+def test_push_t_coverage_is_the_two_rectangle_test():
+    """coverage's merged inside test counts exactly the goal points inside the bar or the stem,
+    on torch and on numpy, for random poses around the goal."""
+    from robolearn.tasks.push_t import GOAL_POINTS, coverage, inside_t, to_local, to_world
+
+    gen = torch.Generator().manual_seed(0)
+    n = 400
+    goal = torch.tensor([[0.0, 0.0, 0.7]], dtype=torch.float64).repeat(n, 1)
+    pose = goal + (torch.rand(n, 3, generator=gen, dtype=torch.float64) - 0.5) * torch.tensor([0.1, 0.1, 2.0])
+    expected = inside_t(to_local(to_world(GOAL_POINTS, goal), pose)).double().mean(-1)
+    assert ((expected > 0) & (expected < 1)).sum() > n // 2  # mostly partial overlaps
+    assert torch.equal(coverage(pose, goal), expected)
+    assert np.array_equal(coverage(pose.numpy(), goal.numpy()), expected.numpy())
 
 
 def test_collect_appends_and_keeps_committed_episodes(tmp_path, monkeypatch):

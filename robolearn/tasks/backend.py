@@ -67,8 +67,14 @@ class MujocoCBackend:
         self._host = self.host_views(self._buf)
         self._qpos, self._qvel, self._ctrl, self._sens = self._host
         self._state = np.zeros((num_envs, L.state_size))
-        # Views of each MjData's warning counters (instability check without per-step lookups).
+        # Views of each MjData's warning counters (instability check without per-step lookups) and
+        # (source, destination) pairs of the arrays copied into the host buffer after each step
+        # (MjData arrays are fixed views of its buffer, so they are looked up once).
         self._warn = [d.warning.number for d in self.datas]
+        self._ctrl_in = [d.ctrl for d in self.datas]
+        self._pulls = [tuple(zip((d.qpos, d.qvel, d.ctrl, d.sensordata),
+                                 (self._qpos[i], self._qvel[i], self._ctrl[i], self._sens[i])))
+                       for i, d in enumerate(self.datas)]
         self._unstable = tuple(int(w) for w in _UNSTABLE)
         self._pool = ThreadPoolExecutor(num_threads) if num_threads > 1 else None
         self._chunks = np.array_split(np.arange(num_envs), max(1, num_threads))
@@ -79,8 +85,8 @@ class MujocoCBackend:
     # -- interface ------------------------------------------------------------------------
     def set_ctrl(self, ctrl: torch.Tensor | np.ndarray) -> None:
         c = ctrl if isinstance(ctrl, np.ndarray) else ctrl.detach().cpu().numpy()
-        for i, d in enumerate(self.datas):
-            d.ctrl[:] = c[i]
+        for i, dst in enumerate(self._ctrl_in):
+            dst[:] = c[i]
         self._ctrl[:] = c
 
     def step(self, frame_skip: int) -> None:
@@ -171,11 +177,8 @@ class MujocoCBackend:
             self._pull(i)
 
     def _pull(self, i: int) -> None:
-        d = self.datas[i]
-        self._qpos[i] = d.qpos
-        self._qvel[i] = d.qvel
-        self._ctrl[i] = d.ctrl
-        self._sens[i] = d.sensordata
+        for src, dst in self._pulls[i]:
+            dst[:] = src
 
     def _check(self, i: int, where: str, finite: bool = False) -> None:
         # Fast path: no instability warning. Within a step MuJoCo itself tests every qpos/qvel

@@ -269,11 +269,7 @@ class Task:
                 g_col = i
             else:
                 raise ValueError(f"unknown action axis {axis!r}")
-        def t(x: list[int]) -> slice | torch.Tensor:  # a slice where contiguous (cheaper than gathers)
-            if x == list(range(x[0], x[0] + len(x))):
-                return slice(x[0], x[0] + len(x))
-            return torch.tensor(x, dtype=torch.int64)
-
+        t = column_index
         torch_map = (t(d_cols) if d_cols else None, t(d_act) if d_cols else None, t(d_qpos) if d_cols else None,
                      torch.tensor(d_scale, dtype=torch.float64), g_col,
                      self.layout.ctrlrange[:, 0].clone(), self.layout.ctrlrange[:, 1].clone())
@@ -320,16 +316,22 @@ class Task:
             return xp.astype(self.success(s) if success is None else success, xp.float32)
         return xp.astype(self.dense_reward(s, success), xp.float32)
 
-    def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(self, prev: SimState, s: SimState, carry: dict | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(success, reward, stage, detected failure) of a transition prev -> s, in one call so
-        tasks can share intermediate results (e.g. push_t's coverage)."""
+        tasks can share intermediate results (e.g. push_t's coverage). carry: see transition."""
         success = self.success(s)
         return success, self.reward(s, success), self.stage(s), self.detect_failure(prev, s)
 
-    def transition(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, ...]:
+    def transition(self, prev: SimState, s: SimState, carry: dict | None = None) -> tuple[torch.Tensor, ...]:
         """(obs, success, reward, stage, detected failure) of prev -> s: everything an env step
-        computes, in one call so tasks can share work between observe and evaluate (push_t)."""
-        return (self.observe(s), *self.evaluate(prev, s))
+        computes, in one call so tasks can share work between observe and evaluate (push_t).
+
+        carry (optional, owned by the caller): a dict the task may read values of `prev` from
+        (those it stored there on the step that produced `prev`) and must leave holding the values
+        of `s`, so consecutive steps compute them once (e.g. which cubes the gripper holds). The
+        caller clears it whenever `prev` is not the state of the previous call (reset, set_state)."""
+        return (self.observe(s), *self.evaluate(prev, s, carry))
 
     def stage_obs_columns(self, others: bool = False) -> list[list[int]] | None:
         """Per stage, the columns of the `state` observation that stage is about (the robot plus
@@ -425,6 +427,14 @@ class Task:
         for j in ("finger_l", "finger_r"):
             self.set_in_state(states, "qvel", self.layout.dof_adr[j], torch.zeros(states.shape[0]))
         return states
+
+
+def column_index(cols: list[int]) -> slice | torch.Tensor:
+    """Index of array columns: a slice where contiguous (a view, cheaper than a gather), else an
+    int64 tensor (use `xp.index(...)` to index numpy arrays with it)."""
+    if cols == list(range(cols[0], cols[0] + len(cols))):
+        return slice(cols[0], cols[0] + len(cols))
+    return torch.tensor(cols, dtype=torch.int64)
 
 
 def read_asset(name: str) -> str:

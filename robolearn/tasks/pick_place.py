@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -89,14 +90,15 @@ class PickPlace(GraspTask):
     def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
         return grasp_failures(self, prev, s, self.cube_pos(prev), self.cube_pos(s), self.bin_pos(s))
 
-    def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(self, prev: SimState, s: SimState, carry: dict | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         cube, bin_pos, local = self.cube_pos(s), self.bin_pos(s), self.sensor(s, "cube_in_grip")
         held = self.holds(s, local)  # shared by reward, stage and drop detection
         success = self.in_bin(cube, bin_pos)
         xp = array_ops.of(cube)
         reward = (xp.astype(success, xp.float32) if self.cfg.reward_type == "sparse"
                   else xp.astype(staged_reward(self, s, cube, bin_pos, held, success, local), xp.float32))
-        was = self.holds(prev, self.sensor(prev, "cube_in_grip"))
+        was = held_before(self, prev, carry, held, lambda: self.sensor(prev, "cube_in_grip"))
         failure = grasp_failures(self, prev, s, self.cube_pos(prev), cube, bin_pos, held, was)
         return success, reward, xp.astype(held, xp.int32), failure
 
@@ -137,13 +139,28 @@ def staged_reward(task: GraspTask, s: SimState, cube: torch.Tensor, bin_pos: tor
 def staged_progress(task: GraspTask, s: SimState, cube: torch.Tensor, bin_pos: torch.Tensor,
                     held: torch.Tensor | None = None, local: torch.Tensor | None = None) -> torch.Tensor:
     """The staged reward of a cube not yet in its bin: reach (<= 0.25), then grasp (0.35) plus
-    carry progress (<= 0.35 more)."""
+    carry progress (<= 0.35 more). Positions (N, 3), or (N, K, 3) for every cube at once."""
     xp = array_ops.of(cube)
-    reach = xp.norm(task.grip_pos(s) - cube if local is None else local)
+    if local is None:
+        grip = task.grip_pos(s)
+        local = (grip if cube.ndim == 2 else grip[:, None]) - cube  # same norm as the gripper-frame offset
+    reach = xp.norm(local)
     held = task.grasped(s, cube) if held is None else held
-    carry = xp.norm(cube[:, :2] - bin_pos[:, :2])
+    carry = xp.norm(cube[..., :2] - bin_pos[..., :2])
     r = 0.25 * (1 - xp.tanh(10 * reach))
     return xp.where(held, 0.35 + 0.35 * (1 - xp.tanh(5 * carry)), r)
+
+
+def held_before(task: GraspTask, prev: SimState, carry: dict | None, held: torch.Tensor,
+                local_prev: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """What the gripper held in `prev` (from the step's carry when it has it, else recomputed from
+    the cubes' gripper-frame positions) and records `held` of the new state in the carry."""
+    was = None if carry is None else carry.get("held")
+    if was is None:
+        was = task.holds(prev, local_prev())
+    if carry is not None:
+        carry["held"] = held
+    return was
 
 
 def grasp_failures(task: GraspTask, prev: SimState, s: SimState, cube_prev: torch.Tensor, cube: torch.Tensor,
@@ -155,10 +172,13 @@ def grasp_failures(task: GraspTask, prev: SimState, s: SimState, cube_prev: torc
     xp = array_ops.of(cube)
     was = task.grasped(prev, cube_prev) if was is None else was
     now = task.grasped(s, cube) if held is None else held
+    lost = was & ~now
+    out_now = (abs(cube[..., :2]) > REACH).any(-1)
+    if xp.none(lost | out_now):  # host short cut: no grasp lost, nothing out of reach, no event
+        return xp.astype(out_now, xp.int32)
     over_bin = (abs(cube[..., :2] - bin_pos[..., :2]) < BIN_INNER).all(-1)
     w = task.grip_width(s)
-    dropped = was & ~now & ~over_bin & ((w[:, None] if cube.ndim == 3 else w) < 0.06)
-    out_now = (abs(cube[..., :2]) > REACH).any(-1)
+    dropped = lost & ~over_bin & ((w[:, None] if cube.ndim == 3 else w) < 0.06)
     out_prev = (abs(cube_prev[..., :2]) > REACH).any(-1)
     ev = xp.where(dropped, EVENT["object_dropped"], xp.where(out_now & ~out_prev, EVENT["object_out_of_reach"], 0))
     return xp.astype(ev, xp.int32)

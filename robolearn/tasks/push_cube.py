@@ -54,7 +54,7 @@ class PushCube(Task):
         xp = array_ops.of(cube)
         reach = xp.norm(self.grip_pos(s) - cube)
         r = 0.25 * (1 - xp.tanh(10 * reach)) + 0.75 * (1 - xp.tanh(10 * dist))
-        return xp.where(self.success(s, cube, dist) if success is None else success, xp.ones_like(r), r)
+        return xp.where(self.success(s, cube, dist) if success is None else success, 1.0, r)
 
     def stage(self, s: SimState, cube: torch.Tensor | None = None) -> torch.Tensor:
         cube = self.cube_pos(s) if cube is None else cube
@@ -65,10 +65,14 @@ class PushCube(Task):
     def detect_failure(self, prev: SimState, s: SimState, cube: torch.Tensor | None = None) -> torch.Tensor:
         cube = self.cube_pos(s) if cube is None else cube
         xp = array_ops.of(cube)
-        ev = (abs(cube[:, :2]) > REACH).any(-1) & ~(abs(self.cube_pos(prev)[:, :2]) > REACH).any(-1)
+        out = (abs(cube[:, :2]) > REACH).any(-1)
+        if xp.none(out):  # host short cut: nothing out of reach, no event
+            return xp.astype(out, xp.int32)
+        ev = out & ~(abs(self.cube_pos(prev)[:, :2]) > REACH).any(-1)
         return xp.astype(xp.where(ev, EVENT["object_out_of_reach"], 0), xp.int32)
 
-    def evaluate(self, prev: SimState, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(self, prev: SimState, s: SimState, carry: dict | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         cube = self.cube_pos(s)  # sensor slices and the goal distance shared by all four
         dist = self.goal_dist(s, cube)
         success = self.success(s, cube, dist)

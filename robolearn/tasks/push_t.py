@@ -13,7 +13,8 @@ import math
 import torch
 
 from robolearn.tasks import array_ops
-from robolearn.tasks.base import EVENT, PRIM, ModelLayout, SimState, Task, TaskConfig, quat_to_yaw, uniform, wrap_angle
+from robolearn.tasks.base import (EVENT, PRIM, ModelLayout, SimState, Task, TaskConfig, column_index, quat_to_yaw, uniform,
+                                  wrap_angle)
 from robolearn.tasks.expert import Expert
 
 # T geometry in the block frame (origin = centre of the bar's top edge, stem along -y).
@@ -80,11 +81,13 @@ def coverage(pose: torch.Tensor, goal: torch.Tensor, pose_cs=None, goal_cs=None,
     c, s = (xp.cos(pose[:, 2:]), xp.sin(pose[:, 2:])) if pose_cs is None else pose_cs
     dx, dy = px - pose[:, 0:1], py - pose[:, 1:2]
     lx, ly = c * dx + s * dy, c * dy - s * dx  # goal points in the block frame (as to_local)
-    # Inside the bar or the stem (both centred on x = 0): one |x| for both, |y - centre| per rect.
+    # Inside the T: the bar and the stem are both centred on x = 0 and stacked along y, so a point
+    # is inside when its y is within the T's full height and |x| within the bar's half width (bar
+    # rows, y >= the bar's bottom) or the stem's (any row): the union of the two rectangles (8 array
+    # ops on the P points instead of 12; equal up to rounding exactly on an edge).
     ax = abs(lx)
-    bar_y, bar_h = (BAR[2] + BAR[3]) / 2, (BAR[3] - BAR[2]) / 2
-    stem_y, stem_h = (STEM[2] + STEM[3]) / 2, (STEM[3] - STEM[2]) / 2
-    inside = (((ax <= BAR[1]) & (abs(ly - bar_y) <= bar_h)) | ((ax <= STEM[1]) & (abs(ly - stem_y) <= stem_h)))
+    mid_y, half_h = (BAR[3] + STEM[2]) / 2, (BAR[3] - STEM[2]) / 2
+    inside = ((ax <= STEM[1]) | ((ax <= BAR[1]) & (ly >= BAR[2]))) & (abs(ly - mid_y) <= half_h)
     return xp.count_true(inside, pose.dtype) / inside.shape[-1]
 
 
@@ -102,8 +105,12 @@ class PushT(Task):
         adr = [layout.qpos_adr[j] for j in ("tx", "ty", "tyaw")]
         self._q_block = slice(adr[0], adr[0] + 3) if adr == list(range(adr[0], adr[0] + 3)) else torch.tensor(adr)
         sl_p, sl_q = layout.sensor["goal_pos"], layout.sensor["goal_quat"]
-        self._goal_cols = list(range(sl_p.start, sl_p.stop)) + list(range(sl_q.start, sl_q.stop))
+        cols = list(range(sl_p.start, sl_p.stop)) + list(range(sl_q.start, sl_q.stop))
+        self._goal_cols = column_index(cols)
         self._goal_key: bytes | None = None  # host cache of _goal_frame
+        # hold_ctrl's fixed targets (height, yaw, closed fingers), one write per step.
+        self._fixed_cols = column_index([self.a_xyz[2], self.a_yaw, self.a_fl, self.a_fr])
+        self._fixed_vals = torch.tensor([PUSH_Z, 0.0, 0.0, 0.0], dtype=torch.float64)
 
     @property
     def obs_dim(self) -> int:
@@ -111,11 +118,9 @@ class PushT(Task):
 
     def hold_ctrl(self, s: SimState) -> torch.Tensor:
         """Planar pusher: fingers closed, height and yaw fixed."""
-        ctrl = array_ops.of(s.ctrl).copy(s.ctrl)
-        ctrl[:, self.a_xyz[2]] = PUSH_Z
-        ctrl[:, self.a_yaw] = 0.0
-        ctrl[:, self.a_fl] = 0.0
-        ctrl[:, self.a_fr] = 0.0
+        xp = array_ops.of(s.ctrl)
+        ctrl = xp.copy(s.ctrl)
+        ctrl[:, xp.index(self._fixed_cols, ctrl)] = xp.const(self._fixed_vals, ctrl)
         return ctrl
 
     def block_pose(self, s: SimState) -> torch.Tensor:
@@ -144,7 +149,7 @@ class PushT(Task):
         xp = array_ops.of(s.qpos)
         host = xp is array_ops.NumpyOps
         if host:
-            key = s.sensordata[:, self._goal_cols].tobytes()
+            key = s.sensordata[:, xp.index(self._goal_cols, s.sensordata)].tobytes()
             if key == self._goal_key:
                 return self._goal_cache
         g = self.goal_pose(s)
@@ -175,23 +180,27 @@ class PushT(Task):
         xp = array_ops.of(s.qpos)
         return xp.astype(self.coverage(s) >= 0.5, xp.int32)
 
-    def evaluate(self, prev: SimState, s: SimState, frames: tuple | None = None
+    def evaluate(self, prev: SimState, s: SimState, carry: dict | None = None, frames: tuple | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         xp = array_ops.of(s.qpos)
         cov = self.coverage(s, frames)  # computed once for success, reward and stage
         success = cov >= SUCCESS_COVERAGE
-        reward = success if self.cfg.reward_type == "sparse" else xp.clip(cov / SUCCESS_COVERAGE, 0, 1)
+        # coverage is a fraction (>= 0): clipping at 1 is all of the original's clip(cov / 0.95, 0, 1)
+        reward = success if self.cfg.reward_type == "sparse" else xp.clip(cov / SUCCESS_COVERAGE, None, 1.0)
         return success, xp.astype(reward, xp.float32), xp.astype(cov >= 0.5, xp.int32), self.detect_failure(prev, s)
 
-    def transition(self, prev: SimState, s: SimState) -> tuple:
+    def transition(self, prev: SimState, s: SimState, carry: dict | None = None) -> tuple:
         frames = self.frames(s)  # poses and yaw cos/sin shared by the observation and the coverage
-        return (self.observe(s, frames), *self.evaluate(prev, s, frames))
+        return (self.observe(s, frames), *self.evaluate(prev, s, carry, frames))
 
     def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
         # The block's xy position only: no yaw (atan2) is needed for the workspace check.
         xp = array_ops.of(s.qpos)
         out = lambda st: (abs(self.sensor(st, "t_pos")[:, :2]) > LIMIT).any(-1)  # noqa: E731
-        return xp.astype(xp.where(out(s) & ~out(prev), EVENT["object_out_of_reach"], 0), xp.int32)
+        now = out(s)
+        if xp.none(now):  # host short cut: nothing out of reach, no event
+            return xp.astype(now, xp.int32)
+        return xp.astype(xp.where(now & ~out(prev), EVENT["object_out_of_reach"], 0), xp.int32)
 
     def sample_init(self, gen: torch.Generator, n: int) -> torch.Tensor:
         st = self.base_states(n)

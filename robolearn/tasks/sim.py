@@ -52,6 +52,10 @@ class TaskSim:
             self._prev_buf = np.zeros_like(self.backend.host_buffer)
             self._prev_host = self.backend.host_views(self._prev_buf)
         self._t = self.t.numpy()  # shares memory with self.t
+        # Values the task computed for the state now held in _prev (e.g. which cubes were held),
+        # handed back to it on the next step instead of being recomputed; see Task.transition.
+        self._carry: dict = {}
+        self._action_shape = (self.num_envs, self.task.action_dim)
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -117,18 +121,19 @@ class TaskSim:
         t += 1
         events = self._perturb()
         s = self._read_fast()
-        out = task.transition(self._prev, s)
+        out = task.transition(self._prev, s, self._carry)
         state_obs, success, reward, stage, detected = out if self._host else (_host(x) for x in out)
-        self._keep_prev()
+        self._keep_prev(carry=True)
         detected = detected.astype(np.int32, copy=False)
         events = detected if events is None else np.where(events > 0, events, detected).astype(np.int32)
-        terminated = success if self.cfg.terminate_on_success else np.zeros_like(success)
-        truncated = (t >= self.cfg.horizon) & ~terminated
+        cfg = self.cfg
+        terminated = success if cfg.terminate_on_success else np.zeros(len(t), bool)
+        truncated = (t >= cfg.horizon) & ~terminated
         # Fresh arrays every step, so no copy where the dtype already matches (copy=False).
         info = {"success": success.astype(bool, copy=False), "stage": stage.astype(np.int32, copy=False),
                 "failure_event": events, "t": t.copy()}
         obs = {"state": state_obs.astype(np.float32)}
-        if self.cfg.image:
+        if cfg.image:
             obs.update(self.render_images())
         return obs, reward.astype(np.float32, copy=False), terminated.astype(bool), truncated, info
 
@@ -139,8 +144,8 @@ class TaskSim:
         a_np = np.asarray(action.detach().cpu().numpy() if torch.is_tensor(action) else action, dtype=np.float64)
         if a_np.ndim == 1 and self.num_envs == 1:
             a_np = a_np[None]
-        if a_np.shape != (self.num_envs, self.action_dim):
-            raise ValueError(f"action must have shape {(self.num_envs, self.action_dim)}, got {tuple(a_np.shape)}")
+        if a_np.shape != self._action_shape:
+            raise ValueError(f"action must have shape {self._action_shape}, got {tuple(a_np.shape)}")
         flat = a_np.ravel()
         if not math.isfinite(flat @ flat):  # NaN/inf propagate (huge finite entries go to the exact test)
             bad = np.flatnonzero(~np.isfinite(a_np).all(1)).tolist()
@@ -213,8 +218,12 @@ class TaskSim:
         """The arrays the per-step task functions run on: numpy views on the host fast path."""
         return self.backend.read_numpy() if self._host else self.backend.read()
 
-    def _keep_prev(self) -> None:
-        """Remember the current arrays as the previous step's (failure detection compares them)."""
+    def _keep_prev(self, carry: bool = False) -> None:
+        """Remember the current arrays as the previous step's (failure detection compares them).
+        carry=True: the task's carry was just filled for these arrays (a step); otherwise (reset,
+        set_state) it describes an older state and is dropped."""
+        if not carry:
+            self._carry.clear()
         if self._host:
             np.copyto(self._prev_buf, self.backend.host_buffer)
             self._prev = self._prev_host
