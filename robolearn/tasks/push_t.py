@@ -69,17 +69,23 @@ def to_world(local: torch.Tensor, pose: torch.Tensor, cs: tuple[torch.Tensor, to
     return xp.stack([x, y], -1)
 
 
+def world_points(goal: torch.Tensor, goal_cs: tuple | None = None) -> torch.Tensor:
+    """The goal T's area samples in the world, (N, 2, P): a row of x and a row of y per env."""
+    xp = array_ops.of(goal)
+    pts = to_world(xp.const(GOAL_POINTS, goal), goal, goal_cs)
+    return xp.stack([pts[..., 0], pts[..., 1]], 1)
+
+
 def coverage(pose: torch.Tensor, goal: torch.Tensor, pose_cs=None, goal_cs=None, goal_points=None) -> torch.Tensor:
     """Fraction of the goal T's area covered by the T at `pose` (both (N, 3) x, y, yaw).
-    Optional: (cos, sin) of the yaws and the goal T's world points as an (x, y) pair of (N, P)
-    arrays, if already computed."""
+    Optional: (cos, sin) of the yaws and the goal T's world points as one (N, 2, P) array of x
+    and y rows, if already computed."""
     xp = array_ops.of(pose)
     if goal_points is None:
-        pts = to_world(xp.const(GOAL_POINTS, pose), goal, goal_cs)
-        goal_points = (pts[..., 0], pts[..., 1])
-    px, py = goal_points
+        goal_points = world_points(goal, goal_cs)
     c, s = (xp.cos(pose[:, 2:]), xp.sin(pose[:, 2:])) if pose_cs is None else pose_cs
-    dx, dy = px - pose[:, 0:1], py - pose[:, 1:2]
+    d = goal_points - pose[:, :2, None]  # one op for both coordinates (per-call cost dominates)
+    dx, dy = d[:, 0], d[:, 1]
     lx, ly = c * dx + s * dy, c * dy - s * dx  # goal points in the block frame (as to_local)
     # Inside the T: the bar and the stem are both centred on x = 0 and stacked along y, so a point
     # is inside when its y is within the T's full height and |x| within the bar's half width (bar
@@ -133,7 +139,7 @@ class PushT(Task):
 
     def frames(self, s: SimState) -> tuple:
         """(block pose, goal pose, (cos, sin) of the block yaw, of the goal yaw, the goal T's world
-        points as an (x, y) pair or None): what observe and coverage share, computed once per step.
+        points (N, 2, P) or None): what observe and coverage share, computed once per step.
         The block pose comes straight from its planar joints (x, y slides, yaw hinge; the yaw is not
         wrapped, only its cos/sin are used per step)."""
         xp = array_ops.of(s.qpos)
@@ -142,7 +148,7 @@ class PushT(Task):
         return b, g, (xp.cos(b[:, 2:]), xp.sin(b[:, 2:])), cs_g, goal_points
 
     def _goal_frame(self, s: SimState) -> tuple:
-        """(goal pose, (cos, sin) of its yaw, goal T's world points as contiguous (x, y) arrays).
+        """(goal pose, (cos, sin) of its yaw, goal T's world points (N, 2, P), see world_points).
         On numpy (host) arrays all three are kept while the goal's sensors are bit-for-bit
         unchanged (the goal only moves on shift_target): the same values, computed once per goal.
         Torch: points None (coverage computes them; no host sync)."""
@@ -156,8 +162,7 @@ class PushT(Task):
         cs_g = (xp.cos(g[:, 2:]), xp.sin(g[:, 2:]))
         if not host:
             return g, cs_g, None
-        pts = to_world(xp.const(GOAL_POINTS, g), g, cs_g)
-        self._goal_key, self._goal_cache = key, (g, cs_g, (pts[..., 0].copy(), pts[..., 1].copy()))
+        self._goal_key, self._goal_cache = key, (g, cs_g, world_points(g, cs_g))
         return self._goal_cache
 
     def observe(self, s: SimState, frames: tuple | None = None) -> torch.Tensor:
