@@ -4,6 +4,10 @@ For each task one store of scripted demos is collected per seed; each (policy, N
 trains on the first N episodes and is evaluated on fixed seeds. Cells report pooled success over
 the seeds with a 95% Wilson interval, plus per-seed rates. Appends a section to --out.
 
+--collect-perturb / --collect-noise / --collect-set change only the demo collection (failure
+injection the expert recovers from, Gaussian noise on the executed expert action, collection-only
+task overrides); evaluation always uses the task config plus --task-overrides.
+
     python scripts/imitation_results.py --tasks push_cube --policies bc diffusion --demos 10 50 \
         --seeds 0 --steps 2000 --eval-episodes 100 --out docs/results/imitation.md
 """
@@ -20,10 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from robolearn.data.store import EpisodeStore, copy_store
 from robolearn.evaluation import evaluate_policy, load_any_policy, wilson_interval
+from robolearn.tasks.base import FAILURE_EVENTS
 from robolearn.tasks.collect import collect
 from robolearn.training import train
 
@@ -48,6 +54,28 @@ IMAGE = ["policy.image_keys=[image]", "policy.vision.crop_shape=[76,76]", "polic
          "policy.vision.feature_dim=64"]
 
 
+def collection_tag(args: argparse.Namespace) -> str:
+    """Store-name suffix for non-default demo collection (so differently collected stores never mix)."""
+    tag = ""
+    if args.collect_perturb is not None:
+        tag += f"-perturb{args.collect_perturb:g}"
+    if args.collect_noise:
+        tag += f"-noise{args.collect_noise:g}"
+    if args.collect_set:
+        tag += "-" + "-".join(args.collect_set).replace("[", "").replace("]", "").replace(",", "+")
+    return tag
+
+
+def describe_demos(store: EpisodeStore, n: int) -> str:
+    """Success count, mean length and failure events by kind over the first n episodes of a store."""
+    success = store.column("success")[:n]
+    lengths = store.episode_lengths[:n]
+    codes = store.read("failure_event")[: int(lengths.sum())]
+    events = ", ".join(f"{FAILURE_EVENTS[c]} {int((codes == c).sum())}" for c in np.unique(codes) if c) or "none"
+    return (f"first {len(success)} demos: {int(success.sum())} successes, mean length {lengths.mean():.1f} steps, "
+            f"failure events: {events}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=["push_cube"])
@@ -61,21 +89,30 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", default=[], help="extra training overrides for every run")
     ap.add_argument("--label", default="", help="section title suffix")
     ap.add_argument("--image", action="store_true", help="collect demos with front-camera images and train on them")
+    ap.add_argument("--collect-perturb", type=float, default=None,
+                    help="perturbation events per step during demo collection only (the expert recovers)")
+    ap.add_argument("--collect-noise", type=float, default=0.0,
+                    help="std of Gaussian noise on the expert's actions during collection (the stored action is the noisy one)")
+    ap.add_argument("--collect-set", nargs="*", default=[],
+                    help="task overrides for demo collection only, e.g. perturb_kinds=[nudge_object]")
     ap.add_argument("--workdir", default="runs/imitation")
     ap.add_argument("--out", default="docs/results/imitation.md")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     results = []
+    demo_stats: dict[str, str] = {}
     started = time.time()
     for task in args.tasks:
         for seed in args.seeds:
             full = work / (f"{task}{'-' + '-'.join(args.task_overrides) if args.task_overrides else ''}"
-                           f"{'-image' if args.image else ''}-demos-s{seed}.zarr")
+                           f"{'-image' if args.image else ''}{collection_tag(args)}-demos-s{seed}.zarr")
             if not full.exists():
                 collect(task, episodes=max(args.demos), out=full, num_envs=args.num_envs, seed=seed * 100_000,
-                        overrides=args.task_overrides or None, image=args.image, progress=False)
+                        noise=args.collect_noise, perturb=args.collect_perturb,
+                        overrides=[*args.task_overrides, *args.collect_set] or None, image=args.image, progress=False)
             src = EpisodeStore.open(full)
+            demo_stats[f"{task} s{seed}"] = describe_demos(src, max(args.demos))
             for n in args.demos:
                 sub = work / f"{full.stem}-first{n}.zarr"
                 if not sub.exists():
@@ -121,6 +158,11 @@ def main() -> None:
         f"- machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs while it ran), torch {torch.__version__}, CPU",
         f"- training seeds: {args.seeds}; demo-collection seed = 100000 x seed; evaluation seeds 1000000 + 10000 x seed + 0..{args.eval_episodes - 1}",
         f"- observations: {obs_desc}",
+        f"- demo collection: perturb_rate {args.collect_perturb if args.collect_perturb is not None else 'task default'}, "
+        f"expert action noise std {args.collect_noise}"
+        + (" (stored action = the executed noisy action, so the labels are noisy too)" if args.collect_noise else "")
+        + f", collection-only task overrides {args.collect_set or 'none'}; "
+        + "; ".join(f"{k}: {v}" for k, v in demo_stats.items()),
         f"- {args.steps} gradient steps per run; profiles: {json.dumps({p: PROFILES[p] for p in args.policies})}"
         + (f"; extra overrides applied after the profile: {args.extra}" if args.extra else ""),
         f"- task overrides: {args.task_overrides or 'none'}; date: {dt.date.today().isoformat()}; wall time {time.time() - started:.0f} s",
