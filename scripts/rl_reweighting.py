@@ -3,6 +3,7 @@
     python scripts/rl_reweighting.py data     # random + good data, mixes at 1% / 5% / 50% good
     python scripts/rl_reweighting.py grid     # IQL, TD3+BC x uniform/rw/aw/topk x ratios x seeds
     python scripts/rl_reweighting.py report   # markdown table -> stdout (pasted into the results doc)
+    python scripts/rl_reweighting.py plot     # docs/results/reweighting.png: every grid's final scores vs good-data ratio
 
 Everything lands in runs/rl_study/ (ignored by git). Without flags `grid`/`report` use the budget
 constants below (the 1k-step study); flags select a sub-grid and a larger budget, written to its own
@@ -12,7 +13,8 @@ directory and results file under --tag, e.g. the push_cube study at 10k steps wi
         --hidden 256 256 --lr 0.001 --batch-size 256 --eval-episodes 20 --workers 1 --stop-at 18:30
     python scripts/rl_reweighting.py report --tag pc10k --tasks push_cube --algos td3bc iql
 
-Jobs run seed-major (every cell's seed 0, then seed 1, ...), results are written after every run,
+Jobs run seed-major (every cell's seed 0, then seed 1, ...), results are merged into the tag's results
+file after every run (a call with e.g. `--algos iql` keeps the td3bc runs recorded there),
 and `--stop-at HH:MM` (UTC) launches nothing after that time, so a grid cut short by the clock
 still has whole seeds; `report` prints the number of seeds per cell.
 docs/results/offline_to_online.md records what was run.
@@ -120,6 +122,18 @@ def _paths(tag: str | None) -> tuple[Path, Path]:
     return (ROOT / "grid", ROOT / "grid_results.json") if not tag else (ROOT / f"grid_{tag}", ROOT / f"grid_results_{tag}.json")
 
 
+def _key(x: dict) -> tuple:
+    return x["task"], x["algo"], x["ratio"], x["sampler"], x["seed"]
+
+
+def _save(results_path: Path, results: list[dict]) -> None:
+    """Merge into the results file: a sub-grid (e.g. `--algos iql`) keeps the runs other calls recorded there."""
+    old = json.loads(results_path.read_text()) if results_path.exists() else []
+    new = {_key(x): x for x in results}
+    merged = [x for x in old if _key(x) not in new] + results
+    results_path.write_text(json.dumps(merged, indent=1))
+
+
 def grid(a: argparse.Namespace) -> None:
     grid_dir, results_path = _paths(a.tag)
     common = _overrides(a.steps, a.hidden, a.lr, a.batch_size, a.eval_episodes)
@@ -148,7 +162,7 @@ def grid(a: argparse.Namespace) -> None:
                 res = f.result()
                 results.append(res)
                 print(f"[{len(results)}/{len(jobs)} {time.time() - t0:.0f}s] {res}", flush=True)
-                results_path.write_text(json.dumps(results, indent=1))
+                _save(results_path, results)
     if skipped:
         print(f"--stop-at {a.stop_at}: {len(skipped)} runs not launched: {[j[:5] for j in skipped]}")
     print(f"grid done in {time.time() - t0:.0f}s: {len(results)} of {len(jobs)} runs")
@@ -224,12 +238,95 @@ def report(a: argparse.Namespace) -> None:
     walls = [x["wall_s"] for x in results if x.get("wall_s")]
     if a.tag and walls:
         by = {al: [x["wall_s"] for x in results if x["algo"] == al and x.get("wall_s")] for al in a.algos}
-        print("\nWall time per run (s, incl. evaluation): " + ", ".join(f"{al} {np.mean(w):.0f} (n={len(w)})" for al, w in by.items() if w))
+        print("\nWall time per run (s, incl. evaluation): " + ", ".join(f"{al} {np.mean(w):.0f} (n={len(w)}, {min(w):.0f}-{max(w):.0f})" for al, w in by.items() if w))
+
+
+def _budget(tag: str | None, results: list[dict]) -> str:
+    """'10000 steps, 2x256, 20 eval eps', read from the config.yaml of one run of the grid."""
+    import yaml
+
+    x = results[0]
+    cfg = yaml.safe_load((_run_dir((*_key(x), _paths(tag)[0])) / "config.yaml").read_text())
+    h = cfg["agent"]["hidden_dims"]
+    return f"{cfg['train']['steps']} steps, {len(h)}x{h[0]}, {cfg['train']['eval_episodes']} eval eps"
+
+
+def plot(a: argparse.Namespace) -> None:
+    """Final eval score per sampler vs good-data ratio, one column per algorithm, one row per (task, grid, metric).
+
+    Points are means over seeds, error bars the std over seeds (as in the tables), dots the single seeds;
+    dashed lines are the mean episode return of the random and good datasets. Everything is read from the
+    results files of the grids in --plot-tags ('base' = the 1k-step study) and from the dataset stores.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from robolearn.data.store import EpisodeStore
+
+    rows = []  # (task, tag, metric, results, budget)
+    for tag in a.plot_tags:
+        tag = None if tag == "base" else tag
+        path = _paths(tag)[1]
+        if not path.exists():
+            continue
+        results = json.loads(path.read_text())
+        budget = _budget(tag, results)
+        for task in a.tasks:
+            res = [x for x in results if x["task"] == task]
+            if res:
+                for metric in (("return", "success") if task == "push_cube" else ("return",)):
+                    rows.append((task, tag, metric, res, budget))
+    rows.sort(key=lambda row: row[0] != "hopper")  # Hopper (where the effect shows) first
+    ref = {task: {name: EpisodeStore.open(ROOT / "data" / f"{task}_{name}.zarr").column("return").mean() for name in ("random", "good")}
+           for task in a.tasks}
+    colors = dict(zip(SAMPLERS, ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
+    fig, axes = plt.subplots(len(rows), len(a.algos), figsize=(5.2 * len(a.algos), 2.9 * len(rows)), squeeze=False)
+    off = np.linspace(-0.27, 0.27, len(a.samplers))
+    for i, (task, tag, metric, res, budget) in enumerate(rows):
+        for j, algo in enumerate(a.algos):
+            ax = axes[i, j]
+            ax.set_title(f"{task} {algo}, {budget}", fontsize=9)
+            any_run = False
+            for k, smp in enumerate(a.samplers):
+                for xi, r in enumerate(a.ratios):
+                    v = np.array([x[metric] for x in res if (x["algo"], x["ratio"], x["sampler"]) == (algo, r, smp)])
+                    if not len(v):
+                        continue
+                    any_run = True
+                    ax.errorbar(xi + off[k], v.mean(), yerr=v.std(), fmt="o", color=colors.get(smp), capsize=3,
+                                label=smp if xi == 0 or not ax.get_legend_handles_labels()[1].count(smp) else None)
+                    ax.scatter(np.full(len(v), xi + off[k]), v, s=8, color=colors.get(smp), alpha=0.35)
+                    if len(v) < len({x["seed"] for x in res}):
+                        ax.annotate(f"n={len(v)}", (xi + off[k], v.mean()), fontsize=6, xytext=(2, 4), textcoords="offset points")
+            if metric == "return":
+                for name, ls in (("random", ":"), ("good", "--")):
+                    ax.axhline(ref[task][name], color="k", ls=ls, lw=0.8, label=f"{name} data")
+            else:  # success: zoomed to the measured range (the good data succeed in 100% of episodes)
+                top = max([0.25] + [x["success"] for x in res if x["algo"] == algo])
+                ax.set_ylim(-0.02, 1.15 * top)
+            if not any_run:
+                ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", va="center", color="gray")
+            ax.set_xticks(range(len(a.ratios)), [f"{r:.0%}" for r in a.ratios])
+            ax.set_xlim(-0.5, len(a.ratios) - 0.5)
+            ax.set_ylabel(f"final eval {metric}", fontsize=8)
+            ax.grid(alpha=0.3)
+            if i == len(rows) - 1:
+                ax.set_xlabel("good data in the 10k-transition mix")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    fig.suptitle("Trajectory reweighting: final eval score, mean ± std over seeds (dots: single seeds)", y=0.998, fontsize=11)
+    fig.legend(uniq.values(), uniq.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.985), ncol=len(uniq), fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.965))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(a.out, dpi=110)
+    print(f"wrote {a.out} ({len(rows)} rows x {len(a.algos)} algos)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["data", "grid", "report"])
+    ap.add_argument("action", choices=["data", "grid", "report", "plot"])
     ap.add_argument("--tag", help="name of a separate grid (runs/rl_study/grid_TAG, grid_results_TAG.json); default: the 1k-step study")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
@@ -243,11 +340,15 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES)
     ap.add_argument("--workers", type=int, default=WORKERS, help="parallel runs (env RL_WORKERS, default 2)")
     ap.add_argument("--stop-at", help="UTC HH:MM after which `grid` launches no further run")
+    ap.add_argument("--plot-tags", nargs="+", default=["base", "pc10k"], help="grids `plot` draws ('base' = the 1k-step study)")
+    ap.add_argument("--out", default="docs/results/reweighting.png", help="figure written by `plot`")
     a = ap.parse_args()
     if a.action == "data":
         data()
     elif a.action == "grid":
         grid(a)
+    elif a.action == "plot":
+        plot(a)
     else:
         report(a)
 
