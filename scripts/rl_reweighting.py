@@ -23,16 +23,16 @@ docs/results/offline_to_online.md records what was run.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import subprocess
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
+
+from robolearn.experiments import run_jobs, stop_time
 
 ROOT = Path("runs/rl_study")
 TASKS = ("push_cube", "hopper")
@@ -139,33 +139,10 @@ def grid(a: argparse.Namespace) -> None:
     common = _overrides(a.steps, a.hidden, a.lr, a.batch_size, a.eval_episodes)
     jobs = [(t, al, r, s, seed, grid_dir, common, a.lr) for seed in a.seeds for t in a.tasks for al in a.algos
             for r in a.ratios for s in a.samplers]
-    stop = None
-    if a.stop_at:
-        hh, mm = map(int, a.stop_at.split(":"))
-        stop = dt.datetime.now(dt.timezone.utc).replace(hour=hh, minute=mm, second=0, microsecond=0)
+    stop = stop_time(a.stop_at)
     print(f"{len(jobs)} jobs, overrides {common}, stop launching at {stop}", flush=True)
-    t0 = time.time()
-    results, pending, todo, skipped = [], set(), list(jobs), []
-    with ProcessPoolExecutor(a.workers) as pool:
-        while todo or pending:
-            while todo and len(pending) < a.workers:
-                job = todo.pop(0)
-                finished_before = (_run_dir(job) / "policy" / "checkpoint.json").exists()
-                if not finished_before and stop is not None and dt.datetime.now(dt.timezone.utc) >= stop:
-                    skipped.append(job)
-                    continue
-                pending.add(pool.submit(_one, job))
-            if not pending:
-                break
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                res = f.result()
-                results.append(res)
-                print(f"[{len(results)}/{len(jobs)} {time.time() - t0:.0f}s] {res}", flush=True)
-                _save(results_path, results)
-    if skipped:
-        print(f"--stop-at {a.stop_at}: {len(skipped)} runs not launched: {[j[:5] for j in skipped]}")
-    print(f"grid done in {time.time() - t0:.0f}s: {len(results)} of {len(jobs)} runs")
+    run_jobs(jobs, _one, a.workers, lambda job: (_run_dir(job) / "policy" / "checkpoint.json").exists(),
+             lambda results: _save(results_path, results), stop, label=lambda job: job[:5])
 
 
 def report(a: argparse.Namespace) -> None:

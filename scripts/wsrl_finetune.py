@@ -21,14 +21,14 @@ clock still compares the methods on whole seeds. `report` reads the study's sett
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
+
+from robolearn.experiments import run_jobs, stop_time
 
 BASE = Path("runs/rl_study/wsrl")  # the 3k-step study and the shared pre-trained checkpoint
 DATA = Path("runs/rl_study/data/hopper_mix0.5.zarr")
@@ -117,34 +117,11 @@ def run(a: argparse.Namespace) -> None:
     pretrain()
     print(f"pretrained in {time.time() - t0:.0f}s; study {root}: {settings}", flush=True)
     jobs = [(m, s, str(root), a.steps, a.warmup, a.eval_every) for s in a.seeds for m in METHODS]  # seed-major
-    stop = None
-    if a.stop_at:
-        hh, mm = map(int, a.stop_at.split(":"))
-        stop = dt.datetime.now(dt.timezone.utc).replace(hour=hh, minute=mm, second=0, microsecond=0)
+    stop = stop_time(a.stop_at)
     print(f"{len(jobs)} jobs, {a.workers} worker(s), stop launching at {stop}", flush=True)
-    results, pending, todo, skipped = [], set(), list(jobs), []
-    with ProcessPoolExecutor(a.workers) as pool:
-        while todo or pending:
-            while todo and len(pending) < a.workers:
-                job = todo.pop(0)
-                done_before = (_run_dir(root, job[0], job[1], a.warmup) / "continual.json").exists()
-                if not done_before and stop is not None and dt.datetime.now(dt.timezone.utc) >= stop:
-                    skipped.append(job)
-                    continue
-                print(f"[{time.time() - t0:.0f}s] launch {job[0]} seed {job[1]} at {dt.datetime.now(dt.timezone.utc):%H:%M:%S} UTC",
-                      flush=True)
-                pending.add(pool.submit(_one, job))
-            if not pending:
-                break
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                res = f.result()
-                results.append(res)
-                print(f"[{len(results)}/{len(jobs)} {time.time() - t0:.0f}s] {res}", flush=True)
-                (root / "results.json").write_text(json.dumps(results, indent=1))
-    if skipped:
-        print(f"--stop-at {a.stop_at}: {len(skipped)} runs not launched: {[j[:2] for j in skipped]}", flush=True)
-    print(f"done in {time.time() - t0:.0f}s: {len(results)} of {len(jobs)} runs", flush=True)
+    run_jobs(jobs, _one, a.workers, lambda job: (_run_dir(root, job[0], job[1], a.warmup) / "continual.json").exists(),
+             lambda results: (root / "results.json").write_text(json.dumps(results, indent=1)), stop,
+             label=lambda job: job[:2])
 
 
 def report(a: argparse.Namespace) -> None:
