@@ -429,6 +429,18 @@ class Task:
         return states
 
 
+def out_of_reach_events(pos: torch.Tensor, prev_pos: Callable[[], torch.Tensor], limit: float) -> torch.Tensor:
+    """`object_out_of_reach` where an object's xy left the +-limit square this step, else 0.
+    pos (N, 3) or (N, K, 3); prev_pos gives the previous step's positions, read only when some
+    object is outside now (host short cut: usually none is, and then nothing else is computed)."""
+    xp = array_ops.of(pos)
+    now = (abs(pos[..., :2]) > limit).any(-1)
+    if xp.none(now):
+        return xp.astype(now, xp.int32)
+    before = (abs(prev_pos()[..., :2]) > limit).any(-1)
+    return xp.astype(xp.where(now & ~before, EVENT["object_out_of_reach"], 0), xp.int32)
+
+
 def column_index(cols: list[int]) -> slice | torch.Tensor:
     """Index of array columns: a slice where contiguous (a view, cheaper than a gather), else an
     int64 tensor (use `xp.index(...)` to index numpy arrays with it)."""

@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 
 from robolearn.tasks import array_ops
-from robolearn.tasks.base import EVENT, PRIM, SimState, Task, canonical_quat, quat_to_yaw, uniform, wrap_angle
+from robolearn.tasks.base import (EVENT, PRIM, SimState, Task, canonical_quat, out_of_reach_events, quat_to_yaw, uniform,
+                                  wrap_angle)
 from robolearn.tasks.expert import Expert
 from robolearn.tasks.push_cube import REACH
 
@@ -173,15 +174,13 @@ def grasp_failures(task: GraspTask, prev: SimState, s: SimState, cube_prev: torc
     was = task.grasped(prev, cube_prev) if was is None else was
     now = task.grasped(s, cube) if held is None else held
     lost = was & ~now
-    out_now = (abs(cube[..., :2]) > REACH).any(-1)
-    if xp.none(lost | out_now):  # host short cut: no grasp lost, nothing out of reach, no event
-        return xp.astype(out_now, xp.int32)
+    reach = out_of_reach_events(cube, lambda: cube_prev, REACH)
+    if xp.none(lost):  # host short cut: no grasp lost, no drop
+        return reach
     over_bin = (abs(cube[..., :2] - bin_pos[..., :2]) < BIN_INNER).all(-1)
     w = task.grip_width(s)
     dropped = lost & ~over_bin & ((w[:, None] if cube.ndim == 3 else w) < 0.06)
-    out_prev = (abs(cube_prev[..., :2]) > REACH).any(-1)
-    ev = xp.where(dropped, EVENT["object_dropped"], xp.where(out_now & ~out_prev, EVENT["object_out_of_reach"], 0))
-    return xp.astype(ev, xp.int32)
+    return xp.astype(xp.where(dropped, EVENT["object_dropped"], reach), xp.int32)
 
 
 def shift_bin(task: Task, states: torch.Tensor, s: SimState, body: str, avoid: list[torch.Tensor],

@@ -7,7 +7,7 @@ import math
 import torch
 
 from robolearn.tasks import array_ops
-from robolearn.tasks.base import EVENT, PRIM, SimState, Task, canonical_quat, uniform
+from robolearn.tasks.base import PRIM, SimState, Task, canonical_quat, out_of_reach_events, uniform
 from robolearn.tasks.expert import Expert, navigate_around
 
 GOAL_RADIUS = 0.03
@@ -64,12 +64,7 @@ class PushCube(Task):
 
     def detect_failure(self, prev: SimState, s: SimState, cube: torch.Tensor | None = None) -> torch.Tensor:
         cube = self.cube_pos(s) if cube is None else cube
-        xp = array_ops.of(cube)
-        out = (abs(cube[:, :2]) > REACH).any(-1)
-        if xp.none(out):  # host short cut: nothing out of reach, no event
-            return xp.astype(out, xp.int32)
-        ev = out & ~(abs(self.cube_pos(prev)[:, :2]) > REACH).any(-1)
-        return xp.astype(xp.where(ev, EVENT["object_out_of_reach"], 0), xp.int32)
+        return out_of_reach_events(cube, lambda: self.cube_pos(prev), REACH)
 
     def evaluate(self, prev: SimState, s: SimState, carry: dict | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

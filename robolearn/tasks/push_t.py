@@ -13,8 +13,8 @@ import math
 import torch
 
 from robolearn.tasks import array_ops
-from robolearn.tasks.base import (EVENT, PRIM, ModelLayout, SimState, Task, TaskConfig, column_index, quat_to_yaw, uniform,
-                                  wrap_angle)
+from robolearn.tasks.base import (PRIM, ModelLayout, SimState, Task, TaskConfig, column_index, out_of_reach_events,
+                                  quat_to_yaw, uniform, wrap_angle)
 from robolearn.tasks.expert import Expert
 
 # T geometry in the block frame (origin = centre of the bar's top edge, stem along -y).
@@ -109,7 +109,7 @@ class PushT(Task):
     def __init__(self, cfg: TaskConfig, layout: ModelLayout):
         super().__init__(cfg, layout)
         adr = [layout.qpos_adr[j] for j in ("tx", "ty", "tyaw")]
-        self._q_block = slice(adr[0], adr[0] + 3) if adr == list(range(adr[0], adr[0] + 3)) else torch.tensor(adr)
+        self._q_block = column_index(adr)
         sl_p, sl_q = layout.sensor["goal_pos"], layout.sensor["goal_quat"]
         cols = list(range(sl_p.start, sl_p.stop)) + list(range(sl_q.start, sl_q.stop))
         self._goal_cols = column_index(cols)
@@ -143,7 +143,7 @@ class PushT(Task):
         The block pose comes straight from its planar joints (x, y slides, yaw hinge; the yaw is not
         wrapped, only its cos/sin are used per step)."""
         xp = array_ops.of(s.qpos)
-        b = s.qpos[:, self._q_block]
+        b = s.qpos[:, xp.index(self._q_block, s.qpos)]
         g, cs_g, goal_points = self._goal_frame(s)
         return b, g, (xp.cos(b[:, 2:]), xp.sin(b[:, 2:])), cs_g, goal_points
 
@@ -200,12 +200,7 @@ class PushT(Task):
 
     def detect_failure(self, prev: SimState, s: SimState) -> torch.Tensor:
         # The block's xy position only: no yaw (atan2) is needed for the workspace check.
-        xp = array_ops.of(s.qpos)
-        out = lambda st: (abs(self.sensor(st, "t_pos")[:, :2]) > LIMIT).any(-1)  # noqa: E731
-        now = out(s)
-        if xp.none(now):  # host short cut: nothing out of reach, no event
-            return xp.astype(now, xp.int32)
-        return xp.astype(xp.where(now & ~out(prev), EVENT["object_out_of_reach"], 0), xp.int32)
+        return out_of_reach_events(self.sensor(s, "t_pos"), lambda: self.sensor(prev, "t_pos"), LIMIT)
 
     def sample_init(self, gen: torch.Generator, n: int) -> torch.Tensor:
         st = self.base_states(n)
