@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +82,6 @@ def bench_env(task: str, n: int, mode: str, steps: int, warmup: int, device: str
         act = lambda o, h: net(o)  # noqa: E731
     elif mode == "diffusion":
         pol = diffusion_policy(env.obs_dim, env.action_dim, dev)
-        To = pol.config.n_obs_steps
         act = lambda o, h: pol.select_action({"state": h})  # noqa: E731
     else:
         act = lambda o, h: torch.rand(n, env.action_dim, generator=gen, device=dev) * 2 - 1  # noqa: E731
@@ -148,6 +149,9 @@ def bench_raw(task: str, n: int, steps: int, warmup: int, device: str, frame_ski
     return steps * n / dt
 
 
+_CPU_INIT: dict[tuple[str, int], np.ndarray] = {}
+
+
 def bench_cpu_rollout(task: str, n: int, steps: int, threads: int, frame_skip: int | None, policy: bool) -> float:
     """MuJoCo C on `threads` cores via mujoco.rollout, closed loop (policy=True: MLP on CPU)."""
     import mujoco
@@ -162,7 +166,10 @@ def bench_cpu_rollout(task: str, n: int, steps: int, threads: int, frame_skip: i
     t = cls(cfg, layout)
     # rollout takes and returns mjSTATE_FULLPHYSICS states (time, qpos, qvel, act, ...).
     full = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
-    init = t.sample_init(torch.Generator().manual_seed(0), n).numpy()
+    key = (task, n)
+    if key not in _CPU_INIT:  # sort samples rows one by one: ~9 s for 32k worlds, so draw once
+        _CPU_INIT[key] = t.sample_init(torch.Generator().manual_seed(0), n).numpy()
+    init = _CPU_INIT[key]
     d0 = mujoco.MjData(model)
     state = np.zeros((n, mujoco.mj_stateSize(model, full)))
     for i in range(n):
@@ -201,71 +208,112 @@ def fmt(x: float | None) -> str:
     return f"{x / 1e6:.2f} M" if x >= 1e6 else f"{x / 1e3:.1f} k"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda", help="cuda (the real run) or cpu (Warp CPU smoke run)")
-    p.add_argument("--tasks", nargs="+", default=list(TASK_OVERRIDES))
-    p.add_argument("--worlds", nargs="+", type=int, default=[1024, 8192, 32768])
-    p.add_argument("--steps", type=int, default=50, help="timed control steps per measurement")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--frame-skip", type=int, default=None, help="override the tasks' frame_skip (25)")
-    p.add_argument("--cpu-threads", type=int, default=os.cpu_count())
-    p.add_argument("--cpu-steps", type=int, default=10, help="timed control steps of the MuJoCo C baseline")
-    p.add_argument("--modes", nargs="+", default=["random", "mlp", "diffusion"])
-    p.add_argument("--out", default=str(ROOT / "docs" / "results" / "gpu.md"))
-    args = p.parse_args()
-
+def report(args, rows: dict, notes: list[str], card: str, wdev: str, done: bool) -> list[str]:
     import warp as wp
     import mujoco_warp as mjw
 
-    from robolearn.tasks.warp_backend import resolve_device
-
-    wdev = resolve_device("cuda" if args.device != "cpu" else "cpu")
-    card = torch.cuda.get_device_name(0) if args.device != "cpu" else f"Warp CPU device ({platform.processor() or platform.machine()})"
-    rows, notes = [], []
-    for task in args.tasks:
-        for n in args.worlds:
-            row = {"task": task, "worlds": n}
-            for mode in args.modes:
-                try:
-                    row[mode] = bench_env(task, n, mode, args.steps, args.warmup, args.device, args.frame_skip)
-                except torch.cuda.OutOfMemoryError as e:  # pragma: no cover - GPU only
-                    row[mode] = None
-                    notes.append(f"{task} {n} {mode}: out of memory ({e})")
-                    torch.cuda.empty_cache()
-            row["raw"] = bench_raw(task, n, args.steps, args.warmup, args.device, args.frame_skip)
-            row["cpu_random"] = bench_cpu_rollout(task, n, args.cpu_steps, args.cpu_threads, args.frame_skip, False)
-            row["cpu_mlp"] = bench_cpu_rollout(task, n, args.cpu_steps, args.cpu_threads, args.frame_skip, True)
-            rows.append(row)
-            print({k: (fmt(v) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-
     fs = args.frame_skip or 25
     cmd = "python scripts/bench_gpu.py " + " ".join(sys.argv[1:])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                           text=True).stdout.strip()
     lines = [
         "# MuJoCo Warp batched simulation: benchmark", "",
         f"- card: **{card}** (Warp device `{wdev}`); CPU baseline: MuJoCo C via `mujoco.rollout`, {args.cpu_threads} threads "
         f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         f"- date: {datetime.date.today().isoformat()}, commit {commit}; torch {torch.__version__}, warp {wp.__version__}, "
-        f"mujoco_warp {mjw.__version__}",
+        f"mujoco_warp {mjw.__version__}; TF32 matmul/conv {'on' if args.tf32 else 'off'}",
         f"- command: `{cmd}`",
         f"- env steps/s = control steps x worlds / s; each control step is {fs} physics substeps; {args.steps} timed steps "
-        f"after {args.warmup} warm-up steps (CPU baseline: {args.cpu_steps} steps)", "",
-        "| task | worlds | random | MLP | diffusion (DDIM 10) | raw MJWarp+MLP | framework overhead | MuJoCo C random | MuJoCo C MLP | MLP speed-up vs C |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"after {args.warmup} warm-up steps (diffusion: {args.dp_steps} timed steps; CPU baseline: {args.cpu_steps} steps)",
     ]
-    for r in rows:
-        over = f"{(r['raw'] / r['mlp'] - 1) * 100:.0f}%" if r.get("mlp") else "-"
-        speed = f"{r['mlp'] / r['cpu_mlp']:.1f}x" if r.get("mlp") else "-"
-        lines.append(f"| {r['task']} | {r['worlds']} | {fmt(r.get('random'))} | {fmt(r.get('mlp'))} | {fmt(r.get('diffusion'))} | "
-                     f"{fmt(r['raw'])} | {over} | {fmt(r['cpu_random'])} | {fmt(r['cpu_mlp'])} | {speed} |")
+    if not done:
+        lines.append("- **partial**: the run stopped before every measurement was taken (see the notes)")
+    lines += ["",
+              "| task | worlds | random | MLP | diffusion (DDIM 10) | raw MJWarp+MLP | framework overhead | MuJoCo C random | MuJoCo C MLP | MLP speed-up vs C |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for (task, n) in sorted(rows, key=lambda k: (args.tasks.index(k[0]), k[1])):
+        r = rows[(task, n)]
+        over = f"{(r['raw'] / r['mlp'] - 1) * 100:.0f}%" if r.get("mlp") and r.get("raw") else "-"
+        speed = f"{r['mlp'] / r['cpu_mlp']:.1f}x" if r.get("mlp") and r.get("cpu_mlp") else "-"
+        lines.append(f"| {task} | {n} | {fmt(r.get('random'))} | {fmt(r.get('mlp'))} | {fmt(r.get('diffusion'))} | "
+                     f"{fmt(r.get('raw'))} | {over} | {fmt(r.get('cpu_random'))} | {fmt(r.get('cpu_mlp'))} | {speed} |")
     lines += ["", "Goals: >= 10x the MuJoCo C figure for MLP-policy evaluation at >= 16k worlds; <= 20% overhead over the raw loop.",
               "Framework overhead = raw / framework - 1 (task obs/reward/success/stage/failure functions, autoreset, "
               "overflow and NaN accumulation)."]
     lines += [f"- note: {n}" for n in notes]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    return lines
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", help="cuda (the real run) or cpu (Warp CPU smoke run)")
+    p.add_argument("--tasks", nargs="+", default=list(TASK_OVERRIDES))
+    p.add_argument("--worlds", nargs="+", type=int, default=[32768, 8192, 1024],
+                   help="world counts, measured in this order (for every task before the next count)")
+    p.add_argument("--steps", type=int, default=50, help="timed control steps per measurement")
+    p.add_argument("--dp-steps", type=int, default=24, help="timed control steps of the diffusion policy (8 per chunk)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--frame-skip", type=int, default=None, help="override the tasks' frame_skip (25)")
+    p.add_argument("--cpu-threads", type=int, default=os.cpu_count())
+    p.add_argument("--cpu-steps", type=int, default=10, help="timed control steps of the MuJoCo C baseline")
+    p.add_argument("--cpu-modes", nargs="*", default=["random", "mlp"], help="MuJoCo C baselines to run")
+    p.add_argument("--modes", nargs="+", default=["random", "mlp", "diffusion"])
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="start no measurement after this many seconds (the table says what was skipped)")
+    p.add_argument("--no-tf32", dest="tf32", action="store_false", help="keep fp32 matmuls/convs exact")
+    p.add_argument("--commit", default="", help="commit to record (default: git rev-parse HEAD)")
+    p.add_argument("--out", default=str(ROOT / "docs" / "results" / "gpu.md"))
+    args = p.parse_args()
+    t_start = time.perf_counter()
+
+    import warp as wp
+
+    from robolearn.tasks.warp_backend import resolve_device
+
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    wdev = resolve_device("cuda" if args.device != "cpu" else "cpu")
+    card = torch.cuda.get_device_name(0) if args.device != "cpu" else f"Warp CPU device ({platform.processor() or platform.machine()})"
+    print(f"card: {card}; warp {wp.__version__} device {wdev}", flush=True)
+    rows: dict[tuple[str, int], dict] = {}
+    notes: list[str] = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(done: bool) -> None:
+        out.write_text("\n".join(report(args, rows, notes, card, wdev, done)) + "\n")
+        out.with_suffix(".json").write_text(json.dumps(
+            [{"task": t, "worlds": n, **r} for (t, n), r in rows.items()], indent=1) + "\n")
+
+    jobs = [(n, task, mode) for n in args.worlds for task in args.tasks
+            for mode in [*args.modes, "raw", *(f"cpu_{m}" for m in args.cpu_modes)]]
+    for n, task, mode in jobs:
+        row = rows.setdefault((task, n), {})
+        elapsed = time.perf_counter() - t_start
+        if args.deadline_s is not None and elapsed > args.deadline_s:
+            notes.append(f"{task} {n} {mode}: skipped (deadline of {args.deadline_s:.0f} s reached)")
+            continue
+        t0 = time.perf_counter()
+        try:
+            if mode == "raw":
+                row[mode] = bench_raw(task, n, args.steps, args.warmup, args.device, args.frame_skip)
+            elif mode.startswith("cpu_"):
+                row[mode] = bench_cpu_rollout(task, n, args.cpu_steps, args.cpu_threads, args.frame_skip, mode == "cpu_mlp")
+            else:
+                steps = args.dp_steps if mode == "diffusion" else args.steps
+                row[mode] = bench_env(task, n, mode, steps, args.warmup, args.device, args.frame_skip)
+        except Exception as e:  # one failed measurement must not lose the others
+            if isinstance(e, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            traceback.print_exc()
+            notes.append(f"{task} {n} {mode}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        print(f"[{time.perf_counter() - t_start:6.1f} s] {task} {n} {mode}: {fmt(row.get(mode))} env steps/s "
+              f"({time.perf_counter() - t0:.1f} s incl. setup)", flush=True)
+        save(False)
+    complete = not any("skipped" in n for n in notes)
+    save(complete)
+    print("\n".join(report(args, rows, notes, card, wdev, complete)))
+    print(f"wrote {out}")
     return 0
 
 

@@ -77,11 +77,6 @@ def test_every_task_loads_with_put_model(name):
     assert torch.isfinite(task.observe(s)).all()
 
 
-def _objects(task, s):
-    names = [k for k in task.layout.sensor if k.endswith("_pos") and not k.startswith(("goal", "bin", "grip"))]
-    return torch.stack([task.grip_pos(s)] + [task.sensor(s, k) for k in names], 1).double()  # (N, 1+objects, 3)
-
-
 # Worlds (of 16) whose object/gripper positions must stay within 1 mm of MuJoCo C for 50 control
 # steps. Pushing a cube with the closed fingers is sensitive to solver round-off: MuJoCo C against
 # itself with solver tolerance 1e-8 vs 1e-10 already exceeds 1 mm (up to 4 cm) in 3 of these 16
@@ -92,35 +87,14 @@ MIN_WORLDS_WITHIN_1MM = {"push_cube": 11, "pick_place": 16, "push_t": 16, "sort"
 @needs_warp
 @pytest.mark.parametrize("name", list(TASK_OVERRIDES))
 def test_parity_with_mujoco_c(name):
-    from robolearn.tasks.warp_backend import MujocoWarpBackend
+    from robolearn.tasks.parity import compare_with_mujoco_c
 
     overrides = ["num_cubes=2"] if name == "sort" else []
-    cfg, cls, model = _model(name, overrides)
-    N = 16
-    cb, wb = MujocoCBackend(model, N), MujocoWarpBackend(model, N, device="cpu")
-    task = cls(cfg, cb.layout)
-    st = task.sample_init(torch.Generator().manual_seed(1), N)
-    mask = torch.ones(N, dtype=torch.bool)
-    cb.reset(mask, st)
-    wb.reset(mask, st)
-    expert = TASKS[name][1](task, N, noise=0.1, seed=0)
-    max_dev = torch.zeros(N, dtype=torch.float64)
-    success_agree = reward_agree = 0
-    for _ in range(50):
-        action, _ = expert.act(cb.read())  # identical actions on both backends
-        cb.set_ctrl(task.action_to_ctrl(cb.read(), action.double()))
-        wb.set_ctrl(task.action_to_ctrl(wb.read(), action.double()))
-        cb.step(cfg.frame_skip)
-        wb.step(cfg.frame_skip)
-        sc, sw = cb.read(), wb.read()
-        max_dev = torch.maximum(max_dev, (_objects(task, sc) - _objects(task, sw)).norm(dim=-1).max(1).values)
-        success_agree += int((task.success(sc) == task.success(sw)).sum())
-        reward_agree += int(((task.reward(sc) - task.reward(sw)).abs() <= 0.05).sum())
-    within = int((max_dev <= 1e-3).sum())
-    msg = f"{name}: max deviation per world {[f'{x:.1e}' for x in max_dev.tolist()]}"
-    assert within >= MIN_WORLDS_WITHIN_1MM[name], msg
-    assert success_agree / (50 * N) >= 0.99, msg
-    assert reward_agree / (50 * N) >= 0.99, msg
+    res = compare_with_mujoco_c(name, "warp-cpu", num_envs=16, steps=50, overrides=overrides)
+    msg = f"{name}: max deviation per world {[f'{x:.1e}' for x in res['max_dev'].tolist()]}"
+    assert res["within_1mm"] >= MIN_WORLDS_WITHIN_1MM[name], msg
+    assert res["success_agree"] >= 0.99, msg
+    assert res["reward_agree"] >= 0.99, msg
 
 
 @needs_warp

@@ -50,10 +50,14 @@ def import_warp() -> tuple[Any, Any]:
     if _WARP is None:
         try:
             import warp as wp
+
+            # Before mujoco_warp: importing it initialises Warp, and the banner and per-module
+            # load lines would flood every run's output.
+            if os.environ.get("ROBOLEARN_WARP_VERBOSE", "") == "":
+                wp.config.log_level = wp.LOG_WARNING
             import mujoco_warp as mjw
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise WarpUnavailableError(f"the MuJoCo Warp backend needs the gpu extra: {GPU_EXTRA_HINT} ({e})") from e
-        wp.config.quiet = os.environ.get("ROBOLEARN_WARP_VERBOSE", "") == ""
         wp.init()
         _WARP = (wp, mjw)
     return _WARP
@@ -310,7 +314,12 @@ class MujocoWarpBackend:
             else:
                 mjw.forward(m, d)
 
-        wp.capture_if(self._flag_wp, on_true=masked_reset)
+        if self.is_cuda and not wp.is_conditional_graph_supported():
+            # CUDA < 12.4 has no conditional graph nodes: run the masked reset every time (a world
+            # outside the mask is left as it is, so the result is the same, only slower).
+            masked_reset()
+        else:
+            wp.capture_if(self._flag_wp, on_true=masked_reset)
 
     def _sync_after_reset(self) -> None:
         """Bring the initial data (after reset_data) into the post-step1/forward convention."""
