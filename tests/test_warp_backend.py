@@ -135,6 +135,31 @@ def test_masked_reset_touches_only_selected_worlds_and_leaves_no_stale_solver_da
 
 
 @needs_warp
+def test_reset_graph_every_step_does_not_change_the_trajectory():
+    """The device env replays the masked-reset graph after every step (CUDA allows no conditional
+    node around it), so an empty mask must leave the simulation bit-identical, sensors included."""
+    from robolearn.tasks.warp_backend import MujocoWarpBackend
+
+    cfg, cls, model = _model("pick_place")
+    N = 3
+    a, b = MujocoWarpBackend(model, N, device="cpu"), MujocoWarpBackend(model, N, device="cpu")
+    task = cls(cfg, a.layout)
+    init = task.sample_init(torch.Generator().manual_seed(3), N)
+    for be in (a, b):
+        be.reset(torch.ones(N, dtype=torch.bool), init)
+    none, junk = torch.zeros(N, dtype=torch.bool), torch.full((N, a.layout.state_size), 5.0)
+    expert = TASKS["pick_place"][1](task, N, noise=0.1, seed=0)
+    for _ in range(20):  # reach, descend and grasp: contacts and warm starts in play
+        action, _ = expert.act(a.read())
+        for be in (a, b):
+            be.set_ctrl(task.action_to_ctrl(be.read(), action))
+            be.step(cfg.frame_skip)
+        b.reset_where(none, junk)
+        for x, y in zip(a.read(), b.read()):
+            assert torch.equal(x, y)
+
+
+@needs_warp
 def test_contact_buffer_overflow_is_an_error():
     from robolearn.tasks.warp_backend import MujocoWarpBackend
 

@@ -10,8 +10,11 @@ Implements the `Backend` protocol of `robolearn.tasks.backend` (drop-in for `Muj
   Warp also records graphs on its CPU device, so the same path is tested without a GPU);
 - resets go through `mjw.reset_data` with a world mask (clears warm start, contacts, applied
   forces, ...) followed by `mjw.set_state` of the full STATE_SPEC vector on the masked worlds,
-  so a reset world carries no stale solver data; the masked reset is a conditional graph node
-  (`wp.capture_if`) so `reset_where` never needs the host;
+  so a reset world carries no stale solver data; `reset_where` replays the masked-reset graph
+  unconditionally (worlds outside the mask are left untouched), so it never needs the host. A
+  conditional graph node (`wp.capture_if`) would skip it when no world is done, but CUDA refuses
+  it: reset_data/set_state allocate inside the body ("Conditional body graph contains an
+  unsupported operation (memory allocation)", H100, CUDA 13, 2026-11-26);
 - contact / constraint overflow (`d.overflow` bits: nefc > njmax, nacon > naconmax, ...) and
   non-finite states are accumulated on the device and raised as `SimulationError` at the next
   check (every step on the CPU device, every `check_every` steps and at every host read on CUDA).
@@ -161,7 +164,6 @@ class MujocoWarpBackend:
             S = self.layout.state_size
             self._state_wp = wp.zeros((num_envs, S), dtype=float)
             self._mask_wp = wp.zeros(num_envs, dtype=bool)
-            self._flag_wp = wp.zeros(1, dtype=wp.int32)
             mjw.reset_data(self.m, self.d)
             mjw.forward(self.m, self.d)
         self.device = torch.device(wp.device_to_torch(self.wp_device))
@@ -171,7 +173,6 @@ class MujocoWarpBackend:
         self._overflow = t(self.d.overflow)
         self._state_t = t(self._state_wp)
         self._mask_t = t(self._mask_wp)
-        self._flag_t = t(self._flag_wp)
         # Sticky per-world error accumulators (survive resets until checked).
         self._err_overflow = torch.zeros(num_envs, dtype=self._overflow.dtype, device=self.device)
         self._err_nan = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
@@ -209,11 +210,10 @@ class MujocoWarpBackend:
     def reset_where(self, mask: torch.Tensor, states: torch.Tensor) -> None:
         """Device-side reset: worlds where mask (N,) is True take their row of states (N, S).
 
-        No host synchronisation: the masked reset is a conditional node of the reset graph.
+        No host synchronisation: the masked-reset graph runs every call, whatever the mask.
         """
         self._mask_t.copy_(mask.to(self._mask_t.dtype))
         self._state_t.copy_(states.to(self._state_t.dtype))
-        self._flag_t.copy_(mask.any().to(self._flag_t.dtype).reshape(1))
         self._run(("reset", 0), self._reset_body)
         self._err_nan |= mask & ~torch.isfinite(self._qpos).all(1)
 
@@ -303,23 +303,15 @@ class MujocoWarpBackend:
             mjw.forward(m, d)
 
     def _reset_body(self) -> None:
-        wp, m, d, mjw = self.wp, self.m, self.d, self.mjw
-
-        def masked_reset():
-            mjw.reset_data(m, d, self._mask_wp)
-            mjw.set_state(m, d, self._state_wp, STATE_SPEC, active=self._mask_wp)
-            # The step1/forward of every world is idempotent for worlds that were not reset.
-            if self.split_step:
-                mjw.step1(m, d)
-            else:
-                mjw.forward(m, d)
-
-        if self.is_cuda and not wp.is_conditional_graph_supported():
-            # CUDA < 12.4 has no conditional graph nodes: run the masked reset every time (a world
-            # outside the mask is left as it is, so the result is the same, only slower).
-            masked_reset()
+        """Masked reset: only worlds in the mask change (reset_data and set_state are masked; the
+        closing step1/forward is idempotent for the others)."""
+        m, d, mjw = self.m, self.d, self.mjw
+        mjw.reset_data(m, d, self._mask_wp)
+        mjw.set_state(m, d, self._state_wp, STATE_SPEC, active=self._mask_wp)
+        if self.split_step:
+            mjw.step1(m, d)
         else:
-            wp.capture_if(self._flag_wp, on_true=masked_reset)
+            mjw.forward(m, d)
 
     def _sync_after_reset(self) -> None:
         """Bring the initial data (after reset_data) into the post-step1/forward convention."""
