@@ -146,7 +146,8 @@ def build_datasets(run_cfg: Any, store: Any, seed: int, extra_keys: list[str]) -
     else:
         train_eps, val_eps = split_episodes(store.num_episodes, run_cfg.train.val_ratio, seed)
     mix = mixture_weights(store, run_cfg.data.mix, train_eps)
-    common = dict(obs_keys=pcfg.obs_keys, n_obs_steps=pcfg.n_obs_steps, horizon=pcfg.horizon, extra_keys=extra_keys)
+    common = dict(obs_keys=pcfg.obs_keys, n_obs_steps=pcfg.n_obs_steps, horizon=pcfg.horizon, extra_keys=extra_keys,
+                  action_key=run_cfg.data.action_key)
     train_ds = SequenceDataset(store, episodes=mix.episodes, step_weights=mix.loss_weights, **common)
     sample_probs = mix.window_sampling_weights(train_ds)
     val_ds = SequenceDataset(store, episodes=val_eps, **common) if len(val_eps) else None
@@ -213,12 +214,18 @@ def train(
     if missing:
         raise ValueError(f"policy {policy_name!r} needs per-step {', '.join(missing)} labels, which {data} lacks")
 
+    action_key = run_cfg.data.action_key
+    if action_key not in store.features:
+        raise ValueError(f"data.action_key={action_key}: {data} has no such column (collect with --noise > 0 writes "
+                         "expert_action)")
     torch.manual_seed(tcfg.seed + rank)
     np.random.seed(tcfg.seed + rank)
     train_ds, val_ds, sample_probs = build_datasets(run_cfg, store, tcfg.seed, extra_keys)
     if len(train_ds) == 0:
         raise ValueError(f"{data}: no training windows (episodes shorter than the horizon?)")
-    stats = compute_stats(store, list(pcfg.normalizer_modes()))
+    # Normalize what is imitated; the policy knows it as `action` either way.
+    stat_keys = [action_key if k == "action" else k for k in pcfg.normalizer_modes()]
+    stats = {("action" if k == action_key else k): v for k, v in compute_stats(store, stat_keys).items()}
     policy = make_policy(policy_name, pcfg, stats).to(device)
     ema = EMA(policy, power=tcfg.ema_power, max_decay=tcfg.ema_max_decay) if tcfg.ema else None
     opt = torch.optim.AdamW(policy.parameters(), lr=tcfg.lr, betas=tuple(tcfg.betas), weight_decay=tcfg.weight_decay)

@@ -160,7 +160,8 @@ def main() -> None:
         f"- observations: {obs_desc}",
         f"- demo collection: perturb_rate {args.collect_perturb if args.collect_perturb is not None else 'task default'}, "
         f"expert action noise std {args.collect_noise}"
-        + (" (stored action = the executed noisy action, so the labels are noisy too)" if args.collect_noise else "")
+        + ((" (labels: the noise-free `expert_action`, DART-style)" if "data.action_key=expert_action" in args.extra
+            else " (labels: the executed noisy action)") if args.collect_noise else "")
         + f", collection-only task overrides {args.collect_set or 'none'}; "
         + "; ".join(f"{k}: {v}" for k, v in demo_stats.items()),
         f"- {args.steps} gradient steps per run; profiles: {json.dumps({p: PROFILES[p] for p in args.policies})}"

@@ -454,3 +454,33 @@ def test_expert_mode_can_be_fixed_for_unimodal_demos():
         assert fixed.mode.tolist() == [1] * 6
     with pytest.raises(ValueError, match="expert mode must be in"):
         T.make_expert(sim, mode=2)
+
+
+def test_noisy_collection_stores_the_noise_free_expert_action(tmp_path):
+    """DART-style labels: `action` is what ran (replays exactly), `expert_action` what the expert
+    meant in the same state, and the two differ by the injected noise only."""
+    from robolearn.data.store import EpisodeStore
+    from robolearn.tasks.base import SimState
+
+    collect("push_cube", 2, tmp_path / "n.zarr", num_envs=2, noise=0.3, seed=4, progress=False)
+    store = EpisodeStore.open(tmp_path / "n.zarr")
+    ep = store.get_episode(0)
+    assert "expert_action" in store.features
+    diff = np.abs(ep["action"] - ep["expert_action"])
+    assert diff.mean() > 0.05  # noisy execution
+    # the label is the noise-free expert along the executed trajectory (same mode, same memory)
+    from robolearn.tasks.registry import TASKS
+
+    sim = TaskSim("push_cube")
+    expert = TASKS["push_cube"][1](sim.task, 1, noise=0.0, seed=0)
+    expert.mode = torch.full((1,), int(store.episode_metadata(0)["expert_mode"]))
+    sim.set_state(ep["sim_state"][0][None])
+    for t in range(len(ep["action"])):
+        clean, _ = expert.act(sim.read())
+        np.testing.assert_allclose(clean[0].numpy(), ep["expert_action"][t], atol=1e-6)
+        if t + 1 < len(ep["action"]):
+            sim.step(ep["action"][t][None].astype(np.float64))
+    np.testing.assert_array_equal(replay(sim, ep["sim_state"], ep["action"]), ep["sim_state"])
+    # noise-free collection keeps the old layout (no extra column)
+    collect("push_cube", 1, tmp_path / "c.zarr", seed=4, progress=False)
+    assert "expert_action" not in EpisodeStore.open(tmp_path / "c.zarr").features

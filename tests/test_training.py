@@ -69,3 +69,37 @@ def test_ddp_launch_with_two_cpu_processes(toy, tmp_path):
     assert run["world_size"] == 2
     assert len(read_metrics(tmp_path / "ddp")) >= 1
     load_policy(tmp_path / "ddp" / "policy")
+
+
+def test_training_on_expert_action_labels(tmp_path):
+    """data.action_key=expert_action imitates the stored noise-free labels (DART), normalized by
+    their own statistics, and saying it for a store without the column is a clear error."""
+    import numpy as np
+    import torch
+
+    from helpers_data import FEATURES, make_episode
+    from robolearn.data.store import EpisodeStore, Feature
+
+    path = tmp_path / "dart.zarr"
+    store = EpisodeStore.create(path, {**FEATURES, "expert_action": Feature("float32", (2,), "aux")}, task="toy",
+                                control_period=0.1)
+    for i in range(4):
+        ep = make_episode(i, 30)
+        ep["expert_action"] = np.tile(np.float32([0.25, -0.5]), (30, 1))  # the label: constant
+        ep["action"] = ep["action"] * 0.01  # what ran: something else
+        store.append_episode(ep, success=True, collector="scripted", seed=i)
+    store.close()
+    over = ["train.steps=300", "train.batch_size=32", "train.lr=0.003", "policy.hidden_dims=[32,32]",
+            "policy.state_keys=[state]", "policy.image_keys=[]", "train.val_ratio=0.0"]
+    run = train("bc", path, out=tmp_path / "dart", overrides=[*over, "data.action_key=expert_action"],
+                wandb_mode="off", progress=False)
+    policy = load_policy(run / "policy")
+    policy.reset()
+    state = torch.tensor([[[1.0, 3.0, 1003.0]]])
+    with torch.no_grad():
+        act = policy.select_action({"state": state})
+    np.testing.assert_allclose(act[0].numpy(), [0.25, -0.5], atol=0.05)
+    make_store(tmp_path / "plain.zarr", [30, 30]).close()
+    with pytest.raises(ValueError, match="data.action_key=expert_action.*no such column"):
+        train("bc", tmp_path / "plain.zarr", out=tmp_path / "y", overrides=[*over, "data.action_key=expert_action"],
+              wandb_mode="off", progress=False)

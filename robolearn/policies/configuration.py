@@ -178,12 +178,17 @@ class DataConfig:
     """Which steps of the store train the policy (see robolearn.data.mixtures)."""
 
     mix: str = "all"  # all | rac | hg_dagger | iwr | sirius
+    # Store column the policy imitates: `action` (what was executed) or `expert_action` (the
+    # scripted expert's noise-free action, written by `collect --noise > 0`: DART-style labels).
+    action_key: str = ACTION_KEY
 
     def __post_init__(self) -> None:
         from robolearn.data.mixtures import MIXTURES
 
         if self.mix not in MIXTURES:
             raise ConfigError(f"data.mix must be one of {', '.join(MIXTURES)}, got {self.mix!r}")
+        if self.action_key not in (ACTION_KEY, "expert_action"):
+            raise ConfigError(f"data.action_key must be action or expert_action, got {self.action_key!r}")
 
 
 @functools.cache

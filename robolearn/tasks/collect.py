@@ -21,8 +21,13 @@ from robolearn.tasks.registry import TASKS, load_task_config
 from robolearn.tasks.sim import TaskSim
 
 
-def store_features(sim: TaskSim) -> dict[str, Any]:
-    """Feature schema of the episodes `collect` writes for this task config."""
+def store_features(sim: TaskSim, expert_labels: bool = False) -> dict[str, Any]:
+    """Feature schema of the episodes `collect` writes for this task config.
+
+    expert_labels: also an `expert_action` column, the expert's noise-free action at each step
+    (collect with noise > 0 adds it; train with `data.action_key=expert_action` for DART-style
+    labels, while `action` stays the executed one so stored episodes still replay exactly).
+    """
     from robolearn.data.schema import Feature
 
     size = sim.cfg.image_size
@@ -33,21 +38,25 @@ def store_features(sim: TaskSim) -> dict[str, Any]:
         "primitive": Feature("int32", (), "aux"),
         "failure_event": Feature("int32", (), "aux"),
     }
+    if expert_labels:
+        feats["expert_action"] = Feature("float32", (sim.action_dim,), "aux")
     for key in sim.image_keys:
         feats[f"obs/{key}"] = Feature("uint8", (size, size, 3), "obs")
     return feats
 
 
-def _open_store(path: Path, sim: TaskSim, cfg: TaskConfig):
+def _open_store(path: Path, sim: TaskSim, cfg: TaskConfig, expert_labels: bool):
     from robolearn.data.store import EpisodeStore
 
-    feats = store_features(sim)
+    feats = store_features(sim, expert_labels)
     if path.exists():
         store = EpisodeStore.open(path, mode="a")
         if store.task != cfg.task:
             store.close()
             raise ValueError(f"store {path} holds task {store.task!r}, not {cfg.task!r}")
         for key, feat in feats.items():
+            if key == "expert_action":  # optional column: written when the store has it
+                continue
             have = store.features.get(key)
             if have is None or have.shape != feat.shape or have.dtype != feat.dtype:
                 store.close()
@@ -86,7 +95,8 @@ def collect(task: str, episodes: int, out: str | Path, num_envs: int = 1, noise:
     n = min(num_envs, episodes)
     sim = TaskSim(task, cfg=cfg, num_envs=n)
     expert = TASKS[task][1](sim.task, n, noise=noise, seed=seed, mode=expert_mode)
-    store = _open_store(Path(out), sim, cfg)
+    store = _open_store(Path(out), sim, cfg, expert_labels=noise > 0)
+    write_labels = "expert_action" in store.features
     bar = None
     if progress:
         from tqdm import tqdm
@@ -106,6 +116,7 @@ def collect(task: str, episodes: int, out: str | Path, num_envs: int = 1, noise:
             states = sim.get_state()
             action, prim = expert.act(s)
             act = action.numpy()
+            clean = expert.last_clean_action.numpy()
             prim_np = prim.numpy()
             for i in np.flatnonzero(active):
                 b = bufs[i]
@@ -116,6 +127,8 @@ def collect(task: str, episodes: int, out: str | Path, num_envs: int = 1, noise:
                 b["sim_state"].append(states[i])
                 b["primitive"].append(prim_np[i])
                 b["action"].append(act[i])
+                if write_labels:
+                    b["expert_action"].append(clean[i])
             obs, rew, term, trunc, info = sim.step(act)
             status = info
             done = (term | trunc) & active

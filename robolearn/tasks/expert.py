@@ -48,6 +48,9 @@ class Expert:
     def act(self, s: SimState) -> tuple[torch.Tensor, torch.Tensor]:
         """(action (N, A) float32 in [-1, 1], primitive (N,) int32) for the current states."""
         action, prim = self.policy(s)
+        # The noise-free action of the same state: DART-style labels (Laskey et al. 2017) for
+        # demos whose executed actions are noisy (collect stores it as `expert_action`).
+        self.last_clean_action = action.clamp(-1, 1).to(torch.float32)
         if self.noise > 0:
             action = action + self.noise * torch.randn(action.shape, generator=self.gen, dtype=action.dtype)
         return action.clamp(-1, 1).to(torch.float32), prim.to(torch.int32)
