@@ -87,6 +87,8 @@ def main() -> int:
     p.add_argument("--profile", choices=list(PROFILES), default="cpu")
     p.add_argument("--ablations", nargs="*", default=["no_warmstart", "no_uncertainty"],
                    choices=["no_warmstart", "no_uncertainty"])
+    p.add_argument("--dp-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="diffusion-policy training overrides applied after the profile's (e.g. train.steps=5000)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/sailor_exp")
@@ -105,6 +107,7 @@ def main() -> int:
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     dp_over, sailor_over = PROFILES[args.profile]
+    dp_over = [*dp_over, *args.dp_set]
     sailor_over = [*sailor_over, f"device={args.device}"]
     t_start = time.time()
 
