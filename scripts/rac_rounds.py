@@ -183,8 +183,74 @@ def summarize(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, w
         print(f"plot skipped: {exc}", file=sys.stderr)
 
 
+def pooled_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Per method and round, over seeds: pooled success (all evaluation episodes) with its Wilson
+    interval, the per-seed rates, and the mean operator-labelled steps."""
+    from robolearn.evaluation import wilson_interval
+
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["round"]), []).append(r)
+    order = {m: i for i, m in enumerate(("base", *METHODS))}
+    lines = ["| method | round | seeds | mean operator-labelled steps | pooled success | 95% CI (Wilson) | per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for (method, rnd), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        k, n = sum(r["successes"] for r in rs), sum(r["n"] for r in rs)
+        lo, hi = wilson_interval(k, n)
+        per_seed = ", ".join(f"s{r['seed']}: {r['success_rate']:.2f}" for r in rs)
+        lines.append(f"| {method} | {rnd} | {len(rs)} | {np.mean([r['operator_labelled_steps'] for r in rs]):.0f} | "
+                     f"{k / n:.3f} ({k}/{n}) | [{lo:.2f}, {hi:.2f}] | {per_seed} |")
+    return lines
+
+
+def merge(dirs: list[Path], out: Path) -> int:
+    """Pool the results.jsonl of several runs (e.g. one per seed, run in parallel) into one table."""
+    rows = []
+    for d in dirs:
+        f = d / "results.jsonl"
+        if not f.is_file():
+            raise SystemExit(f"rac_rounds --merge: {f} not found")
+        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    text = [f"# rac_rounds: pooled over {len({r['seed'] for r in rows})} seed(s)", "",
+            f"- sources: {', '.join(str(d) for d in dirs)}", f"- command: `{' '.join(sys.argv)}`", "",
+            *pooled_table(rows)]
+    (out / "pooled.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from robolearn.evaluation import wilson_interval
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    base = [r for r in rows if r["method"] == "base"]
+    for method in METHODS:
+        pts = []
+        for rnd in range(0, 1 + max((r["round"] for r in rows), default=0)):
+            rs = base if rnd == 0 else [r for r in rows if r["method"] == method and r["round"] == rnd]
+            if rs:
+                k, n = sum(r["successes"] for r in rs), sum(r["n"] for r in rs)
+                pts.append((np.mean([r["operator_labelled_steps"] for r in rs]), k / n, *wilson_interval(k, n)))
+        if len(pts) > 1:
+            x, y, lo, hi = map(np.array, zip(*pts))
+            ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=method)
+    ax.set_xlabel("operator-labelled steps in the training data (mean over seeds)")
+    ax.set_ylabel("pooled success rate (95% Wilson CI)")
+    ax.set_title(f"pooled over {len({r['seed'] for r in rows})} seed(s)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "pooled_success_vs_steps.png", dpi=110)
+    plt.close(fig)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="RUN_DIR",
+                   help="only pool the results of these finished runs into OUT/pooled.md")
     p.add_argument("--task", default="pick_place")
     p.add_argument("--perturb", type=float, default=0.02)
     p.add_argument("--rounds", type=int, default=3)
@@ -201,6 +267,8 @@ def main() -> int:
     p.add_argument("overrides", nargs="*", default=["policy.hidden_dims=[256,256]", "train.batch_size=256", "train.lr=0.001"],
                    help="training overrides (default: a small BC)")
     args = p.parse_args()
+    if args.merge:
+        return merge(args.merge, Path(args.out or "runs/rac_rounds-pooled"))
     if args.rounds < 1 or args.budget < 1 or args.demos < 1:
         p.error("--rounds, --budget and --demos must be >= 1")
     import torch

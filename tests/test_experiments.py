@@ -19,3 +19,31 @@ def test_run_jobs_stop_launches_only_finished_jobs():
     out = run_jobs([1, 2, 3], _square, 1, lambda j: j == 2, lambda res: None, stop=past)
     assert [r["x"] for r in out] == [2]  # a done job is still "run" (it returns its stored result)
     assert stop_time(None) is None and stop_time("10:30").minute == 30
+
+
+def test_rac_rounds_merge_pools_seeds(tmp_path):
+    """scripts/rac_rounds.py --merge: success pooled over seeds' evaluation episodes, Wilson CI."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    dirs = []
+    for seed, (k, steps) in enumerate([(10, 100), (30, 140)]):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        rows = [{"seed": seed, "method": "base", "round": 0, "operator_labelled_steps": 50, "n": 100, "successes": 5,
+                 "success_rate": 0.05, "ci95": [0, 0.1]},
+                {"seed": seed, "method": "rac", "round": 1, "operator_labelled_steps": steps, "n": 100, "successes": k,
+                 "success_rate": k / 100, "ci95": [0, 1]}]
+        (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        dirs.append(str(d))
+    out = tmp_path / "pooled"
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "rac_rounds.py"), "--merge", *dirs, "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    table = (out / "pooled.md").read_text()
+    # rac round 1: 40 of 200 episodes, Wilson [0.150, 0.259], mean steps 120
+    assert "| rac | 1 | 2 | 120 | 0.200 (40/200) | [0.15, 0.26] | s0: 0.10, s1: 0.30 |" in table, table
+    assert (out / "pooled_success_vs_steps.png").stat().st_size > 0
