@@ -244,6 +244,21 @@ def merge(dirs: list[Path], out: Path) -> int:
     fig.tight_layout()
     fig.savefig(out / "pooled_success_vs_steps.png", dpi=110)
     plt.close(fig)
+    # RaC's "test-time scaling": success against recoveries per successful evaluation episode,
+    # one point per (method, round, seed).
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in ("base", *METHODS):
+        rs = [r for r in rows if r["method"] == method]
+        if rs:
+            ax.scatter([r["eval_recoveries_per_successful_episode"] for r in rs], [r["success_rate"] for r in rs],
+                       label=method, s=18)
+    ax.set_xlabel("recoveries per successful evaluation episode")
+    ax.set_ylabel("success rate")
+    ax.set_title("one point per method, round and seed")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "pooled_success_vs_recoveries.png", dpi=110)
+    plt.close(fig)
     return 0
 
 

@@ -34,9 +34,9 @@ def test_rac_rounds_merge_pools_seeds(tmp_path):
         d = tmp_path / f"s{seed}"
         d.mkdir()
         rows = [{"seed": seed, "method": "base", "round": 0, "operator_labelled_steps": 50, "n": 100, "successes": 5,
-                 "success_rate": 0.05, "ci95": [0, 0.1]},
+                 "success_rate": 0.05, "ci95": [0, 0.1], "eval_recoveries_per_successful_episode": 1.0},
                 {"seed": seed, "method": "rac", "round": 1, "operator_labelled_steps": steps, "n": 100, "successes": k,
-                 "success_rate": k / 100, "ci95": [0, 1]}]
+                 "success_rate": k / 100, "ci95": [0, 1], "eval_recoveries_per_successful_episode": 0.5}]
         (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         dirs.append(str(d))
     out = tmp_path / "pooled"
@@ -47,3 +47,4 @@ def test_rac_rounds_merge_pools_seeds(tmp_path):
     # rac round 1: 40 of 200 episodes, Wilson [0.150, 0.259], mean steps 120
     assert "| rac | 1 | 2 | 120 | 0.200 (40/200) | [0.15, 0.26] | s0: 0.10, s1: 0.30 |" in table, table
     assert (out / "pooled_success_vs_steps.png").stat().st_size > 0
+    assert (out / "pooled_success_vs_recoveries.png").stat().st_size > 0
