@@ -89,10 +89,15 @@ def main() -> int:
                    choices=["no_warmstart", "no_uncertainty"])
     p.add_argument("--dp-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="diffusion-policy training overrides applied after the profile's (e.g. train.steps=5000)")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="OUT_DIR",
+                   help="only pool the results.json of these finished runs into one table (stdout)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/sailor_exp")
     args = p.parse_args()
+    if args.merge:
+        print(merge(args.merge))
+        return 0
     torch.set_num_threads(args.threads)
 
     from robolearn.checkpoint import load_policy
@@ -209,6 +214,31 @@ def main() -> int:
     save()
     print(markdown(results))
     return 0
+
+
+def merge(dirs: list[Path]) -> str:
+    """Pool the evaluations of several output dirs (e.g. one per seed, run in parallel): per policy,
+    successes summed over seeds with the Wilson interval, plus each seed's rate and the AUROCs."""
+    from robolearn.evaluation import wilson_interval
+
+    evals: dict[str, list[tuple[str, dict]]] = {}
+    aurocs = []
+    for d in dirs:
+        res = json.loads((d / "results.json").read_text())
+        for key, r in res.get("eval", {}).items():
+            name, seed = key.rsplit("/", 1)
+            evals.setdefault(name, []).append((seed[4:], r))
+        aurocs += [a["auroc"] for a in res.get("auroc", {}).values() if a.get("auroc") is not None]
+    lines = ["| policy | seeds | pooled success | 95% CI (Wilson) | per seed | mean return |", "|---|---|---|---|---|---|"]
+    for name, rs in evals.items():
+        k, n = sum(r["successes"] for _, r in rs), sum(r["n"] for _, r in rs)
+        lo, hi = wilson_interval(k, n)
+        per = ", ".join(f"s{s}: {r['success_rate']:.2f}" for s, r in sorted(rs))
+        lines.append(f"| {name} | {len(rs)} | {k / n:.3f} ({k}/{n}) | [{lo:.2f}, {hi:.2f}] | {per} | "
+                     f"{np.mean([r['mean_return'] for _, r in rs]):.2f} |")
+    if aurocs:
+        lines.append(f"\nreward-model AUROC per seed: {', '.join(f'{a:.3f}' for a in aurocs)}")
+    return "\n".join(lines)
 
 
 def markdown(results: dict) -> str:

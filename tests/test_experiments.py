@@ -48,3 +48,25 @@ def test_rac_rounds_merge_pools_seeds(tmp_path):
     assert "| rac | 1 | 2 | 120 | 0.200 (40/200) | [0.15, 0.26] | s0: 0.10, s1: 0.30 |" in table, table
     assert (out / "pooled_success_vs_steps.png").stat().st_size > 0
     assert (out / "pooled_success_vs_recoveries.png").stat().st_size > 0
+
+
+def test_sailor_experiment_merge_pools_seeds(tmp_path):
+    """scripts/sailor_experiment.py --merge: per policy, successes summed over the seeds' runs."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    dirs = []
+    for seed, k in ((0, 14), (1, 26)):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        ev = {f"DP (20 demos)/seed{seed}": {"n": 100, "successes": k, "success_rate": k / 100, "mean_return": 1.0}}
+        (d / "results.json").write_text(json.dumps({"eval": ev, "auroc": {f"seed{seed}": {"auroc": 0.9}}}))
+        dirs.append(str(d))
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "sailor_experiment.py"), "--merge", *dirs],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| DP (20 demos) | 2 | 0.200 (40/200) | [0.15, 0.26] | s0: 0.14, s1: 0.26 | 1.00 |" in proc.stdout, proc.stdout
+    assert "AUROC per seed: 0.900, 0.900" in proc.stdout
