@@ -128,6 +128,19 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path, log: Any) -> None:
                  "round_collection": {k: rm.get(k) for k in keep}, **ev, "seconds": time.perf_counter() - t0})
 
 
+def save_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend_size: int = 8) -> None:
+    """Label, lay out, write (PNG) and close one figure: every plot of this script ends this way."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def summarize(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, wall: float) -> None:
     lines = [
         f"# rac_rounds: {args.task} (perturb {args.perturb})",
@@ -172,13 +185,8 @@ def summarize(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, w
                 y = [p["success_rate"] for p in pts]
                 err = np.array([[p["success_rate"] - p["ci95"][0] for p in pts], [p["ci95"][1] - p["success_rate"] for p in pts]])
                 ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{method} (seed {seed})")
-        ax.set_xlabel("operator-labelled steps in the training data")
-        ax.set_ylabel("success rate (95% Wilson CI)")
-        ax.set_title(f"{args.task}, perturb {args.perturb}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "success_vs_steps.png", dpi=110)
-        plt.close(fig)
+        save_plot(fig, ax, out / "success_vs_steps.png", "operator-labelled steps in the training data",
+                  "success rate (95% Wilson CI)", f"{args.task}, perturb {args.perturb}", legend_size=7)
     except Exception as exc:  # plotting is a convenience
         print(f"plot skipped: {exc}", file=sys.stderr)
 
@@ -237,13 +245,8 @@ def merge(dirs: list[Path], out: Path) -> int:
         if len(pts) > 1:
             x, y, lo, hi = map(np.array, zip(*pts))
             ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=method)
-    ax.set_xlabel("operator-labelled steps in the training data (mean over seeds)")
-    ax.set_ylabel("pooled success rate (95% Wilson CI)")
-    ax.set_title(f"pooled over {len({r['seed'] for r in rows})} seed(s)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "pooled_success_vs_steps.png", dpi=110)
-    plt.close(fig)
+    save_plot(fig, ax, out / "pooled_success_vs_steps.png", "operator-labelled steps in the training data (mean over seeds)",
+              "pooled success rate (95% Wilson CI)", f"pooled over {len({r['seed'] for r in rows})} seed(s)")
     # RaC's "test-time scaling": success against recoveries per successful evaluation episode,
     # one point per (method, round, seed).
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -252,13 +255,8 @@ def merge(dirs: list[Path], out: Path) -> int:
         if rs:
             ax.scatter([r["eval_recoveries_per_successful_episode"] for r in rs], [r["success_rate"] for r in rs],
                        label=method, s=18)
-    ax.set_xlabel("recoveries per successful evaluation episode")
-    ax.set_ylabel("success rate")
-    ax.set_title("one point per method, round and seed")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "pooled_success_vs_recoveries.png", dpi=110)
-    plt.close(fig)
+    save_plot(fig, ax, out / "pooled_success_vs_recoveries.png", "recoveries per successful evaluation episode",
+              "success rate", "one point per method, round and seed")
     return 0
 
 
