@@ -23,9 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_gpu import TASK_OVERRIDES  # noqa: E402  (the same task variants as the benchmark)
 from robolearn.tasks.parity import compare_with_mujoco_c  # noqa: E402
-
-TASK_OVERRIDES = {"push_cube": [], "pick_place": [], "push_t": [], "sort": ["num_cubes=3"]}
 
 
 def main() -> int:

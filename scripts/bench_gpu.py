@@ -208,14 +208,12 @@ def fmt(x: float | None) -> str:
     return f"{x / 1e6:.2f} M" if x >= 1e6 else f"{x / 1e3:.1f} k"
 
 
-def report(args, rows: dict, notes: list[str], card: str, wdev: str, done: bool) -> list[str]:
+def report(args, rows: dict, notes: list[str], card: str, wdev: str, commit: str, done: bool) -> list[str]:
     import warp as wp
     import mujoco_warp as mjw
 
     fs = args.frame_skip or 25
     cmd = "python scripts/bench_gpu.py " + " ".join(sys.argv[1:])
-    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                           text=True).stdout.strip()
     lines = [
         "# MuJoCo Warp batched simulation: benchmark", "",
         f"- card: **{card}** (Warp device `{wdev}`); CPU baseline: MuJoCo C via `mujoco.rollout`, {args.cpu_threads} threads "
@@ -275,13 +273,15 @@ def main() -> int:
     wdev = resolve_device("cuda" if args.device != "cpu" else "cpu")
     card = torch.cuda.get_device_name(0) if args.device != "cpu" else f"Warp CPU device ({platform.processor() or platform.machine()})"
     print(f"card: {card}; warp {wp.__version__} device {wdev}", flush=True)
+    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                           text=True).stdout.strip()
     rows: dict[tuple[str, int], dict] = {}
     notes: list[str] = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(done: bool) -> None:
-        out.write_text("\n".join(report(args, rows, notes, card, wdev, done)) + "\n")
+        out.write_text("\n".join(report(args, rows, notes, card, wdev, commit, done)) + "\n")
         out.with_suffix(".json").write_text(json.dumps(
             [{"task": t, "worlds": n, **r} for (t, n), r in rows.items()], indent=1) + "\n")
 
@@ -312,7 +312,7 @@ def main() -> int:
         save(False)
     complete = not any("skipped" in n for n in notes)
     save(complete)
-    print("\n".join(report(args, rows, notes, card, wdev, complete)))
+    print("\n".join(report(args, rows, notes, card, wdev, commit, complete)))
     print(f"wrote {out}")
     return 0
 

@@ -18,7 +18,7 @@ bench_device=${BENCH_DEVICE:-cuda}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 py="python3"
-cli=(python3 -m robolearn.cli)
+cli=("$py" -m robolearn.cli)
 if [ "${SMALL:-0}" = 1 ]; then
   parity_worlds=8; demos=10; train_steps=50; eval_eps=16; bench=(--worlds 16 --tasks push_cube --steps 3 --dp-steps 8 --warmup 1 --cpu-steps 2)
 else

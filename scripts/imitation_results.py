@@ -92,7 +92,8 @@ def main() -> None:
     ap.add_argument("--collect-perturb", type=float, default=None,
                     help="perturbation events per step during demo collection only (the expert recovers)")
     ap.add_argument("--collect-noise", type=float, default=0.0,
-                    help="std of Gaussian noise on the expert's actions during collection (the stored action is the noisy one)")
+                    help="std of Gaussian noise on the expert's actions during collection (`action` stores the executed noisy "
+                         "one, `expert_action` the noise-free label; train on it with --extra data.action_key=expert_action)")
     ap.add_argument("--collect-set", nargs="*", default=[],
                     help="task overrides for demo collection only, e.g. perturb_kinds=[nudge_object]")
     ap.add_argument("--workdir", default="runs/imitation")

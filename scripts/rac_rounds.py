@@ -191,23 +191,31 @@ def summarize(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, w
         print(f"plot skipped: {exc}", file=sys.stderr)
 
 
-def pooled_table(rows: list[dict[str, Any]]) -> list[str]:
-    """Per method and round, over seeds: pooled success (all evaluation episodes) with its Wilson
-    interval, the per-seed rates, and the mean operator-labelled steps."""
+def pool_by_round(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per (method, round), over seeds: the seeds' rows, pooled successes k of n evaluation episodes
+    with the Wilson interval, and the mean operator-labelled steps (what the table and plot show)."""
     from robolearn.evaluation import wilson_interval
 
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["round"]), []).append(r)
+    pooled = {}
+    for key, rs in groups.items():
+        k, n = sum(r["successes"] for r in rs), sum(r["n"] for r in rs)
+        pooled[key] = {"rows": sorted(rs, key=lambda r: r["seed"]), "k": k, "n": n, "ci": wilson_interval(k, n),
+                       "steps": float(np.mean([r["operator_labelled_steps"] for r in rs]))}
+    return pooled
+
+
+def pooled_table(pooled: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
+    """The pooled results as a markdown table, with the per-seed rates."""
     order = {m: i for i, m in enumerate(("base", *METHODS))}
     lines = ["| method | round | seeds | mean operator-labelled steps | pooled success | 95% CI (Wilson) | per seed |",
              "|---|---|---|---|---|---|---|"]
-    for (method, rnd), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
-        rs = sorted(rs, key=lambda r: r["seed"])
-        k, n = sum(r["successes"] for r in rs), sum(r["n"] for r in rs)
-        lo, hi = wilson_interval(k, n)
-        per_seed = ", ".join(f"s{r['seed']}: {r['success_rate']:.2f}" for r in rs)
-        lines.append(f"| {method} | {rnd} | {len(rs)} | {np.mean([r['operator_labelled_steps'] for r in rs]):.0f} | "
+    for (method, rnd), g in sorted(pooled.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
+        k, n, (lo, hi) = g["k"], g["n"], g["ci"]
+        per_seed = ", ".join(f"s{r['seed']}: {r['success_rate']:.2f}" for r in g["rows"])
+        lines.append(f"| {method} | {rnd} | {len(g['rows'])} | {g['steps']:.0f} | "
                      f"{k / n:.3f} ({k}/{n}) | [{lo:.2f}, {hi:.2f}] | {per_seed} |")
     return lines
 
@@ -221,9 +229,10 @@ def merge(dirs: list[Path], out: Path) -> int:
             raise SystemExit(f"rac_rounds --merge: {f} not found")
         rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
     out.mkdir(parents=True, exist_ok=True)
+    pooled = pool_by_round(rows)
     text = [f"# rac_rounds: pooled over {len({r['seed'] for r in rows})} seed(s)", "",
             f"- sources: {', '.join(str(d) for d in dirs)}", f"- command: `{' '.join(sys.argv)}`", "",
-            *pooled_table(rows)]
+            *pooled_table(pooled)]
     (out / "pooled.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
     import matplotlib
@@ -231,17 +240,11 @@ def merge(dirs: list[Path], out: Path) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from robolearn.evaluation import wilson_interval
-
     fig, ax = plt.subplots(figsize=(6, 4))
-    base = [r for r in rows if r["method"] == "base"]
-    for method in METHODS:
-        pts = []
-        for rnd in range(0, 1 + max((r["round"] for r in rows), default=0)):
-            rs = base if rnd == 0 else [r for r in rows if r["method"] == method and r["round"] == rnd]
-            if rs:
-                k, n = sum(r["successes"] for r in rs), sum(r["n"] for r in rs)
-                pts.append((np.mean([r["operator_labelled_steps"] for r in rs]), k / n, *wilson_interval(k, n)))
+    rounds = range(1, 1 + max((r["round"] for r in rows), default=0))
+    for method in METHODS:  # each curve starts at the shared base policy (round 0)
+        groups = [pooled[key] for key in [("base", 0), *((method, rnd) for rnd in rounds)] if key in pooled]
+        pts = [(g["steps"], g["k"] / g["n"], *g["ci"]) for g in groups]
         if len(pts) > 1:
             x, y, lo, hi = map(np.array, zip(*pts))
             ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=method)

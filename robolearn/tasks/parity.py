@@ -1,7 +1,7 @@
 """Backend parity: run one task on MuJoCo C and on another backend from identical states and actions.
 
 Used by the CPU-device tests (tests/test_warp_backend.py) and by the CUDA checks
-(scripts/gpu_checks.py), so both measure the same thing: per-world maximum distance of the gripper
+(scripts/backend_parity.py, run by scripts/gpu_checks.sh), so both measure the same thing: per-world maximum distance of the gripper
 and every object from MuJoCo C over `steps` control steps of the noisy scripted expert (whose
 actions are computed from the MuJoCo C state and applied to both), and how often success and reward
 agree.
