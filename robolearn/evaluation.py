@@ -370,7 +370,7 @@ def load_any_policy(path: str | Path, device: str = "cpu") -> tuple[Any, dict[st
 
 # Task-config fields that define the task's structure; evaluation uses the training data's values
 # (e.g. sort's number of cubes). Perturbations are left to the evaluation's own settings.
-STRUCTURAL_TASK_FIELDS = ("num_cubes", "frame_skip", "horizon", "image_size", "wrist_camera", "reward_type")
+STRUCTURAL_TASK_FIELDS = ("num_cubes", "frame_skip", "horizon", "image_size", "wrist_camera", "reward_type", "obs_relative")
 
 
 def task_overrides_from_meta(meta: dict[str, Any], task: str) -> list[str]:

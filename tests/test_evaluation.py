@@ -88,6 +88,7 @@ def test_eval_uses_the_training_data_task_structure(trained):
     assert meta["task_config"]["task"] == "push_cube"  # recorded from the store at training time
     overrides = task_overrides_from_meta(meta, "push_cube")
     assert "horizon=60" in overrides and not any(o.startswith("perturb") for o in overrides)
+    assert "obs_relative=false" in overrides  # the observation layout the policy was trained on
     assert task_overrides_from_meta({"task_config": {"task": "sort", "num_cubes": 2}}, "sort") == ["num_cubes=2"]
     assert task_overrides_from_meta({"task_config": {"task": "sort", "num_cubes": 2}}, "push_cube") == []
 

@@ -294,14 +294,14 @@ def test_task_functions_are_pure_torch():
     assert states.shape == (3, sim.backend.layout.state_size)
 
 
-@pytest.mark.parametrize("name", TASK_NAMES)
-def test_host_numpy_path_matches_torch_path(name):
+@pytest.mark.parametrize("name,relative", [(n, False) for n in TASK_NAMES] + [(n, True) for n in TASK_NAMES])
+def test_host_numpy_path_matches_torch_path(name, relative):
     # TaskSim runs the task functions on numpy views of the C backend's buffers (array_ops); the
     # same functions on torch tensors must give the same results: the same bits for discrete
     # outputs, floats equal to rounding (numpy's and torch's cos/tanh/norm kernels may differ in
     # the last bit).
     def rollout(host: bool):
-        sim = TaskSim(name, num_envs=3, perturb_rate=0.1)
+        sim = TaskSim(name, num_envs=3, perturb_rate=0.1, obs_relative=relative)
         sim._host = host
         out = [sim.reset(seeds=[0, 1, 2])["state"]]
         rng = np.random.default_rng(0)
@@ -356,6 +356,64 @@ def test_step_carry_matches_fresh_evaluation(name):
         injected = np.isin(info["failure_event"], [1, 2, 3])  # an injected event overrides detection
         np.testing.assert_array_equal(info["failure_event"][~injected], detected[~injected])
     assert resets >= 1 and restores >= 1
+
+
+def _expected_relative(name: str, obs: np.ndarray, k: int = 2) -> np.ndarray:
+    """The relative block computed independently from the absolute part of the observation."""
+    from robolearn.tasks.base import quat_to_yaw
+
+    def yaw(q):
+        return quat_to_yaw(torch.as_tensor(q, dtype=torch.float64)).numpy()
+
+    def sincos(a):
+        return np.stack([np.sin(a), np.cos(a)], -1)
+
+    if name == "push_cube":
+        return np.concatenate([obs[:, 4:7] - obs[:, 0:3], obs[:, 11:13] - obs[:, 4:6]], -1)
+    if name == "pick_place":
+        return np.concatenate([obs[:, 5:8] - obs[:, 0:3], obs[:, 12:15] - obs[:, 5:8],
+                               sincos(2 * (yaw(obs[:, 8:12]) - obs[:, 3]))], -1)
+    if name == "push_t":
+        dyaw = np.arctan2(obs[:, 8], obs[:, 9]) - np.arctan2(obs[:, 4], obs[:, 5])
+        return np.concatenate([obs[:, 2:4] - obs[:, 0:2], obs[:, 6:8] - obs[:, 2:4], sincos(dyaw)], -1)
+    blocks = []
+    for i in range(k):  # sort
+        cube, quat = obs[:, 5 + 7 * i:8 + 7 * i], obs[:, 8 + 7 * i:12 + 7 * i]
+        bin_xy = obs[:, 5 + 7 * k + 2 * i:7 + 7 * k + 2 * i]
+        blocks += [cube - obs[:, 0:3], bin_xy - cube[:, :2], sincos(2 * (yaw(quat) - obs[:, 3]))]
+    return np.concatenate(blocks, -1)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_obs_relative_appends_differences_of_the_poses(name):
+    """obs_relative keeps the pose observation as it was and appends object-relative vectors that
+    equal the differences of those poses (computed here from the observation itself)."""
+    extra = {"num_cubes": 2} if name == "sort" else {}
+    plain = TaskSim(name, num_envs=2, **extra)
+    rel = TaskSim(name, num_envs=2, obs_relative=True, **extra)
+    assert rel.obs_dim == plain.obs_dim + rel.task.relative_dim
+    rng = np.random.default_rng(0)
+    o_plain, o_rel = plain.reset(seeds=[4, 5])["state"], rel.reset(seeds=[4, 5])["state"]
+    for t in range(15):
+        assert o_rel.shape == (2, rel.obs_dim)
+        np.testing.assert_array_equal(o_rel[:, :plain.obs_dim], o_plain)  # the poses are unchanged
+        np.testing.assert_allclose(o_rel[:, plain.obs_dim:], _expected_relative(name, o_plain.astype(np.float64)),
+                                   atol=2e-5)
+        action = rng.uniform(-1, 1, (2, plain.action_dim))
+        o_plain, o_rel = plain.step(action)[0]["state"], rel.step(action)[0]["state"]
+    env = T.make_env(name, obs_relative=True, **extra)
+    assert env.observation_space["state"].shape == (rel.obs_dim,)
+
+
+def test_sort_stage_columns_carry_the_relative_block():
+    from robolearn.tasks.registry import build_task
+
+    task = build_task("sort", {"num_cubes": 3, "obs_relative": True})
+    cols = task.stage_obs_columns()
+    assert all(len(c) == 14 + 7 for c in cols)
+    assert cols[1][14:] == list(range(32 + 7, 32 + 14))  # cube 1's relative block
+    every = task.stage_obs_columns(others=True)
+    assert all(sorted(c) == list(range(task.obs_dim)) for c in every) and every[2][:21] == cols[2]
 
 
 def test_sort_horizon_scales_with_num_cubes():

@@ -59,6 +59,10 @@ class TaskConfig:
     perturb_rate: float = 0.0  # probability per control step of one perturbation event
     perturb_kinds: list[str] = field(default_factory=list)  # empty = every kind the task supports
     num_cubes: int | None = None  # sort only (K)
+    # Append object-relative vectors to the state observation (object - gripper, target - object,
+    # and the object's yaw relative to the gripper/target as sin, cos): what a reach, grasp or push
+    # is about, so a policy need not learn the differences of absolute poses (see Task.relative_obs).
+    obs_relative: bool = False
 
     def validate(self, supported_perturbations: tuple[str, ...]) -> None:
         """Reject values that are well-typed but meaningless, with a one-line reason."""
@@ -163,6 +167,19 @@ def yaw_to_quat(yaw: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.cos(yaw / 2), z, z, torch.sin(yaw / 2)], -1)
 
 
+def relative_obs(grip: torch.Tensor, obj: torch.Tensor, target: torch.Tensor, yaw_diff: torch.Tensor | None = None,
+                 symmetry: int = 1) -> torch.Tensor:
+    """Object-relative observation block (..., d): object - gripper, target - object (as many
+    coordinates as `target` has), and when yaw_diff is given sin and cos of symmetry * yaw_diff
+    (symmetry 2 for a parallel gripper on a cube: grasp yaws repeat every 180 degrees)."""
+    xp = array_ops.of(obj)
+    parts = [obj - grip, target - obj[..., :target.shape[-1]]]
+    if yaw_diff is not None:
+        a = yaw_diff if symmetry == 1 else symmetry * yaw_diff
+        parts += [xp.sin(a)[..., None], xp.cos(a)[..., None]]
+    return xp.cat(parts, -1)
+
+
 def canonical_quat(q: torch.Tensor) -> torch.Tensor:
     """Resolve the q/-q ambiguity (w >= 0) so observations are continuous for learning."""
     return array_ops.of(q).where(q[..., :1] < 0, -q, q)
@@ -223,6 +240,17 @@ class Task:
 
     @property
     def obs_dim(self) -> int:
+        """Length of the `state` observation: the poses, plus `relative_dim` with obs_relative."""
+        return self.pose_obs_dim + (self.relative_dim if self.cfg.obs_relative else 0)
+
+    @property
+    def pose_obs_dim(self) -> int:
+        """Length of the absolute-pose part of the observation (robot, objects, targets)."""
+        raise NotImplementedError
+
+    @property
+    def relative_dim(self) -> int:
+        """Length of the object-relative part appended with `obs_relative` (see relative_obs)."""
         raise NotImplementedError
 
     # -- model construction -------------------------------------------------------------------

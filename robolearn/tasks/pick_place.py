@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 
 from robolearn.tasks import array_ops
-from robolearn.tasks.base import (EVENT, PRIM, SimState, Task, canonical_quat, out_of_reach_events, quat_to_yaw, uniform,
+from robolearn.tasks.base import (EVENT, PRIM, SimState, Task, canonical_quat, out_of_reach_events, quat_to_yaw,
+                                  relative_obs, uniform,
                                   wrap_angle)
 from robolearn.tasks.expert import Expert
 from robolearn.tasks.push_cube import REACH
@@ -61,9 +62,8 @@ class PickPlace(GraspTask):
     num_stages = 2  # 0 pick, 1 place
     description = "grasp a cube and carry it into a bin (grasps can slip)"
 
-    @property
-    def obs_dim(self) -> int:
-        return 15
+    pose_obs_dim = 15
+    relative_dim = 8  # cube - gripper (3), bin - cube (3), cube yaw - gripper yaw (sin, cos of 2x)
 
     def cube_pos(self, s: SimState) -> torch.Tensor:
         return self.sensor(s, "cube_pos")
@@ -72,10 +72,14 @@ class PickPlace(GraspTask):
         return self.sensor(s, "bin_pos")
 
     def observe(self, s: SimState) -> torch.Tensor:
-        """[gripper xyz, gripper yaw, finger opening, cube xyz, cube quat (w>=0), bin xyz]."""
-        return array_ops.of(s.qpos).cat([self.grip_pos(s), self.grip_yaw(s)[:, None], self.grip_width(s)[:, None],
-                                         self.cube_pos(s), canonical_quat(self.sensor(s, "cube_quat")),
-                                         self.bin_pos(s)], -1)
+        """[gripper xyz, gripper yaw, finger opening, cube xyz, cube quat (w>=0), bin xyz], then with
+        obs_relative [cube - gripper, bin - cube, sin and cos of 2 (cube yaw - gripper yaw)]."""
+        grip, yaw, cube, quat, bin_pos = (self.grip_pos(s), self.grip_yaw(s), self.cube_pos(s),
+                                          self.sensor(s, "cube_quat"), self.bin_pos(s))
+        parts = [grip, yaw[:, None], self.grip_width(s)[:, None], cube, canonical_quat(quat), bin_pos]
+        if self.cfg.obs_relative:
+            parts.append(relative_obs(grip, cube, bin_pos, quat_to_yaw(quat) - yaw, symmetry=2))
+        return array_ops.of(s.qpos).cat(parts, -1)
 
     def success(self, s: SimState) -> torch.Tensor:
         return self.in_bin(self.cube_pos(s), self.bin_pos(s))

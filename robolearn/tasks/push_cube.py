@@ -7,7 +7,7 @@ import math
 import torch
 
 from robolearn.tasks import array_ops
-from robolearn.tasks.base import PRIM, SimState, Task, canonical_quat, out_of_reach_events, uniform
+from robolearn.tasks.base import PRIM, SimState, Task, canonical_quat, out_of_reach_events, relative_obs, uniform
 from robolearn.tasks.expert import Expert, navigate_around
 
 GOAL_RADIUS = 0.03
@@ -22,9 +22,8 @@ class PushCube(Task):
     num_stages = 2  # 0 reach, 1 push
     description = "push a cube into a goal region (dense/sparse reward)"
 
-    @property
-    def obs_dim(self) -> int:
-        return 13
+    pose_obs_dim = 13
+    relative_dim = 5  # cube - gripper (3), goal - cube (2)
 
     def cube_pos(self, s: SimState) -> torch.Tensor:
         return self.sensor(s, "cube_pos")
@@ -33,10 +32,14 @@ class PushCube(Task):
         return self.sensor(s, "goal_pos")[:, :2]
 
     def observe(self, s: SimState) -> torch.Tensor:
-        """[gripper xyz, finger opening, cube xyz, cube quat (wxyz, w>=0), goal xy]."""
+        """[gripper xyz, finger opening, cube xyz, cube quat (wxyz, w>=0), goal xy], then with
+        obs_relative [cube - gripper, goal - cube xy]."""
         xp = array_ops.of(s.qpos)
-        return xp.cat([self.grip_pos(s), self.grip_width(s)[:, None], self.cube_pos(s),
-                       canonical_quat(self.sensor(s, "cube_quat")), self.goal_xy(s)], -1)
+        grip, cube, goal = self.grip_pos(s), self.cube_pos(s), self.goal_xy(s)
+        parts = [grip, self.grip_width(s)[:, None], cube, canonical_quat(self.sensor(s, "cube_quat")), goal]
+        if self.cfg.obs_relative:
+            parts.append(relative_obs(grip, cube, goal))
+        return xp.cat(parts, -1)
 
     def goal_dist(self, s: SimState, cube: torch.Tensor | None = None) -> torch.Tensor:
         cube = self.cube_pos(s) if cube is None else cube

@@ -14,7 +14,7 @@ import torch
 
 from robolearn.tasks import array_ops
 from robolearn.tasks.base import (PRIM, ModelLayout, SimState, Task, TaskConfig, column_index, out_of_reach_events,
-                                  quat_to_yaw, uniform, wrap_angle)
+                                  quat_to_yaw, relative_obs, uniform, wrap_angle)
 from robolearn.tasks.expert import Expert
 
 # T geometry in the block frame (origin = centre of the bar's top edge, stem along -y).
@@ -118,9 +118,8 @@ class PushT(Task):
         self._fixed_cols = column_index([self.a_xyz[2], self.a_yaw, self.a_fl, self.a_fr])
         self._fixed_vals = torch.tensor([PUSH_Z, 0.0, 0.0, 0.0], dtype=torch.float64)
 
-    @property
-    def obs_dim(self) -> int:
-        return 10
+    pose_obs_dim = 10
+    relative_dim = 6  # block - pusher (2), goal - block (2), goal yaw - block yaw (sin, cos)
 
     def hold_ctrl(self, s: SimState) -> torch.Tensor:
         """Planar pusher: fingers closed, height and yaw fixed."""
@@ -166,10 +165,16 @@ class PushT(Task):
         return self._goal_cache
 
     def observe(self, s: SimState, frames: tuple | None = None) -> torch.Tensor:
-        """[pusher xy, block x, y, sin, cos of yaw, goal x, y, sin, cos of yaw]."""
+        """[pusher xy, block x, y, sin, cos of yaw, goal x, y, sin, cos of yaw], then with
+        obs_relative [block - pusher, goal - block (xy), sin and cos of goal yaw - block yaw]."""
         xp = array_ops.of(s.qpos)
         b, g, (cb, sb), (cg, sg), _ = self.frames(s) if frames is None else frames
-        return xp.cat([self.grip_pos(s)[:, :2], b[:, :2], sb, cb, g[:, :2], sg, cg], -1)
+        pusher = self.grip_pos(s)[:, :2]
+        parts = [pusher, b[:, :2], sb, cb, g[:, :2], sg, cg]
+        if self.cfg.obs_relative:
+            # sin/cos of the difference from those of the two yaws (no extra atan2 per step)
+            parts += [relative_obs(pusher, b[:, :2], g[:, :2]), sg * cb - cg * sb, cg * cb + sg * sb]
+        return xp.cat(parts, -1)
 
     def coverage(self, s: SimState, frames: tuple | None = None) -> torch.Tensor:
         b, g, cs_b, cs_g, goal_points = self.frames(s) if frames is None else frames
