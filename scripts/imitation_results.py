@@ -135,7 +135,8 @@ def main() -> None:
                                     "successes": report["successes"], "n": report["n"], "rate": report["success_rate"],
                                     "train_s": train_s, "eval_seeds": [report["seeds"][0], report["seeds"][-1]]})
                     print(json.dumps(results[-1]), flush=True)
-    (work / "results.jsonl").open("a").write("".join(json.dumps(r) + "\n" for r in results))
+                    with (work / "results.jsonl").open("a") as log:  # per run: a crash later keeps it
+                        log.write(json.dumps(results[-1]) + "\n")
     rows = []
     keys = sorted({(r["task"], r["policy"], r["demos"]) for r in results}, key=lambda k: (k[0], k[1], k[2]))
     for task, pol, n in keys:
