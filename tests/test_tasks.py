@@ -360,27 +360,16 @@ def test_step_carry_matches_fresh_evaluation(name):
 
 def _expected_relative(name: str, obs: np.ndarray, k: int = 2) -> np.ndarray:
     """The relative block computed independently from the absolute part of the observation."""
-    from robolearn.tasks.base import quat_to_yaw
-
-    def yaw(q):
-        return quat_to_yaw(torch.as_tensor(q, dtype=torch.float64)).numpy()
-
-    def sincos(a):
-        return np.stack([np.sin(a), np.cos(a)], -1)
-
     if name == "push_cube":
         return np.concatenate([obs[:, 4:7] - obs[:, 0:3], obs[:, 11:13] - obs[:, 4:6]], -1)
     if name == "pick_place":
-        return np.concatenate([obs[:, 5:8] - obs[:, 0:3], obs[:, 12:15] - obs[:, 5:8],
-                               sincos(2 * (yaw(obs[:, 8:12]) - obs[:, 3]))], -1)
+        return np.concatenate([obs[:, 5:8] - obs[:, 0:3], obs[:, 12:15] - obs[:, 5:8]], -1)
     if name == "push_t":
-        dyaw = np.arctan2(obs[:, 8], obs[:, 9]) - np.arctan2(obs[:, 4], obs[:, 5])
-        return np.concatenate([obs[:, 2:4] - obs[:, 0:2], obs[:, 6:8] - obs[:, 2:4], sincos(dyaw)], -1)
+        return np.concatenate([obs[:, 2:4] - obs[:, 0:2], obs[:, 6:8] - obs[:, 2:4]], -1)
     blocks = []
     for i in range(k):  # sort
-        cube, quat = obs[:, 5 + 7 * i:8 + 7 * i], obs[:, 8 + 7 * i:12 + 7 * i]
-        bin_xy = obs[:, 5 + 7 * k + 2 * i:7 + 7 * k + 2 * i]
-        blocks += [cube - obs[:, 0:3], bin_xy - cube[:, :2], sincos(2 * (yaw(quat) - obs[:, 3]))]
+        cube, bin_xy = obs[:, 5 + 7 * i:8 + 7 * i], obs[:, 5 + 7 * k + 2 * i:7 + 7 * k + 2 * i]
+        blocks += [cube - obs[:, 0:3], bin_xy - cube[:, :2]]
     return np.concatenate(blocks, -1)
 
 
@@ -410,10 +399,10 @@ def test_sort_stage_columns_carry_the_relative_block():
 
     task = build_task("sort", {"num_cubes": 3, "obs_relative": True})
     cols = task.stage_obs_columns()
-    assert all(len(c) == 14 + 7 for c in cols)
-    assert cols[1][14:] == list(range(32 + 7, 32 + 14))  # cube 1's relative block
+    assert all(len(c) == 14 + 5 for c in cols)
+    assert cols[1][14:] == list(range(32 + 5, 32 + 10))  # cube 1's relative block
     every = task.stage_obs_columns(others=True)
-    assert all(sorted(c) == list(range(task.obs_dim)) for c in every) and every[2][:21] == cols[2]
+    assert all(sorted(c) == list(range(task.obs_dim)) for c in every) and every[2][:19] == cols[2]
 
 
 def test_sort_horizon_scales_with_num_cubes():

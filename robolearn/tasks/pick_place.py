@@ -63,7 +63,7 @@ class PickPlace(GraspTask):
     description = "grasp a cube and carry it into a bin (grasps can slip)"
 
     pose_obs_dim = 15
-    relative_dim = 8  # cube - gripper (3), bin - cube (3), cube yaw - gripper yaw (sin, cos of 2x)
+    relative_dim = 6  # cube - gripper (3), bin - cube (3)
 
     def cube_pos(self, s: SimState) -> torch.Tensor:
         return self.sensor(s, "cube_pos")
@@ -73,12 +73,12 @@ class PickPlace(GraspTask):
 
     def observe(self, s: SimState) -> torch.Tensor:
         """[gripper xyz, gripper yaw, finger opening, cube xyz, cube quat (w>=0), bin xyz], then with
-        obs_relative [cube - gripper, bin - cube, sin and cos of 2 (cube yaw - gripper yaw)]."""
-        grip, yaw, cube, quat, bin_pos = (self.grip_pos(s), self.grip_yaw(s), self.cube_pos(s),
-                                          self.sensor(s, "cube_quat"), self.bin_pos(s))
-        parts = [grip, yaw[:, None], self.grip_width(s)[:, None], cube, canonical_quat(quat), bin_pos]
+        obs_relative [cube - gripper, bin - cube]."""
+        grip, cube, bin_pos = self.grip_pos(s), self.cube_pos(s), self.bin_pos(s)
+        parts = [grip, self.grip_yaw(s)[:, None], self.grip_width(s)[:, None], cube,
+                 canonical_quat(self.sensor(s, "cube_quat")), bin_pos]
         if self.cfg.obs_relative:
-            parts.append(relative_obs(grip, cube, bin_pos, quat_to_yaw(quat) - yaw, symmetry=2))
+            parts.append(relative_obs(grip, cube, bin_pos))
         return array_ops.of(s.qpos).cat(parts, -1)
 
     def success(self, s: SimState) -> torch.Tensor:

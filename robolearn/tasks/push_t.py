@@ -119,7 +119,7 @@ class PushT(Task):
         self._fixed_vals = torch.tensor([PUSH_Z, 0.0, 0.0, 0.0], dtype=torch.float64)
 
     pose_obs_dim = 10
-    relative_dim = 6  # block - pusher (2), goal - block (2), goal yaw - block yaw (sin, cos)
+    relative_dim = 4  # block - pusher (2), goal - block (2)
 
     def hold_ctrl(self, s: SimState) -> torch.Tensor:
         """Planar pusher: fingers closed, height and yaw fixed."""
@@ -166,14 +166,13 @@ class PushT(Task):
 
     def observe(self, s: SimState, frames: tuple | None = None) -> torch.Tensor:
         """[pusher xy, block x, y, sin, cos of yaw, goal x, y, sin, cos of yaw], then with
-        obs_relative [block - pusher, goal - block (xy), sin and cos of goal yaw - block yaw]."""
+        obs_relative [block - pusher, goal - block] (xy)."""
         xp = array_ops.of(s.qpos)
         b, g, (cb, sb), (cg, sg), _ = self.frames(s) if frames is None else frames
         pusher = self.grip_pos(s)[:, :2]
         parts = [pusher, b[:, :2], sb, cb, g[:, :2], sg, cg]
         if self.cfg.obs_relative:
-            # sin/cos of the difference from those of the two yaws (no extra atan2 per step)
-            parts += [relative_obs(pusher, b[:, :2], g[:, :2]), sg * cb - cg * sb, cg * cb + sg * sb]
+            parts.append(relative_obs(pusher, b[:, :2], g[:, :2]))
         return xp.cat(parts, -1)
 
     def coverage(self, s: SimState, frames: tuple | None = None) -> torch.Tensor:

@@ -14,8 +14,7 @@ import xml.etree.ElementTree as ET
 import torch
 
 from robolearn.tasks import array_ops
-from robolearn.tasks.base import (SimState, TaskConfig, canonical_quat, quat_to_yaw, read_asset, relative_obs, replicate,
-                                  uniform)
+from robolearn.tasks.base import SimState, TaskConfig, canonical_quat, read_asset, relative_obs, replicate, uniform
 from robolearn.tasks.expert import Expert
 from robolearn.tasks.pick_place import (CUBE_HALF, GraspExpertMixin, GraspTask, grasp_failures, held_before,
                                         shift_bin, staged_progress)
@@ -60,7 +59,7 @@ class Sort(GraspTask):
 
     @property
     def relative_dim(self) -> int:
-        return 7 * self.k  # per cube: cube - gripper (3), bin - cube xy (2), sin and cos of 2 (cube - gripper yaw)
+        return 5 * self.k  # per cube: cube - gripper (3), bin - cube xy (2)
 
     # -- readers -------------------------------------------------------------------------------
     def _gather(self, s: SimState, cols: torch.Tensor, dim: int) -> torch.Tensor:
@@ -106,15 +105,14 @@ class Sort(GraspTask):
     # -- task functions ------------------------------------------------------------------------
     def observe(self, s: SimState) -> torch.Tensor:
         """[gripper xyz, yaw, opening, K x (cube xyz, cube quat w>=0), K x bin xy], then with
-        obs_relative K x [cube - gripper, bin - cube xy, sin and cos of 2 (cube yaw - gripper yaw)]."""
+        obs_relative K x [cube - gripper, bin - cube xy]."""
         xp = array_ops.of(s.qpos)
         n = s.qpos.shape[0]
-        grip, yaw, pos, quat, bin_xy = self.grip_pos(s), self.grip_yaw(s), self.cubes(s), self.quats(s), self.bins(s)[:, :, :2]
-        cubes = xp.cat([pos, canonical_quat(quat)], -1).reshape(n, -1)
-        parts = [grip, yaw[:, None], self.grip_width(s)[:, None], cubes, bin_xy.reshape(n, -1)]
+        grip, pos, bin_xy = self.grip_pos(s), self.cubes(s), self.bins(s)[:, :, :2]
+        cubes = xp.cat([pos, canonical_quat(self.quats(s))], -1).reshape(n, -1)
+        parts = [grip, self.grip_yaw(s)[:, None], self.grip_width(s)[:, None], cubes, bin_xy.reshape(n, -1)]
         if self.cfg.obs_relative:
-            rel = relative_obs(grip[:, None], pos, bin_xy, quat_to_yaw(quat) - yaw[:, None], symmetry=2)
-            parts.append(rel.reshape(n, -1))
+            parts.append(relative_obs(grip[:, None], pos, bin_xy).reshape(n, -1))
         return xp.cat(parts, -1)
 
     def stage_obs_columns(self, others: bool = False) -> list[list[int]]:
@@ -125,7 +123,7 @@ class Sort(GraspTask):
         k = self.k
         cube = lambda i: list(range(5 + 7 * i, 12 + 7 * i))  # noqa: E731
         bin_xy = lambda i: [5 + 7 * k + 2 * i, 6 + 7 * k + 2 * i]  # noqa: E731
-        rel = (lambda i: list(range(5 + 9 * k + 7 * i, 12 + 9 * k + 7 * i))) if self.cfg.obs_relative else (lambda i: [])  # noqa: E731
+        rel = (lambda i: list(range(5 + 9 * k + 5 * i, 10 + 9 * k + 5 * i))) if self.cfg.obs_relative else (lambda i: [])  # noqa: E731
         own = lambda i: cube(i) + bin_xy(i) + rel(i)  # noqa: E731
         rest = lambda i: ([c for j in range(k) if j != i for c in cube(j)]  # noqa: E731
                           + [c for j in range(k) if j != i for c in bin_xy(j)]
