@@ -9,8 +9,7 @@ import torch
 
 from robolearn.tasks import array_ops
 from robolearn.tasks.base import (EVENT, PRIM, SimState, Task, canonical_quat, out_of_reach_events, quat_to_yaw,
-                                  relative_obs, uniform,
-                                  wrap_angle)
+                                  relative_obs, uniform, wrap_angle)
 from robolearn.tasks.expert import Expert
 from robolearn.tasks.push_cube import REACH
 
