@@ -13,7 +13,7 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -38,6 +38,14 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     lo = 0.0 if successes == 0 else max(0.0, centre - half)
     hi = 1.0 if successes == n else min(1.0, centre + half)
     return (lo, hi)
+
+
+def pool_evaluations(results: Iterable[Mapping[str, Any]]) -> tuple[int, int, tuple[float, float]]:
+    """(successes k, episodes n, Wilson interval of k/n) summed over several evaluations, e.g. one
+    per training seed: how every results table pools seeds (episodes, not per-seed rates)."""
+    results = list(results)
+    k, n = sum(int(r["successes"]) for r in results), sum(int(r["n"]) for r in results)
+    return k, n, wilson_interval(k, n)
 
 
 def _policy_obs_spec(policy: Any) -> tuple[int, list[str]]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from robolearn.data.store import EpisodeStore, copy_store
-from robolearn.evaluation import evaluate_policy, load_any_policy, wilson_interval
+from robolearn.evaluation import evaluate_policy, load_any_policy, pool_evaluations
 from robolearn.tasks.base import FAILURE_EVENTS
 from robolearn.tasks.collect import collect
 from robolearn.training import train
@@ -141,9 +141,7 @@ def main() -> None:
     keys = sorted({(r["task"], r["policy"], r["demos"]) for r in results}, key=lambda k: (k[0], k[1], k[2]))
     for task, pol, n in keys:
         cell = [r for r in results if (r["task"], r["policy"], r["demos"]) == (task, pol, n)]
-        k = sum(r["successes"] for r in cell)
-        tot = sum(r["n"] for r in cell)
-        lo, hi = wilson_interval(k, tot)
+        k, tot, (lo, hi) = pool_evaluations(cell)
         per_seed = ", ".join(f"s{r['seed']}: {r['rate']:.2f}" for r in cell)
         rows.append(f"| {task} | {pol} | {n} | {tot} | {k / tot:.3f} | [{lo:.3f}, {hi:.3f}] | {per_seed} | {sum(r['train_s'] for r in cell) / len(cell):.0f} |")
     cmd = "python " + " ".join(sys.argv)

@@ -194,15 +194,15 @@ def summarize(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, w
 def pool_by_round(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
     """Per (method, round), over seeds: the seeds' rows, pooled successes k of n evaluation episodes
     with the Wilson interval, and the mean operator-labelled steps (what the table and plot show)."""
-    from robolearn.evaluation import wilson_interval
+    from robolearn.evaluation import pool_evaluations
 
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["round"]), []).append(r)
     pooled = {}
     for key, rs in groups.items():
-        k, n = sum(r["successes"] for r in rs), sum(r["n"] for r in rs)
-        pooled[key] = {"rows": sorted(rs, key=lambda r: r["seed"]), "k": k, "n": n, "ci": wilson_interval(k, n),
+        k, n, ci = pool_evaluations(rs)
+        pooled[key] = {"rows": sorted(rs, key=lambda r: r["seed"]), "k": k, "n": n, "ci": ci,
                        "steps": float(np.mean([r["operator_labelled_steps"] for r in rs]))}
     return pooled
 

@@ -219,7 +219,7 @@ def main() -> int:
 def merge(dirs: list[Path]) -> str:
     """Pool the evaluations of several output dirs (e.g. one per seed, run in parallel): per policy,
     successes summed over seeds with the Wilson interval, plus each seed's rate and the AUROCs."""
-    from robolearn.evaluation import wilson_interval
+    from robolearn.evaluation import pool_evaluations
 
     evals: dict[str, list[tuple[str, dict]]] = {}
     aurocs = []
@@ -231,8 +231,7 @@ def merge(dirs: list[Path]) -> str:
         aurocs += [a["auroc"] for a in res.get("auroc", {}).values() if a.get("auroc") is not None]
     lines = ["| policy | seeds | pooled success | 95% CI (Wilson) | per seed | mean return |", "|---|---|---|---|---|---|"]
     for name, rs in evals.items():
-        k, n = sum(r["successes"] for _, r in rs), sum(r["n"] for _, r in rs)
-        lo, hi = wilson_interval(k, n)
+        k, n, (lo, hi) = pool_evaluations(r for _, r in rs)
         per = ", ".join(f"s{s}: {r['success_rate']:.2f}" for s, r in sorted(rs))
         lines.append(f"| {name} | {len(rs)} | {k / n:.3f} ({k}/{n}) | [{lo:.2f}, {hi:.2f}] | {per} | "
                      f"{np.mean([r['mean_return'] for _, r in rs]):.2f} |")

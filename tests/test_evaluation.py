@@ -124,3 +124,11 @@ def test_action_steps_override(trained):
     assert r["n"] == 2
     with pytest.raises(ValueError, match="--action-steps must be in"):
         set_action_steps(policy, 99)
+
+
+def test_pool_evaluations_sums_episodes_not_rates():
+    from robolearn.evaluation import pool_evaluations, wilson_interval
+
+    k, n, ci = pool_evaluations([{"successes": 10, "n": 100}, {"successes": 30, "n": 50}])
+    assert (k, n) == (40, 150) and ci == wilson_interval(40, 150)  # 0.267 pooled, not the 0.35 mean of rates
+    assert pool_evaluations([]) == (0, 0, (0.0, 1.0))
