@@ -61,6 +61,8 @@ def collection_tag(args: argparse.Namespace) -> str:
         tag += f"-perturb{args.collect_perturb:g}"
     if args.collect_noise:
         tag += f"-noise{args.collect_noise:g}"
+    if args.expert_mode is not None:
+        tag += f"-mode{args.expert_mode}"
     if args.collect_set:
         tag += "-" + "-".join(args.collect_set).replace("[", "").replace("]", "").replace(",", "+")
     return tag
@@ -96,6 +98,8 @@ def main() -> None:
                          "one, `expert_action` the noise-free label; train on it with --extra data.action_key=expert_action)")
     ap.add_argument("--collect-set", nargs="*", default=[],
                     help="task overrides for demo collection only, e.g. perturb_kinds=[nudge_object]")
+    ap.add_argument("--expert-mode", type=int, default=None,
+                    help="fix the expert's per-episode mode during collection (unimodal demos); default: drawn per episode")
     ap.add_argument("--workdir", default="runs/imitation")
     ap.add_argument("--out", default="docs/results/imitation.md")
     args = ap.parse_args()
@@ -111,7 +115,8 @@ def main() -> None:
             if not full.exists():
                 collect(task, episodes=max(args.demos), out=full, num_envs=args.num_envs, seed=seed * 100_000,
                         noise=args.collect_noise, perturb=args.collect_perturb,
-                        overrides=[*args.task_overrides, *args.collect_set] or None, image=args.image, progress=False)
+                        overrides=[*args.task_overrides, *args.collect_set] or None, image=args.image, progress=False,
+                        expert_mode=args.expert_mode)
             src = EpisodeStore.open(full)
             demo_stats[f"{task} s{seed}"] = describe_demos(src, max(args.demos))
             for n in args.demos:
@@ -162,6 +167,7 @@ def main() -> None:
         f"expert action noise std {args.collect_noise}"
         + ((" (labels: the noise-free `expert_action`, DART-style)" if "data.action_key=expert_action" in args.extra
             else " (labels: the executed noisy action)") if args.collect_noise else "")
+        + f", expert mode {'drawn per episode' if args.expert_mode is None else args.expert_mode}"
         + f", collection-only task overrides {args.collect_set or 'none'}; "
         + "; ".join(f"{k}: {v}" for k, v in demo_stats.items()),
         f"- {args.steps} gradient steps per run; profiles: {json.dumps({p: PROFILES[p] for p in args.policies})}"

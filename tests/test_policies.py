@@ -275,12 +275,12 @@ def test_hierarchical_times_out_and_requeries():
     calls = []
     original = policy.primitive_logits
 
-    def counting(obs):
+    def counting(obs, stage=None):
         calls.append(1)
-        return original(obs)
+        return original(obs, stage)
 
     policy.primitive_logits = counting
-    policy.termination_prob = lambda obs, primitive: torch.zeros(primitive.shape[0])  # never ends
+    policy.termination_prob = lambda obs, primitive, stage=None: torch.zeros(primitive.shape[0])  # never ends
     for _ in range(7):
         policy.select_action(state_window(0.1, 0.1))
     assert len(calls) == 3  # steps 0, 3 and 6
@@ -350,6 +350,56 @@ def test_object_centric_hierarchical_acts_on_the_selected_stage_object(tmp_path)
     loaded = load_policy(tmp_path / "ckpt")
     assert loaded.config.stage_obs_columns == [[0, 1, 3], [0, 2, 3]]
     assert torch.equal(policy.predict_action(batch["obs"]), loaded.predict_action(batch["obs"]))
+
+
+def test_stage_sliced_heads_judge_the_selected_object_only():
+    """The primitive to run depends on the stage's object (its sign); the heads see only its slice."""
+    batch = object_centric_batch(size=512, seed=1)
+    state, stage = batch["obs"]["state"], batch["stage"][:, 0]
+    primitive = (state[:, -1, 1:3].gather(1, stage[:, None]).squeeze(1) > 0).long()
+    batch["primitive"] = primitive[:, None].repeat(1, batch["action"].shape[1])
+    config = HierarchicalConfig(num_primitives=2, bc=BCConfig(n_obs_steps=2, horizon=4, n_action_steps=2, hidden_dims=[64, 64]),
+                                high_level_hidden_dims=[64, 64], termination_hidden_dims=[32], object_centric=True,
+                                stage_sliced_heads=True, stage_obs_columns=[[0, 1, 3], [0, 2, 3]])
+    policy = build("hierarchical", config, batch)
+    assert policy.selector.in_dim == 2 * 3 and policy.stage_selector.in_dim == 2 * STATE_DIM
+    train(policy, batch, steps=400, lr=3e-3)
+    policy.eval()
+    with torch.no_grad():
+        assert (policy.primitive_logits(batch["obs"]).argmax(-1) == primitive).float().mean() > 0.95
+        obs = {"state": state[:8].clone()}
+        zero = torch.zeros(8, dtype=torch.long)
+        before = policy.primitive_logits(obs, zero), policy.termination_prob(obs, zero, zero)
+        obs["state"][:, :, 2] += 0.7  # object 1 moves: stage 0's heads do not see it
+        after = policy.primitive_logits(obs, zero), policy.termination_prob(obs, zero, zero)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    with pytest.raises(ConfigError, match="needs object_centric"):
+        HierarchicalConfig(stage_sliced_heads=True)
+
+
+@pytest.mark.parametrize("requery", [False, True])
+def test_object_centric_policy_requeries_when_the_stage_changes(requery):
+    batch = object_centric_batch(size=16)
+    config = HierarchicalConfig(num_primitives=1, bc=BCConfig(n_obs_steps=2, horizon=4, n_action_steps=1, hidden_dims=[16]),
+                                high_level_hidden_dims=[16], termination_hidden_dims=[16], object_centric=True,
+                                requery_on_stage_change=requery, stage_obs_columns=[[0, 1, 3], [0, 2, 3]])
+    policy = build("hierarchical", config, batch).eval()
+    calls = []
+    current = [0]
+
+    def stage_logits(obs):
+        return torch.nn.functional.one_hot(torch.full((obs["state"].shape[0],), current[0]), 2).float()
+
+    original = policy.primitive_logits
+    policy.stage_logits = stage_logits
+    policy.primitive_logits = lambda obs, stage=None: calls.append(int(stage[0])) or original(obs, stage)
+    policy.termination_prob = lambda obs, primitive, stage=None: torch.zeros(primitive.shape[0])  # never ends
+    obs = {"state": batch["obs"]["state"][:1]}
+    for step in range(5):
+        current[0] = 0 if step < 2 else 1
+        policy.select_action(obs)
+    assert calls == ([0, 1] if requery else [0])  # re-queried on the step the stage changed
+    assert int(policy._active_stage[0]) == (1 if requery else 0)
 
 
 def test_object_centric_columns_come_from_the_task():

@@ -56,6 +56,13 @@ class HierarchicalConfig:
     # (`Task.stage_obs_columns`) when training starts and are saved with the checkpoint.
     object_centric: bool = False
     stage_obs_others: bool = False  # also pass the other objects, after the stage's own (reordered)
+    # Object-centric high level too: the stage head alone sees the whole observation; the primitive
+    # selector and the termination head see the selected stage's slice, so "is this object ready to
+    # grasp / has this primitive finished" is judged in the same frame whatever the number of objects.
+    stage_sliced_heads: bool = False
+    # Object-centric: re-query the high level as soon as the stage head's choice differs from the
+    # stage the active primitive was started on (else only on termination or time-out).
+    requery_on_stage_change: bool = False
     stage_key: str = "stage"
     stage_obs_key: str = "state"
     stage_obs_columns: list[list[int]] = field(default_factory=list)
@@ -76,6 +83,8 @@ class HierarchicalConfig:
             raise ConfigError(f"termination_threshold must be in (0, 1), got {self.termination_threshold}")
         if self.max_primitive_steps < 1:
             raise ConfigError(f"max_primitive_steps must be >= 1, got {self.max_primitive_steps}")
+        if self.stage_sliced_heads and not self.object_centric:
+            raise ConfigError("stage_sliced_heads needs object_centric: true (the heads see the selected stage's columns)")
         if self.stage_obs_columns:
             widths = {len(c) for c in self.stage_obs_columns}
             if len(widths) != 1 or 0 in widths:

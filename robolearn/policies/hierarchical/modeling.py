@@ -57,12 +57,15 @@ class HierarchicalPolicy(Policy):
             self.low_level = nn.ModuleList([low_cls(low_cfg, low_norm) for _ in range(num)])
         self.obs_encoder = ObservationEncoder(config.low_level)
         features = self.obs_encoder.out_dim
-        self.selector = MLP(features, num, config.high_level_hidden_dims, config.activation)
         # Object-centric: the high level also picks the stage whose object the low level acts on.
         self.stage_selector = (MLP(features, config.num_stages, config.high_level_hidden_dims, config.activation)
                                if config.object_centric else None)
+        # stage_sliced_heads: the primitive and termination heads read the stage's slice as well.
+        self.sliced_encoder = ObservationEncoder(low_cfg) if config.stage_sliced_heads else None
+        head_features = self.sliced_encoder.out_dim if self.sliced_encoder is not None else features
+        self.selector = MLP(head_features, num, config.high_level_hidden_dims, config.activation)
         # One termination logit per primitive; the active primitive's logit is read out.
-        self.termination = MLP(features, num, config.termination_hidden_dims, config.activation)
+        self.termination = MLP(head_features, num, config.termination_hidden_dims, config.activation)
         self._active: torch.Tensor | None = None  # (B,) active primitive per env, -1 = none yet
         self._active_stage: torch.Tensor | None = None  # (B,) stage the active primitive acts on
         self._steps_in_primitive: torch.Tensor | None = None  # (B,)
@@ -71,13 +74,27 @@ class HierarchicalPolicy(Policy):
     def _obs_features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.obs_encoder(self.normalize_obs(obs))
 
-    def primitive_logits(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """High-level scores (B, num_primitives) of which primitive should run now."""
-        return self.selector(self._obs_features(obs))
+    def _head_features(self, obs: dict[str, torch.Tensor], stage: torch.Tensor | None,
+                       features: torch.Tensor | None = None) -> torch.Tensor:
+        """Input of the primitive and termination heads: the whole observation's features, or
+        (stage_sliced_heads) the stage's slice, normalized like the low level's input; stage None
+        = the stage head's choice."""
+        if self.sliced_encoder is None:
+            return self._obs_features(obs) if features is None else features
+        if stage is None:
+            stage = self.stage_logits(obs).argmax(dim=-1)
+        return self.sliced_encoder(self.low_level[0].normalize_obs(self._stage_obs(obs, stage)))
 
-    def termination_prob(self, obs: dict[str, torch.Tensor], primitive: torch.Tensor) -> torch.Tensor:
-        """Probability (B,) that `primitive` (B,) has finished given the current observations."""
-        logits = self.termination(self._obs_features(obs))
+    def primitive_logits(self, obs: dict[str, torch.Tensor], stage: torch.Tensor | None = None) -> torch.Tensor:
+        """High-level scores (B, num_primitives) of which primitive should run now (on `stage`'s
+        object when the heads are stage-sliced; None = the stage head's choice)."""
+        return self.selector(self._head_features(obs, stage))
+
+    def termination_prob(self, obs: dict[str, torch.Tensor], primitive: torch.Tensor,
+                         stage: torch.Tensor | None = None) -> torch.Tensor:
+        """Probability (B,) that `primitive` (B,) (acting on `stage`) has finished given the current
+        observations."""
+        logits = self.termination(self._head_features(obs, stage))
         return torch.sigmoid(logits.gather(1, primitive.long().to(logits.device)[:, None]).squeeze(1))
 
     def stage_logits(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -125,12 +142,18 @@ class HierarchicalPolicy(Policy):
         current_safe = current.clamp(min=0)
         low_batch, stage_loss = batch, 0.0
         features = self._obs_features(batch["obs"])
+        select_features = term_features = features
         if self.config.object_centric:  # stage labels: K (all done) counts as the last stage
-            _, stage = self._labels(batch, self.config.stage_key)
+            previous_stage, stage = self._labels(batch, self.config.stage_key)
             stage_known = (stage >= 0).float()
             stage = stage.clamp(0, self.config.num_stages - 1)
             low_batch = {**batch, "obs": self._stage_obs(batch["obs"], stage)}
             stage_loss = F.cross_entropy(self.stage_selector(features), stage, reduction="none") * stage_known
+            if self.sliced_encoder is not None:
+                # The selector judges the current stage's object; the termination head judges the
+                # object the previous primitive acted on (at run time: the stage it was started on).
+                select_features = self._head_features(batch["obs"], stage)
+                term_features = self._head_features(batch["obs"], previous_stage.clamp(0, self.config.num_stages - 1))
 
         low_loss = torch.zeros(current.shape[0], device=self.device)
         if self.config.low_level_mode == "conditioned":
@@ -141,10 +164,10 @@ class HierarchicalPolicy(Policy):
                 if rows.numel():
                     low_loss = low_loss.index_put((rows,), policy.compute_loss(_select_rows(low_batch, rows)))
 
-        selector_loss = F.cross_entropy(self.selector(features), current_safe, reduction="none")
+        selector_loss = F.cross_entropy(self.selector(select_features), current_safe, reduction="none")
 
         has_previous = (previous >= 0) & known
-        term_logits = self.termination(features).gather(1, previous.clamp(min=0)[:, None]).squeeze(1)
+        term_logits = self.termination(term_features).gather(1, previous.clamp(min=0)[:, None]).squeeze(1)
         ended = (current != previous).float()
         pos_weight = torch.tensor(self.config.termination_pos_weight, device=self.device)
         term_loss = F.binary_cross_entropy_with_logits(term_logits, ended, pos_weight=pos_weight, reduction="none")
@@ -166,11 +189,13 @@ class HierarchicalPolicy(Policy):
     ) -> torch.Tensor:
         """Action chunk for `primitive` (B,) (and, object-centric, `stage` (B,)) or, if omitted,
         for the high level's choice."""
+        if self.config.object_centric and stage is None:
+            stage = self.stage_logits(obs).argmax(dim=-1)
         if primitive is None:
-            primitive = self.primitive_logits(obs).argmax(dim=-1)
+            primitive = self.primitive_logits(obs, stage).argmax(dim=-1)
         primitive = primitive.to(self.device).long()
         if self.config.object_centric:
-            obs = self._stage_obs(obs, self.stage_logits(obs).argmax(dim=-1) if stage is None else stage)
+            obs = self._stage_obs(obs, stage)
         if self.config.low_level_mode == "conditioned":
             return self.low_level[0].predict_action(obs, generator=generator, cond=self._one_hot(primitive))
         chunk = torch.zeros(primitive.shape[0], self.config.horizon, self.config.action_dim, device=self.device)
@@ -197,15 +222,23 @@ class HierarchicalPolicy(Policy):
         if running.any():
             rows = running.nonzero().squeeze(1)
             sub_obs = {k: v[rows.to(v.device)] for k, v in obs.items()}
-            done = self.termination_prob(sub_obs, self._active[rows]) > self.config.termination_threshold
+            done = self.termination_prob(sub_obs, self._active[rows], self._active_stage[rows]) > self.config.termination_threshold
             requery[rows] |= done
         requery |= self._steps_in_primitive >= self.config.max_primitive_steps
+        if self.config.object_centric and self.config.requery_on_stage_change:
+            # The stage head reads the whole scene every step: when the object to act on changes
+            # (this one is done, or an earlier one was knocked out of place) the primitive is re-chosen.
+            rows = (~requery).nonzero().squeeze(1)
+            if rows.numel():
+                sub_obs = {k: v[rows.to(v.device)] for k, v in obs.items()}
+                requery[rows] |= self.stage_logits(sub_obs).argmax(dim=-1) != self._active_stage[rows]
         if requery.any():
             rows = requery.nonzero().squeeze(1)
             sub_obs = {k: v[rows.to(v.device)] for k, v in obs.items()}
-            self._active[rows] = self.primitive_logits(sub_obs).argmax(dim=-1)
             if self.config.object_centric:
                 self._active_stage[rows] = self.stage_logits(sub_obs).argmax(dim=-1)
+            self._active[rows] = self.primitive_logits(
+                sub_obs, self._active_stage[rows] if self.config.object_centric else None).argmax(dim=-1)
             self._steps_in_primitive[rows] = 0
         self._steps_in_primitive += 1
         return requery | (self._queue_pos >= self.config.n_action_steps)
