@@ -377,6 +377,30 @@ def test_stage_sliced_heads_judge_the_selected_object_only():
         HierarchicalConfig(stage_sliced_heads=True)
 
 
+def test_first_not_done_stage_head_reads_each_object_on_its_own():
+    """Stage = first object not done; each object's "done" logit comes from its own slice."""
+    batch = object_centric_batch(size=512, seed=2)
+    state = batch["obs"]["state"]
+    state[:, :, 3] = 0.0  # no stage flag: object k is done when its value is above 0.5
+    stage = (state[:, -1, 1] > 0.5).long()
+    state[:, :, 2] = state[:, :, 2].clamp(max=0.5)  # the last object is never done before the end
+    batch["stage"] = stage[:, None].repeat(1, batch["action"].shape[1])
+    config = HierarchicalConfig(num_primitives=1, bc=BCConfig(n_obs_steps=2, horizon=4, n_action_steps=2, hidden_dims=[64, 64]),
+                                high_level_hidden_dims=[64, 64], termination_hidden_dims=[32], object_centric=True,
+                                stage_head="first_not_done", stage_obs_columns=[[0, 1, 3], [0, 2, 3]])
+    policy = build("hierarchical", config, batch)
+    assert policy.stage_selector.in_dim == 2 * 3 and policy.stage_selector.out_dim == 1  # one shared done head
+    train(policy, batch, steps=500, lr=3e-3)
+    policy.eval()
+    with torch.no_grad():
+        stage = policy.stage_logits(batch["obs"]).argmax(-1)
+        done = policy.object_done_logits(batch["obs"])
+    assert (stage == batch["stage"][:, 0]).float().mean() > 0.95
+    assert ((done[:, 0] > 0) == (batch["stage"][:, 0] > 0)).float().mean() > 0.95  # object 0 done <=> stage 1
+    with pytest.raises(ConfigError, match="stage_head must be one of"):
+        HierarchicalConfig(object_centric=True, stage_head="nearest")
+
+
 @pytest.mark.parametrize("requery", [False, True])
 def test_object_centric_policy_requeries_when_the_stage_changes(requery):
     batch = object_centric_batch(size=16)

@@ -19,6 +19,7 @@ from robolearn.policies.diffusion.configuration import DiffusionConfig
 
 LOW_LEVEL_TYPES = ("bc", "diffusion")
 LOW_LEVEL_MODES = ("conditioned", "per_primitive")
+STAGE_HEADS = ("scene", "first_not_done")
 
 
 def _bc_low_level_default() -> BCConfig:
@@ -63,6 +64,10 @@ class HierarchicalConfig:
     # Object-centric: re-query the high level as soon as the stage head's choice differs from the
     # stage the active primitive was started on (else only on termination or time-out).
     requery_on_stage_change: bool = False
+    # How the stage is chosen: "scene", scores over stages from the whole observation; or
+    # "first_not_done", one shared "is this object done?" head on each stage's slice, the stage being
+    # the first object not done (for tasks whose stages take the objects in a fixed order, as sort).
+    stage_head: str = "scene"
     stage_key: str = "stage"
     stage_obs_key: str = "state"
     stage_obs_columns: list[list[int]] = field(default_factory=list)
@@ -83,6 +88,8 @@ class HierarchicalConfig:
             raise ConfigError(f"termination_threshold must be in (0, 1), got {self.termination_threshold}")
         if self.max_primitive_steps < 1:
             raise ConfigError(f"max_primitive_steps must be >= 1, got {self.max_primitive_steps}")
+        if self.stage_head not in STAGE_HEADS:
+            raise ConfigError(f"stage_head must be one of {', '.join(STAGE_HEADS)}, got {self.stage_head!r}")
         if self.stage_sliced_heads and not self.object_centric:
             raise ConfigError("stage_sliced_heads needs object_centric: true (the heads see the selected stage's columns)")
         if self.stage_obs_columns:

@@ -57,12 +57,18 @@ class HierarchicalPolicy(Policy):
             self.low_level = nn.ModuleList([low_cls(low_cfg, low_norm) for _ in range(num)])
         self.obs_encoder = ObservationEncoder(config.low_level)
         features = self.obs_encoder.out_dim
-        # Object-centric: the high level also picks the stage whose object the low level acts on.
-        self.stage_selector = (MLP(features, config.num_stages, config.high_level_hidden_dims, config.activation)
-                               if config.object_centric else None)
-        # stage_sliced_heads: the primitive and termination heads read the stage's slice as well.
-        self.sliced_encoder = ObservationEncoder(low_cfg) if config.stage_sliced_heads else None
-        head_features = self.sliced_encoder.out_dim if self.sliced_encoder is not None else features
+        # stage_sliced_heads / stage_head first_not_done read stage-sliced observations.
+        sliced = config.stage_sliced_heads or config.stage_head == "first_not_done"
+        self.sliced_encoder = ObservationEncoder(low_cfg) if sliced else None
+        head_features = self.sliced_encoder.out_dim if config.stage_sliced_heads else features
+        # Object-centric: the high level also picks the stage whose object the low level acts on:
+        # scores over stages from the whole scene, or one "is this object done?" logit per object
+        # from its own slice (shared weights), the stage being the first object not done.
+        self.stage_selector = None
+        if config.object_centric:
+            self.stage_selector = (MLP(self.sliced_encoder.out_dim, 1, config.high_level_hidden_dims, config.activation)
+                                   if config.stage_head == "first_not_done"
+                                   else MLP(features, config.num_stages, config.high_level_hidden_dims, config.activation))
         self.selector = MLP(head_features, num, config.high_level_hidden_dims, config.activation)
         # One termination logit per primitive; the active primitive's logit is read out.
         self.termination = MLP(head_features, num, config.termination_hidden_dims, config.activation)
@@ -79,7 +85,7 @@ class HierarchicalPolicy(Policy):
         """Input of the primitive and termination heads: the whole observation's features, or
         (stage_sliced_heads) the stage's slice, normalized like the low level's input; stage None
         = the stage head's choice."""
-        if self.sliced_encoder is None:
+        if not self.config.stage_sliced_heads:
             return self._obs_features(obs) if features is None else features
         if stage is None:
             stage = self.stage_logits(obs).argmax(dim=-1)
@@ -101,7 +107,24 @@ class HierarchicalPolicy(Policy):
         """High-level scores (B, num_stages) of which stage's object to act on (object-centric)."""
         if self.stage_selector is None:
             raise RuntimeError("stage_logits needs policy.object_centric")
-        return self.stage_selector(self._obs_features(obs))
+        if self.config.stage_head != "first_not_done":
+            return self.stage_selector(self._obs_features(obs))
+        # log P(stage = k) = sum_{j<k} log P(j done) + log P(k not done); the last stage takes
+        # "all before it done" (all done counts as the last stage, as in training).
+        done = self.object_done_logits(obs)
+        before = F.pad(F.logsigmoid(done).cumsum(1)[:, :-1], (1, 0))
+        not_done = F.pad(F.logsigmoid(-done[:, :-1]), (0, 1))
+        return before + not_done
+
+    def object_done_logits(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, num_stages) logits that each stage's object is done, each read from its own slice
+        by one shared head (stage_head first_not_done)."""
+        batch = next(iter(obs.values())).shape[0]
+        device = self.device
+        logits = [self.stage_selector(self.sliced_encoder(self.low_level[0].normalize_obs(
+            self._stage_obs(obs, torch.full((batch,), k, dtype=torch.long, device=device)))))
+                  for k in range(self.config.num_stages)]
+        return torch.cat(logits, dim=1)
 
     def _one_hot(self, primitive: torch.Tensor) -> torch.Tensor:
         return F.one_hot(primitive.long(), self.config.num_primitives).float()
@@ -148,7 +171,12 @@ class HierarchicalPolicy(Policy):
             stage_known = (stage >= 0).float()
             stage = stage.clamp(0, self.config.num_stages - 1)
             low_batch = {**batch, "obs": self._stage_obs(batch["obs"], stage)}
-            stage_loss = F.cross_entropy(self.stage_selector(features), stage, reduction="none") * stage_known
+            if self.config.stage_head == "first_not_done":  # object k is done once the stage is past it
+                done = self.object_done_logits(batch["obs"])
+                target = (stage[:, None] > torch.arange(done.shape[1], device=done.device)[None]).float()
+                stage_loss = F.binary_cross_entropy_with_logits(done, target, reduction="none").sum(1) * stage_known
+            else:
+                stage_loss = F.cross_entropy(self.stage_selector(features), stage, reduction="none") * stage_known
             if self.sliced_encoder is not None:
                 # The selector judges the current stage's object; the termination head judges the
                 # object the previous primitive acted on (at run time: the stage it was started on).
