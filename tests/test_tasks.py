@@ -405,6 +405,22 @@ def test_sort_stage_columns_carry_the_relative_block():
     assert all(sorted(c) == list(range(task.obs_dim)) for c in every) and every[2][:19] == cols[2]
 
 
+@pytest.mark.parametrize("gap, swaps", [(0.11, False), (0.08, True)])
+def test_sort_expert_changes_grasp_faces_only_for_a_neighbour_in_the_fingers_way(gap, swaps):
+    """Cube 0 at yaw 0 under a gripper at yaw 0: mode 0 grasps straight down (no turn) unless a
+    neighbour sits along the open fingers' axis (y) within reach; then it turns to the other faces."""
+    sim = TaskSim("sort", num_envs=1, num_cubes=2)
+    task = sim.task
+    states = task.sample_init(torch.Generator().manual_seed(0), 1)
+    task.set_free_body(states, "cube0", torch.tensor([[0.0, -0.1, 0.02]]), torch.tensor([0.0]))
+    task.set_free_body(states, "cube1", torch.tensor([[0.0, -0.1 + gap, 0.02]]), torch.tensor([0.0]))
+    task.init_gripper(states, torch.tensor([[0.0, -0.1, 0.09]]), torch.tensor([0.0]))
+    sim.reset(states=states)
+    action, _ = T.make_expert(sim, seed=0, mode=0).act(sim.read())
+    yaw_action = float(action[0, 3])
+    assert (abs(yaw_action) > 0.9) if swaps else (abs(yaw_action) < 0.05)
+
+
 def test_sort_horizon_scales_with_num_cubes():
     assert T.load_task_config("sort").horizon == 200  # K = 3
     assert T.load_task_config("sort", {"num_cubes": 5}).horizon == 400

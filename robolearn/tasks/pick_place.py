@@ -225,8 +225,8 @@ class GraspExpertMixin:
         self.flip = self.flip & ~mask
 
     def pick_place_policy(self, s: SimState, cube: torch.Tensor, quat: torch.Tensor, bin_pos: torch.Tensor,
-                          face_mode: torch.Tensor, obstacles: torch.Tensor | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+                          face_mode: torch.Tensor, obstacles: torch.Tensor | None = None,
+                          obstacle_reach: torch.Tensor | float = 0.14) -> tuple[torch.Tensor, torch.Tensor]:
         task: GraspTask = self.task  # type: ignore[attr-defined]
         p = task.grip_pos(s)
         gyaw = task.grip_yaw(s)
@@ -247,7 +247,7 @@ class GraspExpertMixin:
             d = obstacles - cube[:, None, :2]
             dist = d.norm(dim=-1)
             dh = d / dist.clamp_min(1e-6)[..., None]
-            near = dist < 0.14
+            near = dist < torch.as_tensor(obstacle_reach, dtype=dist.dtype)
 
             def score(a: torch.Tensor) -> torch.Tensor:
                 al = (-torch.sin(a)[:, None] * dh[..., 0] + torch.cos(a)[:, None] * dh[..., 1]).abs()

@@ -22,6 +22,7 @@ from robolearn.tasks.pick_place import (CUBE_HALF, GraspExpertMixin, GraspTask, 
 COLORS = ["0.85 0.2 0.2 1", "0.2 0.45 0.85 1", "0.2 0.7 0.3 1", "0.9 0.75 0.15 1", "0.6 0.3 0.75 1"]
 BIN_Y = 0.2
 BIN_SPACING = 0.125
+CUBE_REACH = 0.09  # expert: a neighbouring cube closer than this (centre to centre) is in the fingers' way
 
 
 class Sort(GraspTask):
@@ -230,5 +231,9 @@ class SortExpert(GraspExpertMixin, Expert):
         cubes = task.cubes(s)[:, :, :2]
         others = torch.where((torch.arange(task.k)[None, :] == cur.clamp(max=task.k - 1)[:, None])[..., None],
                              torch.full_like(cubes, 10.0), cubes)  # the target cube is no obstacle
+        # A bin's walls reach 14 cm from its centre; another cube is under an open finger only
+        # within 9 cm (finger outer face 5.7 cm + a cube's half-diagonal 2.8 cm). Cubes start >= 10 cm
+        # apart, so a neighbour no longer flips the grasp faces unless it really is in the way.
+        reach = torch.cat([torch.full((task.k,), 0.14), torch.full((task.k,), CUBE_REACH)]).to(bins.dtype)
         return self.pick_place_policy(s, cube, task._pick(task.quats(s), cur), task._pick(task.bins(s), cur),
-                                      self.mode, obstacles=torch.cat([bins, others], 1))
+                                      self.mode, obstacles=torch.cat([bins, others], 1), obstacle_reach=reach)
