@@ -80,8 +80,12 @@ def test_every_task_loads_with_put_model(name):
 # Worlds (of 16) whose object/gripper positions must stay within 1 mm of MuJoCo C for 50 control
 # steps. Pushing a cube with the closed fingers is sensitive to solver round-off: MuJoCo C against
 # itself with solver tolerance 1e-8 vs 1e-10 already exceeds 1 mm (up to 4 cm) in 3 of these 16
-# worlds, and MJWarp (float32) does in about 4; every other task stays within 3e-5 m.
-MIN_WORLDS_WITHIN_1MM = {"push_cube": 11, "pick_place": 16, "push_t": 16, "sort": 16}
+# worlds, and MJWarp (float32) does in about 4; every other task stays within 3e-5 m, except one
+# sort world since the expert's finger-reach obstacle rule (commit 62f3064): cubes 13 cm apart, cube 0
+# now grasped across the other face pair, 2.3e-2 m apart after 50 steps while success and reward
+# agree (the neighbour stays > 10 cm from the fingers; round-off in the grasp contacts, not analysed
+# further).
+MIN_WORLDS_WITHIN_1MM = {"push_cube": 11, "pick_place": 16, "push_t": 16, "sort": 15}
 
 
 @needs_warp
