@@ -80,16 +80,18 @@ class HierarchicalPolicy(Policy):
     def _obs_features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.obs_encoder(self.normalize_obs(obs))
 
-    def _head_features(self, obs: dict[str, torch.Tensor], stage: torch.Tensor | None,
-                       features: torch.Tensor | None = None) -> torch.Tensor:
+    def _sliced_features(self, obs: dict[str, torch.Tensor], stage: torch.Tensor) -> torch.Tensor:
+        """Features of each sample's `stage` (B,) slice, normalized like the low level's input."""
+        return self.sliced_encoder(self.low_level[0].normalize_obs(self._stage_obs(obs, stage)))
+
+    def _head_features(self, obs: dict[str, torch.Tensor], stage: torch.Tensor | None) -> torch.Tensor:
         """Input of the primitive and termination heads: the whole observation's features, or
-        (stage_sliced_heads) the stage's slice, normalized like the low level's input; stage None
-        = the stage head's choice."""
+        (stage_sliced_heads) the stage's slice; stage None = the stage head's choice."""
         if not self.config.stage_sliced_heads:
-            return self._obs_features(obs) if features is None else features
+            return self._obs_features(obs)
         if stage is None:
             stage = self.stage_logits(obs).argmax(dim=-1)
-        return self.sliced_encoder(self.low_level[0].normalize_obs(self._stage_obs(obs, stage)))
+        return self._sliced_features(obs, stage)
 
     def primitive_logits(self, obs: dict[str, torch.Tensor], stage: torch.Tensor | None = None) -> torch.Tensor:
         """High-level scores (B, num_primitives) of which primitive should run now (on `stage`'s
@@ -120,9 +122,7 @@ class HierarchicalPolicy(Policy):
         """(B, num_stages) logits that each stage's object is done, each read from its own slice
         by one shared head (stage_head first_not_done)."""
         batch = next(iter(obs.values())).shape[0]
-        device = self.device
-        logits = [self.stage_selector(self.sliced_encoder(self.low_level[0].normalize_obs(
-            self._stage_obs(obs, torch.full((batch,), k, dtype=torch.long, device=device)))))
+        logits = [self.stage_selector(self._sliced_features(obs, torch.full((batch,), k, dtype=torch.long, device=self.device)))
                   for k in range(self.config.num_stages)]
         return torch.cat(logits, dim=1)
 
@@ -177,11 +177,11 @@ class HierarchicalPolicy(Policy):
                 stage_loss = F.binary_cross_entropy_with_logits(done, target, reduction="none").sum(1) * stage_known
             else:
                 stage_loss = F.cross_entropy(self.stage_selector(features), stage, reduction="none") * stage_known
-            if self.sliced_encoder is not None:
+            if self.config.stage_sliced_heads:
                 # The selector judges the current stage's object; the termination head judges the
                 # object the previous primitive acted on (at run time: the stage it was started on).
-                select_features = self._head_features(batch["obs"], stage)
-                term_features = self._head_features(batch["obs"], previous_stage.clamp(0, self.config.num_stages - 1))
+                select_features = self._sliced_features(batch["obs"], stage)
+                term_features = self._sliced_features(batch["obs"], previous_stage.clamp(0, self.config.num_stages - 1))
 
         low_loss = torch.zeros(current.shape[0], device=self.device)
         if self.config.low_level_mode == "conditioned":
@@ -253,18 +253,19 @@ class HierarchicalPolicy(Policy):
             done = self.termination_prob(sub_obs, self._active[rows], self._active_stage[rows]) > self.config.termination_threshold
             requery[rows] |= done
         requery |= self._steps_in_primitive >= self.config.max_primitive_steps
+        stage_now = None
         if self.config.object_centric and self.config.requery_on_stage_change:
-            # The stage head reads the whole scene every step: when the object to act on changes
-            # (this one is done, or an earlier one was knocked out of place) the primitive is re-chosen.
-            rows = (~requery).nonzero().squeeze(1)
-            if rows.numel():
-                sub_obs = {k: v[rows.to(v.device)] for k, v in obs.items()}
-                requery[rows] |= self.stage_logits(sub_obs).argmax(dim=-1) != self._active_stage[rows]
+            # The stage head reads the whole scene every step (once, reused below): when the object
+            # to act on changes (this one is done, or an earlier one was knocked out of place) the
+            # primitive is re-chosen.
+            stage_now = self.stage_logits(obs).argmax(dim=-1)
+            requery |= stage_now != self._active_stage
         if requery.any():
             rows = requery.nonzero().squeeze(1)
             sub_obs = {k: v[rows.to(v.device)] for k, v in obs.items()}
             if self.config.object_centric:
-                self._active_stage[rows] = self.stage_logits(sub_obs).argmax(dim=-1)
+                self._active_stage[rows] = (stage_now[rows] if stage_now is not None
+                                            else self.stage_logits(sub_obs).argmax(dim=-1))
             self._active[rows] = self.primitive_logits(
                 sub_obs, self._active_stage[rows] if self.config.object_centric else None).argmax(dim=-1)
             self._steps_in_primitive[rows] = 0
