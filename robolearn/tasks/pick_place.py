@@ -14,6 +14,7 @@ from robolearn.tasks.expert import Expert
 from robolearn.tasks.push_cube import REACH
 
 CUBE_HALF = 0.02
+BIN_REACH = 0.14  # expert: a bin centre closer than this to the cube puts its wall in the open fingers' way
 BIN_INNER = 0.049  # half size of the bin's inside
 BIN_OUTER = 0.055
 # |offset| of a held cube from the grasp point, in the gripper frame (across, along the fingers, up).
@@ -226,7 +227,7 @@ class GraspExpertMixin:
 
     def pick_place_policy(self, s: SimState, cube: torch.Tensor, quat: torch.Tensor, bin_pos: torch.Tensor,
                           face_mode: torch.Tensor, obstacles: torch.Tensor | None = None,
-                          obstacle_reach: torch.Tensor | float = 0.14) -> tuple[torch.Tensor, torch.Tensor]:
+                          obstacle_reach: torch.Tensor | float = BIN_REACH) -> tuple[torch.Tensor, torch.Tensor]:
         task: GraspTask = self.task  # type: ignore[attr-defined]
         p = task.grip_pos(s)
         gyaw = task.grip_yaw(s)

@@ -16,7 +16,7 @@ import torch
 from robolearn.tasks import array_ops
 from robolearn.tasks.base import SimState, TaskConfig, canonical_quat, read_asset, relative_obs, replicate, uniform
 from robolearn.tasks.expert import Expert
-from robolearn.tasks.pick_place import (CUBE_HALF, GraspExpertMixin, GraspTask, grasp_failures, held_before,
+from robolearn.tasks.pick_place import (BIN_REACH, CUBE_HALF, GraspExpertMixin, GraspTask, grasp_failures, held_before,
                                         shift_bin, staged_progress)
 
 COLORS = ["0.85 0.2 0.2 1", "0.2 0.45 0.85 1", "0.2 0.7 0.3 1", "0.9 0.75 0.15 1", "0.6 0.3 0.75 1"]
@@ -234,6 +234,6 @@ class SortExpert(GraspExpertMixin, Expert):
         # A bin's walls reach 14 cm from its centre; another cube is under an open finger only
         # within 9 cm (finger outer face 5.7 cm + a cube's half-diagonal 2.8 cm). Cubes start >= 10 cm
         # apart, so a neighbour no longer flips the grasp faces unless it really is in the way.
-        reach = torch.cat([torch.full((task.k,), 0.14), torch.full((task.k,), CUBE_REACH)]).to(bins.dtype)
+        reach = torch.cat([torch.full((task.k,), BIN_REACH), torch.full((task.k,), CUBE_REACH)]).to(bins.dtype)
         return self.pick_place_policy(s, cube, task._pick(task.quats(s), cur), task._pick(task.bins(s), cur),
                                       self.mode, obstacles=torch.cat([bins, others], 1), obstacle_reach=reach)
