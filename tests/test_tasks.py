@@ -453,6 +453,9 @@ def test_push_t_coverage_is_the_two_rectangle_test():
     assert ((expected > 0) & (expected < 1)).sum() > n // 2  # mostly partial overlaps
     assert torch.equal(coverage(pose, goal), expected)
     assert np.array_equal(coverage(pose.numpy(), goal.numpy()), expected.numpy())
+    # one env on the host takes the scalar-transform path (the single gym env): same counts
+    one_by_one = np.concatenate([coverage(pose[i:i + 1].numpy(), goal[i:i + 1].numpy()) for i in range(n)])
+    assert np.array_equal(one_by_one, expected.numpy())
 
 
 def test_collect_appends_and_keeps_committed_episodes(tmp_path, monkeypatch):

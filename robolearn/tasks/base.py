@@ -276,6 +276,8 @@ class Task:
             opening = (self.grip_open / 2) * (1 - a[:, g_col])
             ctrl[:, self.a_fl] = opening
             ctrl[:, self.a_fr] = opening
+        if host:  # ctrl is a fresh array (hold_ctrl's copy): clip in place, no new allocations
+            return np.minimum(np.maximum(ctrl, lo, out=ctrl), hi, out=ctrl)
         return xp.minimum(xp.maximum(ctrl, lo), hi)
 
     def _build_action_map(self) -> None:
@@ -457,9 +459,10 @@ def out_of_reach_events(pos: torch.Tensor, prev_pos: Callable[[], torch.Tensor],
     pos (N, 3) or (N, K, 3); prev_pos gives the previous step's positions, read only when some
     object is outside now (host short cut: usually none is, and then nothing else is computed)."""
     xp = array_ops.of(pos)
-    now = (abs(pos[..., :2]) > limit).any(-1)
-    if xp.none(now):
-        return xp.astype(now, xp.int32)
+    outside = abs(pos[..., :2]) > limit
+    if xp.none(outside):  # host short cut before the per-object reduction (one whole-array test)
+        return xp.zeros(pos.shape[:-1], xp.int32, pos)
+    now = outside.any(-1)
     before = (abs(prev_pos()[..., :2]) > limit).any(-1)
     return xp.astype(xp.where(now & ~before, EVENT["object_out_of_reach"], 0), xp.int32)
 
