@@ -118,6 +118,9 @@ def main() -> None:
                         overrides=[*args.task_overrides, *args.collect_set] or None, image=args.image, progress=False,
                         expert_mode=args.expert_mode)
             src = EpisodeStore.open(full)
+            if src.num_episodes < max(args.demos):
+                sys.exit(f"error: {full} holds {src.num_episodes} demos, fewer than --demos {max(args.demos)}; "
+                         "use another --workdir (a store is reused, never topped up, so its seeds stay fixed)")
             demo_stats[f"{task} s{seed}"] = describe_demos(src, max(args.demos))
             for n in args.demos:
                 sub = work / f"{full.stem}-first{n}.zarr"
