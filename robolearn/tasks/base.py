@@ -276,8 +276,6 @@ class Task:
             opening = (self.grip_open / 2) * (1 - a[:, g_col])
             ctrl[:, self.a_fl] = opening
             ctrl[:, self.a_fr] = opening
-        if host:  # ctrl is a fresh array (hold_ctrl's copy): clip in place, no new allocations
-            return np.minimum(np.maximum(ctrl, lo, out=ctrl), hi, out=ctrl)
         return xp.minimum(xp.maximum(ctrl, lo), hi)
 
     def _build_action_map(self) -> None:

@@ -86,14 +86,14 @@ BAR_Y0 = BAR[2] - MID_Y
 _GOAL_POINTS_H = torch.cat([GOAL_POINTS.T, torch.ones(1, len(GOAL_POINTS), dtype=torch.float64)]).numpy()
 
 
-def _inside_t(lx, ly_mid, abs_x=None, abs_y=None) -> object:
-    """Whether block-frame points (x, y - MID_Y) lie inside the T: |y'| within the T's height and
-    |x| within the stem's half width (any row) or the bar's (bar rows): the union of the two
-    rectangles in a few array ops (equal to the two-rectangle test up to rounding exactly on an
-    edge). abs_x / abs_y: |x| and |y'| if already computed."""
-    ax = abs(lx) if abs_x is None else abs_x
-    ay = abs(ly_mid) if abs_y is None else abs_y
-    return (ay <= HALF_H) & ((ax <= STEM[1]) | ((ax <= BAR[1]) & (ly_mid >= BAR_Y0)))
+def _inside_t(local):
+    """Whether block-frame points lie inside the T; local (..., 2, P): rows x and y' = y - MID_Y.
+    Inside: |y'| within the T's height and |x| within the stem's half width (any row) or the bar's
+    (bar rows): the union of the two rectangles in a few array ops (equal to the two-rectangle test
+    up to rounding exactly on an edge)."""
+    mag = abs(local)  # |x| and |y'| in one op
+    ax, ay = mag[..., 0, :], mag[..., 1, :]
+    return (ay <= HALF_H) & ((ax <= STEM[1]) | ((ax <= BAR[1]) & (local[..., 1, :] >= BAR_Y0)))
 
 
 def _coverage_one_host(pose: np.ndarray, goal: np.ndarray) -> np.ndarray:
@@ -104,9 +104,8 @@ def _coverage_one_host(pose: np.ndarray, goal: np.ndarray) -> np.ndarray:
     cb, sb, dth = math.cos(bth), math.sin(bth), gth - bth
     c, s, dx, dy = math.cos(dth), math.sin(dth), gx - bx, gy - by
     m = np.array([[c, -s, cb * dx + sb * dy], [s, c, cb * dy - sb * dx - MID_Y]])
-    local = m @ _GOAL_POINTS_H
-    mag = abs(local)  # |x| and |y'| in one op
-    return np.array([np.count_nonzero(_inside_t(local[0], local[1], mag[0], mag[1])) / local.shape[1]])
+    inside = _inside_t(m @ _GOAL_POINTS_H)
+    return np.array([np.count_nonzero(inside) / inside.shape[-1]])
 
 
 def coverage(pose: torch.Tensor, goal: torch.Tensor, pose_cs=None, goal_cs=None, goal_points=None) -> torch.Tensor:
@@ -123,7 +122,8 @@ def coverage(pose: torch.Tensor, goal: torch.Tensor, pose_cs=None, goal_cs=None,
     # Goal points in the block frame (as to_local) by one batched 2x2 matmul: on ~1.6k points the
     # cost is numpy's per-call overhead, so one call beats four multiplications and two additions.
     local = xp.cat([c, s, -s, c], -1).reshape(-1, 2, 2) @ d
-    inside = _inside_t(local[:, 0], local[:, 1] - MID_Y)
+    local[:, 1] -= MID_Y  # a fresh array: y measured from the T's vertical centre, as _inside_t reads it
+    inside = _inside_t(local)
     return xp.count_true(inside, pose.dtype) / inside.shape[-1]
 
 
