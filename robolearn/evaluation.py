@@ -282,7 +282,6 @@ class _RolloutWriter:
         self.collector = collector
         self.steps: dict[int, dict[str, list[Any]]] = {}
         self.last_obs: dict[int, dict[str, np.ndarray]] = {}
-        self.image_keys = [k for k in self.store.features if k.startswith("obs/") and k != "obs/state"]
 
     def begin(self, rows: np.ndarray, obs: dict[str, np.ndarray]) -> None:
         for r in rows:

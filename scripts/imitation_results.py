@@ -47,9 +47,12 @@ PROFILES = {
 }
 COMMON = ["train.log_every=100", "train.val_ratio=0.05"]
 # --image: demos carry the 84x84 front-camera RGB (obs/image) and the policy reads it through a
-# CPU-sized encoder (the YAML's is [32,64,128]). The store's only low-dim key is the full `state`
-# (robot AND object pose), so image + state is not vision-only; pass policy.state_keys=[] in
-# --extra for an image-only policy.
+# CPU-sized encoder (the YAML's is [32,64,128]). --image-lowdim picks the low-dim key beside it:
+# the full `state` (robot AND object pose: not vision-only), `proprio` (the robot's own pose and
+# gripper: Diffusion Policy's image setting) or none (camera only).
+IMAGE_LOWDIM = {"state": "the full low-dim `state` (robot AND object pose: not a vision-only policy)",
+                "proprio": "`proprio`, the robot's own pose and gripper opening (vision-only for the objects)",
+                "none": "nothing else (camera only)"}
 IMAGE = ["policy.image_keys=[image]", "policy.vision.crop_shape=[76,76]", "policy.vision.channels=[16,32,64]",
          "policy.vision.feature_dim=64"]
 
@@ -78,6 +81,13 @@ def describe_demos(store: EpisodeStore, n: int) -> str:
             f"failure events: {events}")
 
 
+def image_overrides(args: argparse.Namespace) -> list[str]:
+    if not args.image:
+        return []
+    lowdim = {"state": "[state]", "proprio": "[proprio]", "none": "[]"}[args.image_lowdim]
+    return [*IMAGE, f"policy.state_keys={lowdim}"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=["push_cube"])
@@ -91,6 +101,8 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", default=[], help="extra training overrides for every run")
     ap.add_argument("--label", default="", help="section title suffix")
     ap.add_argument("--image", action="store_true", help="collect demos with front-camera images and train on them")
+    ap.add_argument("--image-lowdim", choices=sorted(IMAGE_LOWDIM), default="state",
+                    help="with --image: the low-dim observation the policy reads beside the camera")
     ap.add_argument("--collect-perturb", type=float, default=None,
                     help="perturbation events per step during demo collection only (the expert recovers)")
     ap.add_argument("--collect-noise", type=float, default=0.0,
@@ -130,7 +142,7 @@ def main() -> None:
                     run = work / f"{task}-{policy_name}-n{n}-s{seed}{'-' + args.label if args.label else ''}"
                     if run.exists():
                         shutil.rmtree(run)
-                    overrides = [*PROFILES[policy_name], *(IMAGE if args.image else []), *COMMON,
+                    overrides = [*PROFILES[policy_name], *image_overrides(args), *COMMON,
                                  f"train.steps={args.steps}", f"train.seed={seed}",
                                  f"train.eval_every={args.steps}", f"train.save_every={args.steps}", *args.extra]
                     t0 = time.time()
@@ -155,10 +167,8 @@ def main() -> None:
     cmd = "python " + " ".join(sys.argv)
     obs_desc = "state (the task's full low-dim vector)"
     if args.image:
-        image_only = any(e.replace(" ", "") == "policy.state_keys=[]" for e in args.extra)
-        obs_desc = ("84x84 front-camera RGB `image` " + ("only (policy.state_keys=[])" if image_only else
-                    "+ the full low-dim `state` (robot AND object pose: not a vision-only policy)")
-                    + f"; image overrides {json.dumps(IMAGE)}")
+        obs_desc = (f"84x84 front-camera RGB `image` + {IMAGE_LOWDIM[args.image_lowdim]}; "
+                    f"image overrides {json.dumps(image_overrides(args))}")
     section = [
         f"## {', '.join(args.tasks)}{' (' + args.label + ')' if args.label else ''}",
         "",

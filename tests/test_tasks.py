@@ -32,7 +32,56 @@ def test_gym_registration_and_image_obs():
     assert obs["image"].shape == (84, 84, 3) and obs["image"].dtype == np.uint8
     assert obs["wrist_image"].shape == (84, 84, 3)
     assert env.render().shape == (256, 256, 3)
+    # proprio: the gripper's own leading state entries (xyz, yaw, opening), no object pose
+    assert obs["proprio"].shape == (5,) and env.observation_space.contains(obs)
+    np.testing.assert_array_equal(obs["proprio"], obs["state"][:5])
+    obs, *_ = env.step(env.action_space.sample())
+    np.testing.assert_array_equal(obs["proprio"], obs["state"][:5])
     env.close()
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_proprio_is_the_robots_leading_state(name):
+    """With images on, `proprio` repeats the robot-only prefix of `state`: it starts with the
+    gripper (pusher) position and, where it has one, ends with the finger opening."""
+    sim = TaskSim(name, num_envs=2, obs_mode="state+image", image_size=32)
+    obs = sim.reset(seeds=[0, 1])
+    d = sim.proprio_dim
+    assert 0 < d < sim.obs_dim and obs["proprio"].shape == (2, d) and obs["proprio"].dtype == np.float32
+    np.testing.assert_array_equal(obs["proprio"], obs["state"][:, :d])
+    s = sim.read()
+    n_pos = min(d, 3)
+    grip = np.asarray(sim.task.grip_pos(s)[:, :n_pos], np.float32)
+    np.testing.assert_allclose(obs["proprio"][:, :n_pos], grip, atol=1e-6)
+    if d > 3:
+        np.testing.assert_allclose(obs["proprio"][:, -1], np.asarray(sim.task.grip_width(s), np.float32), atol=1e-6)
+    assert "proprio" not in TaskSim(name, num_envs=1).reset(seeds=[0])  # state-only obs are unchanged
+    sim.close()
+
+
+def test_image_store_carries_proprio_and_trains_a_vision_policy(tmp_path):
+    """The camera + proprioception setting end to end: collect, train on [proprio] + [image], act."""
+    from robolearn.data.store import EpisodeStore
+    from robolearn.evaluation import evaluate_policy
+    from robolearn.training import train
+    from robolearn.checkpoint import load_policy
+
+    out = tmp_path / "img.zarr"
+    collect("pick_place", 2, out, image=True, seed=3, overrides=["image_size=32"], progress=False)
+    store = EpisodeStore.open(out)
+    assert store.features["obs/proprio"].shape == (5,)
+    ep = store.get_episode(0)
+    np.testing.assert_array_equal(ep["obs/proprio"], ep["obs/state"][:, :5])
+    store.close()
+    over = ["train.steps=3", "train.batch_size=4", "train.val_ratio=0.0", "policy.down_dims=[16,32]",
+            "policy.diffusion_step_embed_dim=16", "policy.state_keys=[proprio]", "policy.image_keys=[image]",
+            "policy.vision.crop_shape=[28,28]", "policy.vision.channels=[4,8]", "policy.vision.feature_dim=8"]
+    run = train("diffusion", out, out=tmp_path / "run", overrides=over, wandb_mode="off", progress=False)
+    policy = load_policy(run / "policy")
+    assert policy.config.input_shapes == {"proprio": [5], "image": [32, 32, 3]}
+    report = evaluate_policy(policy, "pick_place", 1, seed=5, task_overrides=["image_size=32", "horizon=10"],
+                             progress=False)
+    assert report["n"] == 1 and report["episodes"][0]["length"] == 10
 
 
 def run_expert(name: str, seeds: list[int], noise: float = 0.0, **overrides) -> np.ndarray:

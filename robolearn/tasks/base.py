@@ -243,6 +243,11 @@ class Task:
         """Length of the absolute-pose part of the observation (robot, objects, targets)."""
         raise NotImplementedError
 
+    # Leading entries of `state` that describe the robot alone (its proprioception). With images on,
+    # the env also emits them as `proprio`, so a policy can read camera + proprioception without the
+    # object pose (Diffusion Policy's image setting: agent_pos + image).
+    proprio_dim: int = 0
+
     @property
     def relative_dim(self) -> int:
         """Length of the object-relative part appended with `obs_relative` (see relative_obs)."""

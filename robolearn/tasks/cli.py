@@ -16,13 +16,13 @@ def run_tasks(args: argparse.Namespace) -> int:
     from robolearn.tasks.gym_adapter import GYM_TASKS
     from robolearn.tasks.registry import build_model
 
-    rows = [("task", "obs/state", "action", "horizon", "control_hz", "expert", "description")]
+    rows = [("task", "obs/state", "obs/proprio", "action", "horizon", "control_hz", "expert", "description")]
     for name, (cls, _, gym_id) in TASKS.items():
         cfg = load_task_config(name)
         _, model = build_model(name, cfg)
         task = cls(cfg, ModelLayout(model))
         hz = 1.0 / (model.opt.timestep * cfg.frame_skip)
-        rows.append((name, f"({task.obs_dim},)", f"({task.action_dim},)", str(cfg.horizon), f"{hz:g}", "yes",
+        rows.append((name, f"({task.obs_dim},)", f"({task.proprio_dim},)", f"({task.action_dim},)", str(cfg.horizon), f"{hz:g}", "yes",
                      f"{task.description} [{gym_id}]"))
     import gymnasium as gym
 
@@ -30,7 +30,7 @@ def run_tasks(args: argparse.Namespace) -> int:
         spec = gym.spec(env_id)
         env = gym.make(env_id)
         hz = 1.0 / env.unwrapped.dt
-        rows.append((name, str(env.observation_space.shape), str(env.action_space.shape),
+        rows.append((name, str(env.observation_space.shape), "-", str(env.action_space.shape),
                      str(spec.max_episode_steps), f"{hz:g}", "no", f"gymnasium {env_id} (adapter)"))
         env.close()
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

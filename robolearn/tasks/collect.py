@@ -40,6 +40,8 @@ def store_features(sim: TaskSim, expert_labels: bool = False) -> dict[str, Any]:
     }
     if expert_labels:
         feats["expert_action"] = Feature("float32", (sim.action_dim,), "aux")
+    if sim.image_keys:
+        feats["obs/proprio"] = Feature("float32", (sim.proprio_dim,), "obs")
     for key in sim.image_keys:
         feats[f"obs/{key}"] = Feature("uint8", (size, size, 3), "obs")
     return feats

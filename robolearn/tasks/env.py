@@ -13,6 +13,8 @@ from robolearn.tasks.sim import TaskSim
 
 def observation_space(sim: TaskSim) -> gym.spaces.Dict:
     spaces: dict[str, gym.Space] = {"state": gym.spaces.Box(-np.inf, np.inf, (sim.obs_dim,), np.float32)}
+    if sim.image_keys:
+        spaces["proprio"] = gym.spaces.Box(-np.inf, np.inf, (sim.proprio_dim,), np.float32)
     for key in sim.image_keys:
         size = sim.cfg.image_size
         spaces[key] = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
@@ -26,10 +28,11 @@ def action_space(sim: TaskSim) -> gym.spaces.Box:
 class TaskEnv(gym.Env):
     """One robolearn task as a `gymnasium.Env`.
 
-    Observations are dicts: `state` (float32) and, with obs_mode "state+image", `image`
-    (and `wrist_image`) uint8 HxWx3. `info` carries `success`, `stage`, `failure_event` (code,
-    see base.FAILURE_EVENTS), `t` and `sim_state` (full physics state, float64). The episode
-    terminates on success (config `terminate_on_success`) and truncates at `horizon`.
+    Observations are dicts: `state` (float32) and, with obs_mode "state+image", `proprio` (the
+    robot's own leading entries of `state`) and `image` (and `wrist_image`) uint8 HxWx3. `info`
+    carries `success`, `stage`, `failure_event` (code, see base.FAILURE_EVENTS), `t` and `sim_state`
+    (full physics state, float64). The episode terminates on success (config
+    `terminate_on_success`) and truncates at `horizon`.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}

@@ -26,6 +26,7 @@ class GraspTask(Task):
 
     action_axes = ("x", "y", "z", "yaw", "grip")
     perturbations = ("nudge_object", "open_gripper", "shift_target")
+    proprio_dim = 5  # gripper xyz, yaw, finger opening (pick_place and sort observations start with them)
 
     def grasped(self, s: SimState, cube_pos: torch.Tensor) -> torch.Tensor:
         """Cube centred between the finger pads and the fingers squeezing it; cube_pos (N, 3) -> (N,)

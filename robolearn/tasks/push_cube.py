@@ -23,6 +23,7 @@ class PushCube(Task):
     description = "push a cube into a goal region (dense/sparse reward)"
 
     pose_obs_dim = 13
+    proprio_dim = 4  # gripper xyz, finger opening
     relative_dim = 5  # cube - gripper (3), goal - cube (2)
 
     def cube_pos(self, s: SimState) -> torch.Tensor:

@@ -149,6 +149,7 @@ class PushT(Task):
         self._fixed_vals = torch.tensor([PUSH_Z, 0.0, 0.0, 0.0], dtype=torch.float64)
 
     pose_obs_dim = 10
+    proprio_dim = 2  # pusher xy
     relative_dim = 4  # block - pusher (2), goal - block (2)
 
     def hold_ctrl(self, s: SimState) -> torch.Tensor:

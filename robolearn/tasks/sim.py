@@ -72,6 +72,10 @@ class TaskSim:
         return self.backend.layout.timestep * self.cfg.frame_skip
 
     @property
+    def proprio_dim(self) -> int:
+        return self.task.proprio_dim
+
+    @property
     def image_keys(self) -> tuple[str, ...]:
         if not self.cfg.image:
             return ()
@@ -138,7 +142,7 @@ class TaskSim:
                 "failure_event": events, "t": t.copy()}
         obs = {"state": state_obs.astype(np.float32)}
         if cfg.image:
-            obs.update(self.render_images())
+            self._add_image_obs(obs)
         return obs, reward.astype(np.float32, copy=False), terminated, truncated, info
 
     def _check_action(self, action) -> np.ndarray:
@@ -166,8 +170,14 @@ class TaskSim:
     def _observe(self) -> dict[str, np.ndarray]:
         obs = {"state": _host(self.task.observe(self._read_fast())).astype(np.float32)}
         if self.cfg.image:
-            obs.update(self.render_images())
+            self._add_image_obs(obs)
         return obs
+
+    def _add_image_obs(self, obs: dict[str, np.ndarray]) -> None:
+        """Camera frames plus `proprio`, the robot's own leading `state` entries, so that an image
+        policy need not read the object pose from `state`."""
+        obs["proprio"] = obs["state"][:, :self.task.proprio_dim].copy()
+        obs.update(self.render_images())
 
     def status(self) -> dict[str, np.ndarray]:
         """success / stage of the current state (e.g. right after reset)."""
