@@ -4,7 +4,9 @@ Episodes use a fixed list of seeds (`seed, seed+1, ...`) recorded in the report.
 batched; when one finishes, it is reset with the next seed, so the same seed and `--num-envs`
 give bit-identical results on CPU. The report gives n, the success rate with its 95% Wilson
 interval, mean return and length, failure events and recoveries per episode (a recovery is a
-failure event in an episode that still succeeded), and per-episode records.
+failure event in an episode that still succeeded), and per-episode records. For a hierarchical
+policy it also counts retries: the high level going back to an earlier primitive while the task's
+stage has not advanced (e.g. re-grasping a dropped cube).
 """
 
 from __future__ import annotations
@@ -158,6 +160,35 @@ def evaluate_policy(
                      perturb=perturb_rate, videos=videos.paths if videos else [])
 
 
+class _RetryCounter:
+    """Counts, per env, the hierarchical policy's retries: the high level switching to an earlier
+    primitive (lower index in PRIMITIVES' reach -> grasp -> transport -> release order) while the
+    task's stage has not advanced since the primitive it leaves was chosen. Moving on to the next
+    object (stage up, back to reach) is progress, not a retry."""
+
+    def __init__(self, num_envs: int, stage: np.ndarray) -> None:
+        self.count = np.zeros(num_envs, int)
+        self.active = np.full(num_envs, -1)
+        self.stage = np.asarray(stage, int).copy()
+        self.stage_at_choice = self.stage.copy()
+
+    def update(self, active_primitive: torch.Tensor | None) -> None:
+        if active_primitive is None:
+            return
+        new = active_primitive.detach().cpu().numpy().astype(int)
+        switched = (new != self.active) & (self.active >= 0)
+        self.count += switched & (new < self.active) & (self.stage <= self.stage_at_choice)
+        chosen = new != self.active
+        self.stage_at_choice[chosen] = self.stage[chosen]
+        self.active = new
+
+    def restart(self, rows: np.ndarray, stage: np.ndarray) -> None:
+        self.count[rows] = 0
+        self.active[rows] = -1
+        self.stage[rows] = stage[rows]
+        self.stage_at_choice[rows] = stage[rows]
+
+
 def _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer, videos, progress, task):
     """The batched episode loop: step every env, restart finished ones with the next seed."""
     from tqdm import tqdm
@@ -181,6 +212,7 @@ def _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer
 
     policy.reset()
     obs = start(np.arange(num_envs))
+    retries = _RetryCounter(num_envs, sim.status()["stage"]) if hasattr(policy, "active_primitive") else None
     hist = _History(n_obs, keys)
     hist.reset(obs)
     if writer:
@@ -192,6 +224,8 @@ def _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer
     with torch.no_grad():
         while finished < episodes:
             action = policy.select_action(hist.torch(device))
+            if retries is not None:
+                retries.update(policy.active_primitive)
             action = action.detach().to("cpu", torch.float64).numpy()
             if not np.all(np.isfinite(action)):
                 bad = np.flatnonzero(~np.isfinite(action).all(1)).tolist()
@@ -203,6 +237,8 @@ def _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer
             acc["length"][active] += 1
             acc["events"][active] += (info["failure_event"][active] > 0)
             acc["max_stage"][active] = np.maximum(acc["max_stage"][active], info["stage"][active])
+            if retries is not None:
+                retries.stage[:] = info["stage"]
             if writer:
                 writer.record(active, pre_state, action, reward, terminated | truncated, info)
                 writer.observe(np.flatnonzero(active), obs)
@@ -226,6 +262,8 @@ def _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer
                         "recoveries": events if success else 0,
                         "max_stage": int(acc["max_stage"][r]),
                     }
+                    if retries is not None:
+                        records[ep]["retries"] = int(retries.count[r])
                     if writer:
                         writer.commit(r, success, seeds[ep])
                     if videos:
@@ -238,6 +276,8 @@ def _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer
                 slot_episode[idle] = -1
                 if len(restart):
                     obs = start(restart)
+                    if retries is not None:
+                        retries.restart(restart, sim.status()["stage"])
                     hist.reset(obs, restart)
                     policy.reset(torch.as_tensor(np.isin(np.arange(num_envs), restart)))
                     if writer:
@@ -259,6 +299,7 @@ def summarize(records: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         "mean_length": float(np.mean([r["length"] for r in records])) if n else 0.0,
         "failure_events_per_episode": float(np.mean([r["failure_events"] for r in records])) if n else 0.0,
         "recoveries_per_episode": float(np.mean([r["recoveries"] for r in records])) if n else 0.0,
+        **({"retries_per_episode": float(np.mean([r["retries"] for r in records]))} if n and "retries" in records[0] else {}),
         "seeds": [r["seed"] for r in records],
         **extra,
         "episodes": records,
@@ -434,6 +475,8 @@ def _run(args: argparse.Namespace) -> int:
         f"{report['mean_length']:.1f} | {report['failure_events_per_episode']:.2f} | {report['recoveries_per_episode']:.2f} | "
         f"{args.seed}..{args.seed + args.episodes - 1} |"
     )
+    if "retries_per_episode" in report:
+        print(f"retries per episode (the high level went back to an earlier primitive): {report['retries_per_episode']:.2f}")
     for path in report["videos"]:
         print(f"video: {path}")
     return 0

@@ -132,3 +132,23 @@ def test_pool_evaluations_sums_episodes_not_rates():
     k, n, ci = pool_evaluations([{"successes": 10, "n": 100}, {"successes": 30, "n": 50}])
     assert (k, n) == (40, 150) and ci == wilson_interval(40, 150)  # 0.267 pooled, not the 0.35 mean of rates
     assert pool_evaluations([]) == (0, 0, (0.0, 1.0))
+
+
+def test_retry_counter_counts_going_back_without_stage_progress():
+    """A retry is the high level returning to an earlier primitive while the task's stage has not
+    advanced since the primitive it leaves was chosen; starting the next object is not one."""
+    import numpy as np
+    import torch
+
+    from robolearn.evaluation import _RetryCounter
+
+    counter = _RetryCounter(2, np.array([0, 0]))
+    # env 0: reach, grasp, transport, (cube dropped: stage stays 0) grasp again -> one retry
+    # env 1: reach, grasp, transport, release, (stage advanced to 1) reach the next cube -> none
+    for prims, stages in [((0, 0), (0, 0)), ((1, 1), (0, 0)), ((2, 2), (0, 0)), ((1, 3), (0, 0)), ((1, 0), (0, 1))]:
+        counter.stage[:] = stages
+        counter.update(torch.tensor(prims))
+    assert counter.count.tolist() == [1, 0]
+    counter.restart(np.array([0]), np.array([2, 2]))
+    counter.update(torch.tensor([0, 0]))  # a restarted env's first choice is not a switch
+    assert counter.count.tolist() == [0, 0]
