@@ -70,3 +70,32 @@ def test_sailor_experiment_merge_pools_seeds(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| DP (20 demos) | 2 | 0.200 (40/200) | [0.15, 0.26] | s0: 0.14, s1: 0.26 | 1.00 |" in proc.stdout, proc.stdout
     assert "AUROC per seed: 0.900, 0.900" in proc.stdout
+
+
+def test_sort_perturbed_tables_p_to_the_k_from_recorded_evaluations(tmp_path):
+    """scripts/sort_perturbed.py: evaluations already in OUT.jsonl are not rerun; the table pools
+    seeds, p is the policy's own K = 1 success, and the verdicts compare K > 1 against p^K."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "sp"
+    rows = [{"policy": "h", "perturb": 0.02, "K": k, "seed": s, "checkpoint": "none", "successes": n_ok, "n": 100,
+             "mean_length": 10.0, "failure_events_per_episode": 1.0, "recoveries_per_episode": 0.5, "eval_s": 1.0,
+             "date": "2026-11-27"}
+            for k, oks in ((1, (90, 80)), (2, (80, 70))) for s, n_ok in zip((0, 1), oks)]
+    out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cmd = [sys.executable, str(root / "scripts" / "sort_perturbed.py"), "--perturb", "0.02", "--cubes", "1", "2",
+           "--seeds", "0", "1", "--policy", "h=missing/s{seed}-K{K}", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    md = out.with_suffix(".md").read_text()
+    # K = 1: 170/200 = 0.85 -> p^2 = 0.7225 (printed 0.722); K = 2: 150/200 = 0.75 is above it
+    assert "| 1 | 0.850 [0.794, 0.893] (0.90 / 0.80), n = 200 | 0.850 | 1.00 / 0.50 / - |" in md, md
+    assert "| 2 | 0.750 [0.686, 0.805] (0.80 / 0.70), n = 200 | 0.722 |" in md, md
+    assert "K = 2: 0.750 vs p^K = 0.722 (above)" in md
+    assert out.with_suffix(".png").stat().st_size > 0
+    bad = subprocess.run(cmd[:-4] + ["--policy", "h=no-placeholders", "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "NAME=PATTERN" in bad.stderr
