@@ -167,8 +167,6 @@ def main() -> None:
     ap.add_argument("--num-envs", type=int, default=10)
     ap.add_argument("--out", required=True, help="writes OUT.jsonl (every evaluation), OUT.md and OUT.png")
     args = ap.parse_args()
-    if 1 not in args.cubes:
-        raise SystemExit("sort_perturbed: --cubes must include 1 (p is the K = 1 success)")
     if any(not 0.0 <= r <= 1.0 for r in args.perturb):
         raise SystemExit(f"sort_perturbed: --perturb rates must be in [0, 1], got {args.perturb}")
     policies = parse_policies(args.policy)
