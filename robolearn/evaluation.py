@@ -176,9 +176,9 @@ class _RetryCounter:
         if active_primitive is None:
             return
         new = active_primitive.detach().cpu().numpy().astype(int)
-        switched = (new != self.active) & (self.active >= 0)
-        self.count += switched & (new < self.active) & (self.stage <= self.stage_at_choice)
         chosen = new != self.active
+        back = (self.active >= 0) & (new < self.active)  # implies chosen
+        self.count += back & (self.stage <= self.stage_at_choice)
         self.stage_at_choice[chosen] = self.stage[chosen]
         self.active = new
 

@@ -84,8 +84,14 @@ def describe_demos(store: EpisodeStore, n: int) -> str:
 def image_overrides(args: argparse.Namespace) -> list[str]:
     if not args.image:
         return []
-    lowdim = {"state": "[state]", "proprio": "[proprio]", "none": "[]"}[args.image_lowdim]
+    lowdim = "[]" if args.image_lowdim == "none" else f"[{args.image_lowdim}]"
     return [*IMAGE, f"policy.state_keys={lowdim}"]
+
+
+def first_eval_seed(train_seed: int) -> int:
+    """Evaluation episodes of training seed s use seeds first_eval_seed(s) + 0..N-1: disjoint from
+    the demo-collection seeds (100000 x s + i) and from other training seeds' evaluations."""
+    return 1_000_000 + 10_000 * train_seed
 
 
 def main() -> None:
@@ -149,7 +155,7 @@ def main() -> None:
                     train(policy_name, sub, task=task, out=run, overrides=overrides, wandb_mode="off", progress=False)
                     train_s = time.time() - t0
                     policy, _ = load_any_policy(run / "policy")
-                    report = evaluate_policy(policy, task, args.eval_episodes, seed=1_000_000 + seed * 10_000,
+                    report = evaluate_policy(policy, task, args.eval_episodes, seed=first_eval_seed(seed),
                                              num_envs=args.num_envs, task_overrides=args.task_overrides or None, progress=False)
                     results.append({"task": task, "policy": policy_name, "demos": n, "seed": seed,
                                     "successes": report["successes"], "n": report["n"], "rate": report["success_rate"],

@@ -32,9 +32,8 @@ from typing import Any
 
 import torch
 
+from imitation_results import first_eval_seed  # the same evaluation seeds as the imitation grid
 from robolearn.evaluation import evaluate_policy, load_any_policy, pool_evaluations, task_overrides_from_meta
-
-EVAL_SEED_BASE = 1_000_000
 
 
 def parse_policies(specs: list[str]) -> dict[str, str]:
@@ -66,7 +65,7 @@ def evaluate_one(pattern: str, k: int, seed: int, rate: float, episodes: int, nu
     if f"num_cubes={k}" not in overrides:
         raise SystemExit(f"sort_perturbed: {ckpt} was trained on {overrides or 'no recorded sort config'}, not num_cubes={k}")
     started = time.time()
-    report = evaluate_policy(policy, "sort", episodes, seed=EVAL_SEED_BASE + 10_000 * seed, num_envs=num_envs,
+    report = evaluate_policy(policy, "sort", episodes, seed=first_eval_seed(seed), num_envs=num_envs,
                              perturb=rate, task_overrides=overrides, progress=False)
     return {
         "checkpoint": ckpt, "successes": report["successes"], "n": report["n"], "mean_length": report["mean_length"],
@@ -197,7 +196,7 @@ def main() -> None:
         "",
         "- commands that produced the evaluations below: "
         + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", "not recorded") for r in records)),
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores, CPU, torch {torch.__version__}; evaluation seeds {EVAL_SEED_BASE} + 10000 x seed + 0..N-1",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, CPU, torch {torch.__version__}; evaluation seeds {first_eval_seed(0)} + 10000 x seed + 0..N-1",
         "- checkpoints: " + "; ".join(f"{n} = `{policies.get(n) or next(r['checkpoint'] for r in records if r['policy'] == n)}`"
                                     for n in names),
         f"- dates: {', '.join(sorted({r['date'] for r in records}))}; raw per-seed results: `{raw}`; plot: `{out.with_suffix('.png')}`",
