@@ -13,6 +13,9 @@ step counts in the loss (loss weights). Every policy's training uses them throug
 - `sirius` (Liu et al. 2022): every step, uniformly sampled, with class loss weights: demo 1,
   intervention 0.5/ratio_int, the 15 robot steps before each takeover 0.002/ratio_pre, the other
   robot steps share the remaining mass. Weights are rescaled to mean 1 over the data.
+- `retrieval` (Behavior Retrieval, Du et al. 2023): a store written by `robolearn data retrieve`;
+  steps are sampled by its per-step `retrieval_weight` column (target demos and retrieved prior
+  steps, by default half of each batch each; `--target-share` at retrieval time sets it).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 from robolearn.data.store import SOURCE_CODES, EpisodeStore
 
-MIXTURES = ("all", "rac", "hg_dagger", "iwr", "sirius")
+MIXTURES = ("all", "rac", "hg_dagger", "iwr", "sirius", "retrieval")
 SIRIUS_PRE_INTERVENTION_STEPS = 15
 
 
@@ -75,6 +78,10 @@ def mixture_weights(store: EpisodeStore, mix: str, episodes: np.ndarray) -> Mixt
     in_split[episodes] = True
     step_ep = _step_episode(store)
     keep_ep = in_split[step_ep]
+    if mix == "retrieval":
+        if "retrieval_weight" not in store.features:
+            raise ValueError(f"data.mix=retrieval: {store.path} has no retrieval_weight column (write it with `robolearn data retrieve`)")
+        return Mixture(episodes, np.where(keep_ep, store.read("retrieval_weight").astype(np.float64), 0.0), None)
     demo = source == SOURCE_CODES["demo"]
     policy = source == SOURCE_CODES["policy"]
     intervention = (source == SOURCE_CODES["recovery"]) | (source == SOURCE_CODES["correction"])
