@@ -1,7 +1,13 @@
 """`robolearn demo`: the whole loop on a CPU in minutes.
 
-Collect scripted demonstrations, train a (small) diffusion policy on them, evaluate it with fixed
-seeds, and write a report under runs/: a markdown summary, a learning-curve PNG and one video.
+Collect scripted demonstrations, train a diffusion policy with the CPU-sized preset
+(`policies/diffusion_small.yaml`, the recipe of docs/results/imitation.md: object-relative state,
+re-planning every step, 8000 steps of a small U-Net), evaluate it on seeds disjoint from the
+collection seeds, and write a report under runs/: success with its 95% Wilson interval, the time
+and load average of each stage, a learning curve and one video.
+
+Each finished stage is recorded in `demo.json` (written atomically), and training checkpoints
+every 500 steps, so `robolearn demo --resume [DIR]` continues an interrupted demo where it stopped.
 """
 
 from __future__ import annotations
@@ -9,26 +15,36 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-# A diffusion policy small enough to train in a few minutes on 2 CPU cores.
-DEMO_TRAIN_OVERRIDES = [
-    "policy.down_dims=[64,128,256]",
-    "policy.diffusion_step_embed_dim=64",
-    "policy.n_action_steps=2",  # re-plan every 2 steps: push_cube needs it (docs/results/imitation.md)
-    "train.batch_size=64",
-    "train.lr=0.001",
-    "train.lr_warmup_steps=100",
-    "train.log_every=50",
-    "train.eval_every=500",
-    "train.save_every=1000",
-    "train.val_ratio=0.05",
-    "train.ema_power=0.75",
-]
+from robolearn.config import ConfigError, project_root
+
+DEMO_PRESET = "diffusion_small"
+# The task option the recipe needs (object - gripper, target - object in the state); stored with
+# the demos, so evaluation reproduces it from the checkpoint.
+DEMO_TASK_OVERRIDES = ["obs_relative=true"]
+DEFAULTS: dict[str, Any] = {"task": "push_cube", "episodes": 200, "steps": 8000, "eval_episodes": 50,
+                            "num_envs": 10, "seed": 0}
+STAGES = ("collect", "train", "evaluate")
+
+
+def load_average() -> list[float]:
+    """1-, 5- and 15-minute load averages (empty where the OS does not report them)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def plot_learning_curve(metrics: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -53,97 +69,203 @@ def plot_learning_curve(metrics: list[dict[str, Any]], path: Path, title: str) -
     plt.close(fig)
 
 
+def latest_demo_dir(task: str | None) -> Path:
+    """The most recently started demo under runs/ (for `--resume` without a directory)."""
+    found = sorted((p for p in Path("runs").glob(f"demo-{task or '*'}-*") if (p / "demo.json").is_file()),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError("--resume: no demo under runs/ to resume (runs/demo-<task>-*/demo.json); pass its directory")
+    return found[-1]
+
+
+class _Stage:
+    """Times one stage and records its wall seconds and the load average at its start and end."""
+
+    def __init__(self, state: dict[str, Any], name: str, save: Any) -> None:
+        self.state, self.name, self.save = state, name, save
+
+    def __enter__(self) -> "_Stage":
+        self.t0 = time.perf_counter()
+        self.load_start = load_average()
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        seconds = time.perf_counter() - self.t0
+        rec = self.state["stages"].setdefault(self.name, {"seconds": 0.0, "sessions": []})
+        rec["sessions"].append({"seconds": round(seconds, 2), "loadavg_start": self.load_start,
+                                "loadavg_end": load_average(), "completed": exc_type is None,
+                                "ended": dt.datetime.now().isoformat(timespec="seconds")})
+        rec["seconds"] = round(rec["seconds"] + seconds, 2)
+        rec["done"] = exc_type is None
+        self.save()
+
+
 def run_demo(
-    task: str = "push_cube",
-    episodes: int = 200,
-    steps: int = 4000,
-    eval_episodes: int = 50,
-    num_envs: int = 10,
-    seed: int = 0,
+    task: str = DEFAULTS["task"],
+    episodes: int = DEFAULTS["episodes"],
+    steps: int = DEFAULTS["steps"],
+    eval_episodes: int = DEFAULTS["eval_episodes"],
+    num_envs: int = DEFAULTS["num_envs"],
+    seed: int = DEFAULTS["seed"],
     out: str | Path | None = None,
     wandb_mode: str = "off",
     extra_overrides: list[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
 ) -> Path:
-    from robolearn.evaluation import evaluate_policy, load_any_policy
+    """Run (or, with resume, continue) the demo in `out`; returns the report directory."""
+    import torch
+
+    from robolearn.evaluation import evaluate_policy, load_any_policy, task_overrides_from_meta
     from robolearn.tasks.collect import collect
     from robolearn.training import read_metrics, train
 
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    root = Path(out) if out else Path("runs") / f"demo-{task}-{stamp}"
-    root.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    if resume:
+        root = Path(out) if out else latest_demo_dir(None)
+        if not (root / "demo.json").is_file():
+            raise FileNotFoundError(f"--resume {root}: no demo.json (not a robolearn demo directory)")
+        state = json.loads((root / "demo.json").read_text())
+        settings = state["settings"]
+        print(f"resuming the demo in {root} (finished stages: "
+              f"{', '.join(s for s in STAGES if state['stages'].get(s, {}).get('done')) or 'none'})")
+    else:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        root = Path(out) if out else Path("runs") / f"demo-{task}-{stamp}"
+        if root.exists() and any(root.iterdir()):
+            raise FileExistsError(f"{root} exists and is not empty: pass --resume to continue it, or another --out")
+        if episodes < 1 or steps < 1 or eval_episodes < 1 or num_envs < 1:
+            raise ValueError("--episodes, --steps, --eval-episodes and --num-envs must be >= 1")
+        root.mkdir(parents=True, exist_ok=True)
+        settings = {"task": task, "episodes": episodes, "steps": steps, "eval_episodes": eval_episodes,
+                    "num_envs": num_envs, "seed": seed, "preset": DEMO_PRESET, "task_overrides": DEMO_TASK_OVERRIDES,
+                    "train_overrides": [f"train.steps={steps}", f"train.seed={seed}", *(extra_overrides or [])]}
+        state = {"settings": settings, "stages": {}, "started": dt.datetime.now().isoformat(timespec="seconds"),
+                 "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                             "python": platform.python_version(), "torch": torch.__version__,
+                             "torch_threads": torch.get_num_threads(),
+                             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}}
+    task, seed = settings["task"], settings["seed"]
 
-    t0 = time.perf_counter()
+    def save() -> None:
+        write_json_atomic(root / "demo.json", state)
+
+    save()
+    stages = state["stages"]
     data = root / "demos.zarr"
-    if data.exists():
-        shutil.rmtree(data)
-    print(f"[1/3] collecting {episodes} scripted demos of {task} -> {data}")
-    collect(task, episodes=episodes, out=data, num_envs=num_envs, seed=seed)
-    timings["collect_s"] = time.perf_counter() - t0
+    if not stages.get("collect", {}).get("done"):
+        if data.exists():  # an interrupted collection: its committed episodes hold arbitrary seeds, start over
+            shutil.rmtree(data)
+        print(f"[1/3] collecting {settings['episodes']} scripted demos of {task} -> {data}")
+        with _Stage(state, "collect", save):
+            summary = collect(task, episodes=settings["episodes"], out=data, num_envs=settings["num_envs"], seed=seed,
+                              overrides=settings["task_overrides"], progress=progress)
+        stages["collect"]["expert_success_rate"] = summary["success_rate"]
+        save()
 
-    t0 = time.perf_counter()
-    print(f"[2/3] training a diffusion policy for {steps} steps")
-    overrides = [*DEMO_TRAIN_OVERRIDES, f"train.steps={steps}", f"train.seed={seed}", *(extra_overrides or [])]
-    run_dir = train("diffusion", data, task=task, out=root / "train", overrides=overrides, wandb_mode=wandb_mode)
-    timings["train_s"] = time.perf_counter() - t0
+    run_dir = root / "train"
+    if not stages.get("train", {}).get("done") and (run_dir / "policy" / "checkpoint.json").is_file():
+        stages.setdefault("train", {"seconds": 0.0, "sessions": []})["done"] = True  # stopped right after it finished
+        save()
+    if not stages.get("train", {}).get("done"):
+        partial = (run_dir / "checkpoints" / "last" / "checkpoint.json").is_file()
+        if run_dir.exists() and not partial:
+            shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to continue
+        print(f"[2/3] training a diffusion policy ({settings['preset']}) for {settings['steps']} steps"
+              + (" (resuming from its last checkpoint)" if partial else ""))
+        with _Stage(state, "train", save):
+            if partial:
+                train(None, None, resume=run_dir, wandb_mode=wandb_mode, progress=progress)
+            else:
+                train("diffusion", data, task=task, out=run_dir, overrides=settings["train_overrides"],
+                      config_path=project_root() / "policies" / f"{settings['preset']}.yaml", wandb_mode=wandb_mode,
+                      progress=progress)
 
-    t0 = time.perf_counter()
-    print(f"[3/3] evaluating on {eval_episodes} seeded episodes")
-    policy, _ = load_any_policy(run_dir / "policy")
-    report = evaluate_policy(
-        policy, task, eval_episodes, seed=100_000 + seed, num_envs=num_envs, video=1, video_dir=root / "videos"
-    )
-    timings["eval_s"] = time.perf_counter() - t0
+    print(f"[3/3] evaluating on {settings['eval_episodes']} seeded episodes")
+    with _Stage(state, "evaluate", save):
+        policy, meta = load_any_policy(run_dir / "policy")
+        videos = root / "videos"
+        if videos.exists():
+            shutil.rmtree(videos)
+        report = evaluate_policy(policy, task, settings["eval_episodes"], seed=100_000 + seed, num_envs=settings["num_envs"],
+                                 video=1, video_dir=videos, task_overrides=task_overrides_from_meta(meta, task),
+                                 progress=progress)
+    state["result"] = {k: report[k] for k in ("n", "successes", "success_rate", "ci95", "mean_return", "mean_length")}
+    state["result"]["eval_seeds"] = [report["seeds"][0], report["seeds"][-1]]
+    state["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+    state.setdefault("sessions_wall_s", []).append(round(time.perf_counter() - started, 2))
+    save()
+    write_json_atomic(root / "eval.json", report)
+    plot_learning_curve(read_metrics(run_dir), root / "learning_curve.png", f"diffusion policy on {task}")
+    (root / "README.md").write_text(report_markdown(state, report))
+    lo, hi = report["ci95"]
+    print(f"success {report['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] over {report['n']} episodes; "
+          + ", ".join(f"{s} {stages[s]['seconds']:.0f} s" for s in STAGES))
+    print(f"report: {root / 'README.md'}")
+    return root
 
-    metrics = read_metrics(run_dir)
-    plot_learning_curve(metrics, root / "learning_curve.png", f"diffusion policy on {task}")
-    (root / "eval.json").write_text(json.dumps(report, indent=1))
+
+def report_markdown(state: dict[str, Any], report: dict[str, Any]) -> str:
+    s, st, m = state["settings"], state["stages"], state["machine"]
     lo, hi = report["ci95"]
     video = Path(report["videos"][0]).name if report["videos"] else None
-    summary = [
-        f"# robolearn demo: {task}",
+
+    def loads(stage: str) -> str:
+        return "; ".join(f"{x['loadavg_start']} -> {x['loadavg_end']}" for x in st[stage]["sessions"])
+
+    total = sum(st[k]["seconds"] for k in STAGES)
+    return "\n".join([
+        f"# robolearn demo: {s['task']}",
         "",
-        f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
-        f"- machine: {platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
-        f"- seed: {seed}; evaluation seeds {report['seeds'][0]}..{report['seeds'][-1]}",
-        f"- data: {episodes} scripted demos ({data.name})",
-        f"- policy: diffusion, {steps} steps, overrides `{' '.join(overrides)}`",
+        f"- date: {state['started']} .. {state.get('finished')}",
+        f"- machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']} "
+        f"({m['torch_threads']} threads, OMP_NUM_THREADS={m['OMP_NUM_THREADS']})",
+        f"- demos: {s['episodes']} scripted ({st['collect'].get('expert_success_rate', float('nan')):.2f} expert success), "
+        f"collection seeds {s['seed']}..{s['seed'] + s['episodes'] - 1}, task overrides {s['task_overrides']}",
+        f"- policy: `policies/{s['preset']}.yaml`, overrides `{' '.join(s['train_overrides'])}`",
+        f"- evaluation seeds {report['seeds'][0]}..{report['seeds'][-1]} (disjoint from the collection seeds)",
         "",
         "| n | success rate | 95% CI (Wilson) | mean return | mean length |",
         "|---|---|---|---|---|",
-        f"| {report['n']} | {report['success_rate']:.3f} | [{lo:.3f}, {hi:.3f}] | {report['mean_return']:.2f} | {report['mean_length']:.1f} |",
+        f"| {report['n']} | {report['success_rate']:.3f} | [{lo:.3f}, {hi:.3f}] | {report['mean_return']:.2f} | "
+        f"{report['mean_length']:.1f} |",
         "",
-        "| stage | seconds |",
-        "|---|---|",
-        *[f"| {k[:-2]} | {v:.1f} |" for k, v in timings.items()],
+        "| stage | seconds | sessions | load average (1/5/15 min) at start -> end of each session |",
+        "|---|---|---|---|",
+        *[f"| {k} | {st[k]['seconds']:.1f} | {len(st[k]['sessions'])} | {loads(k)} |" for k in STAGES],
+        f"| **total** | **{total:.1f}** | | |",
         "",
         "![learning curve](learning_curve.png)",
         "",
         f"Video of episode 0: [{video}](videos/{video})" if video else "",
         "",
-    ]
-    (root / "README.md").write_text("\n".join(summary))
-    print("\n".join(summary[7:11]))
-    print(f"report: {root / 'README.md'}")
-    return root
+    ])
 
 
 def _run(args: argparse.Namespace) -> int:
-    run_demo(
-        task=args.task, episodes=args.episodes, steps=args.steps, eval_episodes=args.eval_episodes,
-        num_envs=args.num_envs, seed=args.seed, out=args.out, wandb_mode=args.wandb, extra_overrides=args.overrides,
-    )
+    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+    if args.resume is not None:
+        if given or args.overrides:
+            raise ConfigError(f"--resume continues with the demo's recorded settings; drop "
+                              f"{', '.join('--' + k.replace('_', '-') for k in given) or 'the overrides'}")
+        if args.out and args.resume:
+            raise ConfigError("pass the directory either as --resume DIR or --out DIR, not both")
+        run_demo(out=args.resume or args.out, wandb_mode=args.wandb, resume=True)
+        return 0
+    run_demo(**{**DEFAULTS, **given}, out=args.out, wandb_mode=args.wandb, extra_overrides=args.overrides)
     return 0
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="push_cube")
-    parser.add_argument("--episodes", type=int, default=200, help="scripted demos to collect")
-    parser.add_argument("--steps", type=int, default=4000, help="diffusion training steps")
-    parser.add_argument("--eval-episodes", type=int, default=50)
-    parser.add_argument("--num-envs", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", default=None, help=f"default {DEFAULTS['task']}")
+    parser.add_argument("--episodes", type=int, default=None, help=f"scripted demos to collect (default {DEFAULTS['episodes']})")
+    parser.add_argument("--steps", type=int, default=None, help=f"diffusion training steps (default {DEFAULTS['steps']})")
+    parser.add_argument("--eval-episodes", type=int, default=None, help=f"default {DEFAULTS['eval_episodes']}")
+    parser.add_argument("--num-envs", type=int, default=None, help=f"default {DEFAULTS['num_envs']}")
+    parser.add_argument("--seed", type=int, default=None, help=f"default {DEFAULTS['seed']}")
     parser.add_argument("--out", default=None, help="report directory (default runs/demo-<task>-<time>)")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
+                        help="continue an interrupted demo (default: the latest under runs/)")
     parser.add_argument("--wandb", default="off", choices=["off", "offline", "online"])
     parser.add_argument("overrides", nargs="*", help="extra key=value training overrides")
     parser.set_defaults(func=_run)

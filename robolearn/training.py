@@ -235,6 +235,8 @@ def train(
     from robolearn.data.sampler import WeightedWindowSampler
 
     sampler = WeightedWindowSampler(sample_probs, seed=tcfg.seed * 1000 + rank, replacement=True)
+    if tcfg.num_workers < 0:
+        raise ConfigError(f"train.num_workers must be >= 0, got {tcfg.num_workers}")
     start_step = 0
     if resume_dir is not None:
         ckpt = resume_dir / "checkpoints" / "last"
@@ -281,7 +283,7 @@ def train(
         extra = {"task_config": store.env_kwargs, "train_state": {
             "optimizer": opt_meta,
             "scheduler": sched.state_dict(),
-            "sampler": sampler.state_dict(),
+            "sampler": consumed_sampler_state,  # after the last batch trained on (not those prefetched)
             "ema_updates": ema.num_updates if ema is not None else 0,
         }}
         groups = {"train_model": policy.state_dict(), "optimizer": opt_tensors, "rng": {"torch": torch.get_rng_state()}}
@@ -302,11 +304,16 @@ def train(
             net.train(was_training)
         return float(sum(losses) / len(idx))
 
+    from robolearn.data.sampler import BatchPrefetcher
+
+    consumed_sampler_state = sampler.state_dict()
+    batches = BatchPrefetcher(train_ds, sampler, tcfg.batch_size, tcfg.num_workers, device)
+    train_ds.warm_cache()  # images: decode the store into the cache in the background
     policy.train()
     bar = tqdm(range(start_step, tcfg.steps), initial=start_step, total=tcfg.steps, disable=not (progress and is_main), desc=f"train {policy_name}", dynamic_ncols=True)
     running = []
     for step in bar:
-        batch = train_ds.torch_batch(sampler.next_batch(tcfg.batch_size), device)
+        batch, consumed_sampler_state = batches.next()
         per_sample = model(batch)
         weight = batch["weight"].to(per_sample.dtype)
         loss = (per_sample * weight).mean()
@@ -340,6 +347,8 @@ def train(
                 if dst.exists():
                     shutil.rmtree(dst)
                 shutil.copytree(run_dir / "checkpoints" / "last", dst)
+    batches.close()
+    train_ds.close()
     save(tcfg.steps, run_dir / "policy", final=True)
     logger.close()
     if world > 1:

@@ -122,3 +122,89 @@ def test_exact_stats_and_normalizer(store):
     assert torch.equal(again.normalize("obs/state", torch.ones(3)), norm.normalize("obs/state", torch.ones(3)))
     with pytest.raises(ValueError, match="mode"):
         Normalizer(stats, {"action": "bogus"})
+
+
+@pytest.fixture()
+def image_store(tmp_path):
+    """Images big enough for several zarr chunks (21 frames each); pixel (0, 0) = global step % 251."""
+    from robolearn.data.store import EpisodeStore, Feature
+
+    feats = {"obs/state": Feature("float32", (2,), "obs"), "obs/image": Feature("uint8", (64, 64, 3), "obs"),
+             "action": Feature("float32", (2,), "action")}
+    store = EpisodeStore.create(tmp_path / "img.zarr", feats, task="toy")
+    step = 0
+    for length in (30, 40, 35):
+        t = np.arange(step, step + length)
+        img = np.random.default_rng(step).integers(0, 256, (length, 64, 64, 3), dtype=np.uint8)
+        img[:, 0, 0, 0] = t % 251
+        store.append_episode({"obs/state": np.stack([t, t], 1).astype(np.float32), "obs/image": img,
+                              "action": np.stack([t, -t], 1).astype(np.float32)}, success=True)
+        step += length
+    assert store.array("obs/image").chunks[0] < 40  # several chunks
+    return store
+
+
+def test_chunk_cache_gathers_exactly_what_zarr_holds(image_store):
+    full = image_store.read("obs/image", cache=False)
+    eager = SequenceDataset(image_store, ["state", "image"], 2, 8, lazy_threshold=1 << 62)
+    lazy = SequenceDataset(image_store, ["state", "image"], 2, 8)  # cache sized from the store: every chunk fits
+    cache = lazy._lazy_arrays()["obs/image"]
+    assert cache._read is not None  # the direct blosc path on a plain local store
+    assert cache.n_slots == cache.n_chunks and lazy.image_cache_bytes >= full.nbytes
+    windows = np.random.default_rng(0).integers(0, len(lazy), 64)
+    a, b = eager.get_batch(windows), lazy.get_batch(windows)
+    np.testing.assert_array_equal(a["obs"]["image"], b["obs"]["image"])
+    np.testing.assert_array_equal(a["action"], b["action"])
+    # a pool of 2 chunk slots (smaller than the store) evicts and stays exact, batch after batch
+    small = SequenceDataset(image_store, ["image"], 2, 8, image_cache_bytes=2 * cache.pool[0].nbytes)
+    small_cache = small._lazy_arrays()["obs/image"]
+    assert small_cache.n_slots == 2
+    for w in np.random.default_rng(1).integers(0, len(small), (20, 3)):
+        np.testing.assert_array_equal(small.get_batch(w)["obs"]["image"], eager.get_batch(w)["obs"]["image"])
+    assert small_cache.decoded > small_cache.n_chunks  # it did evict and re-decode
+    # a batch needing more chunks than the pool holds falls back to per-chunk reads, still exact
+    w = np.array([0, 40, 80, 100])
+    np.testing.assert_array_equal(small.get_batch(w)["obs"]["image"], eager.get_batch(w)["obs"]["image"])
+    # the zarr path (no direct reader) gives the same bytes
+    cache._read = None
+    cache.slot_of[:] = -1
+    cache.chunk_in[:] = -1
+    np.testing.assert_array_equal(lazy.get_batch(windows)["obs"]["image"], a["obs"]["image"])
+
+
+def test_cache_warms_in_the_background(image_store):
+    ds = SequenceDataset(image_store, ["image"], 2, 8)
+    ds.warm_cache()
+    ds._warmer.join(timeout=30)
+    cache = ds._lazy_arrays()["obs/image"]
+    assert (cache.slot_of >= 0).all() and cache.decoded == cache.n_chunks
+    before = cache.decoded
+    ds.get_batch(np.arange(len(ds)))
+    assert cache.decoded == before  # warm: nothing left to decode
+    ds.close()
+
+
+def test_prefetched_batches_follow_the_sampler_order(image_store):
+    from robolearn.data.sampler import BatchPrefetcher
+
+    ds = SequenceDataset(image_store, ["state", "image"], 2, 8)
+    ref_sampler = WeightedWindowSampler(np.ones(len(ds)), seed=4)
+    pre = BatchPrefetcher(ds, WeightedWindowSampler(np.ones(len(ds)), seed=4), 16, num_workers=2)
+    states = []
+    for _ in range(7):
+        batch, state = pre.next()
+        expect = ds.torch_batch(ref_sampler.next_batch(16))
+        states.append(state)
+        assert state == ref_sampler.state_dict()  # the position after this batch, not after those in flight
+        assert torch.equal(batch["index"], expect["index"]) and torch.equal(batch["obs"]["image"], expect["obs"]["image"])
+    pre.close()
+    # resuming from a recorded state continues with the very next batch
+    resumed = WeightedWindowSampler(np.ones(len(ds)), seed=4)
+    resumed.load_state_dict(states[2])
+    again = BatchPrefetcher(ds, resumed, 16, num_workers=0)
+    replay = WeightedWindowSampler(np.ones(len(ds)), seed=4)
+    for _ in range(3):  # states[2]: after the third batch
+        replay.next_batch(16)
+    assert torch.equal(again.next()[0]["index"], torch.as_tensor(replay.next_batch(16)))
+    with pytest.raises(ValueError, match="num_workers"):
+        BatchPrefetcher(ds, resumed, 16, num_workers=-1)
