@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
-import sys
 import threading
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -50,39 +48,11 @@ def available_memory_bytes() -> int:
 
 
 def _direct_chunk_reader(array: Any) -> Callable[[int, np.ndarray], None] | None:
-    """A reader that decodes chunk c of a local zarr v3 array straight into a buffer (file read +
-    one blosc call), or None when the array's layout is not the plain one collect writes (then zarr
-    reads it). zarr's own path costs ~0.6 ms of Python per chunk, 20x the decode of a 250 KB image
-    chunk, which is what a cold image cache pays per missing chunk."""
-    try:
-        from numcodecs import blosc
-        from zarr.storage import LocalStore
+    """The store's direct chunk decoder (file read, checksum, one blosc call), or None when the
+    array's layout is not the plain one the store writes (then zarr reads it)."""
+    from robolearn.data.store import direct_chunk_reader
 
-        meta = array.metadata
-        codecs = [c.to_dict() for c in meta.codecs]
-        if not isinstance(array.store, LocalStore) or getattr(meta, "zarr_format", 2) != 3 or len(codecs) != 2:
-            return None
-        bytes_cfg = codecs[0].get("configuration") or {}
-        if codecs[0]["name"] != "bytes" or codecs[1]["name"] != "blosc":
-            return None
-        if np.dtype(array.dtype).itemsize > 1 and bytes_cfg.get("endian", "little") != sys.byteorder:
-            return None
-        root = Path(str(array.store.root)) / array.path
-        fill = meta.fill_value
-        tail = (0,) * (len(array.shape) - 1)
-    except Exception:  # any other zarr layout or version: the generic path
-        return None
-
-    def read(c: int, dest: np.ndarray) -> None:
-        path = root / meta.encode_chunk_key((c, *tail))
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:  # never written: zarr's fill value
-            dest[...] = fill
-            return
-        blosc.decompress(raw, dest)
-
-    return read
+    return direct_chunk_reader(array)
 
 
 class _ChunkCache:
