@@ -149,6 +149,29 @@ def _view(args: argparse.Namespace) -> int:
     return run_view_cli(args)
 
 
+def _import_lerobot(args: argparse.Namespace) -> int:
+    from robolearn.data.lerobot_io import import_lerobot
+
+    store = import_lerobot(args.input, args.output, task=args.task)
+    print(f"imported {store.num_episodes} episodes ({store.num_steps} steps) -> {store.path}")
+    return 0
+
+
+def _export_lerobot(args: argparse.Namespace) -> int:
+    from robolearn.data.lerobot_io import export_lerobot
+
+    info = export_lerobot(args.input, args.output, fps=args.fps, vcodec=args.vcodec, crf=args.crf,
+                          robot_type=args.robot_type, overwrite=args.overwrite)
+    print(f"exported {info['total_episodes']} episodes ({info['total_frames']} frames, {info['fps']} fps) -> {args.output}")
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from robolearn.data.viewer import run_view_cli
+
+    return run_view_cli(args)
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
@@ -195,6 +218,38 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("output")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_export_robomimic)
+
+    p = sub.add_parser("import-lerobot", help="LeRobot v3 dataset directory -> episode store")
+    p.add_argument("input", help="LeRobot dataset root (holds meta/info.json)")
+    p.add_argument("output")
+    p.add_argument("--task", help="store task name (default: the dataset's single task string)")
+    p.set_defaults(func=_import_lerobot)
+
+    p = sub.add_parser("export-lerobot", help="episode store -> LeRobot v3 dataset directory (parquet + mp4 + meta)")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--fps", type=int, help="frames per second (default: 1 / the store's control period)")
+    p.add_argument("--vcodec", default="libsvtav1", help="ffmpeg video encoder for camera images (LeRobot's default AV1)")
+    p.add_argument("--crf", type=int, default=30, help="video quality (lower = better, larger)")
+    p.add_argument("--robot-type", default=None, help="info.json robot_type")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing LeRobot dataset at OUTPUT")
+    p.set_defaults(func=_export_lerobot)
+
+    p = sub.add_parser("view", help="replay episodes (from sim states or stored images) with source/stage/reward overlay")
+    p.add_argument("path")
+    p.add_argument("--episode", type=int, nargs="+", required=True, help="episode index; several play as a grid")
+    p.add_argument("--out", help="mp4 to write (default STORE_epI.mp4 in the current directory)")
+    p.add_argument("--from", dest="source_mode", choices=["auto", "states", "images"], default="auto",
+                   help="render stored sim states, or show stored camera images (auto: states when the store has them)")
+    p.add_argument("--camera", default="front", help="camera to render, or obs/<camera> images to show")
+    p.add_argument("--size", type=int, default=256, help="scene size in pixels")
+    p.add_argument("--cols", type=int, help="grid columns (default: square-ish)")
+    p.add_argument("--every", type=int, default=1, help="show every k-th step")
+    p.add_argument("--fps", type=float, help="playback rate (default: the store's control rate)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--rerun", action="store_true", help="stream to a rerun viewer (needs rerun-sdk)")
+    p.add_argument("--rerun-save", help="save a rerun .rrd recording instead of streaming (needs rerun-sdk)")
+    p.set_defaults(func=_view)
 
     p = sub.add_parser("import-lerobot", help="LeRobot v3 dataset directory -> episode store")
     p.add_argument("input", help="LeRobot dataset root (holds meta/info.json)")
