@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from robolearn import validation
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -72,25 +76,27 @@ def _parse_bool(text: str) -> bool:
 
 
 def _filter(args: argparse.Namespace) -> int:
-    from robolearn.data.store import EpisodeStore, copy_store
+    from robolearn.data.store import EpisodeStore, copy_store, staged_output
 
     src = EpisodeStore.open(args.input, mode="r")
     idx = src.select(source=args.source, success=args.success, task=args.task, mask=args.mask)
-    if Path(args.output).exists():
-        raise FileExistsError(f"{args.output} already exists")
-    out = copy_store(src, args.output, idx)
-    print(f"kept {len(idx)} of {src.num_episodes} episodes -> {out.path} ({out.num_steps} steps)")
+    with staged_output(args.output, [args.input]) as tmp:  # a failure leaves nothing at OUTPUT
+        out = copy_store(src, tmp, idx)
+        n_steps = out.num_steps
+        out.close()
+    print(f"kept {len(idx)} of {src.num_episodes} episodes -> {args.output} ({n_steps} steps)")
     return 0
 
 
 def _split(args: argparse.Namespace) -> int:
     from robolearn.data.sampler import split_episodes
-    from robolearn.data.store import EpisodeStore
+    from robolearn.data.store import EpisodeStore, StoreError
 
+    if args.train_name == args.val_name:
+        raise StoreError(f"--train-name and --val-name are both {args.train_name!r}")
     store = EpisodeStore.open(args.path, mode="a")
     train, val = split_episodes(store.num_episodes, args.val_ratio, args.seed)
-    store.set_mask(args.train_name, train)
-    store.set_mask(args.val_name, val)
+    store.set_masks({args.train_name: train, args.val_name: val})  # both or neither
     store.close()
     print(f"masks {args.train_name!r}: {len(train)} episodes, {args.val_name!r}: {len(val)} episodes (seed {args.seed})")
     return 0
@@ -126,27 +132,59 @@ def _export_robomimic(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_lerobot(args: argparse.Namespace) -> int:
-    from robolearn.data.lerobot_io import import_lerobot
+def _verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every committed episode reads back intact, 1 with a report when not."""
+    from robolearn.data.store import StoreIntegrityError, verify_store
 
-    store = import_lerobot(args.input, args.output, task=args.task)
-    print(f"imported {store.num_episodes} episodes ({store.num_steps} steps) -> {store.path}")
+    try:
+        report = verify_store(args.path)
+    except StoreIntegrityError as exc:  # not even the commit records are readable
+        report = {"path": str(args.path), "ok": False, "problems": [str(exc)], "damaged_episodes": [], "episodes": None,
+                  "healthy_episodes": None, "uncommitted": {}, "quarantine": [], "checksummed": None}
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "damage"}))
+        return 0 if report["ok"] else 1
+    status = "ok" if report["ok"] else "DAMAGED"
+    print(f"{report['path']}: {status}: {report['healthy_episodes']} of {report['episodes']} episodes healthy"
+          + ("" if report.get("checksummed", True) else " (written before chunk checksums: corruption inside a chunk may go unseen)"))
+    for line in report["problems"]:
+        print(f"  {line}")
+    unc = report.get("uncommitted") or {}
+    if unc.get("steps") or unc.get("column_rows") or unc.get("marker"):
+        print(f"  uncommitted tail (a killed writer's, not damage): {unc['steps']} steps, {unc['column_rows']} column rows")
+    for q in report["quarantine"]:
+        print(f"  quarantine {q['dir']}: {len(q.get('quarantined_episodes', []))} episodes, "
+              f"{len(q.get('step_ranges', []))} step ranges, {len(q.get('moved_chunks', []))} chunks")
+    if not report["ok"]:
+        print(f"  run `robolearn data repair {report['path']}` to move the damage into the store's quarantine")
+    return 0 if report["ok"] else 1
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from robolearn.data.store import repair_store
+
+    result = repair_store(args.path)
+    if not result["changed"]:
+        print(f"{result['path']}: nothing to repair ({result['kept']} episodes)")
+        return 0
+    print(f"{result['path']}: kept {result['kept']} episodes, quarantined {result['quarantined']} episodes and "
+          f"{result.get('uncommitted_steps', 0)} uncommitted steps; nothing deleted, listed in {result['manifest']}")
     return 0
 
 
-def _export_lerobot(args: argparse.Namespace) -> int:
-    from robolearn.data.lerobot_io import export_lerobot
+def _mix(args: argparse.Namespace) -> int:
+    """`data mix` built in a temporary store and renamed into place: a failure leaves nothing, an
+    input is never the output, --overwrite replaces only a store."""
+    from robolearn.data.store import staged_output
+    from robolearn.rl.cli import _mix as build_mix
 
-    info = export_lerobot(args.input, args.output, fps=args.fps, vcodec=args.vcodec, crf=args.crf,
-                          robot_type=args.robot_type, overwrite=args.overwrite)
-    print(f"exported {info['total_episodes']} episodes ({info['total_frames']} frames, {info['fps']} fps) -> {args.output}")
-    return 0
-
-
-def _view(args: argparse.Namespace) -> int:
-    from robolearn.data.viewer import run_view_cli
-
-    return run_view_cli(args)
+    out = args.out
+    with staged_output(out, [args.good, *list(args.bad if isinstance(args.bad, list) else [args.bad])], overwrite=args.overwrite) as tmp:
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            rc = build_mix(argparse.Namespace(**{**vars(args), "out": str(tmp), "overwrite": False}))
+    print(text.getvalue().replace(str(tmp), str(out)), end="")
+    return rc
 
 
 def _import_lerobot(args: argparse.Namespace) -> int:
@@ -180,6 +218,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_info)
 
+    p = sub.add_parser("verify", help="full scan: every episode readable, records consistent, checksums match (exit 1 if not)")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("repair", help="move damaged, inconsistent and uncommitted pieces into the store's quarantine (never deletes)")
+    p.add_argument("path")
+    p.set_defaults(func=_repair)
+
     p = sub.add_parser("merge", help="concatenate stores with identical features")
     p.add_argument("out")
     p.add_argument("inputs", nargs="+")
@@ -196,8 +243,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("split", help="write train/validation episode masks")
     p.add_argument("path")
-    p.add_argument("--val-ratio", type=float, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-ratio", type=validation.open_fraction, required=True, help="fraction of episodes for validation, in (0, 1)")
+    p.add_argument("--seed", type=validation.seed, default=0)
     p.add_argument("--train-name", default="train")
     p.add_argument("--val-name", default="valid")
     p.set_defaults(func=_split)
@@ -251,38 +298,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--rerun-save", help="save a rerun .rrd recording instead of streaming (needs rerun-sdk)")
     p.set_defaults(func=_view)
 
-    p = sub.add_parser("import-lerobot", help="LeRobot v3 dataset directory -> episode store")
-    p.add_argument("input", help="LeRobot dataset root (holds meta/info.json)")
-    p.add_argument("output")
-    p.add_argument("--task", help="store task name (default: the dataset's single task string)")
-    p.set_defaults(func=_import_lerobot)
-
-    p = sub.add_parser("export-lerobot", help="episode store -> LeRobot v3 dataset directory (parquet + mp4 + meta)")
-    p.add_argument("input")
-    p.add_argument("output")
-    p.add_argument("--fps", type=int, help="frames per second (default: 1 / the store's control period)")
-    p.add_argument("--vcodec", default="libsvtav1", help="ffmpeg video encoder for camera images (LeRobot's default AV1)")
-    p.add_argument("--crf", type=int, default=30, help="video quality (lower = better, larger)")
-    p.add_argument("--robot-type", default=None, help="info.json robot_type")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing LeRobot dataset at OUTPUT")
-    p.set_defaults(func=_export_lerobot)
-
-    p = sub.add_parser("view", help="replay episodes (from sim states or stored images) with source/stage/reward overlay")
-    p.add_argument("path")
-    p.add_argument("--episode", type=int, nargs="+", required=True, help="episode index; several play as a grid")
-    p.add_argument("--out", help="mp4 to write (default STORE_epI.mp4 in the current directory)")
-    p.add_argument("--from", dest="source_mode", choices=["auto", "states", "images"], default="auto",
-                   help="render stored sim states, or show stored camera images (auto: states when the store has them)")
-    p.add_argument("--camera", default="front", help="camera to render, or obs/<camera> images to show")
-    p.add_argument("--size", type=int, default=256, help="scene size in pixels")
-    p.add_argument("--cols", type=int, help="grid columns (default: square-ish)")
-    p.add_argument("--every", type=int, default=1, help="show every k-th step")
-    p.add_argument("--fps", type=float, help="playback rate (default: the store's control rate)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--rerun", action="store_true", help="stream to a rerun viewer (needs rerun-sdk)")
-    p.add_argument("--rerun-save", help="save a rerun .rrd recording instead of streaming (needs rerun-sdk)")
-    p.set_defaults(func=_view)
-
     from robolearn.retrieval.cli import register_retrieve  # retrieve (behaviour retrieval)
 
     register_retrieve(sub)
@@ -290,3 +305,4 @@ def register(parser: argparse.ArgumentParser) -> None:
     from robolearn.rl.cli import register_data_actions  # mix, rollout (offline RL datasets)
 
     register_data_actions(sub)
+    sub.choices["mix"].set_defaults(func=_mix)  # staged: atomic output, never onto an input

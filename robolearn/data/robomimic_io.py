@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from robolearn.data.schema import Feature
-from robolearn.data.store import EpisodeStore, StoreError
+from robolearn.data.store import EpisodeStore, StoreError, staged_output
 
 
 def _demo_order(names: list[str]) -> list[str]:
@@ -33,7 +33,11 @@ def _attr_str(value: Any) -> str:
 
 
 def import_robomimic(src: str | Path, dst: str | Path, task: str | None = None) -> EpisodeStore:
-    """Convert a robomimic hdf5 file into a new episode store."""
+    """Convert a robomimic hdf5 file into a new episode store.
+
+    The store is built under a temporary name and renamed to `dst` only when every demo and mask
+    made it: a bad demo or a full disk leaves nothing behind.
+    """
     import h5py
 
     src = Path(src)
@@ -42,66 +46,76 @@ def import_robomimic(src: str | Path, dst: str | Path, task: str | None = None) 
     try:
         f = h5py.File(src, "r")
     except OSError as exc:
-        raise StoreError(f"{src} is not a readable hdf5 file: {exc}") from None
-    with f:
-        if "data" not in f:
-            raise StoreError(f"{src} has no 'data' group: not a robomimic dataset")
-        data = f["data"]
-        demos = _demo_order([k for k in data.keys() if isinstance(data[k], h5py.Group)])
-        if not demos:
-            raise StoreError(f"{src} holds no demos under 'data'")
-        env_args_raw = data.attrs.get("env_args")
-        env_args = json.loads(_attr_str(env_args_raw)) if env_args_raw is not None else {}
-        first = data[demos[0]]
-        for required in ("actions", "obs"):
-            if required not in first:
-                raise StoreError(f"{src}: demo {demos[0]} has no '{required}'")
-        features: dict[str, Feature] = {}
-        for key, ds in first["obs"].items():
-            features[f"obs/{key}"] = Feature(ds.dtype.name, ds.shape[1:], "obs")
-        if "next_obs" in first:
-            for key, ds in first["next_obs"].items():
-                features[f"next_obs/{key}"] = Feature(ds.dtype.name, ds.shape[1:], "aux")
-        features["action"] = Feature(first["actions"].dtype.name, first["actions"].shape[1:], "action")
-        if "rewards" in first:
-            features["reward"] = Feature(first["rewards"].dtype.name, (), "reward")
-        if "dones" in first:
-            features["done"] = Feature(first["dones"].dtype.name, (), "done")
-        if "states" in first:
-            features["sim_state"] = Feature(first["states"].dtype.name, first["states"].shape[1:], "sim_state")
-        task_name = task or str(env_args.get("env_name", "")) or src.stem
-        store = EpisodeStore.create(dst, features, task=task_name, env_kwargs=env_args.get("env_kwargs", {}) or {})
-        store.set_attr("robomimic_env_args", env_args)
-        for name in demos:
-            g = data[name]
-            steps: dict[str, np.ndarray] = {"action": g["actions"][()]}
-            for key in g["obs"]:
-                steps[f"obs/{key}"] = g["obs"][key][()]
-            if "next_obs" in g:
-                for key in g["next_obs"]:
-                    steps[f"next_obs/{key}"] = g["next_obs"][key][()]
-            if "rewards" in g:
-                steps["reward"] = g["rewards"][()]
-            if "dones" in g:
-                steps["done"] = g["dones"][()]
-            if "states" in g:
-                steps["sim_state"] = g["states"][()]
-            meta: dict[str, Any] = {"robomimic_demo": name, "attrs": {}}
-            for k, v in g.attrs.items():
-                if k == "num_samples":
-                    continue
-                meta["attrs"][k] = _attr_str(v) if isinstance(v, (bytes, str)) else np.asarray(v).tolist()
-            rewards = steps.get("reward")
-            success = bool(np.any(np.asarray(rewards) > 0)) if rewards is not None else True
-            store.append_episode(steps, success=success, collector="robomimic", seed=-1, metadata=meta)
-        if "mask" in f:
-            index = {name: i for i, name in enumerate(demos)}
-            for key in f["mask"]:
-                names = [_attr_str(n) for n in f["mask"][key][()]]
-                unknown = [n for n in names if n not in index]
-                if unknown:
-                    raise StoreError(f"{src}: mask {key!r} names unknown demo {unknown[0]!r}")
-                store.set_mask(key, np.array([index[n] for n in names], dtype=np.int64))
+        raise StoreError(f"{src} is not a readable hdf5 file: {str(exc).splitlines()[0]}") from None
+    with f, staged_output(dst, [src]) as tmp:
+        store = _import_into(f, src, tmp, task)
+        store.close()
+    return EpisodeStore.open(dst, mode="r")
+
+
+def _import_into(f: Any, src: Path, dst: Path, task: str | None) -> EpisodeStore:
+    import h5py
+
+    if "data" not in f:
+        raise StoreError(f"{src} has no 'data' group: not a robomimic dataset")
+    data = f["data"]
+    demos = _demo_order([k for k in data.keys() if isinstance(data[k], h5py.Group)])
+    if not demos:
+        raise StoreError(f"{src} holds no demos under 'data'")
+    env_args_raw = data.attrs.get("env_args")
+    env_args = json.loads(_attr_str(env_args_raw)) if env_args_raw is not None else {}
+    first = data[demos[0]]
+    for required in ("actions", "obs"):
+        if required not in first:
+            raise StoreError(f"{src}: demo {demos[0]} has no '{required}'")
+    features: dict[str, Feature] = {}
+    for key, ds in first["obs"].items():
+        features[f"obs/{key}"] = Feature(ds.dtype.name, ds.shape[1:], "obs")
+    if "next_obs" in first:
+        for key, ds in first["next_obs"].items():
+            features[f"next_obs/{key}"] = Feature(ds.dtype.name, ds.shape[1:], "aux")
+    features["action"] = Feature(first["actions"].dtype.name, first["actions"].shape[1:], "action")
+    if "rewards" in first:
+        features["reward"] = Feature(first["rewards"].dtype.name, (), "reward")
+    if "dones" in first:
+        features["done"] = Feature(first["dones"].dtype.name, (), "done")
+    if "states" in first:
+        features["sim_state"] = Feature(first["states"].dtype.name, first["states"].shape[1:], "sim_state")
+    task_name = task or str(env_args.get("env_name", "")) or src.stem
+    store = EpisodeStore.create(dst, features, task=task_name, env_kwargs=env_args.get("env_kwargs", {}) or {})
+    store.set_attr("robomimic_env_args", env_args)
+    for name in demos:
+        g = data[name]
+        steps: dict[str, np.ndarray] = {"action": g["actions"][()]}
+        for key in g["obs"]:
+            steps[f"obs/{key}"] = g["obs"][key][()]
+        if "next_obs" in g:
+            for key in g["next_obs"]:
+                steps[f"next_obs/{key}"] = g["next_obs"][key][()]
+        if "rewards" in g:
+            steps["reward"] = g["rewards"][()]
+        if "dones" in g:
+            steps["done"] = g["dones"][()]
+        if "states" in g:
+            steps["sim_state"] = g["states"][()]
+        meta: dict[str, Any] = {"robomimic_demo": name, "attrs": {}}
+        for k, v in g.attrs.items():
+            if k == "num_samples":
+                continue
+            meta["attrs"][k] = _attr_str(v) if isinstance(v, (bytes, str)) else np.asarray(v).tolist()
+        rewards = steps.get("reward")
+        success = bool(np.any(np.asarray(rewards) > 0)) if rewards is not None else True
+        store.append_episode(steps, success=success, collector="robomimic", seed=-1, metadata=meta)
+    if "mask" in f:
+        index = {name: i for i, name in enumerate(demos)}
+        masks = {}
+        for key in f["mask"]:
+            names = [_attr_str(n) for n in f["mask"][key][()]]
+            unknown = [n for n in names if n not in index]
+            if unknown:
+                raise StoreError(f"{src}: mask {key!r} names unknown demo {unknown[0]!r}")
+            masks[key] = np.array([index[n] for n in names], dtype=np.int64)
+        store.set_masks(masks)
     return store
 
 
@@ -110,17 +124,19 @@ def export_robomimic(src: str | Path, dst: str | Path, overwrite: bool = False) 
     """Write a store as a robomimic hdf5 file; returns the number of demos written.
 
     `next_obs` comes from stored `next_obs/*` features when present, else from the next step's
-    observation (the last step repeats itself, as robomimic's own conversion scripts do).
+    observation (the last step repeats itself, as robomimic's own conversion scripts do). Written
+    to a temporary file and renamed into place: a failure leaves nothing at `dst`.
     """
+    store = src if isinstance(src, EpisodeStore) else EpisodeStore.open(src, mode="r")
+    with staged_output(dst, [store.path], overwrite=overwrite, kind="file") as tmp:
+        return _export_to(store, tmp)
+
+
+def _export_to(store: EpisodeStore, tmp: Path) -> int:
     import h5py
 
-    store = src if isinstance(src, EpisodeStore) else EpisodeStore.open(src, mode="r")
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists")
     obs_keys = [k[4:] for k, f in store.features.items() if k.startswith("obs/")]
     next_keys = {k[9:] for k in store.features if k.startswith("next_obs/")}
-    tmp = dst.with_name(dst.name + ".partial")
     table = store.episode_table()
     names: list[str] = []
     with h5py.File(tmp, "w") as f:
@@ -162,5 +178,4 @@ def export_robomimic(src: str | Path, dst: str | Path, overwrite: bool = False) 
             for key in store.mask_names():
                 sel = np.flatnonzero(store.mask(key))
                 mask.create_dataset(key, data=np.array([names[j] for j in sel], dtype="S"))
-    tmp.replace(dst)
     return len(names)

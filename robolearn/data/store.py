@@ -236,7 +236,8 @@ def staged_output(path: str | Path, inputs: Sequence[str | Path] = (), overwrite
     path = Path(path)
     for src in inputs:
         if same_location(path, src):
-            raise StoreError(f"output {path} is the input {src}: write to a new path")
+            exists = " (it already exists)" if os.path.lexists(path) else ""
+            raise StoreError(f"output {path} is the input {src}{exists}: write to a new path")
     if os.path.lexists(path):
         if not overwrite:
             raise StoreError(f"{path} already exists (pass --overwrite to replace it)")
