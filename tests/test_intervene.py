@@ -120,13 +120,18 @@ class ScheduledKeys(QueueKeySource):
 def test_keyboard_session_rerecord_hand_back_quit_and_smooth_takeover(setup, tmp_path):
     root, demos, run, policy = setup
     # episode A: takeover at step 3, correction at 5, hand back at 7, re-record at 9 (discarded);
-    # episode A again (same seed): takeover at 2, failure at 6 (committed); episode B: quit at 1.
-    sched = {3: ["t"], 5: ["c"], 7: ["h"], 9: ["r"], 12: ["t"], 16: ["n"], 18: ["q"]}
+    # episode A again (same seed): takeover at 2, failure at 6 (committed); episode B: quit at 1,
+    # answered "d": discard the running episode.
+    sched = {3: ["t"], 5: ["c"], 7: ["h"], 9: ["backspace"], 12: ["t"], 16: ["n"], 18: ["q"], 19: ["d"]}
     keys = ScheduledKeys(sched)
     dev = KeyboardDevice(keys)
-    m = record_interventions(policy, TASK, dev, 5, tmp_path / "kb.zarr", seed=7, progress=False)
+    said = []
+    m = record_interventions(policy, TASK, dev, 5, tmp_path / "kb.zarr", seed=7, progress=False, say=said.append)
     store = EpisodeStore.open(tmp_path / "kb.zarr")
     assert store.num_episodes == 1 and m["quit"]
+    assert m["quit_episode"] == {"action": "discarded", "episode": 1, "steps": 1}
+    assert any(x.startswith("quit? k keeps episode 2") for x in said)
+    assert "quit: discarded the running episode 2 (1 steps, not stored)" in said
     seq, ep = labels(store, 0)
     assert seq == "pp" + "rrrr"  # the re-recorded attempt is gone; this is the second attempt
     assert store.column("seed")[0] == 7 and not store.column("success")[0]
@@ -135,6 +140,61 @@ def test_keyboard_session_rerecord_hand_back_quit_and_smooth_takeover(setup, tmp
     first = ep["action"][2]
     np.testing.assert_allclose(first[:4], 0.0, atol=1e-6)
     assert first[4] == pytest.approx(float(np.clip(ep["action"][1][4], -1, 1)), abs=1e-4)  # the policy's last grip command
+
+
+def test_quit_can_keep_the_running_episode_or_be_cancelled(setup, tmp_path):
+    root, demos, run, policy = setup
+    # q at step 1, then w: cancelled (w does not move anything: the policy drives); takeover at 2,
+    # q at 5 and k: the 5 steps are kept, labelled by the task (a failure here), and recording stops
+    keys = ScheduledKeys({1: ["q"], 2: ["w"], 3: ["t"], 6: ["q"], 7: ["k"]})
+    said = []
+    m = record_interventions(policy, TASK, KeyboardDevice(keys), 3, tmp_path / "keep.zarr", seed=3, progress=False,
+                             say=said.append)
+    store = EpisodeStore.open(tmp_path / "keep.zarr")
+    assert store.num_episodes == 1 and m["quit"] and m["episodes"] == 1
+    assert labels(store, 0)[0] == "pp" + "rrr"
+    assert store.episode_metadata(0)["outcome"] == "operator_quit" and not store.column("success")[0]
+    assert m["quit_episode"] == {"action": "kept", "episode": 0, "steps": 5, "success": False}
+    assert "quit cancelled: continuing" in said and "quit: kept episode 1 (5 steps, stored as a failure)" in said
+
+
+class FakeClock:
+    def __init__(self):
+        self.now, self.sleeps = 0.0, []
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, s):
+        self.sleeps.append(round(s, 6))
+        self.now += s
+
+
+def test_pause_and_slow_motion_keep_the_control_period(setup, tmp_path):
+    root, demos, run, policy = setup
+    # pause at the 4th poll, resume 3 polls later; '-' at step 4 doubles the wall time per step
+    keys = ScheduledKeys({3: ["p"], 6: ["p"], 8: ["minus"], 10: ["y"]})
+    fake = FakeClock()
+    record_interventions(policy, TASK, KeyboardDevice(keys), 1, tmp_path / "slow.zarr", progress=False, realtime=True,
+                         clock=fake.clock, sleep=fake.sleep)
+    store = EpisodeStore.open(tmp_path / "slow.zarr")
+    assert store.episode_lengths.tolist() == [6]  # polls while paused advance nothing
+    period = store.control_period
+    assert period == pytest.approx(0.1)  # recorded data keep the task's control period
+    want = [period] * 3 + [1 / 30] * 2 + [period, 2 * period, 2 * period]
+    np.testing.assert_allclose(fake.sleeps, want, atol=1e-6)
+    # --slowmo 4 from the start; pause at takeover until a motion key
+    keys = ScheduledKeys({2: ["t"], 4: ["up"], 6: ["y"]})
+    fake = FakeClock()
+    said = []
+    record_interventions(policy, TASK, KeyboardDevice(keys), 1, tmp_path / "pause.zarr", progress=False, realtime=True,
+                         slowmo=4, pause_on_takeover=True, clock=fake.clock, sleep=fake.sleep, say=said.append)
+    store = EpisodeStore.open(tmp_path / "pause.zarr")
+    assert labels(store, 0)[0] == "ppr"
+    np.testing.assert_allclose(fake.sleeps, [4 * period] * 2 + [1 / 30] + [4 * period], atol=1e-6)
+    assert said[:3] == ["step 2: recovery (you drive)", "paused: p (or a motion key) resumes", "resumed"]
+    with pytest.raises(ValueError, match="--slowmo must be in"):
+        record_interventions(policy, TASK, KeyboardDevice(keys), 1, tmp_path / "x.zarr", slowmo=100)
 
 
 def test_viewer_overlay_through_a_fake_launcher(setup, tmp_path):
@@ -148,7 +208,7 @@ def test_viewer_overlay_through_a_fake_launcher(setup, tmp_path):
             return contextlib.nullcontext()
 
         def set_texts(self, t):
-            texts.append(t[0][3])
+            texts.append(t)
 
         def sync(self):
             pass
@@ -160,9 +220,15 @@ def test_viewer_overlay_through_a_fake_launcher(setup, tmp_path):
             pass
 
     keys = ScheduledKeys({2: ["t"], 4: ["y"]})
-    viewer = lambda sim: InterventionViewer(sim, launcher=lambda m, d, key_callback=None: Handle())  # noqa: E731
+    viewer = lambda sim: InterventionViewer(sim, launcher=lambda m, d, **kw: Handle())  # noqa: E731
     record_interventions(policy, TASK, KeyboardDevice(keys), 1, tmp_path / "v.zarr", viewer=viewer, progress=False)
-    assert texts[0].startswith("AUTONOMOUS\n1/1") and texts[-1].startswith("RECOVERY\n1/1\n1")
+    labels_col, first = texts[0][0][2], texts[0][0][3]
+    assert labels_col.split("\n") == ["mode", "gripper", "episode", "step", "time left", "interventions", "speed"]
+    assert first.split("\n")[:4] == ["AUTONOMOUS  (policy drives)", "open", "1/1  (seed 0)", "1/80  (79 left)"]
+    last = texts[-1][0][3].split("\n")
+    assert last[0] == "RECOVERY  (you drive)" and last[3] == "4/80  (76 left)" and last[5] == "1 this episode, 1 in all"
+    assert last[4] == "7.6 s of task time (7.6 s wall)" and last[6] == "real time"
+    assert "t take over" in texts[-1][1][2] and "q quit" in texts[-1][1][2]  # key hints at the bottom
     store = EpisodeStore.open(tmp_path / "v.zarr")
     assert store.column("success")[0] and store.episode_metadata(0)["outcome"] == "operator_success"
 
@@ -217,6 +283,32 @@ def test_killed_intervene_keeps_committed_episodes(setup, tmp_path):
         meta = store.episode_metadata(i)
         assert meta["operator_steps"] == int(np.isin(store.get_episode(i, ["source"])["source"], [2, 3]).sum())
     store.close()
+
+
+def test_intervene_applies_the_checkpoints_task_settings_and_set(tmp_path, capsys):
+    """A checkpoint trained on obs_relative push_cube data (18-dim states) runs under intervene;
+    --set KEY=VALUE applies after the recorded settings."""
+    from robolearn.cli import main
+
+    demos = tmp_path / "rel.zarr"
+    collect("push_cube", episodes=4, out=demos, num_envs=2, seed=0, progress=False, overrides=["obs_relative=true"])
+    run = train("bc", demos, task="push_cube", out=tmp_path / "bc_rel", wandb_mode="off", progress=False,
+                overrides=["train.steps=5", "train.batch_size=16", "policy.hidden_dims=[16]", "train.eval_episodes=0",
+                           "train.val_ratio=0.0", "train.device=cpu"])
+    out = tmp_path / "rel_int.zarr"
+    base = ["intervene", "--checkpoint", str(run), "--teleop", "scripted", "--episodes", "2", "--out", str(out),
+            "--demos", str(demos), "--json"]
+    assert main(base + ["--set", "horizon=12"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert "obs_relative=true" in m["task_overrides"] and m["task_overrides"][-1] == "horizon=12"
+    store = EpisodeStore.open(out)
+    assert store.features["obs/state"].shape == (18,) and store.num_episodes == 2
+    assert store.episode_lengths.max() <= 12 and store.env_kwargs["obs_relative"] is True
+    assert main(base[:-3] + ["--out", str(tmp_path / "x.zarr"), "--set", "obs_relative=false"]) == 2
+    err = capsys.readouterr().err
+    assert "18-dim states; task push_cube gives 13" in err and len(err.strip().splitlines()) == 1
+    assert main(base[:-3] + ["--out", str(tmp_path / "y.zarr"), "--set", "no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(setup, tmp_path, capsys):

@@ -1,5 +1,7 @@
-"""Teleop without hardware: the intervention state machine, devices fed by fake key/HID sources,
-smooth takeover, and the four intervention-aware training mixtures' frequencies and weights."""
+"""Teleop without hardware: the intervention state machine, devices fed by fake key/HID sources
+(held keys, screen-relative directions, the quit prompt), the viewer's key ownership through a fake
+viewer handle, smooth takeover, and the four intervention-aware training mixtures' frequencies and
+weights. The real-window test is tests/test_teleop_window.py."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from robolearn.data.mixtures import SIRIUS_PRE_INTERVENTION_STEPS, mixture_weigh
 from robolearn.data.sampler import SequenceDataset
 from robolearn.data.store import SOURCE_CODES, EpisodeStore, Feature
 from robolearn.teleop.devices import (
-    DeviceContext, GamepadDevice, KeyboardDevice, Pose, QueueKeySource, SpaceMouseDevice, TerminalKeySource,
-    ViewerKeySource, pose_action,
+    DEFAULT_VIEW, GRIP_KEYS, KEY_EVENTS, KEY_MOTION, OWNED_KEYS, DeviceContext, GamepadDevice, KeyboardDevice, Pose,
+    QueueKeySource, ScreenView, SpaceMouseDevice, TerminalKeySource, ViewerKeySource, fixed_camera_view, pose_action,
 )
 from robolearn.teleop.session import InterventionSession, Mode, TeleopEvent as E
 
@@ -70,13 +72,13 @@ def fake_task(axes=("x", "y", "z", "yaw", "grip")):
     return SimpleNamespace(action_axes=axes, pos_scale=0.03, yaw_scale=0.25, grip_open=0.045)
 
 
-def ctx(pose, mode=Mode.CORRECTION, task=None):
-    return DeviceContext(task=task or fake_task(), state=None, pose=pose, mode=mode)
+def ctx(pose, mode=Mode.CORRECTION, task=None, dt=0.1, view=None, prompt=None):
+    return DeviceContext(task=task or fake_task(), state=None, pose=pose, mode=mode, dt=dt, view=view, prompt=prompt)
 
 
 def test_keyboard_takeover_is_smooth_and_keys_move_the_reference():
     keys = QueueKeySource()
-    dev = KeyboardDevice(keys, step=0.01)
+    dev = KeyboardDevice(keys, speed=0.1)  # 0.1 m/s x 0.1 s control period: 1 cm per step
     robot = Pose(np.array([0.1, -0.05, 0.12]), yaw=0.3, grip=1.0)  # holding: fingers closed
     keys.push("up")  # pressed while the policy drives: must not move the new reference
     keys.push("t")
@@ -85,28 +87,175 @@ def test_keyboard_takeover_is_smooth_and_keys_move_the_reference():
     dev.engage(robot)
     a = dev.action(ctx(robot))
     np.testing.assert_allclose(a, [0, 0, 0, 0, 1.0], atol=1e-6)  # hold pose, keep the grasp: no jump
-    keys.push("up")
+    keys.push("up")  # a tap: one control step's worth, screen-relative (default view: up = +y)
     keys.push("page_up")
     keys.push("space")
     assert dev.poll(ctx(robot)) == []
     a = dev.action(ctx(robot))
-    np.testing.assert_allclose(a[:3], [0.01 / 0.03, 0, 0.01 / 0.03], atol=1e-6)
+    np.testing.assert_allclose(a[:3], [0, 0.01 / 0.03, 0.01 / 0.03], atol=1e-6)
     assert a[4] == -1.0  # grip toggled open
-    for name, ev in [("c", E.CORRECT), ("h", E.HAND_BACK), ("y", E.SUCCESS), ("n", E.FAILURE), ("r", E.RERECORD), ("q", E.QUIT)]:
+    for name, ev in [("c", E.CORRECT), ("h", E.HAND_BACK), ("y", E.SUCCESS), ("n", E.FAILURE), ("backspace", E.RERECORD),
+                     ("q", E.QUIT), ("p", E.PAUSE), ("minus", E.SLOWER), ("equal", E.FASTER)]:
         keys.push(name)
         assert dev.poll(ctx(robot)) == [ev]
 
 
-def test_reference_cannot_run_away_from_a_blocked_robot():
+def test_held_key_moves_at_the_configured_speed_until_released():
     keys = QueueKeySource()
-    dev = KeyboardDevice(keys, step=0.05)
+    dev = KeyboardDevice(keys, speed=0.05, yaw_speed=0.5)
     robot = Pose(np.zeros(3), 0.0, -1.0)
     dev.engage(robot)
+    keys.push_event("d", True)  # held: every control step moves speed x dt
+    moved = []
     for _ in range(5):
-        keys.push("down")
-        dev.poll(ctx(robot))
-        dev.action(ctx(robot))
-    assert np.linalg.norm(dev.reference.pos - robot.pos) <= dev.max_lead + 1e-9
+        dev.poll(ctx(robot, dt=0.2))
+        dev.action(ctx(robot, dt=0.2))
+        moved.append(dev.reference.pos.copy())
+    np.testing.assert_allclose(np.diff([m[0] for m in moved]), 0.05 * 0.2, atol=1e-9)  # right = +x, 1 cm / step
+    assert dev.held == {"d"} and dev.moving
+    keys.push_event("d", False)
+    dev.poll(ctx(robot, dt=0.2))
+    before = dev.reference.pos.copy()
+    dev.action(ctx(robot, dt=0.2))
+    np.testing.assert_allclose(dev.reference.pos, before)  # released: stops
+    keys.push_event("z", True)
+    keys.push_event("z", True)  # a repeated press while held: no second effect
+    dev.poll(ctx(robot, dt=0.1))
+    dev.action(ctx(robot, dt=0.1))
+    assert dev.reference.yaw == pytest.approx(0.05)
+    # two keys at once (a diagonal) move at the same speed, not faster
+    dev.engage(robot)
+    keys.push_event("z", False)
+    keys.push_event("w", True)
+    keys.push_event("d", True)
+    dev.poll(ctx(robot))
+    dev.action(ctx(robot))
+    assert np.linalg.norm(dev.reference.pos[:2]) == pytest.approx(0.05 * 0.1)
+    with pytest.raises(ValueError, match="speeds must be > 0"):
+        KeyboardDevice(keys, speed=0)
+
+
+def test_directions_follow_the_view():
+    keys = QueueKeySource()
+    dev = KeyboardDevice(keys, speed=0.1)
+    robot = Pose(np.zeros(3), 0.0, -1.0)
+    # a camera looking along -x (azimuth 180), 45 degrees down: away = -x, right on screen = +y
+    view = ScreenView.from_camera(np.array([-0.7071, 0, -0.7071]), np.array([-0.7071, 0, 0.7071]))
+    np.testing.assert_allclose(view.forward, [-1, 0], atol=1e-6)
+    np.testing.assert_allclose(view.right, [0, 1], atol=1e-6)
+    for key, want in (("up", [-1, 0]), ("right", [0, 1]), ("left", [0, -1]), ("s", [1, 0])):
+        dev.engage(robot)
+        keys.push(key)
+        dev.poll(ctx(robot, view=view))
+        dev.action(ctx(robot, view=view))
+        np.testing.assert_allclose(dev.reference.pos[:2], np.array(want) * 0.01, atol=1e-9)
+    # straight down (push_t's front camera): screen up is the camera's up axis
+    top = ScreenView.from_camera(np.array([0, 0, -1.0]), np.array([0, 1.0, 0]))
+    np.testing.assert_allclose(top.forward, [0, 1]) and np.testing.assert_allclose(top.right, [1, 0])
+
+
+def test_without_a_viewer_directions_are_the_front_cameras():
+    """The documented fixed camera: every task's `front` camera, which looks along +y."""
+    from robolearn.tasks.sim import TaskSim
+
+    for task in ("push_cube", "push_t"):
+        sim = TaskSim(task, num_envs=1)
+        v = fixed_camera_view(sim.model)
+        sim.close()
+        np.testing.assert_allclose(v.forward, DEFAULT_VIEW.forward, atol=1e-3)
+        np.testing.assert_allclose(v.right, DEFAULT_VIEW.right, atol=1e-3)
+
+
+def test_quit_prompt_answers_and_pause_resume_by_motion():
+    keys = QueueKeySource()
+    dev = KeyboardDevice(keys)
+    robot = Pose(np.zeros(3), 0.0, -1.0)
+    for name, ev in (("k", E.KEEP), ("d", E.DISCARD), ("q", E.DISCARD), ("escape", E.DISCARD), ("w", E.RESUME),
+                     ("t", E.RESUME)):
+        keys.push(name)
+        assert dev.poll(ctx(robot, prompt="quit")) == [ev]
+    keys.push("left")
+    assert dev.poll(ctx(robot, prompt="paused")) == [E.RESUME]
+
+
+def test_teleop_keys_that_are_mujoco_viewer_shortcuts_are_owned():
+    """Nearly every teleop letter is also a MuJoCo 4.0 viewer shortcut (a render or visualisation
+    flag): the viewer must keep all of them (OWNED_KEYS) away from MuJoCo."""
+    import mujoco
+
+    shortcuts = {row[2].lower() for row in (*mujoco.mjVISSTRING, *mujoco.mjRNDSTRING) if row[2]}
+    teleop = {k for k in (*KEY_MOTION, *KEY_EVENTS, *GRIP_KEYS) if len(k) == 1}
+    clash = teleop & shortcuts
+    assert {"t", "c", "h", "w", "a", "s", "d", "r", "f", "z", "x", "g", "p"} <= clash  # why the viewer intercepts
+    assert clash <= OWNED_KEYS and {"up", "space", "escape", "backspace", "minus", "equal", "k"} <= OWNED_KEYS
+
+
+class FakeHandle:
+    """mujoco.viewer's Handle as far as InterventionViewer uses it; `press` plays MuJoCo's shortcut."""
+
+    def __init__(self, model, key_callback):
+        import contextlib
+
+        import mujoco
+
+        self.opt, self.cam, self.key_callback = mujoco.MjvOption(), mujoco.MjvCamera(), key_callback
+        self.user_scn = None
+        self.texts, self._lock = [], contextlib.nullcontext
+
+    def press(self, letter):
+        import mujoco
+
+        for i, row in enumerate(mujoco.mjVISSTRING):
+            if row[2] == letter.upper():
+                self.opt.flags[i] = 1 - self.opt.flags[i]
+        self.key_callback(ord(letter.upper()))
+
+    def lock(self):
+        return self._lock()
+
+    def set_texts(self, t):
+        self.texts.append(t)
+
+    def sync(self):
+        pass
+
+    def is_running(self):
+        return True
+
+    def close(self):
+        pass
+
+
+def test_viewer_without_key_interception_restores_the_flags_a_teleop_key_toggled():
+    from robolearn.tasks.sim import TaskSim
+    from robolearn.teleop.viewer import InterventionViewer, RunStatus
+
+    sim = TaskSim("push_cube", num_envs=1)
+    keys = ViewerKeySource()
+    made = {}
+
+    def launcher(m, d, key_callback=None, show_left_ui=True, show_right_ui=True):
+        assert not show_left_ui and not show_right_ui  # panels start hidden: the scene fills the window
+        made["h"] = FakeHandle(m, key_callback)
+        return made["h"]
+
+    viewer = InterventionViewer(sim, keys=keys, launcher=launcher)
+    viewer._intercept_failed = True  # as where GLFW's key callback cannot be taken over
+    handle = made["h"]
+    handle.press("t")  # MuJoCo turns on transparency, then calls the key callback
+    assert viewer.flags_changed() == ["flags"] and keys.drain() == ["t"]
+    status = RunStatus(mode=Mode.RECOVERY, grip_closed=True, episode=0, episodes=3, seed=5, step=10, horizon=60,
+                       control_period=0.1, interventions=1, total_interventions=2)
+    viewer.update(sim.get_state()[0], status)
+    assert viewer.flags_changed() == []
+    handle.key_callback(258)  # Tab (not a teleop key): MuJoCo's, nothing restored or queued
+    assert keys.drain() == []
+    # the free camera starts at the front camera: screen up = +y, right = +x
+    v = viewer.screen_view()
+    np.testing.assert_allclose(v.forward, [0, 1], atol=1e-6)
+    np.testing.assert_allclose(v.right, [1, 0], atol=1e-6)
+    viewer.close()
+    sim.close()
 
 
 def test_pose_action_follows_task_axes():
@@ -119,9 +268,13 @@ def test_pose_action_follows_task_axes():
 
 def test_viewer_key_callback_maps_glfw_codes():
     src = ViewerKeySource()
-    for code in (84, 265, 32, 257, 256, 9999):  # T, up, space, enter, escape, unknown
+    for code in (84, 265, 32, 257, 256, 45, 61, 9999):  # T, up, space, enter, escape, -, =, unknown
         src.callback(code)
-    assert src.drain() == ["t", "up", "space", "enter", "escape"] and src.drain() == []
+    assert src.drain() == ["t", "up", "space", "enter", "escape", "minus", "equal"] and src.drain() == []
+    src.glfw_event(87, 1)  # raw GLFW: W pressed, repeated (ignored), released
+    src.glfw_event(87, 2)
+    src.glfw_event(87, 0)
+    assert src.drain() == [("w", "down"), ("w", "up")]
 
 
 def test_terminal_key_source_reads_keys_and_arrow_escapes_from_a_pipe():

@@ -11,8 +11,8 @@ towards it. `engage` sets the reference to the robot's current pose (and the cur
 command), so a takeover never jumps: with no input, the first operator action holds position.
 
 Inputs are injectable so everything is testable without hardware: `KeyboardDevice` reads key
-names from a key source (`ViewerKeySource` fed by `mujoco.viewer.launch_passive(...,
-key_callback=...)`, `TerminalKeySource` reading a terminal, or `QueueKeySource` in tests);
+presses and releases from a key source (`ViewerKeySource` fed by the MuJoCo viewer window, see
+robolearn.teleop.viewer, `TerminalKeySource` reading a terminal, or `QueueKeySource` in tests);
 `SpaceMouseDevice` and `GamepadDevice` read from a `reader` callable (pyspacemouse / pygame by
 default, imported lazily; the `teleop` extra installs pyspacemouse and hidapi).
 """
@@ -75,6 +75,9 @@ class DeviceContext:
     info: dict[str, Any] = field(default_factory=dict)  # failure_event, stage, success, t of the last step
     obs: dict[str, np.ndarray] | None = None
     episode: int = 0
+    dt: float = 0.1  # the task's control period, seconds per step (velocity-style devices)
+    view: "ScreenView | None" = None  # the operator's view (screen-relative keys); None: DEFAULT_VIEW
+    prompt: str | None = None  # "paused" or "quit" while the recorder waits for the operator
 
 
 class Device(Protocol):
@@ -129,14 +132,18 @@ class ReferenceDevice:
         self._toggle_grip = False
         return pose_action(ctx.task, ref, ctx.pose)
 
+    def hold_still(self) -> None:
+        """Drop motion input received while the simulation does not advance (paused)."""
+        self._motion[:] = 0
+
     def close(self) -> None:
         pass
 
 
 # ----------------------------------------------------------------------------------- keyboard
-# GLFW key codes (what mujoco.viewer's key_callback receives) -> key names.
-GLFW_NAMES = {32: "space", 256: "escape", 257: "enter", 259: "backspace", 262: "right", 263: "left",
-              264: "down", 265: "up", 266: "page_up", 267: "page_down"}
+# GLFW key codes (what the MuJoCo viewer's key events carry) -> key names.
+GLFW_NAMES = {32: "space", 45: "minus", 61: "equal", 256: "escape", 257: "enter", 259: "backspace", 262: "right",
+              263: "left", 264: "down", 265: "up", 266: "page_up", 267: "page_down", 335: "enter"}
 
 
 def glfw_key_name(code: int) -> str | None:
@@ -147,34 +154,108 @@ def glfw_key_name(code: int) -> str | None:
     return None
 
 
-# key name -> motion (dx, dy, dz, dyaw) in units of one step, or an event, or the grip toggle.
+# key name -> screen-relative motion (forward = away from the viewer, right, up, yaw left), in
+# units of the device's speeds.
 KEY_MOTION = {
-    "up": (1, 0, 0, 0), "down": (-1, 0, 0, 0), "left": (0, 1, 0, 0), "right": (0, -1, 0, 0),
-    "page_up": (0, 0, 1, 0), "page_down": (0, 0, -1, 0),
-    "i": (1, 0, 0, 0), "k": (-1, 0, 0, 0), "j": (0, 1, 0, 0), "l": (0, -1, 0, 0),
-    "u": (0, 0, 1, 0), "o": (0, 0, -1, 0), "z": (0, 0, 0, 1), "x": (0, 0, 0, -1),
+    "up": (1, 0, 0, 0), "w": (1, 0, 0, 0), "down": (-1, 0, 0, 0), "s": (-1, 0, 0, 0),
+    "right": (0, 1, 0, 0), "d": (0, 1, 0, 0), "left": (0, -1, 0, 0), "a": (0, -1, 0, 0),
+    "page_up": (0, 0, 1, 0), "r": (0, 0, 1, 0), "page_down": (0, 0, -1, 0), "f": (0, 0, -1, 0),
+    "z": (0, 0, 0, 1), "x": (0, 0, 0, -1),
 }
 KEY_EVENTS = {
     "t": TeleopEvent.TAKEOVER, "c": TeleopEvent.CORRECT, "h": TeleopEvent.HAND_BACK,
     "y": TeleopEvent.SUCCESS, "enter": TeleopEvent.SUCCESS, "n": TeleopEvent.FAILURE,
-    "r": TeleopEvent.RERECORD, "backspace": TeleopEvent.RERECORD, "q": TeleopEvent.QUIT, "escape": TeleopEvent.QUIT,
+    "backspace": TeleopEvent.RERECORD, "q": TeleopEvent.QUIT, "escape": TeleopEvent.QUIT,
+    "p": TeleopEvent.PAUSE, "minus": TeleopEvent.SLOWER, "equal": TeleopEvent.FASTER,
 }
 GRIP_KEYS = ("space", "g")
-KEY_HELP = ("keys: t take over (again: start correcting), c correct, h hand back, arrows/ijkl move x/y, "
-            "page up/down or u/o move z, z/x yaw, space/g grip, y/enter success, n failure, "
-            "r/backspace re-record, q/escape quit")
+# After `q`, the next key answers: k keeps the running episode, d (or q / escape again) discards
+# it; any other key cancels the quit.
+QUIT_ANSWERS = {"k": TeleopEvent.KEEP, "d": TeleopEvent.DISCARD, "q": TeleopEvent.DISCARD,
+                "escape": TeleopEvent.DISCARD}
+# Every key the keyboard device reads: in the viewer these never reach MuJoCo's own shortcuts.
+OWNED_KEYS = frozenset(KEY_MOTION) | frozenset(KEY_EVENTS) | frozenset(GRIP_KEYS) | frozenset(QUIT_ANSWERS)
+
+KEY_MAP = (  # (keys, what they do): the terminal help, `--help` and docs/results/teleop.md
+    ("t", "take over from the policy (in recovery: start correcting)"),
+    ("c", "recovery done: start correcting (finish the current sub-task)"),
+    ("h", "hand back to the policy"),
+    ("arrows, w a s d", "move while held, screen-relative: up = away from you, right = right on screen"),
+    ("page up / page down, r / f", "move up / down while held"),
+    ("z / x", "rotate the gripper (yaw) left / right while held"),
+    ("space, g", "close / open the gripper (toggle)"),
+    ("y, enter", "end the episode as a success"),
+    ("n", "end the episode as a failure"),
+    ("backspace", "discard this episode and record it again (same seed)"),
+    ("p", "pause / resume (a motion key also resumes)"),
+    ("- / =", "slower / faster (slow motion; stored data keep the task's control period)"),
+    ("q, escape", "quit: then k keeps the running episode, d discards it, any other key continues"),
+)
+KEY_HELP = "keys: " + "; ".join(f"{k}: {w}" for k, w in KEY_MAP)
+KEY_HINTS = ("t take over  c correct  h hand back  space grip  p pause  -/= speed\n"
+             "arrows/wasd move  r/f up/down  z/x yaw  y success  n failure  bksp redo  q quit")
+
+
+def key_map_text() -> str:
+    """The key map as an aligned two-column block (printed to the terminal at start)."""
+    width = max(len(k) for k, _ in KEY_MAP)
+    return "\n".join(f"  {k:<{width}}  {w}" for k, w in KEY_MAP)
+
+
+@dataclass
+class ScreenView:
+    """Horizontal directions of the operator's view, unit xy vectors in the world frame: `forward`
+    (screen up: away from the viewer) and `right` (right on screen)."""
+
+    forward: np.ndarray
+    right: np.ndarray
+
+    @classmethod
+    def from_camera(cls, forward: np.ndarray, up: np.ndarray) -> "ScreenView":
+        """From a camera's forward and up axes (world frame). Looking straight down, screen up is
+        the camera's up axis."""
+        forward, up = np.asarray(forward, np.float64), np.asarray(up, np.float64)
+        fwd = forward[:2] if np.linalg.norm(forward[:2]) > 0.2 else up[:2]
+        right = np.cross(forward, up)[:2]
+        if np.linalg.norm(fwd) < 1e-9 or np.linalg.norm(right) < 1e-9:
+            return DEFAULT_VIEW
+        return cls(fwd / np.linalg.norm(fwd), right / np.linalg.norm(right))
+
+
+# The tasks' `front` camera (what `collect --image` records) looks along +y: away is +y, right +x.
+DEFAULT_VIEW = ScreenView(np.array([0.0, 1.0]), np.array([1.0, 0.0]))
+
+
+def fixed_camera_view(model: Any, camera: str = "front") -> ScreenView:
+    """The view of one of the model's fixed cameras (keyboard teleop without a viewer window)."""
+    import mujoco
+
+    cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    if cam < 0:
+        return DEFAULT_VIEW
+    quat = np.asarray(model.cam_quat[cam], np.float64)
+    mat = np.zeros(9)
+    mujoco.mju_quat2Mat(mat, quat)
+    mat = mat.reshape(3, 3)  # columns: camera x (right), y (up), z (backwards)
+    return ScreenView.from_camera(-mat[:, 2], mat[:, 1])
 
 
 class QueueKeySource:
-    """Thread-safe queue of key names; `push` from any thread, `drain` from the control loop."""
+    """Thread-safe queue of key input; `push*` from any thread, `drain` from the control loop.
+
+    An item is a key name (a tap: pressed, and released before the next poll, as a terminal
+    reports keys) or a (name, "down" | "up") pair (a window reports presses and releases)."""
 
     def __init__(self) -> None:
-        self._q: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def push(self, name: str) -> None:
         self._q.put(name)
 
-    def drain(self) -> list[str]:
+    def push_event(self, name: str, down: bool) -> None:
+        self._q.put((name, "down" if down else "up"))
+
+    def drain(self) -> list[Any]:
         out = []
         while True:
             try:
@@ -187,19 +268,31 @@ class QueueKeySource:
 
 
 class ViewerKeySource(QueueKeySource):
-    """Keys pressed in the MuJoCo viewer window: pass `callback` as launch_passive's key_callback."""
+    """Keys of the MuJoCo viewer window. `callback` is launch_passive's key_callback (presses
+    only, after MuJoCo's own shortcuts ran); `glfw_event` receives raw GLFW key events once the
+    viewer intercepts the window's keys (see robolearn.teleop.viewer)."""
 
     def callback(self, keycode: int) -> None:
         name = glfw_key_name(int(keycode))
         if name is not None:
             self.push(name)
 
+    def glfw_event(self, keycode: int, action: int) -> None:
+        """GLFW action 1 press, 0 release, 2 repeat (ignored: held keys are tracked by down/up)."""
+        name = glfw_key_name(int(keycode))
+        if name is not None and action in (0, 1):
+            self.push_event(name, action == 1)
+
 
 class TerminalKeySource(QueueKeySource):
-    """Keys typed in a terminal (cbreak mode), read by a daemon thread. `fd` defaults to stdin."""
+    """Keys typed in a terminal (cbreak mode), read by a daemon thread. `fd` defaults to stdin.
+
+    A terminal reports presses only: each is a tap; a held key arrives as the terminal's
+    auto-repeat, a stream of taps."""
 
     ESCAPES = {"\x1b[A": "up", "\x1b[B": "down", "\x1b[C": "right", "\x1b[D": "left",
                "\x1b[5~": "page_up", "\x1b[6~": "page_down"}
+    CHARS = {" ": "space", "\n": "enter", "\r": "enter", "\x7f": "backspace", "-": "minus", "=": "equal", "+": "equal"}
 
     def __init__(self, fd: int | None = None, raw: bool | None = None) -> None:
         super().__init__()
@@ -245,8 +338,7 @@ class TerminalKeySource(QueueKeySource):
             pending = ""
 
     def _push_char(self, ch: str) -> None:
-        names = {" ": "space", "\n": "enter", "\r": "enter", "\x7f": "backspace"}
-        self.push(names.get(ch, ch.lower()))
+        self.push(self.CHARS.get(ch, ch.lower()))
 
     def close(self) -> None:
         self._stop = True
@@ -257,28 +349,92 @@ class TerminalKeySource(QueueKeySource):
             self._old = None
 
 
+def key_press_events(items: list[Any], prompt: str | None = None) -> list[TeleopEvent]:
+    """Events of the key presses among a key source's items (motion and grip keys aside): the
+    phase / episode / pause keys, or the answers to a quit prompt."""
+    events = []
+    for item in items:
+        name, kind = (item, "tap") if isinstance(item, str) else item
+        if kind == "up":
+            continue
+        if prompt == "quit":
+            events.append(QUIT_ANSWERS.get(name, TeleopEvent.RESUME))
+        elif name in KEY_EVENTS:
+            events.append(KEY_EVENTS[name])
+    return events
+
+
 class KeyboardDevice(ReferenceDevice):
-    """Keyboard teleop: each key press moves the reference by `step` metres (`yaw_step` rad)."""
+    """Keyboard teleop, velocity style: while a motion key is held the reference moves at `speed`
+    m/s (z too; `yaw_speed` rad/s) at the control rate, and a tap moves it one control step's worth.
+
+    Directions are screen-relative through `ctx.view` (the viewer camera; without a viewer the
+    task's `front` camera, see `fixed_camera_view`). Diagonals (two keys) move at `speed` too.
+    """
 
     name = "keyboard"
+    confirms_quit = True  # `q` asks keep / discard (see QUIT_ANSWERS)
 
-    def __init__(self, source: Any, step: float = 0.01, yaw_step: float = 0.1) -> None:
+    def __init__(self, source: Any, speed: float = 0.1, yaw_speed: float = 1.0) -> None:
         super().__init__()
+        if not (speed > 0 and yaw_speed > 0):
+            raise ValueError(f"keyboard speeds must be > 0, got speed={speed}, yaw_speed={yaw_speed}")
         self.source = source
-        self.step = float(step)
-        self.yaw_step = float(yaw_step)
+        self.speed = float(speed)
+        self.yaw_speed = float(yaw_speed)
+        self.held: set[str] = set()
+        self._tapped: set[str] = set()
+
+    def reset_episode(self) -> None:
+        super().reset_episode()
+        self._tapped.clear()  # keys still physically held stay held
+
+    def engage(self, pose: Pose) -> None:
+        super().engage(pose)
+        self._tapped.clear()  # taps before the takeover do not move the new reference (held keys do)
 
     def poll(self, ctx: DeviceContext) -> list[TeleopEvent]:
         events = []
-        for key in self.source.drain():
-            if key in KEY_EVENTS:
-                events.append(KEY_EVENTS[key])
-            elif key in KEY_MOTION:
-                m = np.array(KEY_MOTION[key], dtype=np.float64)
-                self._motion += m * np.array([self.step, self.step, self.step, self.yaw_step])
-            elif key in GRIP_KEYS:
+        for item in self.source.drain():
+            name, kind = (item, "tap") if isinstance(item, str) else item
+            if kind == "up":
+                self.held.discard(name)
+                continue
+            if kind == "down":
+                if name in self.held:  # a repeated press without a release in between
+                    continue
+                self.held.add(name)
+            if ctx.prompt == "quit":
+                events.append(QUIT_ANSWERS.get(name, TeleopEvent.RESUME))
+            elif name in KEY_EVENTS:
+                events.append(KEY_EVENTS[name])
+            elif name in KEY_MOTION:
+                self._tapped.add(name)
+                if ctx.prompt == "paused":
+                    events.append(TeleopEvent.RESUME)
+            elif name in GRIP_KEYS:
                 self._toggle_grip = not self._toggle_grip
         return events
+
+    @property
+    def moving(self) -> bool:
+        return bool((self.held | self._tapped) & KEY_MOTION.keys())
+
+    def hold_still(self) -> None:
+        super().hold_still()
+        self._tapped.clear()
+
+    def action(self, ctx: DeviceContext) -> np.ndarray:
+        keys = (self.held | self._tapped) & KEY_MOTION.keys()
+        d = np.clip(np.sum([KEY_MOTION[k] for k in keys], axis=0), -1, 1) if keys else np.zeros(4)
+        view = ctx.view or DEFAULT_VIEW
+        planar = d[0] * view.forward + d[1] * view.right
+        n = float(np.linalg.norm(planar))
+        if n > 1.0:
+            planar = planar / n
+        self._motion += np.concatenate([planar * self.speed, [d[2] * self.speed, d[3] * self.yaw_speed]]) * ctx.dt
+        self._tapped.clear()
+        return super().action(ctx)
 
     def close(self) -> None:
         self.source.close()
@@ -311,6 +467,7 @@ class SpaceMouseDevice(ReferenceDevice):
         self.keys = keys
         self.speed, self.yaw_speed, self.deadzone = float(speed), float(yaw_speed), float(deadzone)
         self._buttons: list[int] = []
+        self.confirms_quit = keys is not None  # `q` on the keyboard asks keep / discard
 
     def _dz(self, v: float) -> float:
         return 0.0 if abs(v) < self.deadzone else float(np.clip(v, -1, 1))
@@ -328,7 +485,7 @@ class SpaceMouseDevice(ReferenceDevice):
         if 1 in pressed:
             events.append(advance_event(ctx.mode))
         if self.keys is not None:
-            events += [KEY_EVENTS[k] for k in self.keys.drain() if k in KEY_EVENTS]
+            events += key_press_events(self.keys.drain(), ctx.prompt)
         return events
 
     def close(self) -> None:

@@ -17,13 +17,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from robolearn.teleop.devices import DeviceContext, robot_pose
-from robolearn.teleop.session import InterventionSession, Mode
+from robolearn.teleop.session import RECORDER_EVENTS, InterventionSession, TeleopEvent
+from robolearn.teleop.viewer import InterventionViewer
+
+__all__ = ["InterventionViewer", "intervention_metrics", "record_interventions"]
 
 
 # ----------------------------------------------------------------------------------- store
@@ -94,45 +97,10 @@ def intervention_metrics(store: Any, episodes: np.ndarray | list[int] | None = N
     }
 
 
-# ----------------------------------------------------------------------------------- viewer
-class InterventionViewer:
-    """MuJoCo passive viewer of env 0 with a mode/episode overlay; keys go to `key_callback`."""
-
-    def __init__(self, sim: Any, key_callback: Any = None, launcher: Any = None) -> None:
-        import mujoco
-
-        if launcher is None:
-            import mujoco.viewer
-
-            launcher = mujoco.viewer.launch_passive
-        self.mujoco = mujoco
-        self.model = sim.model
-        self.data = mujoco.MjData(sim.model)
-        try:
-            self.handle = launcher(self.model, self.data, key_callback=key_callback)
-        except Exception as exc:  # no display, no GLFW
-            raise RuntimeError(f"--viewer could not open a window ({exc}); run without --viewer or set DISPLAY") from None
-
-    def update(self, state: np.ndarray, mode: Mode, episode: int, episodes: int, interventions: int, extra: str = "") -> None:
-        from robolearn.tasks.base import STATE_SPEC
-
-        m = self.mujoco
-        with self.handle.lock():
-            m.mj_setState(self.model, self.data, np.asarray(state, np.float64), STATE_SPEC)
-            m.mj_forward(self.model, self.data)
-        self.handle.set_texts([(None, m.mjtGridPos.mjGRID_TOPLEFT, "mode\nepisode\ninterventions",
-                                f"{mode.value.upper()}\n{episode + 1}/{episodes}\n{interventions}{extra}")])
-        self.handle.sync()
-
-    @property
-    def running(self) -> bool:
-        return bool(self.handle.is_running())
-
-    def close(self) -> None:
-        self.handle.close()
-
-
 # ----------------------------------------------------------------------------------- loop
+SLOWMO_RANGE = (0.25, 16.0)  # wall seconds per control period, as a factor of the period
+
+
 def record_interventions(
     policy: Any,
     task: str,
@@ -150,22 +118,38 @@ def record_interventions(
     realtime: bool = False,
     progress: bool = True,
     max_rerecords: int = 100,
+    slowmo: float = 1.0,
+    pause_on_takeover: bool = False,
+    say: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Record `episodes` episodes (seeds seed, seed+1, ...); returns the round's metrics.
 
     `device` follows robolearn.teleop.devices.Device (or is a factory `sim -> device`); `viewer` is
-    an InterventionViewer, a factory `sim -> viewer`, or None.
+    an InterventionViewer, a factory `sim -> viewer`, or None. `task_overrides` are `key=value`
+    task settings (`robolearn intervene` passes the checkpoint's recorded ones, then `--set`).
     `max_operator_steps` stops after the episode in which the operator-step budget is reached.
+
+    Time to act: with `realtime` each control step takes `slowmo` x the task's control period of
+    wall time (the stored data keep the task's period; `-` / `=` change the factor while running);
+    a PAUSE event (key `p`) stops the simulation until resumed, and `pause_on_takeover` pauses at
+    every takeover. A QUIT from a device that `confirms_quit` asks whether to keep or discard the
+    running episode; `say` receives every message meant for the operator (the terminal).
     """
     from tqdm import tqdm
 
     from robolearn.evaluation import _History, _policy_obs_spec, task_config_for_policy
     from robolearn.tasks.sim import TaskSim
+    from robolearn.teleop.devices import fixed_camera_view
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     if max_operator_steps is not None and max_operator_steps < 1:
         raise ValueError(f"--max-operator-steps must be >= 1, got {max_operator_steps}")
+    if not SLOWMO_RANGE[0] <= slowmo <= SLOWMO_RANGE[1]:
+        raise ValueError(f"--slowmo must be in [{SLOWMO_RANGE[0]}, {SLOWMO_RANGE[1]}], got {slowmo}")
+    say = say or (lambda msg: None)
     n_obs, keys = _policy_obs_spec(policy)
     cfg = task_config_for_policy(task, policy, perturb, task_overrides)
     sim = TaskSim(task, cfg=cfg, num_envs=1)
@@ -179,11 +163,71 @@ def record_interventions(
     p_device = next(iter(policy.parameters())).device if hasattr(policy, "parameters") else torch.device("cpu")
     session = InterventionSession(terminate_after_intervention, recovery=recovery)
     collector = collector or f"intervene:{device.name}"
+    confirms_quit = bool(getattr(device, "confirms_quit", False))
+    fixed_view = fixed_camera_view(sim.model)
     feats = store.features
     operator_used = 0
     quit_early = False
+    quit_report: dict[str, Any] | None = None
     committed = 0
+    interventions_before = 0  # in committed episodes of this run
     bar = tqdm(total=episodes, desc=f"intervene {task}", disable=not progress, dynamic_ncols=True)
+
+    def view() -> Any:
+        v = viewer.screen_view() if viewer is not None and hasattr(viewer, "screen_view") else None
+        return v or fixed_view
+
+    def show(ep: int, ep_seed: int, t: int, pose: Any, prompt: str | None, recorded: int) -> None:
+        if viewer is None:
+            return
+        from robolearn.teleop.viewer import RunStatus
+
+        viewer.update(sim.get_state()[0], RunStatus(
+            mode=session.mode, grip_closed=pose.grip > 0, episode=ep, episodes=episodes, seed=ep_seed, step=t,
+            horizon=cfg.horizon, control_period=sim.control_period, interventions=session.intervention_count,
+            total_interventions=interventions_before + session.intervention_count, slowmo=slowmo, prompt=prompt,
+            steps_recorded=recorded))
+
+    def wait(prompt: str, ep: int, ep_seed: int, t: int, obs: Any, info: Any, recorded: int) -> tuple[TeleopEvent, list[TeleopEvent]]:
+        """Poll the device while the simulation stands still until the prompt is answered.
+        Paused: (RESUME, session events that ended the pause) or a quit answer (KEEP / DISCARD).
+        Quit: KEEP, DISCARD or RESUME."""
+        nonlocal slowmo
+        if prompt == "quit":
+            say(f"quit? k keeps episode {ep + 1} ({recorded} steps so far, stored as ended here), "
+                "d discards it, any other key continues")
+        else:
+            say("paused: p (or a motion key) resumes")
+        while True:
+            pose = robot_pose(sim.task, sim.read())
+            ctx = DeviceContext(task=sim.task, state=sim.read(), pose=pose, mode=session.mode, info=info, obs=obs,
+                                episode=ep, dt=sim.control_period, view=view(), prompt=prompt)
+            events = device.poll(ctx)
+            getattr(device, "hold_still", lambda: None)()
+            for i, ev in enumerate(events):
+                if prompt == "quit" and ev in (TeleopEvent.KEEP, TeleopEvent.DISCARD, TeleopEvent.RESUME):
+                    if ev is TeleopEvent.RESUME:
+                        say("quit cancelled: continuing")
+                    return ev, []
+                if prompt == "paused":
+                    if ev in (TeleopEvent.SLOWER, TeleopEvent.FASTER):
+                        slowmo = _change_slowmo(slowmo, ev, say)
+                    elif ev in (TeleopEvent.PAUSE, TeleopEvent.RESUME):
+                        say("resumed")
+                        return TeleopEvent.RESUME, [e for e in events[i + 1:] if e not in RECORDER_EVENTS]
+                    elif ev is TeleopEvent.QUIT and confirms_quit:
+                        answer, _ = wait("quit", ep, ep_seed, t, obs, info, recorded)
+                        if answer is not TeleopEvent.RESUME:
+                            return answer, []
+                        say("paused: p (or a motion key) resumes")
+                    elif ev not in RECORDER_EVENTS:  # take over / correct / end ...: resume and apply it
+                        say("resumed")
+                        return TeleopEvent.RESUME, [e for e in events[i:] if e not in RECORDER_EVENTS]
+            show(ep, ep_seed, t, pose, prompt, recorded)
+            if viewer is not None and not viewer.running:
+                return TeleopEvent.DISCARD, []
+            sleep(1 / 30)
+
     try:
         ep = 0
         rerecords = 0
@@ -198,17 +242,49 @@ def record_interventions(
             hist.reset(obs)
             segments: list[dict[str, Any]] = []
             outcome = None
+            quit_choice: TeleopEvent | None = None
+            paused = False
+            pending: list[TeleopEvent] = []
+            next_tick = clock()
             with store.writer(collector=collector, seed=ep_seed) as writer:
-                for _t in range(cfg.horizon):
+                t = 0
+                while t < cfg.horizon:
+                    if paused:
+                        answer, pending = wait("paused", ep, ep_seed, t, obs, info, len(writer))
+                        paused = False
+                        next_tick = clock()
+                        if answer in (TeleopEvent.KEEP, TeleopEvent.DISCARD):
+                            quit_choice, quit_early = answer, True
+                            break
                     s = sim.read()
                     pose = robot_pose(sim.task, s)
-                    ctx = DeviceContext(task=sim.task, state=s, pose=pose, mode=session.mode, info=info, obs=obs, episode=ep)
-                    tr = session.apply(device.poll(ctx))
+                    ctx = DeviceContext(task=sim.task, state=s, pose=pose, mode=session.mode, info=info, obs=obs,
+                                        episode=ep, dt=sim.control_period, view=view())
+                    events = pending + list(device.poll(ctx))
+                    pending = []
+                    for ev in events:
+                        if ev in (TeleopEvent.SLOWER, TeleopEvent.FASTER):
+                            slowmo = _change_slowmo(slowmo, ev, say)
+                    if TeleopEvent.PAUSE in events:  # stand still; the other events apply after the pause
+                        paused = True
+                        pending = [e for e in events if e not in RECORDER_EVENTS]
+                        getattr(device, "hold_still", lambda: None)()
+                        continue
+                    events = [e for e in events if e not in RECORDER_EVENTS]
+                    if TeleopEvent.QUIT in events and confirms_quit:
+                        answer, _ = wait("quit", ep, ep_seed, t, obs, info, len(writer))
+                        next_tick = clock()
+                        if answer is TeleopEvent.RESUME:
+                            events = [e for e in events if e is not TeleopEvent.QUIT]
+                        else:
+                            quit_choice = answer
+                    tr = session.apply(events)
                     if tr.quit:
                         quit_early = True
                         break
                     if tr.rerecord:
                         outcome = "rerecord"
+                        say(f"re-recording episode {ep + 1} (seed {ep_seed})")
                         break
                     if tr.end:
                         outcome = "operator_success" if tr.success else ("operator_failure" if tr.success is False else "intervention_end")
@@ -216,9 +292,14 @@ def record_interventions(
                         break
                     if tr.engaged:
                         device.engage(pose)
-                        segments.append({"start": int(_t), "reason": getattr(device, "last_reason", ""), "recovery": 0, "correction": 0})
+                        segments.append({"start": int(t), "reason": getattr(device, "last_reason", ""), "recovery": 0, "correction": 0})
                     if tr.handed_back:
                         policy.reset()  # re-plan from the state the operator left
+                    if tr.after is not tr.before:
+                        say(f"step {t}: {tr.after.value}" + (" (you drive)" if tr.after.operator else " (policy drives)"))
+                    if tr.engaged and pause_on_takeover and realtime:
+                        paused = True
+                        continue
                     ctx.mode = session.mode
                     if session.mode.operator:
                         action = np.asarray(device.action(ctx), dtype=np.float32).reshape(-1)
@@ -229,7 +310,7 @@ def record_interventions(
                             action = policy.select_action(hist.torch(p_device)).detach().cpu().numpy()[0].astype(np.float32)
                         primitive = -1
                     if not np.all(np.isfinite(action)):
-                        raise RuntimeError(f"{session.mode.value} produced a non-finite action at step {_t}")
+                        raise RuntimeError(f"{session.mode.value} produced a non-finite action at step {t}")
                     action = np.clip(action, -1.0, 1.0)  # what the simulator executes is what gets stored
                     stage, event = int(info["stage"]), int(info["failure_event"])  # of the observed state (collect's convention)
                     pre_state = sim.get_state()[0]
@@ -247,19 +328,39 @@ def record_interventions(
                     writer.add(obs=obs_row, action=action, reward=float(reward[0]), done=bool(term[0] or trunc[0]),
                                source=source, stage=stage, extra=extra)
                     hist.push(obs)
+                    t += 1
                     if viewer is not None:
-                        viewer.update(sim.get_state()[0], session.mode, ep, episodes, session.intervention_count)
-                        if realtime:
-                            time.sleep(sim.control_period)
+                        show(ep, ep_seed, t, robot_pose(sim.task, sim.read()), None, len(writer))
                         if not viewer.running:
                             quit_early = True
+                            say("the viewer window was closed")
                             break
+                    if realtime:
+                        next_tick += sim.control_period * slowmo
+                        now = clock()
+                        if next_tick > now:
+                            sleep(next_tick - now)
+                        elif now - next_tick > 0.25:  # fell behind (slow rendering): do not race to catch up
+                            next_tick = now
                     if term[0] or trunc[0]:
                         outcome = "success" if info["success"] else "time_limit"
                         success = bool(info["success"])
                         break
                 if quit_early:
-                    writer.discard()
+                    steps = len(writer)
+                    if quit_choice is TeleopEvent.KEEP and steps > 0:
+                        success = bool(info.get("success", False))
+                        meta = {"outcome": "operator_quit", "interventions": segments, "operator_steps": session.operator_steps,
+                                "terminate_after_intervention": terminate_after_intervention, "recovery": recovery}
+                        writer.commit(success, metadata=meta, intervention_count=session.intervention_count)
+                        committed += 1
+                        operator_used += session.operator_steps
+                        quit_report = {"action": "kept", "episode": ep, "steps": steps, "success": success}
+                        say(f"quit: kept episode {ep + 1} ({steps} steps, stored as a {'success' if success else 'failure'})")
+                    else:
+                        writer.discard()
+                        quit_report = {"action": "discarded", "episode": ep, "steps": steps}
+                        say(f"quit: discarded the running episode {ep + 1} ({steps} steps, not stored)")
                     break
                 if outcome == "rerecord":
                     writer.discard()
@@ -273,9 +374,14 @@ def record_interventions(
                     continue
                 meta = {"outcome": outcome, "interventions": segments, "operator_steps": session.operator_steps,
                         "terminate_after_intervention": terminate_after_intervention, "recovery": recovery}
+                steps = len(writer)
                 writer.commit(success, metadata=meta, intervention_count=session.intervention_count)
             committed += 1
             operator_used += session.operator_steps
+            interventions_before += session.intervention_count
+            if confirms_quit or viewer is not None:
+                say(f"episode {ep + 1}/{episodes} stored: {outcome}, {steps} steps, "
+                    f"{session.intervention_count} intervention(s)")
             ep += 1
             bar.update(1)
             if max_operator_steps is not None and operator_used >= max_operator_steps:
@@ -290,8 +396,17 @@ def record_interventions(
         if viewer is not None:
             viewer.close()
     metrics.update(task=task, store=str(out), seeds=[seed, seed + committed - 1] if committed else [], quit=quit_early,
-                   terminate_after_intervention=terminate_after_intervention, recovery=recovery)
+                   quit_episode=quit_report, terminate_after_intervention=terminate_after_intervention, recovery=recovery,
+                   task_overrides=list(task_overrides or []))
     return metrics
+
+
+def _change_slowmo(slowmo: float, ev: TeleopEvent, say: Callable[[str], None]) -> float:
+    """Halve or double the slow-motion factor within SLOWMO_RANGE."""
+    lo, hi = SLOWMO_RANGE
+    new = min(hi, slowmo * 2) if ev is TeleopEvent.SLOWER else max(lo, slowmo / 2)
+    say(f"speed: {'real time' if new == 1 else (f'1/{new:g} (slow motion)' if new > 1 else f'{1 / new:g}x')}")
+    return new
 
 
 def _check_policy_fits(policy: Any, sim: Any, task: str) -> None:
@@ -307,7 +422,7 @@ def _check_policy_fits(policy: Any, sim: Any, task: str) -> None:
 
 # ----------------------------------------------------------------------------------- CLI
 def make_device(kind: str, task_obj: Any = None, familiarity: Any = None, viewer_keys: Any = None,
-                recover: bool = True, seed: int = 0) -> Any:
+                recover: bool = True, seed: int = 0, speed: float = 0.1, yaw_speed: float = 1.0) -> Any:
     from robolearn.teleop import devices as dev
 
     if kind == "scripted":
@@ -315,7 +430,8 @@ def make_device(kind: str, task_obj: Any = None, familiarity: Any = None, viewer
 
         return ScriptedOperator(task_obj, familiarity=familiarity, config=OperatorConfig(recover=recover), seed=seed)
     if kind == "keyboard":
-        return dev.KeyboardDevice(viewer_keys if viewer_keys is not None else dev.TerminalKeySource())
+        return dev.KeyboardDevice(viewer_keys if viewer_keys is not None else dev.TerminalKeySource(),
+                                  speed=speed, yaw_speed=yaw_speed)
     if kind == "spacemouse":
         return dev.SpaceMouseDevice(keys=viewer_keys)
     if kind == "gamepad":
@@ -338,14 +454,19 @@ def _familiarity_source(checkpoint: str | Path, demos: str | None) -> Path | Non
 
 
 def _run(args: argparse.Namespace) -> int:
-    from robolearn.evaluation import load_any_policy
+    from robolearn.evaluation import load_any_policy, task_overrides_from_meta
+    from robolearn.teleop.devices import key_map_text
 
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if not (args.speed > 0 and args.yaw_speed > 0):
+        raise ValueError(f"--speed and --yaw-speed must be > 0, got {args.speed} and {args.yaw_speed}")
     policy, meta = load_any_policy(args.checkpoint)
     task = args.task or meta.get("task")
     if not task:
         raise ValueError("the checkpoint records no task: pass --task")
+    # the task settings the policy was trained with (obs_relative, num_cubes, horizon, ...), then --set
+    overrides = task_overrides_from_meta(meta, task) + list(args.task_overrides or [])
     familiarity = None
     if args.teleop == "scripted":
         from robolearn.data.store import EpisodeStore
@@ -357,24 +478,36 @@ def _run(args: argparse.Namespace) -> int:
                 familiarity = FamiliarityModel.from_store(demo_store)
         else:
             print("intervene: no demo store found (pass --demos): drift detection is off", file=sys.stderr)
+    human = args.teleop != "scripted"
+    say = (lambda msg: print(f"intervene: {msg}", file=sys.stderr, flush=True)) if human else None  # noqa: E731
     keys = None
     viewer = None
     if args.viewer:
         from robolearn.teleop.devices import ViewerKeySource
 
         keys = ViewerKeySource()
-        viewer = lambda sim: InterventionViewer(sim, key_callback=keys.callback)  # noqa: E731
+        viewer = lambda sim: InterventionViewer(sim, keys=keys)  # noqa: E731
+    if human:
+        where = "in the viewer window" if args.viewer else "in this terminal"
+        print(f"intervene: {args.teleop} teleop, keys {where} (directions are screen-relative: up = away from you):\n"
+              f"{key_map_text()}", file=sys.stderr, flush=True)
     recover = not args.no_recovery
-    device = lambda sim: make_device(args.teleop, sim.task, familiarity, viewer_keys=keys, recover=recover, seed=args.seed)  # noqa: E731
+    device = lambda sim: make_device(args.teleop, sim.task, familiarity, viewer_keys=keys, recover=recover,  # noqa: E731
+                                     seed=args.seed, speed=args.speed, yaw_speed=args.yaw_speed)
     metrics = record_interventions(
         policy, task, device, args.episodes, args.out, seed=args.seed,
         terminate_after_intervention=args.terminate_after_intervention, recovery=recover,
-        perturb=args.perturb, max_operator_steps=args.max_operator_steps, viewer=viewer,
-        realtime=args.viewer and args.teleop != "scripted", progress=not args.json,
+        perturb=args.perturb, task_overrides=overrides, max_operator_steps=args.max_operator_steps, viewer=viewer,
+        realtime=human, progress=not args.json and not human, slowmo=args.slowmo,
+        pause_on_takeover=args.pause_on_takeover, say=say,
     )
     if args.json:
         print(json.dumps(metrics))
         return 0
+    quit_episode = metrics.get("quit_episode")
+    if quit_episode:
+        what = ("kept" if quit_episode["action"] == "kept" else "discarded (not stored)")
+        print(f"quit during episode {quit_episode['episode'] + 1}: its {quit_episode['steps']} steps were {what}")
     print(f"recorded {metrics['episodes']} episode(s) into {args.out}")
     print("| episodes | success | intervention rate | recoveries / successful ep | recovery:correction steps | operator steps |")
     print("|---|---|---|---|---|---|")
@@ -394,11 +527,21 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teleop", required=True, choices=TELEOP_DEVICES)
     parser.add_argument("--episodes", type=int, required=True)
     parser.add_argument("--out", required=True, help="episode store to append to (created if missing)")
+    parser.add_argument("--set", dest="task_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="task config override, e.g. --set horizon=80 (repeatable); applied after the task "
+                             "settings recorded in the checkpoint (obs_relative, num_cubes, horizon, ...)")
     parser.add_argument("--terminate-after-intervention", action="store_true",
                         help="end each episode when the first intervention ends (RaC rule 2)")
     parser.add_argument("--no-recovery", action="store_true",
                         help="take-overs go straight to correction (HG-DAgger/IWR/Sirius protocol)")
     parser.add_argument("--viewer", action="store_true", help="show env 0 in the MuJoCo viewer (keys go to the device)")
+    parser.add_argument("--speed", type=float, default=0.1, help="keyboard: gripper speed while a motion key is held, m/s")
+    parser.add_argument("--yaw-speed", type=float, default=1.0, help="keyboard: yaw rate while z / x is held, rad/s")
+    parser.add_argument("--slowmo", type=float, default=1.0,
+                        help="human devices: wall seconds per control period, as a factor (2 = half speed; "
+                             "- / = change it while running); the stored data keep the task's control period")
+    parser.add_argument("--pause-on-takeover", action="store_true",
+                        help="human devices: pause at every takeover until p or a motion key")
     parser.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED+i")
     parser.add_argument("--perturb", type=float, default=None, help="perturbation events per step")
     parser.add_argument("--demos", default=None, help="demo store for the scripted operator's familiarity model "

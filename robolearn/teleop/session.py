@@ -27,7 +27,18 @@ class TeleopEvent(str, enum.Enum):
     SUCCESS = "success"  # end the episode, labelled a success
     FAILURE = "failure"  # end the episode, labelled a failure
     RERECORD = "rerecord"  # discard this episode and record it again from the same seed
-    QUIT = "quit"  # stop recording (the running episode is discarded)
+    QUIT = "quit"  # stop recording (a device that confirms quits asks keep / discard first)
+    # Handled by the recorder, not the session (InterventionSession.apply ignores them):
+    PAUSE = "pause"  # pause / resume the simulation
+    SLOWER = "slower"  # slow motion: more wall time per control step
+    FASTER = "faster"
+    KEEP = "keep"  # quit prompt: commit the running episode, then quit
+    DISCARD = "discard"  # quit prompt: drop the running episode, then quit
+    RESUME = "resume"  # leave a pause or a quit prompt
+
+
+RECORDER_EVENTS = frozenset({TeleopEvent.PAUSE, TeleopEvent.SLOWER, TeleopEvent.FASTER, TeleopEvent.KEEP,
+                             TeleopEvent.DISCARD, TeleopEvent.RESUME})
 
 
 class Mode(str, enum.Enum):
@@ -85,7 +96,7 @@ class InterventionSession:
         tr = Transition(before=self.mode, after=self.mode)
         for ev in events:
             ev = TeleopEvent(ev)
-            if tr.end or tr.rerecord or tr.quit:
+            if tr.end or tr.rerecord or tr.quit or ev in RECORDER_EVENTS:
                 tr.ignored.append(ev)
                 continue
             if ev is TeleopEvent.QUIT:
