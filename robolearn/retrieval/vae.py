@@ -69,7 +69,7 @@ def train_vae(x: np.ndarray, latent_dim: int = 14, hidden_dims: list[int] | tupl
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            running.append(float(recon))
+            running.append(recon.item())
             if (step + 1) % steps_per_epoch == 0 or step + 1 == steps:
                 history.append(float(np.mean(running)))
                 running = []
