@@ -132,12 +132,14 @@ def evaluate_policy(
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     num_envs = max(1, min(num_envs, episodes))
     n_obs, keys = _policy_obs_spec(policy)
-    from robolearn.tasks.gym_adapter import GYM_TASKS, GymTaskBatch
+    from robolearn.tasks.registry import get_spec
 
-    if task in GYM_TASKS:  # gymnasium MuJoCo tasks: no perturbations, videos or saving
-        if perturb or video or save or task_overrides:
-            raise ValueError(f"gymnasium task {task!r} supports no --perturb, --video, --save or task overrides")
-        sim: Any = GymTaskBatch(task, num_envs)
+    if get_spec(task).is_gym:  # gymnasium envs: no perturbations, videos or saving; --set goes to gym.make
+        from robolearn.tasks.gym_adapter import GymTaskBatch, overrides_to_kwargs
+
+        if perturb or video or save:
+            raise ValueError(f"gymnasium task {task!r} supports no --perturb, --video or --save")
+        sim: Any = GymTaskBatch(task, num_envs, **overrides_to_kwargs(task_overrides))
         perturb_rate = 0.0
     else:
         cfg = task_config_for_policy(task, policy, perturb, task_overrides)
@@ -156,8 +158,8 @@ def evaluate_policy(
     sim.close()
     if writer:
         writer.close()
-    return summarize([r for r in records if r is not None], task=task, seed=seed, num_envs=num_envs,
-                     perturb=perturb_rate, videos=videos.paths if videos else [])
+    return summarize([r for r in records if r is not None], score_name=getattr(getattr(sim, "task", None), "score_name", None),
+                     task=task, seed=seed, num_envs=num_envs, perturb=perturb_rate, videos=videos.paths if videos else [])
 
 
 class _RetryCounter:
@@ -196,7 +198,9 @@ def _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer
     slot_episode = np.full(num_envs, -1)
     next_ep = 0
     records: list[dict[str, Any] | None] = [None] * episodes
-    acc = {"return": np.zeros(num_envs), "length": np.zeros(num_envs, int), "events": np.zeros(num_envs, int), "max_stage": np.zeros(num_envs, int)}
+    acc = {"return": np.zeros(num_envs), "length": np.zeros(num_envs, int), "events": np.zeros(num_envs, int), "max_stage": np.zeros(num_envs, int),
+           "score": np.zeros(num_envs)}
+    step_score = _step_scorer(sim)
 
     def start(rows: np.ndarray) -> dict[str, np.ndarray]:
         nonlocal next_ep
@@ -237,6 +241,8 @@ def _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer
             acc["length"][active] += 1
             acc["events"][active] += (info["failure_event"][active] > 0)
             acc["max_stage"][active] = np.maximum(acc["max_stage"][active], info["stage"][active])
+            if step_score is not None:
+                acc["score"][active] = np.maximum(acc["score"][active], step_score()[active])
             if retries is not None:
                 retries.stage[:] = info["stage"]
             if writer:
@@ -261,6 +267,7 @@ def _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer
                         "failure_events": events,
                         "recoveries": events if success else 0,
                         "max_stage": int(acc["max_stage"][r]),
+                        "score": float(acc["score"][r]) if step_score is not None else float(success),
                     }
                     if retries is not None:
                         records[ep]["retries"] = int(retries.count[r])
@@ -286,15 +293,30 @@ def _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer
     return records
 
 
-def summarize(records: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+def _step_scorer(sim: Any) -> Any:
+    """A function giving every env's per-step score now, for tasks with a `score_name` (push_t:
+    clipped coverage); None: an episode's score is its success."""
+    task = getattr(sim, "task", None)
+    if getattr(task, "score_name", None) is None:
+        return None
+    return lambda: np.asarray(task.step_score(sim.read()), dtype=np.float64).reshape(-1)
+
+
+def summarize(records: list[dict[str, Any]], score_name: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The report: success with its Wilson interval, means, and the task's score (the mean over
+    episodes of each episode's score: its success unless the task defines a step score)."""
     n = len(records)
     k = sum(r["success"] for r in records)
     lo, hi = wilson_interval(k, n)
+    scores = [r.get("score", float(r["success"])) for r in records]
     return {
         "n": n,
         "successes": k,
         "success_rate": k / n if n else 0.0,
         "ci95": [lo, hi],
+        "score": float(np.mean(scores)) if n else 0.0,
+        "score_std": float(np.std(scores)) if n else 0.0,
+        "score_name": score_name or "success",
         "mean_return": float(np.mean([r["return"] for r in records])) if n else 0.0,
         "mean_length": float(np.mean([r["length"] for r in records])) if n else 0.0,
         "failure_events_per_episode": float(np.mean([r["failure_events"] for r in records])) if n else 0.0,
@@ -416,19 +438,12 @@ def load_any_policy(path: str | Path, device: str = "cpu") -> tuple[Any, dict[st
     return load_policy(ckpt, device=device), meta
 
 
-# Task-config fields that define the task's structure; evaluation uses the training data's values
-# (e.g. sort's number of cubes). Perturbations are left to the evaluation's own settings.
-STRUCTURAL_TASK_FIELDS = ("num_cubes", "frame_skip", "horizon", "image_size", "wrist_camera", "reward_type", "obs_relative")
-
-
 def task_overrides_from_meta(meta: dict[str, Any], task: str) -> list[str]:
-    """`key=value` task overrides recorded with the policy's training data (same task only)."""
-    from robolearn.tasks.gym_adapter import GYM_TASKS
+    """`key=value` task overrides recorded with the policy's training data (same task only): the
+    structural fields of the task's config class (`structural_fields`, e.g. sort's num_cubes)."""
+    from robolearn.tasks.registry import structural_overrides
 
-    recorded = meta.get("task_config") or {}
-    if task in GYM_TASKS or recorded.get("task") not in (None, task):
-        return []
-    return [f"{k}={json.dumps(recorded[k])}" for k in STRUCTURAL_TASK_FIELDS if recorded.get(k) is not None]
+    return structural_overrides(task, meta.get("task_config"))
 
 
 def set_action_steps(policy: Any, n: int) -> None:
@@ -443,7 +458,8 @@ def set_action_steps(policy: Any, n: int) -> None:
     policy.reset()
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_cli(args: argparse.Namespace) -> int:
+    """`robolearn eval` (arguments: robolearn.cli.register_eval)."""
     device = "cpu"
     if args.backend == "gpu":  # fail fast, before loading anything, without the gpu extra or CUDA
         from robolearn.tasks.warp_backend import resolve_device
@@ -456,7 +472,10 @@ def _run(args: argparse.Namespace) -> int:
     if not task:
         raise ValueError("the checkpoint records no task: pass --task")
     video_dir = Path(args.video_dir) if args.video_dir else resolve_checkpoint(args.checkpoint) / "videos"
-    overrides = task_overrides_from_meta(meta, task)
+    from robolearn.tasks.registry import check_task
+
+    check_task(task)  # a task recorded in the checkpoint: fail before any rollout
+    overrides = task_overrides_from_meta(meta, task) + list(args.task_overrides or [])
     report = evaluate_policy(
         policy, task, args.episodes, seed=args.seed, num_envs=args.num_envs, perturb=args.perturb,
         video=args.video, video_dir=video_dir, save=args.save, progress=not args.json, backend=args.backend,
@@ -475,26 +494,10 @@ def _run(args: argparse.Namespace) -> int:
         f"{report['mean_length']:.1f} | {report['failure_events_per_episode']:.2f} | {report['recoveries_per_episode']:.2f} | "
         f"{args.seed}..{args.seed + args.episodes - 1} |"
     )
+    if report.get("score_name", "success") != "success":
+        print(f"score {report['score']:.3f} (std {report['score_std']:.3f} over episodes): {report['score_name']}")
     if "retries_per_episode" in report:
         print(f"retries per episode (the high level went back to an earlier primitive): {report['retries_per_episode']:.2f}")
     for path in report["videos"]:
         print(f"video: {path}")
     return 0
-
-
-def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
-    parser.add_argument("--task", help="task (default: the one recorded in the checkpoint)")
-    parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--num-envs", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED+i")
-    parser.add_argument("--perturb", type=float, default=None, help="perturbation events per step (overrides the task config)")
-    parser.add_argument("--video", type=int, default=0, help="record mp4s of the first K episodes")
-    parser.add_argument("--video-dir", default=None)
-    parser.add_argument("--save", default=None, help="append rollouts to this episode store (source=policy)")
-    parser.add_argument("--action-steps", type=int, default=None,
-                        help="actions executed per predicted chunk before re-planning (default: the policy's n_action_steps)")
-    parser.add_argument("--backend", choices=["cpu", "gpu", "warp-cpu"], default="cpu",
-                        help="cpu: MuJoCo C; gpu: MuJoCo Warp on CUDA (extra 'gpu'); warp-cpu: MuJoCo Warp on its CPU device (tests)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=_run)

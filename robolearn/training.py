@@ -165,6 +165,7 @@ def train(
     resume: str | Path | None = None,
     config_path: str | Path | None = None,
     progress: bool = True,
+    task_overrides: list[str] | None = None,
 ) -> Path:
     """Train a policy on a store; returns the run directory."""
     from tqdm import tqdm
@@ -203,6 +204,13 @@ def train(
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
     store = EpisodeStore.open(data, mode="r")
+    # Evaluation rollouts run the task as the data was collected (its structural fields, e.g. sort's
+    # num_cubes), then --set overrides.
+    eval_task_overrides: list[str] = []
+    if task:
+        from robolearn.tasks.registry import structural_overrides
+
+        eval_task_overrides = structural_overrides(task, store.env_kwargs) + list(task_overrides or [])
     if store.num_episodes == 0:
         raise ValueError(f"{data} holds no episodes to train on")
     pcfg = run_cfg.policy.with_features(store.features)
@@ -337,7 +345,7 @@ def train(
                 if val is not None:
                     record["val_loss"] = val
                 if task and is_main and tcfg.eval_episodes > 0:
-                    record.update(_rollout_eval(ema.model if ema is not None else policy, task, tcfg, done))
+                    record.update(_rollout_eval(ema.model if ema is not None else policy, task, tcfg, done, eval_task_overrides))
             logger.log(done, record)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}")
         if done % tcfg.save_every == 0 or done == tcfg.steps:
@@ -356,20 +364,22 @@ def train(
     return run_dir
 
 
-def _rollout_eval(policy: nn.Module, task: str, tcfg: Any, step: int) -> dict[str, float]:
+def _rollout_eval(policy: nn.Module, task: str, tcfg: Any, step: int, task_overrides: list[str] | None = None) -> dict[str, float]:
     """Periodic closed-loop evaluation during training (own RNG so training is unaffected)."""
     from robolearn.evaluation import evaluate_policy
 
     with torch.random.fork_rng(devices=[]):
         was_training = policy.training
         policy.eval()
-        report = evaluate_policy(policy, task, episodes=tcfg.eval_episodes, seed=10_000, num_envs=min(tcfg.eval_episodes, 10), progress=False)
+        report = evaluate_policy(policy, task, episodes=tcfg.eval_episodes, seed=10_000, num_envs=min(tcfg.eval_episodes, 10),
+                                 progress=False, task_overrides=task_overrides)
         policy.train(was_training)
     return {"eval_success_rate": report["success_rate"], "eval_mean_return": report["mean_return"]}
 
 
 # ----------------------------------------------------------------------------------- CLI
-def _run(args: argparse.Namespace) -> int:
+def run_cli(args: argparse.Namespace) -> int:
+    """`robolearn train` (arguments: robolearn.cli.register_train)."""
     if args.resume is None and (args.policy is None or args.data is None):
         raise ConfigError("train needs --policy and --data (or --resume DIR)")
     run_dir = train(
@@ -381,6 +391,7 @@ def _run(args: argparse.Namespace) -> int:
         wandb_mode=args.wandb,
         resume=args.resume,
         config_path=args.config,
+        task_overrides=args.task_overrides,
     )
     if _dist_info()[1] == 0:
         print(f"run directory: {run_dir}")
@@ -388,21 +399,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", help="policy name (config from policies/NAME.yaml)")
-    parser.add_argument("--data", help="episode store to train on")
-    parser.add_argument("--task", help="task for periodic evaluation rollouts (and recorded in checkpoints)")
-    parser.add_argument("--out", help="run directory (default runs/<policy>-<task>-<time>)")
-    parser.add_argument("--config", help="YAML config instead of policies/NAME.yaml")
-    parser.add_argument("--wandb", default="offline", choices=["off", "offline", "online"])
-    parser.add_argument("--resume", help="continue the run in this directory exactly where it stopped")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=1000 policy.horizon=8")
-    parser.set_defaults(func=_run)
+if __name__ == "__main__":  # torchrun -m robolearn.training ... (same as torchrun -m robolearn train ...)
+    from robolearn.cli import main
 
-
-if __name__ == "__main__":  # torchrun -m robolearn.training ...
-    p = argparse.ArgumentParser(prog="robolearn train")
-    register(p)
-    a = p.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(a.func(a))
+        sys.exit(main(["train", *sys.argv[1:]]))

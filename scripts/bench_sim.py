@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved env/raw rounds (median)")
     ap.add_argument("--num-envs", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="threads of the vector env's CPU backend")
-    ap.add_argument("--tasks", default=",".join(T.TASKS))
+    ap.add_argument("--tasks", default="push_cube,pick_place,push_t,sort")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--expert-seeds", type=int, default=0,
                     help="instead of throughput, measure expert success over seeds 0..N-1")

@@ -60,7 +60,7 @@ def data() -> None:
     need = lambda name: not (d / name).exists()  # noqa: E731  (re-running skips finished pieces)
     # push_cube: no termination on success, so a trajectory's dense-reward return ranks its quality
     # (with termination, fast successes collect *less* reward than long failures; see the results doc)
-    pc = ["--task", "push_cube", "--task-override", "terminate_on_success=false"]
+    pc = ["--task", "push_cube", "--set", "terminate_on_success=false"]
     if need("push_cube_random.zarr"):  # bad = uniform random actions
         sh("data", "rollout", *pc, "--policy", "random", "--episodes", "100000", "--max-steps", str(MIX_SIZE),
            "--out", str(d / "push_cube_random.zarr"), "--seed", "1")

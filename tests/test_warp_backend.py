@@ -16,7 +16,7 @@ import torch
 
 from robolearn.tasks.backend import MujocoCBackend
 from robolearn.tasks.base import SimulationError
-from robolearn.tasks.registry import TASKS, build_model, load_task_config
+from robolearn.tasks.registry import build_model, expert_class, load_task_config
 
 try:
     import mujoco_warp  # noqa: F401
@@ -153,7 +153,7 @@ def test_reset_graph_every_step_does_not_change_the_trajectory():
     for be in (a, b):
         be.reset(torch.ones(N, dtype=torch.bool), init)
     none, junk = torch.zeros(N, dtype=torch.bool), torch.full((N, a.layout.state_size), 5.0)
-    expert = TASKS["pick_place"][1](task, N, noise=0.1, seed=0)
+    expert = expert_class("pick_place")(task, N, noise=0.1, seed=0)
     for _ in range(20):  # reach, descend and grasp: contacts and warm starts in play
         action, _ = expert.act(a.read())
         for be in (a, b):
@@ -189,7 +189,7 @@ class ObsPushExpert:
 
         self.layout = ModelLayout(model)
         self.task = cls(cfg, self.layout)
-        self.expert_cls = TASKS["push_cube"][1]
+        self.expert_cls = expert_class("push_cube")
 
     def reset(self, env_mask=None):
         pass

@@ -77,7 +77,7 @@ def _rollout(args: argparse.Namespace) -> int:
     from robolearn.config import parse_overrides
 
     store = collect(args.task, args.policy, args.episodes, args.out, noise=args.noise, seed=args.seed,
-                    max_steps=args.max_steps, overwrite=args.overwrite, env_kwargs=parse_overrides(args.task_override or []))
+                    max_steps=args.max_steps, overwrite=args.overwrite, env_kwargs=parse_overrides(args.task_overrides or []))
     ret = store.column("return")
     print(f"wrote {store.path}: {store.num_episodes} episodes, {store.num_steps} steps, "
           f"return mean {ret.mean():.2f} (min {ret.min():.2f}, max {ret.max():.2f}), success {store.column('success').mean():.3f}")
@@ -96,14 +96,14 @@ def register_data_actions(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_mix)
     p = sub.add_parser("rollout", help="collect random / noisy-expert / noisy-checkpoint episodes with task rewards")
-    p.add_argument("--task", required=True)
+    from robolearn.cli import add_task_options
+
+    add_task_options(p, required=True, deprecated_set=("--task-override",))
     p.add_argument("--policy", default="random", help="random, expert (our tasks) or a checkpoint directory")
     p.add_argument("--episodes", type=int, required=True)
     p.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise std")
     p.add_argument("--max-steps", type=int, help="stop once this many steps are stored")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--task-override", action="append", metavar="KEY=VALUE",
-                   help="task config override recorded in the store, e.g. terminate_on_success=false")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_rollout)

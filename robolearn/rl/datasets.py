@@ -26,12 +26,13 @@ def _policy_fn(policy: str, env: Any, noise: float, seed: int) -> tuple[Any, Any
     if policy == "random":
         return (lambda obs: rng.uniform(-1, 1, env.action_dim).astype(np.float32)), (lambda: None)
     if policy == "expert":
-        from robolearn.tasks.registry import TASKS
+        from robolearn.tasks.registry import get_spec
 
-        if env.task not in TASKS:
+        expert_cls = get_spec(env.task).expert_class()
+        if expert_cls is None:
             raise ValueError(f"task {env.task!r} has no scripted expert (use random or a checkpoint)")
         sim = env.env.sim
-        expert = TASKS[env.task][1](sim.task, 1, noise=noise, seed=seed)
+        expert = expert_cls(sim.task, 1, noise=noise, seed=seed)
 
         def act_expert(obs: np.ndarray) -> np.ndarray:
             action, _ = expert.act(sim.read())

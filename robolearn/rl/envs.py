@@ -51,26 +51,31 @@ class RLEnv:
 
 
 def is_own_task(task: str) -> bool:
-    from robolearn.tasks.registry import TASKS
+    """A robolearn task (not a gymnasium env)."""
+    from robolearn.tasks.registry import get_spec
 
-    return task in TASKS
+    return not get_spec(task).is_gym
 
 
 def make_env(task: str, **overrides: Any) -> RLEnv:
-    """An RLEnv of a robolearn task or a gymnasium MuJoCo task (name or gymnasium id)."""
-    from robolearn.tasks.gym_adapter import GYM_TASKS, make_gym_task
-    from robolearn.tasks.registry import TASKS
+    """An RLEnv of a robolearn task or a gymnasium env (a task name, `gym:<id>`, or a bare
+    gymnasium id such as Hopper-v5)."""
+    from robolearn.tasks.gym_adapter import make_gym_task
+    from robolearn.tasks.registry import UnknownTaskError, get_spec
 
-    if task in TASKS:
+    try:
+        spec = get_spec(task)
+    except UnknownTaskError:
+        import gymnasium as gym
+
+        if task not in gym.registry:
+            raise
+        spec = get_spec(f"gym:{task}")
+    if not spec.is_gym:
         from robolearn.tasks.env import TaskEnv
 
         return RLEnv(TaskEnv(task, **overrides), task)
-    by_id = {v: k for k, v in GYM_TASKS.items()}
-    name = by_id.get(task, task)
-    if name in GYM_TASKS:
-        return RLEnv(make_gym_task(name, **overrides), name)
-    known = ", ".join(list(TASKS) + list(GYM_TASKS))
-    raise ValueError(f"unknown task {task!r} (known: {known})")
+    return RLEnv(make_gym_task(spec.name, **overrides), spec.name)
 
 
 def evaluate(act: Callable[[np.ndarray], np.ndarray], env: RLEnv | str, seeds: Sequence[int]) -> list[dict[str, Any]]:

@@ -11,11 +11,13 @@ the `MjModel` on the host in `ModelLayout`; the task methods then never call muj
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable, NamedTuple
+from pathlib import Path
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import mujoco
 import numpy as np
@@ -46,9 +48,17 @@ class SimulationError(RuntimeError):
 
 @dataclass
 class TaskConfig:
-    """Per-task configuration, loaded from envs/<task>.yaml (unknown keys are errors)."""
+    """The fields every task shares. A task that needs more subclasses it (a dataclass) and names
+    the subclass in `Task.config_class`; values come from the task's YAML, if it has one, and
+    `key=value` overrides (unknown keys are errors)."""
+
+    # Fields that define the task's structure: data and checkpoints record them and evaluation
+    # reproduces them (perturbations are left to each evaluation). Subclasses extend the tuple.
+    structural_fields: ClassVar[tuple[str, ...]] = ("frame_skip", "horizon", "image_size", "wrist_camera",
+                                                    "reward_type", "obs_relative", "action_mode", "robot")
 
     task: str = ""
+    robot: str = ""  # one of the task's `robots` ("" = its first, e.g. the floating gripper)
     horizon: int = 100
     frame_skip: int = 25  # physics steps per control step (timestep 4 ms -> 10 Hz control)
     obs_mode: str = "state"  # "state" or "state+image"
@@ -58,11 +68,18 @@ class TaskConfig:
     terminate_on_success: bool = True
     perturb_rate: float = 0.0  # probability per control step of one perturbation event
     perturb_kinds: list[str] = field(default_factory=list)  # empty = every kind the task supports
-    num_cubes: int | None = None  # sort only (K)
     # Append object-relative positions to the state observation (object - gripper, target - object):
     # what a reach, grasp or push is about, so a policy need not learn differences of absolute
     # positions (see relative_obs).
     obs_relative: bool = False
+    # What the position axes of an action mean: "delta", a displacement from the measured pose (at
+    # most pos_scale per step), or "absolute", the target position itself (push_t: the pusher's
+    # target xy, as in Diffusion Policy's PushT). Tasks list the modes they support (action_modes).
+    action_mode: str = "delta"
+
+    def resolve(self, given: dict[str, Any]) -> None:
+        """Derive values after loading; `given` holds the overrides passed (e.g. sort scales its
+        horizon with the number of cubes unless `horizon` was given)."""
 
     def validate(self, supported_perturbations: tuple[str, ...]) -> None:
         """Reject values that are well-typed but meaningless, with a one-line reason."""
@@ -78,6 +95,8 @@ class TaskConfig:
             raise ValueError(f"perturb_rate must be in [0, 1], got {self.perturb_rate}")
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if self.action_mode not in ("delta", "absolute"):
+            raise ValueError(f"action_mode must be 'delta' or 'absolute', got {self.action_mode!r}")
         for kind in self.perturb_kinds:
             if kind not in supported_perturbations:
                 raise ValueError(f"task {self.task!r} does not support perturbation {kind!r} "
@@ -207,26 +226,47 @@ class Task:
     """
 
     name: str = ""
-    xml: str = ""  # asset file name
+    xml: str = ""  # MJCF file: beside the task's module, else one of robolearn's assets
+    # The config dataclass (TaskConfig or a subclass adding the task's own fields) and its YAML of
+    # defaults, a file name beside the task's module (None: the dataclass defaults alone).
+    config_class: ClassVar[type[TaskConfig]] = TaskConfig
+    config_yaml: ClassVar[str | None] = None
+    # Scripted expert (an Expert subclass or "module:Class"), or None.
+    expert: ClassVar[Any] = None
+    # True when the per-step functions are written with `array_ops` so they also run on numpy
+    # arrays (the MuJoCo C backend's host fast path, a performance convention of the built-in
+    # tasks). False (the default): every backend hands the task torch tensors, so plain torch works.
+    numpy_host_path: ClassVar[bool] = False
     action_axes: tuple[str, ...] = ("x", "y", "z", "grip")
+    action_modes: tuple[str, ...] = ("delta",)  # TaskConfig.action_mode values the task implements
+    # The per-episode score of evaluations: None, the success (0/1); else the name of the
+    # per-step `step_score` whose maximum over an episode is its score (push_t: the DP paper's).
+    score_name: str | None = None
     perturbations: tuple[str, ...] = ()
     num_stages: int = 1
     description: str = ""
-    # Largest per-step displacement commanded by a normalized action of 1.
-    pos_scale: float = 0.03
-    yaw_scale: float = 0.25
-    grip_open: float = 0.045
+    # Robots the task runs with (robolearn.robots); the config's `robot` picks one, default the first.
+    robots: ClassVar[tuple[str, ...]] = ("gripper",)
 
     def __init__(self, cfg: TaskConfig, layout: ModelLayout):
         self.cfg = cfg
         self.layout = layout
-        L = layout
-        self.q_grip = slice(L.qpos_adr["gx"], L.qpos_adr["gx"] + 3)
-        self.q_yaw = L.qpos_adr["gyaw"]
-        self.q_fl, self.q_fr = L.qpos_adr["finger_l"], L.qpos_adr["finger_r"]
-        self.v_grip = slice(L.dof_adr["gx"], L.dof_adr["gx"] + 3)
-        self.a_xyz = [L.actuator["ax"], L.actuator["ay"], L.actuator["az"]]
-        self.a_yaw, self.a_fl, self.a_fr = L.actuator["ayaw"], L.actuator["afl"], L.actuator["afr"]
+        if cfg.action_mode not in self.action_modes:
+            raise ValueError(f"task {self.name!r} supports action_mode {' or '.join(self.action_modes)}, "
+                             f"got {cfg.action_mode!r}")
+        self.robot = robot_class(type(self), cfg)(layout, self.action_axes)
+
+    def __getattr__(self, name: str) -> Any:
+        """The robot's joint / actuator indices and scales (q_grip, a_fl, pos_scale, ...) read as
+        the task's, so task code written for one robot keeps its names."""
+        robot = self.__dict__.get("robot")
+        if robot is None or name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return getattr(robot, name)
+        except AttributeError:
+            raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r} (nor has its robot "
+                                 f"{robot.name!r})") from None
 
     # -- properties used by envs ------------------------------------------------------------
     @property
@@ -256,54 +296,23 @@ class Task:
     # -- model construction -------------------------------------------------------------------
     @classmethod
     def build_xml(cls, cfg: TaskConfig) -> str:
-        """MJCF text of the scene; subclasses may edit the tree (e.g. K cubes for sort)."""
-        return read_asset(cls.xml)
+        """MJCF text of the scene; subclasses may edit the tree (e.g. K cubes for sort) or return
+        their own text."""
+        if not cls.xml:
+            raise NotImplementedError(f"task {cls.__name__}: set `xml` (an MJCF file) or override build_xml")
+        beside = Path(inspect.getfile(cls)).resolve().parent / cls.xml
+        return beside.read_text() if beside.is_file() else read_asset(cls.xml)
 
     # -- actions --------------------------------------------------------------------------------
     def action_to_ctrl(self, s: SimState, action: torch.Tensor) -> torch.Tensor:
-        """Position targets from normalized actions: deltas from the measured gripper pose
-        (no integrator wind-up when blocked), absolute finger opening (-1 open, +1 closed).
+        """Actuator targets from normalized actions: the robot's end-effector controller (position
+        and yaw deltas from the measured pose, absolute finger opening -1 open .. +1 closed).
         Axes not in `action_axes` hold their `hold_ctrl` value."""
-        if not hasattr(self, "_act_maps"):
-            self._build_action_map()
-        ctrl = self.hold_ctrl(s)
-        host = isinstance(ctrl, np.ndarray)
-        d_cols, d_act, d_qpos, d_scale, g_col, lo, hi = self._act_maps[host]
-        xp = array_ops.of(ctrl)
-        a = action if host and action.dtype == ctrl.dtype else xp.astype(action, ctrl.dtype)
-        if d_cols is not None:
-            if not host:  # constants follow the tensors' dtype and device (GPU backends)
-                d_scale, lo, hi = xp.const(d_scale, ctrl), xp.const(lo, ctrl), xp.const(hi, ctrl)
-            ctrl[:, d_act] = s.qpos[:, d_qpos] + a[:, d_cols] * d_scale
-        elif not host:
-            lo, hi = xp.const(lo, ctrl), xp.const(hi, ctrl)
-        if g_col is not None:
-            opening = (self.grip_open / 2) * (1 - a[:, g_col])
-            ctrl[:, self.a_fl] = opening
-            ctrl[:, self.a_fr] = opening
-        return xp.minimum(xp.maximum(ctrl, lo), hi)
+        return self.robot.action_to_ctrl(s, action, self.hold_ctrl(s))
 
-    def _build_action_map(self) -> None:
-        """Index tensors for action_to_ctrl (a handful of vectorized ops per step)."""
-        d_cols, d_act, d_qpos, d_scale, g_col = [], [], [], [], None
-        for i, axis in enumerate(self.action_axes):
-            if axis in ("x", "y", "z"):
-                k = "xyz".index(axis)
-                d_cols.append(i), d_act.append(self.a_xyz[k]), d_qpos.append(self.q_grip.start + k)
-                d_scale.append(self.pos_scale)
-            elif axis == "yaw":
-                d_cols.append(i), d_act.append(self.a_yaw), d_qpos.append(self.q_yaw), d_scale.append(self.yaw_scale)
-            elif axis == "grip":
-                g_col = i
-            else:
-                raise ValueError(f"unknown action axis {axis!r}")
-        t = column_index
-        torch_map = (t(d_cols) if d_cols else None, t(d_act) if d_cols else None, t(d_qpos) if d_cols else None,
-                     torch.tensor(d_scale, dtype=torch.float64), g_col,
-                     self.layout.ctrlrange[:, 0].clone(), self.layout.ctrlrange[:, 1].clone())
-        # The same map for numpy arrays (the host path): index arrays and float64 constants.
-        np_map = tuple(x.numpy() if torch.is_tensor(x) else x for x in torch_map)
-        self._act_maps = {False: torch_map, True: np_map}
+    def step_score(self, s: SimState) -> torch.Tensor:
+        """Per-step score (tasks with a `score_name`); an episode's score is its maximum."""
+        raise NotImplementedError(f"task {self.name!r} has no step score (score_name is None)")
 
     def hold_ctrl(self, s: SimState) -> torch.Tensor:
         """Control of axes the action does not drive: keep the current target."""
@@ -311,14 +320,15 @@ class Task:
 
     # -- shared state readers -------------------------------------------------------------------
     def grip_pos(self, s: SimState) -> torch.Tensor:
-        return s.qpos[:, self.q_grip]
+        """(N, 3) the robot's grasp point (end effector)."""
+        return self.robot.ee_pos(s)
 
     def grip_yaw(self, s: SimState) -> torch.Tensor:
-        return s.qpos[:, self.q_yaw]
+        return self.robot.ee_yaw(s)
 
     def grip_width(self, s: SimState) -> torch.Tensor:
         """Distance between the finger pads."""
-        return s.qpos[:, self.q_fl] + s.qpos[:, self.q_fr]
+        return self.robot.grip_width(s)
 
     def sensor(self, s: SimState, name: str) -> torch.Tensor:
         return s.sensordata[:, self.layout.sensor[name]]
@@ -398,19 +408,8 @@ class Task:
 
     def init_gripper(self, states: torch.Tensor, pos: torch.Tensor, yaw: torch.Tensor | None = None,
                      opening: float | None = None) -> None:
-        """Place the gripper (qpos and matching position targets, so it starts at rest)."""
-        n = states.shape[0]
-        opening = self.grip_open if opening is None else opening
-        yaw = torch.zeros(n, dtype=states.dtype) if yaw is None else yaw
-        self.set_in_state(states, "qpos", self.q_grip, pos)
-        self.set_in_state(states, "qpos", self.q_yaw, yaw)
-        op = torch.full((n,), opening, dtype=states.dtype)
-        self.set_in_state(states, "qpos", self.q_fl, op)
-        self.set_in_state(states, "qpos", self.q_fr, op)
-        self.set_in_state(states, "ctrl", self.a_xyz, pos)
-        self.set_in_state(states, "ctrl", self.a_yaw, yaw)
-        self.set_in_state(states, "ctrl", self.a_fl, op)
-        self.set_in_state(states, "ctrl", self.a_fr, op)
+        """Place the robot's end effector (qpos and matching targets, so it starts at rest)."""
+        self.robot.place(self, states, pos, yaw, opening)
 
     def set_free_body(self, states: torch.Tensor, joint: str, pos: torch.Tensor, yaw: torch.Tensor) -> None:
         """Place a free-joint body at pos with a yaw rotation, at rest."""
@@ -447,14 +446,7 @@ class Task:
 
     def open_gripper(self, states: torch.Tensor) -> torch.Tensor:
         """Snap the fingers open (qpos and targets): whatever was held falls."""
-        op = torch.full((states.shape[0],), self.grip_open, dtype=states.dtype)
-        for q in (self.q_fl, self.q_fr):
-            self.set_in_state(states, "qpos", q, op)
-        for a in (self.a_fl, self.a_fr):
-            self.set_in_state(states, "ctrl", a, op)
-        for j in ("finger_l", "finger_r"):
-            self.set_in_state(states, "qvel", self.layout.dof_adr[j], torch.zeros(states.shape[0]))
-        return states
+        return self.robot.open_gripper(self, states)
 
 
 def out_of_reach_events(pos: torch.Tensor, prev_pos: Callable[[], torch.Tensor], limit: float) -> torch.Tensor:
@@ -483,13 +475,40 @@ def read_asset(name: str) -> str:
 
 
 def asset_bytes() -> dict[str, bytes]:
-    """Every asset file, passed to the MJCF compiler so <include> works on edited XML strings."""
-    root = resources.files("robolearn.tasks").joinpath("assets")
-    return {p.name: p.read_bytes() for p in root.iterdir() if p.name.endswith(".xml")}
+    """Every task and robot asset file, passed to the MJCF compiler so <include> works on edited
+    XML strings (e.g. <include file="gripper_body.xml"/>)."""
+    out = {}
+    for pkg in ("robolearn.robots", "robolearn.tasks"):
+        root = resources.files(pkg).joinpath("assets")
+        out.update({p.name: p.read_bytes() for p in root.iterdir() if p.name.endswith(".xml")})
+    return out
 
 
-def compile_model(xml: str) -> mujoco.MjModel:
-    return mujoco.MjModel.from_xml_string(xml, assets=asset_bytes())
+def compile_model(xml: str, assets: dict[str, bytes] | None = None) -> mujoco.MjModel:
+    """Compile MJCF text; robolearn's asset files (and `assets`) can be <include>d by name."""
+    files = asset_bytes()
+    if assets:
+        files.update(assets)
+    return mujoco.MjModel.from_xml_string(xml, assets=files)
+
+
+def robot_class(cls: type[Task], cfg: TaskConfig) -> type:
+    """The Robot subclass a task config selects (one of the task's `robots`)."""
+    from robolearn.robots import get_robot
+
+    name = cfg.robot or cls.robots[0]
+    if name not in cls.robots:
+        raise ValueError(f"task {cfg.task or cls.name!r} runs with robot(s) {', '.join(cls.robots)}, not {name!r}")
+    return get_robot(name)
+
+
+def compile_task_model(cls: type[Task], cfg: TaskConfig) -> mujoco.MjModel:
+    """The task's scene with the configured robot's MJCF (robot_body.xml / robot_control.xml);
+    includes are resolved beside the task's module first."""
+    beside = Path(inspect.getfile(cls)).resolve().parent
+    files = {p.name: p.read_bytes() for p in beside.glob("*.xml")}
+    files.update(robot_class(cls, cfg).assets())
+    return compile_model(cls.build_xml(cfg), files)
 
 
 def replicate(xml: str, stems: tuple[str, ...], count: int, edit: Callable[[ET.Element, int], None]) -> str:
@@ -520,5 +539,5 @@ def replicate(xml: str, stems: tuple[str, ...], count: int, edit: Callable[[ET.E
     return ET.tostring(root, encoding="unicode")
 
 
-def config_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(TaskConfig)]
+def config_fields(cls: type[TaskConfig] = TaskConfig) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]

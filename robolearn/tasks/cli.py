@@ -1,4 +1,7 @@
-"""`robolearn tasks` and `robolearn collect` (registered by robolearn/cli.py)."""
+"""`robolearn tasks` and `robolearn collect` (registered by robolearn/cli.py).
+
+This module is imported to build the command's arguments, so it imports nothing heavy.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +10,53 @@ import argparse
 
 def register_tasks(parser: argparse.ArgumentParser) -> None:
     """`robolearn tasks`: list tasks with obs/action shapes, horizon and control rate."""
-    parser.set_defaults(func=run_tasks)
+    parser.add_argument("names", nargs="*", help="only these tasks (names, package.module:Class or gym:<id>)")
+    parser.set_defaults(func="robolearn.tasks.cli:run_tasks")
+
+
+def task_row(name: str) -> tuple[str, ...]:
+    """(task, obs/state, obs/proprio, action, horizon, control_hz, robot, expert, description) of one task."""
+    from robolearn.tasks.registry import get_spec
+
+    spec = get_spec(name)
+    if spec.is_gym:
+        from robolearn.tasks.gym_adapter import make_gym_task
+
+        env = make_gym_task(name)
+        try:
+            steps = env.spec.max_episode_steps if env.spec else None
+            kind = "mujoco" if env.mujoco else "state-only"
+            return (name, str(env.observation_space["state"].shape), "-", str(env.action_space.shape), str(steps or "-"),
+                    f"{1.0 / env.dt:g}", "-", "no", f"gymnasium {spec.gym_env} ({kind})")
+        finally:
+            env.close()
+    from robolearn.tasks.registry import build_task
+
+    task = build_task(name)
+    cfg = task.cfg
+    hz = 1.0 / (task.layout.timestep * cfg.frame_skip)
+    expert = "yes" if spec.expert_class() is not None else "no"
+    desc = spec.description or task.description
+    return (name, f"({task.obs_dim},)", f"({task.proprio_dim},)", f"({task.action_dim},)", str(cfg.horizon), f"{hz:g}",
+            getattr(getattr(task, "robot", None), "name", "-"), expert, desc + (f" [{spec.gym_id}]" if spec.gym_id else ""))
 
 
 def run_tasks(args: argparse.Namespace) -> int:
-    from robolearn.tasks import TASKS, load_task_config
-    from robolearn.tasks.base import ModelLayout
-    from robolearn.tasks.gym_adapter import GYM_TASKS
-    from robolearn.tasks.registry import build_model
+    import sys
 
-    rows = [("task", "obs/state", "obs/proprio", "action", "horizon", "control_hz", "expert", "description")]
-    for name, (cls, _, gym_id) in TASKS.items():
-        cfg = load_task_config(name)
-        _, model = build_model(name, cfg)
-        task = cls(cfg, ModelLayout(model))
-        hz = 1.0 / (model.opt.timestep * cfg.frame_skip)
-        rows.append((name, f"({task.obs_dim},)", f"({task.proprio_dim},)", f"({task.action_dim},)", str(cfg.horizon), f"{hz:g}", "yes",
-                     f"{task.description} [{gym_id}]"))
-    import gymnasium as gym
+    from robolearn.tasks.registry import get_spec, task_names
 
-    for name, env_id in GYM_TASKS.items():
-        spec = gym.spec(env_id)
-        env = gym.make(env_id)
-        hz = 1.0 / env.unwrapped.dt
-        rows.append((name, str(env.observation_space.shape), "-", str(env.action_space.shape),
-                     str(spec.max_episode_steps), f"{hz:g}", "no", f"gymnasium {env_id} (adapter)"))
-        env.close()
+    names = args.names or task_names()
+    for n in names:
+        get_spec(n)  # unknown names fail before any row is printed
+    rows = [("task", "obs/state", "obs/proprio", "action", "horizon", "control_hz", "robot", "expert", "description")]
+    for name in names:
+        try:
+            rows.append(task_row(name))
+        except Exception as exc:  # a broken plugin task must not hide the others
+            if args.names:
+                raise
+            print(f"robolearn tasks: {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
@@ -41,28 +65,28 @@ def run_tasks(args: argparse.Namespace) -> int:
 
 def register_collect(parser: argparse.ArgumentParser) -> None:
     """`robolearn collect`: scripted-expert episodes appended to an episode store."""
-    parser.add_argument("--task", required=True, help="task name (see `robolearn tasks`)")
-    parser.add_argument("--episodes", type=int, required=True, help="number of episodes to collect")
+    from robolearn.cli import add_task_options, non_negative_float, positive_int
+
+    add_task_options(parser, required=True)
+    parser.add_argument("--episodes", type=positive_int, required=True, help="number of episodes to collect")
     parser.add_argument("--out", required=True, help="episode store path (created, or appended to)")
-    parser.add_argument("--num-envs", type=int, default=1, help="envs stepped as one batch")
-    parser.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise on expert actions")
+    parser.add_argument("--num-envs", type=positive_int, default=1, help="envs stepped as one batch")
+    parser.add_argument("--noise", type=non_negative_float, default=0.0, help="std of Gaussian noise on expert actions")
     parser.add_argument("--expert-mode", type=int, default=None,
                         help="always use this expert mode (e.g. one grasp face / push side: unimodal demos)")
-    parser.add_argument("--perturb", type=float, default=None,
+    parser.add_argument("--perturb", type=non_negative_float, default=None,
                         help="perturbation events per step (overrides the task config's perturb_rate)")
     parser.add_argument("--image", action="store_true", help="also record 84x84 camera images")
     parser.add_argument("--seed", type=int, default=0, help="episode k uses reset seed SEED+k")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="task config override, e.g. --set horizon=50 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run_collect)
+    parser.set_defaults(func="robolearn.tasks.cli:run_collect")
 
 
 def run_collect(args: argparse.Namespace) -> int:
     from robolearn.tasks.collect import collect
 
     summary = collect(args.task, args.episodes, args.out, num_envs=args.num_envs, noise=args.noise,
-                      perturb=args.perturb, image=args.image, seed=args.seed, overrides=args.overrides or None,
+                      perturb=args.perturb, image=args.image, seed=args.seed, overrides=args.task_overrides or None,
                       progress=not args.no_progress, expert_mode=args.expert_mode)
     print(f"collected {summary['episodes']} episodes ({summary['steps']} steps) of {args.task} into {args.out}: "
           f"success rate {summary['success_rate']:.3f}, {summary['failure_events']} failure events")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from robolearn.tasks.base import TaskConfig
-from robolearn.tasks.registry import TASKS, load_task_config
+from robolearn.tasks.registry import expert_class, get_spec, load_task_config
 from robolearn.tasks.sim import TaskSim
 
 
@@ -79,11 +79,11 @@ def collect(task: str, episodes: int, out: str | Path, num_envs: int = 1, noise:
     Episode k is reset with seed `seed + k` (initial state and perturbations reproduce from it).
     Returns a summary {episodes, steps, successes, success_rate, failure_events}.
     """
-    if task not in TASKS:
-        from robolearn.tasks.registry import check_task
-
-        check_task(task)
-        raise ValueError(f"task {task!r} has no scripted expert")
+    spec = get_spec(task)
+    if spec.is_gym:
+        raise ValueError(f"task {task!r} is a gymnasium env: it has no scripted expert to collect with "
+                         "(use `robolearn data rollout --policy random|CHECKPOINT`)")
+    expert_cls = expert_class(task)
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     if num_envs < 1:
@@ -93,10 +93,10 @@ def collect(task: str, episodes: int, out: str | Path, num_envs: int = 1, noise:
         cfg.perturb_rate = float(perturb)
     if image:
         cfg.obs_mode = "state+image"
-    cfg.validate(TASKS[task][0].perturbations)
+    cfg.validate(spec.task_class().perturbations)
     n = min(num_envs, episodes)
     sim = TaskSim(task, cfg=cfg, num_envs=n)
-    expert = TASKS[task][1](sim.task, n, noise=noise, seed=seed, mode=expert_mode)
+    expert = expert_cls(sim.task, n, noise=noise, seed=seed, mode=expert_mode)
     store = _open_store(Path(out), sim, cfg, expert_labels=noise > 0)
     write_labels = "expert_action" in store.features
     bar = None

@@ -30,7 +30,7 @@ def compare_with_mujoco_c(name: str, other: Any, num_envs: int = 16, steps: int 
     Returns max_dev (N,) in metres, success_agree and reward_agree (fractions of env steps; reward
     within 0.05), and the number of worlds within 1 mm.
     """
-    from robolearn.tasks.registry import TASKS, build_model, load_task_config
+    from robolearn.tasks.registry import build_model, expert_class, load_task_config
     from robolearn.tasks.warp_backend import make_backend
 
     cfg = load_task_config(name, list(overrides or []))
@@ -42,7 +42,7 @@ def compare_with_mujoco_c(name: str, other: Any, num_envs: int = 16, steps: int 
     mask = torch.ones(num_envs, dtype=torch.bool)
     cb.reset(mask, init)
     ob.reset(mask, init)
-    expert = TASKS[name][1](task, num_envs, noise=noise, seed=0)
+    expert = expert_class(name)(task, num_envs, noise=noise, seed=0)
     max_dev = torch.zeros(num_envs, dtype=torch.float64)
     success_agree = reward_agree = 0
     for _ in range(steps):

@@ -24,6 +24,7 @@ GRASP_BOX = torch.tensor([0.015, 0.02, 0.025], dtype=torch.float64)
 class GraspTask(Task):
     """Shared geometry of tasks that grasp cubes and drop them into bins."""
 
+    numpy_host_path = True  # per-step functions written with array_ops
     action_axes = ("x", "y", "z", "yaw", "grip")
     perturbations = ("nudge_object", "open_gripper", "shift_target")
     proprio_dim = 5  # gripper xyz, yaw, finger opening (pick_place and sort observations start with them)

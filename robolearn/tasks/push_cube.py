@@ -15,10 +15,12 @@ REACH = 0.30  # |x|, |y| beyond which the gripper can no longer get behind an ob
 
 
 class PushCube(Task):
+    numpy_host_path = True  # per-step functions written with array_ops
     name = "push_cube"
     xml = "push_cube.xml"
     action_axes = ("x", "y", "z", "grip")
     perturbations = ("nudge_object", "shift_target")
+    robots = ("gripper", "arm")  # --set robot=arm: the 5-joint arm (robolearn/robots/arm.py)
     num_stages = 2  # 0 reach, 1 push
     description = "push a cube into a goal region (dense/sparse reward)"
 

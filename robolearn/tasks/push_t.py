@@ -128,6 +128,7 @@ def coverage(pose: torch.Tensor, goal: torch.Tensor, pose_cs=None, goal_cs=None,
 
 
 class PushT(Task):
+    numpy_host_path = True  # per-step functions written with array_ops
     name = "push_t"
     xml = "push_t.xml"
     action_axes = ("x", "y")

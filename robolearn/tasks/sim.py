@@ -36,6 +36,7 @@ class TaskSim:
         self.model = model
         self.backend: Backend = backend if backend is not None else MujocoCBackend(model, num_envs, num_threads)
         self.num_envs = self.backend.num_envs
+        self.task_name = self.cfg.task
         self.task: Task = task_cls(self.cfg, self.backend.layout)
         self.cfg.validate(self.task.perturbations)
         self.perturber = Perturber(self.task, self.cfg.perturb_rate, self.cfg.perturb_kinds)
@@ -46,8 +47,10 @@ class TaskSim:
         self._prev: SimState | None = None
         # Host fast path: task functions on numpy views of the backend's buffers; the previous
         # step's arrays live in a second buffer of the same layout (one memcpy per step).
-        self._host = all(callable(getattr(self.backend, f, None))
-                         for f in ("read_numpy", "get_state_numpy", "host_views"))
+        # Only for tasks written with array_ops (Task.numpy_host_path); a plain-torch task gets
+        # torch views of the same buffers (no copy) on every backend.
+        self._host = task_cls.numpy_host_path and all(callable(getattr(self.backend, f, None))
+                                                      for f in ("read_numpy", "get_state_numpy", "host_views"))
         if self._host:
             self._prev_buf = np.zeros_like(self.backend.host_buffer)
             self._prev_host = self.backend.host_views(self._prev_buf)

@@ -127,14 +127,16 @@ class ScriptedOperator:
 
     def __init__(self, task: Any, expert: Any = None, familiarity: FamiliarityModel | None = None,
                  config: OperatorConfig | None = None, seed: int = 0) -> None:
-        from robolearn.tasks.registry import TASKS
+        from robolearn.tasks.registry import get_spec
 
         self.task = task
         self.cfg = config or OperatorConfig()
         if expert is None:
-            if task.name not in TASKS:
-                raise ValueError(f"no scripted expert for task {task.name!r}")
-            expert = TASKS[task.name][1](task, 1, seed=seed)
+            name = getattr(getattr(task, "cfg", None), "task", "") or task.name
+            expert_cls = get_spec(name).expert_class()
+            if expert_cls is None:
+                raise ValueError(f"no scripted expert for task {name!r}")
+            expert = expert_cls(task, 1, seed=seed)
         self.expert = expert
         self.familiarity = familiarity
         self.last_primitive = -1
