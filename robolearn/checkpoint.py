@@ -10,6 +10,11 @@ Layout of a checkpoint directory:
 Nothing is ever unpickled. Each file is written to a temporary name and renamed into place;
 checkpoint.json is written last, so it is the commit point: a crash mid-save leaves either the
 previous checkpoint (whose JSON hashes then expose any half-replaced tensor file) or no JSON.
+
+Loading trusts nothing: checkpoint.json carries a sha256 of its own content (format version 2),
+every tensor file's safetensors header is read first and must match the JSON's tensor list, the
+file's size and a size limit, and a policy's config is checked against those header shapes by
+building the model on torch's `meta` device (no memory) before any real module exists.
 """
 
 from __future__ import annotations
@@ -25,10 +30,15 @@ import numpy as np
 import torch
 
 FORMAT = "robolearn-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no content hash
 META_FILE = "checkpoint.json"
 MODEL_GROUP = "model"
-RESERVED_KEYS = ("format", "format_version", "robolearn_version", "tensor_files")
+CONTENT_HASH = "content_sha256"
+RESERVED_KEYS = ("format", "format_version", "robolearn_version", "tensor_files", CONTENT_HASH)
+MAX_TENSOR_BYTES = 64 << 30  # one checkpoint's tensors; far beyond any model here, far below a crafted one
+MAX_HEADER_BYTES = 100 << 20
+MAX_META_BYTES = 256 << 20
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -124,13 +134,98 @@ def save_checkpoint(
         "tensor_files": tensor_files,
         **json.loads(meta_text),
     }
+    record[CONTENT_HASH] = content_hash(record)
     _atomic_write(directory / META_FILE, json.dumps(record, indent=1, allow_nan=False).encode())
     _fsync_dir(directory)
     return directory
 
 
-def read_meta(directory: str | Path) -> dict[str, Any]:
-    """The validated checkpoint.json of a checkpoint directory."""
+def content_hash(record: Mapping[str, Any]) -> str:
+    """sha256 of a checkpoint.json record (without its own hash), in a canonical JSON form."""
+    body = {k: v for k, v in record.items() if k != CONTENT_HASH}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
+
+
+def verify_content(directory: str | Path, meta: Mapping[str, Any]) -> None:
+    """checkpoint.json must match the hash it carries (version 2); version 1 has none."""
+    if meta.get("format_version") == 1:
+        return
+    stored = meta.get(CONTENT_HASH)
+    if not isinstance(stored, str):
+        raise CheckpointError(f"{Path(directory) / META_FILE} has no {CONTENT_HASH}: the checkpoint is incomplete or was modified")
+    try:
+        actual = content_hash(meta)
+    except (TypeError, ValueError):
+        actual = ""
+    if actual != stored:
+        raise CheckpointError(f"{Path(directory) / META_FILE} does not match its {CONTENT_HASH}: it was modified or corrupted")
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """(tensor name -> {dtype, shape, data_offsets}, bytes of tensor data) from a safetensors
+    file's header alone, checked against the file's size: a truncated file fails here."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) < 8:
+                raise CheckpointError(f"{path} is not a safetensors file (shorter than its header)")
+            n = int.from_bytes(raw_len, "little")
+            if n <= 0 or n > MAX_HEADER_BYTES or 8 + n > size:
+                raise CheckpointError(f"{path} is not a valid safetensors file (header length {n} for a {size}-byte file)")
+            header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is not a valid safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a valid safetensors file (header is not a mapping)")
+    header.pop("__metadata__", None)
+    data_bytes = 0
+    for name, spec in header.items():
+        try:
+            start, end = (int(x) for x in spec["data_offsets"])
+            shape = [int(d) for d in spec["shape"]]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: malformed safetensors header entry for {name!r}") from None
+        if start < 0 or end < start or any(d < 0 for d in shape):
+            raise CheckpointError(f"{path}: malformed safetensors header entry for {name!r}")
+        data_bytes = max(data_bytes, end)
+    if data_bytes > MAX_TENSOR_BYTES:
+        raise CheckpointError(f"{path} declares {data_bytes} bytes of tensors, over the {MAX_TENSOR_BYTES >> 30} GiB limit")
+    if 8 + n + data_bytes != size:
+        raise CheckpointError(f"{path} is {size} bytes but its header describes {8 + n + data_bytes}: the file is truncated or padded")
+    return header, data_bytes
+
+
+def check_tensor_files(directory: str | Path, meta: Mapping[str, Any]) -> None:
+    """Every listed tensor file exists and its header (shapes, size) matches checkpoint.json."""
+    directory = Path(directory)
+    for group, entry in meta["tensor_files"].items():
+        try:
+            filename, expected = entry["file"], entry["tensors"]
+            if not isinstance(filename, str) or "/" in filename or filename.startswith(".") or not isinstance(expected, dict):
+                raise TypeError
+        except (KeyError, TypeError):
+            raise CheckpointError(f"{directory / META_FILE}: malformed entry for tensor group {group!r}") from None
+        path = directory / filename
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {directory} is missing {filename}")
+        header, _ = read_header(path)
+        missing = sorted(set(expected) - set(header))
+        unexpected = sorted(set(header) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(f"{path}: tensors missing {_few(missing)}, unexpected {_few(unexpected)} (vs {META_FILE})")
+        for name, spec in expected.items():
+            if not isinstance(spec, dict) or list(header[name]["shape"]) != spec.get("shape"):
+                raise CheckpointError(f"{path}: tensor {name!r} has shape {header[name]['shape']}, {META_FILE} says "
+                                      f"{spec.get('shape') if isinstance(spec, dict) else spec}")
+
+
+def read_meta(directory: str | Path, verify: bool = True) -> dict[str, Any]:
+    """The validated checkpoint.json of a checkpoint directory.
+
+    With `verify` (default) its content hash and every tensor file's header are checked too;
+    `load_policy` runs those checks itself, after the config checks that name what is wrong.
+    """
     directory = Path(directory)
     if not directory.exists():
         raise CheckpointError(f"checkpoint {directory} does not exist")
@@ -139,6 +234,8 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     meta_path = directory / META_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{directory} is not a robolearn checkpoint (no {META_FILE})")
+    if meta_path.stat().st_size > MAX_META_BYTES:
+        raise CheckpointError(f"{meta_path} is larger than {MAX_META_BYTES >> 20} MiB: not a robolearn checkpoint")
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -146,13 +243,16 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path} is not a robolearn checkpoint (format is {meta.get('format') if isinstance(meta, dict) else None!r})")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{meta_path} has format version {version!r}; this robolearn reads version {FORMAT_VERSION}"
+            f"{meta_path} has format version {version!r}; this robolearn reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     files = meta.get("tensor_files")
     if not isinstance(files, dict) or MODEL_GROUP not in files:
         raise CheckpointError(f"{meta_path} lists no '{MODEL_GROUP}' tensor file")
+    if verify:
+        verify_content(directory, meta)
+        check_tensor_files(directory, meta)
     return meta
 
 
@@ -236,12 +336,18 @@ def save_policy(
 
 
 def load_policy(directory: str | Path, device: str | torch.device = "cpu") -> Any:
-    """Rebuild the policy saved in `directory` (in eval mode, on `device`) via the registry."""
+    """Rebuild the policy saved in `directory` (in eval mode, on `device`) via the registry.
+
+    Order: checkpoint.json parsed; policy, config and normalizer validated; the config's model
+    built on the `meta` device and its shapes compared with the safetensors headers; the JSON's
+    content hash verified; only then weights read and the real module built.
+    """
     from robolearn.config import ConfigError, from_dict
     from robolearn.data.normalizer import Normalizer
     from robolearn.policies import POLICIES, policy_classes
+    from robolearn.validation import config_problems
 
-    tensors, meta = load_checkpoint(directory)
+    meta = read_meta(directory, verify=False)
     name = meta.get("policy")
     if name not in POLICIES:
         raise CheckpointError(f"checkpoint {directory} holds policy {name!r}, which is not registered (known: {', '.join(POLICIES)})")
@@ -252,19 +358,32 @@ def load_policy(directory: str | Path, device: str | torch.device = "cpu") -> An
     try:
         config = from_dict(config_cls, meta["config"], where=f"{directory}/{META_FILE}:config")
         normalizer = Normalizer.from_json(meta["normalizer"])
-    except (ConfigError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {directory}: {exc}") from None
-    policy = policy_cls(config, normalizer)
-    own = policy.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
+    except (ConfigError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {directory}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    problems = config_problems(config, f"{META_FILE}:config")
+    if problems:
+        raise CheckpointError(f"checkpoint {directory}: {problems[0]}")
+    check_tensor_files(directory, meta)
+    stored = {k: v["shape"] for k, v in meta["tensor_files"][MODEL_GROUP]["tensors"].items()}
+    try:
+        with torch.device("meta"):  # shapes only: a crafted config allocates nothing here
+            skeleton = policy_cls(config, normalizer)
+        own = {k: list(v.shape) for k, v in skeleton.state_dict().items()}
+        del skeleton
+    except (ValueError, TypeError, RuntimeError, NotImplementedError, KeyError, IndexError) as exc:
+        raise CheckpointError(f"checkpoint {directory}: its config does not build a {name} policy: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    missing = sorted(set(own) - set(stored))
+    unexpected = sorted(set(stored) - set(own))
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {directory} does not fit a {name} policy with its config: "
             f"weights missing {_few(missing)}, unexpected {_few(unexpected)}"
         )
-    wrong = [f"{k} {list(tensors[k].shape)} vs {list(v.shape)}" for k, v in own.items() if tensors[k].shape != v.shape]
+    wrong = [f"{k} {stored[k]} vs {v}" for k, v in own.items() if stored[k] != v]
     if wrong:
         raise CheckpointError(f"checkpoint {directory}: weight shapes differ from the config's model: {_few(wrong)}")
+    verify_content(directory, meta)
+    tensors = load_tensors(directory, MODEL_GROUP, meta)
+    policy = policy_cls(config, normalizer)
     policy.load_state_dict(tensors)
     return policy.to(device).eval()
