@@ -44,6 +44,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from robolearn import __version__
+from robolearn.data.location import RemoteLocation, RemoteLock, is_remote, store_location
 from robolearn.data.schema import STANDARD_FEATURES, Feature, features_from_json, features_to_json
 
 SCHEMA_VERSION = 1
@@ -233,6 +234,9 @@ def staged_output(path: str | Path, inputs: Sequence[str | Path] = (), overwrite
     an output equal to (or inside) an input is refused; an existing `path` is refused unless
     `overwrite`, and then only when it is the same kind of thing (a store for a store).
     """
+    if is_remote(store_location(path)):
+        raise StoreError(f"{path}: this command writes its output locally and publishes it with a rename; "
+                         "write it to a local path (then copy it to object storage)")
     path = Path(path)
     for src in inputs:
         if same_location(path, src):
@@ -256,7 +260,9 @@ def staged_output(path: str | Path, inputs: Sequence[str | Path] = (), overwrite
             remove_tree(tmp)
 
 
-def _is_store_dir(path: Path) -> bool:
+def _is_store_dir(path: Path | RemoteLocation) -> bool:
+    if is_remote(path):
+        return path.is_group()
     meta = Path(path) / "zarr.json"
     if not meta.is_file():
         return False
@@ -267,8 +273,11 @@ def _is_store_dir(path: Path) -> bool:
     return data.get("node_type") == "group"
 
 
-def _acquire_lock(path: Path) -> int:
-    """One writer at a time: an flock that the OS releases even when the writer is SIGKILLed."""
+def _acquire_lock(path: Path | RemoteLocation) -> int | RemoteLock:
+    """One writer at a time: an flock that the OS releases even when the writer is SIGKILLed
+    (on object storage a lock object with a lease, see robolearn.data.location)."""
+    if is_remote(path):
+        return RemoteLock.acquire(path)
     fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -276,6 +285,28 @@ def _acquire_lock(path: Path) -> int:
         os.close(fd)
         raise StoreLockedError(f"{path} is being written by another process (single writer); try again when it finishes") from None
     return fd
+
+
+def _release_lock(lock: int | RemoteLock) -> None:
+    if isinstance(lock, int):
+        os.close(lock)
+    else:
+        lock.release()
+
+
+def _open_zarr_group(path: Path | RemoteLocation, mode: str) -> Any:
+    """The root zarr group of a local or remote store."""
+    zarr = _zarr()
+    if is_remote(path):
+        return path.open_group(mode)
+    return zarr.open_group(str(path), mode=mode)
+
+
+def _chunk_present(path: Path | RemoteLocation, group: Any, array: Any, chunk_index: int) -> bool:
+    """Whether a chunk exists (a file locally, an object remotely): a missing chunk reads as fill."""
+    if is_remote(path):
+        return path.has_chunk(array, chunk_index)
+    return _chunk_file(_store_root(group), array, chunk_index).is_file()
 
 
 # ------------------------------------------------------------------------------- integrity scan
@@ -346,16 +377,20 @@ class EpisodeStore:
         env_kwargs: dict[str, Any] | None = None,
         control_period: float | None = None,
         overwrite: bool = False,
+        storage_options: dict[str, Any] | None = None,
     ) -> "EpisodeStore":
         """Create an empty store (opened for appending) with the given per-step features.
+
+        `path` is a directory, a `file://` / fsspec URL (`memory://`, `s3://...`, with
+        `storage_options`) or a zarr store object (robolearn.data.location).
 
         `reward`, `done`, `source` and `stage` are always present; pass others (obs/*, action,
         sim_state, extra labels) explicitly. Race-free: the store is built under a private name
         and published with one no-replace rename, so of two concurrent creators one wins and the
         other gets a StoreError.
         """
-        path = Path(path)
-        if os.path.lexists(path):
+        path = store_location(path, storage_options)
+        if (not path.is_empty()) if is_remote(path) else os.path.lexists(path):
             if not overwrite:
                 raise StoreError(f"{path} already exists (open it with mode='a' to append)")
             if not _is_store_dir(path):
@@ -369,10 +404,15 @@ class EpisodeStore:
         if not any(f.role == "action" for f in all_features.values()):
             raise StoreError("a store needs an 'action' feature")
         zarr = _zarr()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_sibling(path, "creating")
+        remote = is_remote(path)
+        if remote:  # no rename on object storage: built in place, the root attributes (what makes it a store) last
+            if overwrite:
+                path.clear()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path if remote else temp_sibling(path, "creating")
         try:
-            group = zarr.open_group(str(tmp), mode="w-")
+            group = path.open_group("w-") if remote else zarr.open_group(str(tmp), mode="w-")
             for key, feat in all_features.items():
                 group.create_array(
                     f"data/{key}",
@@ -399,14 +439,16 @@ class EpisodeStore:
                     "robolearn_version": __version__,
                 }
             )
-            publish(tmp, path, overwrite=overwrite)  # the store appears whole or not at all
+            if not remote:
+                publish(tmp, path, overwrite=overwrite)  # the store appears whole or not at all
         finally:
-            if os.path.lexists(tmp):
+            if not remote and os.path.lexists(tmp):
                 remove_tree(tmp)
         return cls.open(path, mode="a")
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r", skip_damaged: bool = False, check: bool = True) -> "EpisodeStore":
+    def open(cls, path: str | Path, mode: str = "r", skip_damaged: bool = False, check: bool = True,
+             storage_options: dict[str, Any] | None = None) -> "EpisodeStore":
         """Open an existing store read-only (`r`) or as its single writer (`a`).
 
         The commit records and the chunks every committed episode needs are checked first; a
@@ -418,16 +460,20 @@ class EpisodeStore:
             raise StoreError(f"mode must be 'r' or 'a', got {mode!r}")
         if skip_damaged and mode != "r":
             raise StoreError("skip_damaged is for reading; repair the store to write to it")
-        path = Path(path)
-        if not os.path.lexists(path):
+        path = store_location(path, storage_options)
+        if is_remote(path):
+            if not path.is_group():
+                if path.is_empty():
+                    raise FileNotFoundError(f"no episode store at {path}")
+                raise StoreError(f"{path} is not a robolearn episode store (no zarr group with robolearn attributes)")
+        elif not os.path.lexists(path):
             raise FileNotFoundError(f"no episode store at {path}")
-        if not path.is_dir():
+        elif not path.is_dir():
             raise StoreError(f"{path} is not a robolearn episode store (it is a file)")
-        if not _is_store_dir(path):
+        elif not _is_store_dir(path):
             raise StoreError(f"{path} is not a robolearn episode store (no zarr group with robolearn attributes)")
-        zarr = _zarr()
         try:
-            group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
+            group = _open_zarr_group(path, "r" if mode == "r" else "r+")
             attrs = dict(group.attrs)
         except OSError:
             raise
@@ -442,7 +488,8 @@ class EpisodeStore:
             return _healthy_view(path)
         lock_fd = None
         if mode == "a":
-            _recover_masks(path)
+            if not is_remote(path):
+                _recover_masks(path)
             lock_fd = _acquire_lock(path)
         try:
             store = cls(path, group, mode, lock_fd, check=check)
@@ -450,14 +497,14 @@ class EpisodeStore:
                 store._trim_uncommitted()
         except BaseException:
             if lock_fd is not None:
-                os.close(lock_fd)
+                _release_lock(lock_fd)
             raise
         return store
 
     def close(self) -> None:
         """Release the writer lock (readers hold none)."""
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            _release_lock(self._lock_fd)
             self._lock_fd = None
 
     def __enter__(self) -> "EpisodeStore":
@@ -526,8 +573,7 @@ class EpisodeStore:
         """A trailing -1 in episode_ends is a commit that never happened, provably, when the
         marker is stored (its chunk exists) or, when its chunk is absent, when nothing of the
         episode was written yet (a writer killed while appending the marker itself)."""
-        root = _store_root(self._group)
-        if _chunk_file(root, self._ends_array, index // _META_CHUNK).is_file():
+        if _chunk_present(self.path, self._group, self._ends_array, index // _META_CHUNK):
             return True
         prev_end = int(raw[index - 1]) if index > 0 else 0
         if index % _META_CHUNK != 0:
@@ -591,7 +637,6 @@ class EpisodeStore:
         out: list[Damage] = []
         ep_idx = np.arange(n_ep)
         targets = self._chunk_targets(n_steps, n_ep)
-        root = _store_root(self._group)
         for name, arr, n_items, per_step in targets:
             if n_items <= 0 or any(int(s) == 0 for s in arr.shape[1:]):
                 continue
@@ -599,7 +644,7 @@ class EpisodeStore:
             n_chunks = -(-n_items // chunk)
             done = self._verified_chunks.get(name, 0)
             for c in range(done, n_chunks):
-                if not _chunk_file(root, arr, c).is_file():
+                if not _chunk_present(self.path, self._group, arr, c):
                     lo, hi = c * chunk, min((c + 1) * chunk, n_items)
                     eps = _episodes_in(starts, ends, lo, hi) if per_step else [int(e) for e in ep_idx[lo:hi]]
                     out.append(Damage("missing_chunk", f"chunk {c} (entries {lo}..{hi - 1}) is missing", name, eps, c))
@@ -669,7 +714,7 @@ class EpisodeStore:
 
     def refresh(self) -> None:
         """Re-read the committed prefix (a reader following a live writer calls this)."""
-        self._group = _zarr().open_group(str(self.path), mode="r" if self.mode == "r" else "r+")
+        self._group = _open_zarr_group(self.path, "r" if self.mode == "r" else "r+")
         self._load_handles()
 
     def _trim_uncommitted(self) -> None:
@@ -686,7 +731,7 @@ class EpisodeStore:
         if self._ends_array.shape[0] > n_ep:  # only the uncommitted marker
             self._ends_array.resize((n_ep,))
         self._pending_marker = False
-        for partial in self.path.rglob("*.partial"):  # zarr's own temporary files of a killed write
+        for partial in ([] if is_remote(self.path) else self.path.rglob("*.partial")):  # zarr's temporary files of a killed write
             partial.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ properties
@@ -854,6 +899,8 @@ class EpisodeStore:
     def _require_writer(self) -> None:
         if self.mode != "a" or self._lock_fd is None:
             raise StoreError(f"{self.path} is open read-only; open it with mode='a' to write")
+        if isinstance(self._lock_fd, RemoteLock):
+            self._lock_fd.renew()
 
     def _validate_steps(self, steps: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:
         if "action" not in steps:
@@ -999,6 +1046,17 @@ class EpisodeStore:
 
     def _rewrite_masks(self, update: dict[str, np.ndarray], delete: Sequence[str]) -> None:
         """Build the new `masks/` group next to the old one, then exchange them in one rename."""
+        if is_remote(self.path):
+            for name in delete:
+                del self._group[f"masks/{name}"]
+            for name, mask in update.items():
+                arr = self._group.create_array(f"masks/{name}", shape=(len(mask),), chunks=(_META_CHUNK,), dtype="bool",
+                                               fill_value=False, compressors=_compressors(),
+                                               config={"write_empty_chunks": True}, overwrite=True)
+                if len(mask):
+                    arr[:] = mask
+            self._verified_chunks = {k: v for k, v in self._verified_chunks.items() if not k.startswith("masks/")}
+            return
         zarr = _zarr()
         pending = self.path / _MASKS_PENDING
         remove_tree(pending)
@@ -1030,6 +1088,9 @@ class EpisodeStore:
     def drop_episodes(self, indices: Sequence[int]) -> None:
         """Remove episodes by rewriting the store next to itself and swapping it in."""
         self._require_writer()
+        if is_remote(self.path):
+            raise StoreError(f"{self.path}: dropping episodes rewrites the store next to itself, which needs a local "
+                             "directory; filter it into a new store instead")
         drop = set(int(i) % max(self.num_episodes, 1) for i in indices)
         keep = [i for i in range(self.num_episodes) if i not in drop]
         tmp_path = temp_sibling(self.path, "rewrite")
@@ -1352,6 +1413,9 @@ def repair_store(path: str | Path) -> dict[str, Any]:
     files by array and step range, chunks that cannot be decoded are moved there byte for byte,
     the original commit records and columns are kept, and `manifest.json` lists it all.
     """
+    if is_remote(store_location(path)):
+        raise StoreError(f"{path}: repair moves damaged pieces aside with renames, which needs a local store; "
+                         "copy the store to local disk, repair it there and copy it back")
     path = Path(path)
     store = EpisodeStore.open(path, mode="a", check=False)
     try:

@@ -246,6 +246,7 @@ def record_interventions(
             paused = False
             pending: list[TeleopEvent] = []
             next_tick = clock()
+            say(f"episode {ep + 1}/{episodes} (seed {ep_seed}): the policy drives; t takes over")
             with store.writer(collector=collector, seed=ep_seed) as writer:
                 t = 0
                 while t < cfg.horizon:
@@ -292,9 +293,11 @@ def record_interventions(
                         break
                     if tr.engaged:
                         device.engage(pose)
-                        segments.append({"start": int(t), "reason": getattr(device, "last_reason", ""), "recovery": 0, "correction": 0})
+                        segments.append({"start": int(t), "reason": getattr(device, "last_reason", ""), "recovery": 0,
+                                         "correction": 0, "_wall": clock()})
                     if tr.handed_back:
                         policy.reset()  # re-plan from the state the operator left
+                        _close_segment(segments, clock)
                     if tr.after is not tr.before:
                         say(f"step {t}: {tr.after.value}" + (" (you drive)" if tr.after.operator else " (policy drives)"))
                     if tr.engaged and pause_on_takeover and realtime:
@@ -346,6 +349,7 @@ def record_interventions(
                         outcome = "success" if info["success"] else "time_limit"
                         success = bool(info["success"])
                         break
+                _close_segment(segments, clock)
                 if quit_early:
                     steps = len(writer)
                     if quit_choice is TeleopEvent.KEEP and steps > 0:
@@ -399,6 +403,13 @@ def record_interventions(
                    quit_episode=quit_report, terminate_after_intervention=terminate_after_intervention, recovery=recovery,
                    task_overrides=list(task_overrides or []))
     return metrics
+
+
+def _close_segment(segments: list[dict[str, Any]], clock: Callable[[], float]) -> None:
+    """Record the open intervention's wall time (takeover to hand-back or episode end, pauses
+    included): `seconds`, the operator's time per intervention."""
+    if segments and "_wall" in segments[-1]:
+        segments[-1]["seconds"] = round(clock() - segments[-1].pop("_wall"), 3)
 
 
 def _change_slowmo(slowmo: float, ev: TeleopEvent, say: Callable[[str], None]) -> float:
@@ -461,6 +472,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     if not (args.speed > 0 and args.yaw_speed > 0):
         raise ValueError(f"--speed and --yaw-speed must be > 0, got {args.speed} and {args.yaw_speed}")
+    if not SLOWMO_RANGE[0] <= args.slowmo <= SLOWMO_RANGE[1]:
+        raise ValueError(f"--slowmo must be in [{SLOWMO_RANGE[0]}, {SLOWMO_RANGE[1]}], got {args.slowmo}")
     policy, meta = load_any_policy(args.checkpoint)
     task = args.task or meta.get("task")
     if not task:
