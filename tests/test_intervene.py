@@ -192,7 +192,11 @@ def test_pause_and_slow_motion_keep_the_control_period(setup, tmp_path):
     store = EpisodeStore.open(tmp_path / "pause.zarr")
     assert labels(store, 0)[0] == "ppr"
     np.testing.assert_allclose(fake.sleeps, [4 * period] * 2 + [1 / 30] + [4 * period], atol=1e-6)
-    assert said[:3] == ["step 2: recovery (you drive)", "paused: p (or a motion key) resumes", "resumed"]
+    assert said[:4] == ["episode 1/1 (seed 0): the policy drives; t takes over", "step 2: recovery (you drive)",
+                        "paused: p (or a motion key) resumes", "resumed"]
+    # the operator's time per intervention: takeover to the end, the pause included
+    seg = store.episode_metadata(0)["interventions"][0]
+    assert seg["seconds"] == pytest.approx(1 / 30 + 4 * period, abs=1e-3)
     with pytest.raises(ValueError, match="--slowmo must be in"):
         record_interventions(policy, TASK, KeyboardDevice(keys), 1, tmp_path / "x.zarr", slowmo=100)
 
@@ -311,16 +315,30 @@ def test_intervene_applies_the_checkpoints_task_settings_and_set(tmp_path, capsy
     assert "no_such_key" in capsys.readouterr().err
 
 
-def test_cli_errors_are_one_line(setup, tmp_path, capsys):
+def cli(args):
+    """robolearn.cli.main's exit code, also where argparse rejects an argument (SystemExit)."""
     from robolearn.cli import main
 
+    try:
+        return main(args)
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_cli_errors_are_one_line(setup, tmp_path, capsys):
+    main = cli
     root, demos, run, policy = setup
     base = ["intervene", "--teleop", "scripted", "--out", str(tmp_path / "x.zarr")]
     assert main(base + ["--checkpoint", str(tmp_path / "nope"), "--episodes", "1"]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and len(err.strip().splitlines()) == 1
     assert main(base + ["--checkpoint", str(run), "--episodes", "0"]) == 2
-    assert "--episodes must be >= 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--episodes" in err and "must be >= 1" in err and len(err.strip().splitlines()) == 1
+    for flag in ("--slowmo", "--speed"):
+        assert main(base + ["--checkpoint", str(run), "--episodes", "1", "--teleop", "keyboard", flag, "0"]) == 2
+        err = capsys.readouterr().err
+        assert flag in err and len(err.strip().splitlines()) == 1
     assert main(base + ["--checkpoint", str(run), "--episodes", "1", "--task", "push_cube"]) == 2
     assert "15-dim states; task push_cube gives 13" in capsys.readouterr().err
     assert main(base + ["--checkpoint", str(run), "--episodes", "2", "--json", "--seed", "5"]) == 0

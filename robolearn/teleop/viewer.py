@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -89,11 +90,15 @@ class InterventionViewer:
         self._intercepted: tuple[Any, Any, Any] | None = None  # (window, our callback, MuJoCo's callback)
         self._intercept_failed = False
         self._restore = 0  # viewer syncs left to put the launch-time flags back
+        before = set(threading.enumerate())
         try:
             self.handle = launcher(self.model, self.data, key_callback=self._on_viewer_key,
                                    show_left_ui=False, show_right_ui=False)
         except Exception as exc:  # no display, no GLFW
             raise RuntimeError(f"--viewer could not open a window ({exc}); run without --viewer or set DISPLAY") from None
+        # the viewer's own thread: close() waits for it, since GLFW terminating at interpreter exit
+        # while that thread still destroys its window crashes the process (MuJoCo 4.0, Linux)
+        self._threads = [t for t in set(threading.enumerate()) - before if "_launch_internal" in t.name]
         self._snapshot = self._read_flags()
         self._camera_scene = mujoco.MjvScene(self.model, maxgeom=1)
         self._start_camera()
@@ -232,3 +237,5 @@ class InterventionViewer:
             except Exception:
                 pass
         self.handle.close()
+        for thread in self._threads:
+            thread.join(timeout=10)
