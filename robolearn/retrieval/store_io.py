@@ -10,14 +10,12 @@ Per-step columns added to the store's features (role aux):
 Episode masks: `retrieval_target`, `retrieval_prior`, `retrieved` (prior episodes with at least
 one retrieved step), and `train` (all) / `valid` (none) so training uses every target demo.
 Root attribute `retrieval`: method, rule, counts, fraction, timing, source paths.
-The store is written next to its destination and renamed into place when complete.
+The store is built in a temporary sibling and published by one rename when complete (staged_output).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from robolearn.data.schema import Feature
-from robolearn.data.store import EpisodeStore, StoreError
+from robolearn.data.store import EpisodeStore
 from robolearn.retrieval.core import RetrievalError
 
 RETRIEVAL_FEATURES = {
@@ -68,63 +66,61 @@ def write_retrieval_store(out: str | Path, prior: EpisodeStore, target: EpisodeS
                           scores: np.ndarray, info: dict[str, Any], target_share: float = 0.5,
                           overwrite: bool = False, progress: bool = True) -> EpisodeStore:
     """Write target + prior with the retrieval columns to `out` atomically; returns it opened read-only."""
+    from robolearn.data.store import staged_output
+
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
-    if out.exists() and not (out / "zarr.json").is_file():
-        raise StoreError(f"refusing to overwrite {out}: it is not an episode store")
     if len(mask) != prior.num_steps or len(scores) != prior.num_steps:
         raise RetrievalError(f"mask/scores have {len(mask)}/{len(scores)} entries for {prior.num_steps} prior steps")
     feats = _merged_features(prior, target)
     w_t, w_p = retrieval_weights(target.num_steps, mask, target_share)
-    tmp = out.with_name(f"{out.name}.writing-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    dst = EpisodeStore.create(tmp, {k: f for k, f in feats.items()}, task=target.task or prior.task,
-                              env_kwargs=target.env_kwargs, control_period=target.control_period)
-    try:
-        bar = tqdm(total=target.num_episodes + prior.num_episodes, desc="write retrieval store", unit="ep",
-                   disable=not progress, dynamic_ncols=True)
-        for src, step_w, step_mask, step_score in (
-            (target, w_t, np.zeros(target.num_steps, bool), np.full(target.num_steps, np.nan, np.float32)),
-            (prior, w_p, mask.astype(bool), scores.astype(np.float32)),
-        ):
-            table = src.episode_table()
-            cols = {k: src.read(k, cache=False) for k in src.features}
-            for i, (lo, hi) in enumerate(zip(src.episode_starts, src.episode_ends)):
-                steps = {k: v[lo:hi] for k, v in cols.items()}
-                steps.update(retrieved=step_mask[lo:hi], retrieval_score=step_score[lo:hi], retrieval_weight=step_w[lo:hi])
-                meta = json.loads(table["metadata"][i]) if table["metadata"][i] else None
-                dst.append_episode(steps, success=bool(table["success"][i]), collector=str(table["collector"][i]),
-                                   task=str(table["task"][i]), seed=int(table["seed"][i]), metadata=meta,
-                                   intervention_count=int(table["intervention_count"][i]))
-                bar.update(1)
-        bar.close()
-        n_t, n_p = target.num_episodes, prior.num_episodes
-        is_target = np.concatenate([np.ones(n_t, bool), np.zeros(n_p, bool)])
-        ep_of_step = np.repeat(np.arange(n_p), prior.episode_lengths)
-        ep_hit = np.zeros(n_p, bool)
-        ep_hit[ep_of_step[mask.astype(bool)]] = True
-        dst.set_mask("retrieval_target", is_target)
-        dst.set_mask("retrieval_prior", ~is_target)
-        dst.set_mask("retrieved", np.concatenate([np.zeros(n_t, bool), ep_hit]))
-        dst.set_mask("train", np.ones(n_t + n_p, bool))
-        dst.set_mask("valid", np.zeros(n_t + n_p, bool))
-        dst.set_attr("retrieval", {**info, "prior": str(prior.path), "target": str(target.path),
-                                   "target_share": target_share, "retrieved_episodes": int(ep_hit.sum())})
-        dst.close()
-    except BaseException:
-        dst.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
+    # the data CLI's convention: built in a temporary sibling, published by one rename on success
+    with staged_output(out, [prior.path, target.path], overwrite=overwrite) as tmp:
+        dst = EpisodeStore.create(tmp, dict(feats), task=target.task or prior.task, env_kwargs=target.env_kwargs,
+                                  control_period=target.control_period)
+        try:
+            _write_episodes(dst, prior, target, mask, scores, w_t, w_p, progress)
+            n_t, n_p = target.num_episodes, prior.num_episodes
+            is_target = np.concatenate([np.ones(n_t, bool), np.zeros(n_p, bool)])
+            ep_hit = _episodes_hit(prior.episode_lengths, mask)
+            for name, value in (("retrieval_target", is_target), ("retrieval_prior", ~is_target),
+                                ("retrieved", np.concatenate([np.zeros(n_t, bool), ep_hit])),
+                                ("train", np.ones(n_t + n_p, bool)), ("valid", np.zeros(n_t + n_p, bool))):
+                dst.set_mask(name, value)
+            dst.set_attr("retrieval", {**info, "prior": str(prior.path), "target": str(target.path),
+                                       "target_share": target_share, "retrieved_episodes": int(ep_hit.sum())})
+        finally:
+            dst.close()
     return EpisodeStore.open(out, mode="r")
+
+
+def _episodes_hit(lengths: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per episode: does it hold at least one selected step."""
+    ep_of_step = np.repeat(np.arange(len(lengths)), lengths)
+    hit = np.zeros(len(lengths), bool)
+    hit[ep_of_step[mask.astype(bool)]] = True
+    return hit
+
+
+def _write_episodes(dst: EpisodeStore, prior: EpisodeStore, target: EpisodeStore, mask: np.ndarray, scores: np.ndarray,
+                    w_t: np.ndarray, w_p: np.ndarray, progress: bool) -> None:
+    """Target episodes, then prior episodes, each with its retrieval columns."""
+    bar = tqdm(total=target.num_episodes + prior.num_episodes, desc="write retrieval store", unit="ep",
+               disable=not progress, dynamic_ncols=True)
+    for src, step_w, step_mask, step_score in (
+        (target, w_t, np.zeros(target.num_steps, bool), np.full(target.num_steps, np.nan, np.float32)),
+        (prior, w_p, mask.astype(bool), scores.astype(np.float32)),
+    ):
+        table = src.episode_table()
+        cols = {k: src.read(k, cache=False) for k in src.features}
+        for i, (lo, hi) in enumerate(zip(src.episode_starts, src.episode_ends)):
+            steps = {k: v[lo:hi] for k, v in cols.items()}
+            steps.update(retrieved=step_mask[lo:hi], retrieval_score=step_score[lo:hi], retrieval_weight=step_w[lo:hi])
+            meta = json.loads(table["metadata"][i]) if table["metadata"][i] else None
+            dst.append_episode(steps, success=bool(table["success"][i]), collector=str(table["collector"][i]),
+                               task=str(table["task"][i]), seed=int(table["seed"][i]), metadata=meta,
+                               intervention_count=int(table["intervention_count"][i]))
+            bar.update(1)
+    bar.close()
 
 
 def rewrite_retrieval(path: str | Path, mask: np.ndarray, scores: np.ndarray, info: dict[str, Any],
@@ -150,9 +146,7 @@ def rewrite_retrieval(path: str | Path, mask: np.ndarray, scores: np.ndarray, in
         store.array("retrieval_score")[n_target_steps:store.num_steps] = scores.astype(np.float32)
         store.array("retrieval_weight")[: store.num_steps] = np.concatenate([w_t, w_p])
         n_t = int(is_target.sum())
-        ep_of_step = np.repeat(np.arange(store.num_episodes - n_t), store.episode_lengths[n_t:])
-        ep_hit = np.zeros(store.num_episodes - n_t, bool)
-        ep_hit[ep_of_step[mask.astype(bool)]] = True
+        ep_hit = _episodes_hit(store.episode_lengths[n_t:], mask)
         store.set_mask("retrieved", np.concatenate([np.zeros(n_t, bool), ep_hit]))
         store.set_attr("retrieval", {**info, "prior": r.get("prior"), "target": r.get("target"),
                                      "target_share": target_share, "retrieved_episodes": int(ep_hit.sum())})

@@ -79,23 +79,22 @@ def make_env(task: str, **overrides: Any) -> RLEnv:
 
 
 def evaluate(act: Callable[[np.ndarray], np.ndarray], env: RLEnv | str, seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """One episode per seed with `act(obs (D,)) -> action (A,)`; returns per-episode records."""
+    """One episode per seed with `act(obs (D,)) -> action (A,)`, on one env through the rollout
+    engine (robolearn.tasks.rollout); per-episode records (success: at any step)."""
+    from robolearn.tasks.rollout import EpisodeStats, FixedSeeds, FunctionActor, HostBatch, RolloutEngine, SingleEnv
+
     own = isinstance(env, str)
     env = make_env(env) if isinstance(env, str) else env
-    records = []
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        return []
+    stats = EpisodeStats(len(seeds), seeds)
+    engine = RolloutEngine(HostBatch(SingleEnv(env), FixedSeeds(seeds)), FunctionActor(lambda s: act(s[0])[None]),
+                           stats=stats)
     try:
-        for seed in seeds:
-            obs = env.reset(seed=int(seed))
-            total, length, success = 0.0, 0, False
-            while True:
-                obs, r, term, trunc, info = env.step(act(obs))
-                total += r
-                length += 1
-                success = success or bool(np.asarray(info.get("success", False)).reshape(-1)[0])
-                if term or trunc:
-                    break
-            records.append({"seed": int(seed), "return": total, "success": success, "length": length})
+        records = engine.run()
     finally:
         if own:
             env.close()
-    return records
+    return [{"seed": r["seed"], "return": r["return"], "success": r["success_once"], "length": r["length"]}
+            for r in records]

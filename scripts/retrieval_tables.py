@@ -1,0 +1,127 @@
+"""Regenerate the tables of docs/results/retrieval.md from the raw records in docs/results/retrieval/.
+
+Reads runs.jsonl (one line per condition and seed), data.json (the prior's composition) and
+scaling.jsonl (retrieval time / memory per prior size). Prints the tables; with --write, replaces
+the block between the `<!-- tables:begin -->` and `<!-- tables:end -->` markers of the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from robolearn.evaluation import wilson_interval
+
+ORDER = ("target_only", "whole", "br", "strap", "importance", "oracle")
+LABEL = {"target_only": "target only", "whole": "target + whole prior", "br": "target + br", "strap": "target + strap",
+         "importance": "target + importance", "oracle": "target + oracle (hidden label)"}
+
+
+def load(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+def success_table(runs: list[dict]) -> str:
+    by = defaultdict(list)
+    for r in runs:
+        by[r["condition"]].append(r)
+    lines = ["| training data | per seed (successes / n) | pooled | rate | 95% Wilson interval |", "|---|---|---|---|---|"]
+    for c in ORDER:
+        rs = sorted(by.get(c, []), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        k, n = sum(r["successes"] for r in rs), sum(r["n"] for r in rs)
+        lo, hi = wilson_interval(k, n)
+        seeds = ", ".join(f"s{r['seed']}: {r['successes']}/{r['n']}" for r in rs)
+        lines.append(f"| {LABEL[c]} | {seeds} | {k}/{n} | {k / n:.3f} | [{lo:.3f}, {hi:.3f}] |")
+    return "\n".join(lines)
+
+
+def quality_table(runs: list[dict]) -> str:
+    lines = ["| method | precision (per seed) | recall (per seed) | fraction of prior retrieved | retrieval time (s, per seed) |",
+             "|---|---|---|---|---|"]
+    for c in ORDER[1:]:
+        rs = sorted((r for r in runs if r["condition"] == c), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        fmt = lambda key, d=3: " / ".join(f"{r[key]:.{d}f}" for r in rs)  # noqa: E731
+        lines.append(f"| {LABEL[c].replace('target + ', '')} | {fmt('precision')} | {fmt('recall')} | {fmt('fraction')} | {fmt('retrieval_s', 1)} |")
+    return "\n".join(lines)
+
+
+def breakdown_table(runs: list[dict], data: dict) -> str:
+    behaviors = sorted(data.get("per_behavior", {}))
+    prior_steps = data.get("prior_steps", 1)
+    head = "| method | " + " | ".join(behaviors) + " |"
+    lines = [head, "|---|" + "---|" * len(behaviors)]
+    share = " | ".join(f"{data['per_behavior'][b]['steps'] / prior_steps:.3f}" for b in behaviors)
+    lines.append(f"| (share of the prior's steps) | {share} |")
+    for c in ("br", "strap", "importance"):
+        rs = [r for r in runs if r["condition"] == c]
+        if not rs:
+            continue
+        tot = defaultdict(int)
+        for r in rs:
+            for b, n in r["retrieved_by_behavior"].items():
+                tot[b] += n
+        total = sum(tot.values()) or 1
+        lines.append(f"| {c} | " + " | ".join(f"{tot[b] / total:.3f}" for b in behaviors) + " |")
+    return "\n".join(lines)
+
+
+def prior_table(data: dict) -> str:
+    lines = ["| hidden behaviour | episodes | steps | task successes |", "|---|---|---|---|"]
+    for b, d in sorted(data.get("per_behavior", {}).items()):
+        lines.append(f"| {b} | {d['episodes']} | {d['steps']} | {d['successes']} |")
+    lines.append(f"| **total** | {data.get('prior_episodes')} | {data.get('prior_steps')} | |")
+    return "\n".join(lines)
+
+
+def scaling_table(rows: list[dict]) -> str:
+    by = defaultdict(list)
+    for r in rows:
+        by[(r["method"], r["prior_steps"])].append(r)
+    lines = ["| method | prior steps | wall s (median) | CPU s (median) | CPU s per 10k steps | peak RSS above baseline (MB, max) | repeats |",
+             "|---|---|---|---|---|---|---|"]
+    for (m, n), rs in sorted(by.items()):
+        wall = float(np.median([r["wall_s"] for r in rs]))
+        cpu = float(np.median([r["cpu_s"] for r in rs]))
+        mem = max(r["rss_above_baseline_mb"] for r in rs)
+        lines.append(f"| {m} | {n} | {wall:.1f} | {cpu:.1f} | {cpu / n * 1e4:.2f} | {mem:.0f} | {len(rs)} |")
+    return "\n".join(lines)
+
+
+def render(root: Path) -> str:
+    runs, data, scale = load(root / "runs.jsonl"), json.loads((root / "data.json").read_text()) if (root / "data.json").exists() else {}, load(root / "scaling.jsonl")
+    parts = ["### Prior store (hidden labels)", prior_table(data), "", "### Success rate (pick_place, BC)", success_table(runs), "",
+             "### Retrieval quality against the hidden labels", quality_table(runs), "",
+             "### What each method retrieved (share of its retrieved steps per hidden behaviour, seeds pooled)",
+             breakdown_table(runs, data), "", "### Retrieval time and memory vs prior size", scaling_table(scale)]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", default="docs/results/retrieval")
+    ap.add_argument("--write", help="page to update between the table markers, e.g. docs/results/retrieval.md")
+    args = ap.parse_args()
+    text = render(Path(args.records))
+    if not args.write:
+        print(text)
+        return
+    page = Path(args.write)
+    src = page.read_text()
+    a, b = "<!-- tables:begin -->", "<!-- tables:end -->"
+    if a not in src or b not in src:
+        raise SystemExit(f"{page} has no {a} ... {b} block")
+    head, rest = src.split(a, 1)
+    _, tail = rest.split(b, 1)
+    page.write_text(f"{head}{a}\n{text}{b}{tail}")
+
+
+if __name__ == "__main__":
+    main()
