@@ -8,7 +8,9 @@ disjoint from the collection seeds). Conditions:
   target_only        the target demos alone (data.mix=all);
   whole              target + the whole prior (every prior step 'retrieved', same batch weighting);
   br, strap, importance  target + what each method retrieves (same retrieved fraction each);
-  oracle             target + the prior episodes whose hidden label is the target behaviour.
+  oracle             target + the prior episodes whose hidden label is the target behaviour;
+  br_l2              (ablation, not in the default set) br scored by negative L2 distance, as in
+                     the paper's released code, instead of cosine similarity.
 Retrieval runs per seed (its VAE / subsampling seed = the seed). Every finished run appends one
 JSON line to OUT/runs.jsonl and is skipped on restart (resume = run the same command again).
 `--scaling` instead measures the retrieval step's time and peak memory at several prior sizes,
@@ -30,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-CONDITIONS = ("target_only", "whole", "br", "strap", "importance", "oracle")
+CONDITIONS = ("target_only", "whole", "br", "strap", "importance", "oracle", "br_l2")
+DEFAULT_CONDITIONS = CONDITIONS[:6]
 BC = ["policy.hidden_dims=[256,256]", "train.batch_size=256", "train.lr=0.001", "train.val_ratio=0.0"]
 TASK_SET = ["obs_relative=true"]
 
@@ -87,8 +90,10 @@ def run_one(cond: str, seed: int, work: Path, paths: tuple[Path, Path, Path], ar
     if cond != "target_only":
         prior, target = EpisodeStore.open(prior_path), EpisodeStore.open(target_path)
         t0 = time.perf_counter()
-        if cond in ("br", "strap", "importance"):
-            res = retrieve(prior, target, RetrievalConfig(method=cond, fraction=args.fraction, seed=seed, progress=False))
+        if cond in ("br", "strap", "importance", "br_l2"):
+            method, similarity = (cond, "cosine") if cond != "br_l2" else ("br", "l2")
+            res = retrieve(prior, target, RetrievalConfig(method=method, fraction=args.fraction, seed=seed, similarity=similarity,
+                                                          progress=False))
             mask, scores, info = res.mask, res.scores, res.info
             record["retrieval_info"] = {k: v for k, v in info.items() if k != "config"}
         elif cond == "whole":
@@ -182,7 +187,8 @@ def main() -> None:
     ap.add_argument("--prior-episodes", type=int, default=1300)
     ap.add_argument("--target-demos", type=int, default=8)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
+    ap.add_argument("--conditions", nargs="+", default=list(DEFAULT_CONDITIONS), choices=CONDITIONS,
+                    help="br_l2: br scored by negative L2 distance (the released code) instead of cosine")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--eval-episodes", type=int, default=100)
     ap.add_argument("--fraction", type=float, default=0.2, help="share of the prior each method retrieves")

@@ -16,9 +16,10 @@ import numpy as np
 
 from robolearn.evaluation import wilson_interval
 
-ORDER = ("target_only", "whole", "br", "strap", "importance", "oracle")
+ORDER = ("target_only", "whole", "br", "strap", "importance", "oracle", "br_l2")
 LABEL = {"target_only": "target only", "whole": "target + whole prior", "br": "target + br", "strap": "target + strap",
-         "importance": "target + importance", "oracle": "target + oracle (hidden label)"}
+         "importance": "target + importance", "oracle": "target + oracle (hidden label)",
+         "br_l2": "target + br, L2 score (ablation)"}
 
 
 def load(path: Path) -> list[dict]:
@@ -60,7 +61,7 @@ def breakdown_table(runs: list[dict], data: dict) -> str:
     lines = [head, "|---|" + "---|" * len(behaviors)]
     share = " | ".join(f"{data['per_behavior'][b]['steps'] / prior_steps:.3f}" for b in behaviors)
     lines.append(f"| (share of the prior's steps) | {share} |")
-    for c in ("br", "strap", "importance"):
+    for c in ("br", "strap", "importance", "br_l2"):
         rs = [r for r in runs if r["condition"] == c]
         if not rs:
             continue
