@@ -88,6 +88,16 @@ def image_overrides(args: argparse.Namespace) -> list[str]:
     return [*IMAGE, f"policy.state_keys={lowdim}"]
 
 
+def pooled_score(cell: list[dict]) -> str:
+    """The task's score pooled over seeds (episode-weighted mean; push_t: the Diffusion Policy
+    paper's max-over-episode clipped coverage), with the per-seed values; success for other tasks."""
+    if any("score" not in r for r in cell):
+        return "n/a"
+    mean = sum(r["score"] * r["n"] for r in cell) / sum(r["n"] for r in cell)
+    per_seed = ", ".join(f"{r['score']:.2f}" for r in cell)
+    return f"{mean:.3f} ({per_seed})"
+
+
 def first_eval_seed(train_seed: int) -> int:
     """Evaluation episodes of training seed s use seeds first_eval_seed(s) + 0..N-1: disjoint from
     the demo-collection seeds (100000 x s + i) and from other training seeds' evaluations."""
@@ -159,6 +169,8 @@ def main() -> None:
                                              num_envs=args.num_envs, task_overrides=args.task_overrides or None, progress=False)
                     results.append({"task": task, "policy": policy_name, "demos": n, "seed": seed,
                                     "successes": report["successes"], "n": report["n"], "rate": report["success_rate"],
+                                    "score": report.get("score", report["success_rate"]),
+                                    "score_name": report.get("score_name", "success"),
                                     "train_s": train_s, "eval_seeds": [report["seeds"][0], report["seeds"][-1]]})
                     print(json.dumps(results[-1]), flush=True)
                     with (work / "results.jsonl").open("a") as log:  # per run: a crash later keeps it
@@ -169,7 +181,8 @@ def main() -> None:
         cell = [r for r in results if (r["task"], r["policy"], r["demos"]) == (task, pol, n)]
         k, tot, (lo, hi) = pool_evaluations(cell)
         per_seed = ", ".join(f"s{r['seed']}: {r['rate']:.2f}" for r in cell)
-        rows.append(f"| {task} | {pol} | {n} | {tot} | {k / tot:.3f} | [{lo:.3f}, {hi:.3f}] | {per_seed} | {sum(r['train_s'] for r in cell) / len(cell):.0f} |")
+        rows.append(f"| {task} | {pol} | {n} | {tot} | {k / tot:.3f} | [{lo:.3f}, {hi:.3f}] | {pooled_score(cell)} | {per_seed} | "
+                    f"{sum(r['train_s'] for r in cell) / len(cell):.0f} |")
     cmd = "python " + " ".join(sys.argv)
     obs_desc = "state (the task's full low-dim vector)"
     if args.image:
@@ -193,8 +206,8 @@ def main() -> None:
         + (f"; extra overrides applied after the profile: {args.extra}" if args.extra else ""),
         f"- task overrides: {args.task_overrides or 'none'}; date: {dt.date.today().isoformat()}; wall time {time.time() - started:.0f} s",
         "",
-        "| task | policy | demos | eval episodes (pooled) | success | 95% CI (Wilson) | per seed | train s/run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | policy | demos | eval episodes (pooled) | success | 95% CI (Wilson) | score | per seed | train s/run |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]

@@ -26,6 +26,10 @@ GOAL_POSE = (0.0, 0.0, math.pi / 4)
 SUCCESS_COVERAGE = 0.95
 PUSH_Z = 0.02
 LIMIT = 0.24
+# action_mode absolute: an action of +-1 on x or y is a pusher target of +-ABS_SCALE metres, the
+# pusher's whole range (joint and ctrl range; detours around a block near the edge go beyond the
+# block's 0.24 m limit). The original's actions are absolute target positions in its 512 px window.
+ABS_SCALE = 0.32
 
 
 def _grid(rect: tuple[float, float, float, float], h: float = 0.002) -> torch.Tensor:
@@ -136,6 +140,8 @@ class PushT(Task):
     num_stages = 2  # 0 coarse (coverage < 0.5), 1 fine alignment
     description = "push a T block onto a target pose (coverage >= 0.95), as diffusion-policy PushT"
     pos_scale = 0.03
+    action_modes = ("delta", "absolute")
+    score_name = "max over the episode of clip(coverage / 0.95, 0, 1) (Diffusion Policy's PushT score)"
 
     def __init__(self, cfg: TaskConfig, layout: ModelLayout):
         super().__init__(cfg, layout)
@@ -159,6 +165,28 @@ class PushT(Task):
         ctrl = xp.copy(s.ctrl)
         ctrl[:, xp.index(self._fixed_cols, ctrl)] = xp.const(self._fixed_vals, ctrl)
         return ctrl
+
+    def action_to_ctrl(self, s: SimState, action: torch.Tensor) -> torch.Tensor:
+        """delta mode: the shared displacement mapping; absolute: the pusher's target xy is
+        action * ABS_SCALE (what the pusher's position actuators track)."""
+        if self.cfg.action_mode == "delta":
+            return super().action_to_ctrl(s, action)
+        ctrl = self.hold_ctrl(s)
+        xp = array_ops.of(ctrl)
+        a = xp.astype(action, ctrl.dtype)
+        ctrl[:, self.a_xyz[0]] = a[:, 0] * ABS_SCALE
+        ctrl[:, self.a_xyz[1]] = a[:, 1] * ABS_SCALE
+        return ctrl
+
+    def absolute_action(self, s: SimState, delta_action: torch.Tensor) -> torch.Tensor:
+        """The absolute-mode action commanding the target a delta-mode action would (torch)."""
+        target = s.qpos[:, self.q_grip][:, :2] + delta_action * self.pos_scale
+        return (target / ABS_SCALE).clamp(-1, 1)
+
+    def step_score(self, s: SimState) -> torch.Tensor:
+        """clip(coverage / 0.95, 0, 1): Diffusion Policy's PushT reward, whose maximum over an
+        episode is the score its paper reports."""
+        return array_ops.of(s.qpos).clip(self.coverage(s) / SUCCESS_COVERAGE, None, 1.0)
 
     def block_pose(self, s: SimState) -> torch.Tensor:
         xp = array_ops.of(s.sensordata)
@@ -303,9 +331,13 @@ class PushTExpert(Expert):
 
     Each step it picks the contact (of 18 on the T's edges) whose predicted motion (force along
     the inward normal; twist ~ (n, r x n / c^2)) best matches the desired twist towards the goal
-    pose, walks around the block to it without touching it, and pushes. A contact is kept while
-    it stays nearly as good (hysteresis). Mode = which side wins near-ties: demonstrations push
-    from either side.
+    pose, walks around the block to it without touching it, and pushes. The contact the pusher
+    stands at (on its line, just behind it) is kept while it stays nearly as good (hysteresis read
+    from the state, not remembered: the action is a function of the state and the episode's mode,
+    so nearly identical states get the same contact, which a policy can learn; earlier versions
+    remembered the contact: scripts/push_t_expert.py measures both).
+    Mode = which side wins near-ties and which way round a detour goes: demonstrations push from
+    either side (collect --expert-mode fixes it).
     """
 
     num_modes = 2
@@ -314,12 +346,23 @@ class PushTExpert(Expert):
     PRE = 0.028  # stand-off of the approach point from the contact
     AROUND = 0.105  # radius of the detour circle around the centre of mass
 
-    def _reset_memory(self, mask: torch.Tensor) -> None:
-        if not hasattr(self, "contact"):
-            self.contact = torch.full((self.num_envs,), -1, dtype=torch.int64)
-        self.contact = torch.where(mask, -1, self.contact)
+    KEEP_MARGIN = 0.12  # a contact the pusher is at is kept while its score is within this of the best
 
     def policy(self, s: SimState) -> tuple[torch.Tensor, torch.Tensor]:
+        action, prim, _ = self.decide(s)
+        if self.task.cfg.action_mode == "absolute":
+            action = self.task.absolute_action(s, action)  # type: ignore[attr-defined]
+        return action, prim
+
+    def choose_contact(self, score: torch.Tensor, best: torch.Tensor, at_k: torch.Tensor, at_any: torch.Tensor
+                       ) -> torch.Tensor:
+        """The contact to push at: the one the pusher is at while it scores within KEEP_MARGIN of
+        the best, else the best."""
+        kept = score.gather(1, at_k[:, None])[:, 0] > score.gather(1, best[:, None])[:, 0] - self.KEEP_MARGIN
+        return torch.where(at_any & kept, at_k, best)
+
+    def decide(self, s: SimState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(delta action, primitive, chosen contact index) of every env."""
         task: PushT = self.task  # type: ignore[assignment]
         n = s.qpos.shape[0]
         p = task.grip_pos(s)[:, :2]
@@ -343,11 +386,15 @@ class PushTExpert(Expert):
         side = torch.where(self.mode == 0, 1.0, -1.0).to(p)
         score = score + 0.03 * side[:, None] * torch.sign(CONTACT_PTS[:, 0]).to(p)[None]
         best = score.argmax(-1)
-        keep = (self.contact >= 0) & (score.gather(1, self.contact.clamp_min(0)[:, None])[:, 0]
-                                      > score.gather(1, best[:, None])[:, 0] - 0.12)
-        k = torch.where(keep, self.contact, best)
-        self.contact = k
-        cp = to_world(CONTACT_PTS.to(p)[None].expand(n, -1, -1), pose)[torch.arange(n), k]  # (N, 2)
+        # The contact the pusher is at: on that contact's inward line, at most PRE + 12 mm behind it.
+        cps = to_world(CONTACT_PTS.to(p)[None].expand(n, -1, -1), pose)  # (N, K, 2)
+        rel_all = p[:, None] - cps
+        along_all = -(rel_all * nw).sum(-1)
+        lat_all = (rel_all + along_all[..., None] * nw).norm(dim=-1)
+        at = (along_all > -0.002) & (along_all < self.PRE + 0.012) & (lat_all < 0.01)
+        at_k = torch.where(at, lat_all, torch.full_like(lat_all, math.inf)).argmin(-1)
+        k = self.choose_contact(score, best, at_k, at.any(-1))
+        cp = cps[torch.arange(n), k]  # (N, 2)
         cn = nw[torch.arange(n), k]
         pre = cp - cn * self.PRE
         # Engaged: on the contact's line, behind the contact, close enough to push.
@@ -381,4 +428,4 @@ class PushTExpert(Expert):
         norm = delta.norm(dim=-1, keepdim=True).clamp_min(1e-9)
         action = delta * torch.clamp(1.0 / norm, max=1.0)
         prim = torch.where(engaged, PRIM["push"], PRIM["reach"])
-        return action, prim
+        return action, prim, k
