@@ -1,4 +1,4 @@
-"""SAILOR components: world model, moment-matching reward, critic targets, residual planner, agent checkpoint."""
+"""SAILOR components: world model, moment-matching reward, critic targets, the guarded residual planner, diagnostics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 
 from robolearn.sailor.configuration import CriticConfig, PlannerConfig, RewardConfig, SailorConfig, WorldModelConfig
 from robolearn.sailor.critic import CriticEnsemble, CriticTrainer, lambda_return
-from robolearn.sailor.planner import plan_residual
+from robolearn.sailor.diagnostics import auroc
+from robolearn.sailor.planner import LatentScorer, plan_residual
 from robolearn.sailor.reward_model import RewardModel
 from robolearn.sailor.world_model import WorldModel
 
@@ -99,29 +100,107 @@ def test_critic_learns_imagined_returns_and_ensemble_std():
     assert critic.std(feats[0]).shape == (64,) and metrics["critic_loss"] < 1.0
 
 
-def test_planner_improves_analytic_reward_and_clips_residual():
-    cfg = PlannerConfig(num_samples=128, iterations=6, num_elites=16, horizon=4)
-    target = torch.tensor([0.15, -0.1])
+class AnalyticScorer:
+    """A stand-in for LatentScorer: score = -|total - target|^2 + noise_scale * (a draw of the uniforms)."""
 
-    def score(total):  # (M, H, A): closer to target is better
-        return -(total - target).pow(2).sum((-1, -2))
+    def __init__(self, target: torch.Tensor, noise_scale: float = 0.0, members: int = 3) -> None:
+        self.target, self.noise_scale, self.members = target, noise_scale, members
+        self.calls: list[torch.Tensor] = []
 
+    def noise(self, particles, horizon, generator, per_candidate=None):
+        shape = (particles, horizon, 1) + ((per_candidate,) if per_candidate else ()) + (2,)
+        return torch.rand(shape, generator=generator)
+
+    def member_scores(self, actions, uniform):
+        self.calls.append(actions.clone())
+        B, N = actions.shape[:2]
+        true = -(actions - self.target).pow(2).sum((-1, -2))  # (B, N)
+        if uniform.dim() == 4:  # shared: the same number for every candidate
+            u = uniform.sum((1, 3)).T[:, None, :].expand(B, N, -1)  # (B, N, P)
+        else:
+            u = uniform.sum((1, 4)).permute(1, 2, 0)
+        return (true[:, :, None] + self.noise_scale * u)[..., None].expand(B, N, u.shape[-1], self.members)
+
+
+def test_planner_finds_a_real_gain_and_clips_the_residual():
+    cfg = PlannerConfig(num_samples=128, iterations=6, num_elites=16, horizon=4, accept_margin_se=2.0)
     base = torch.zeros(3, 4, 2)
     gen = torch.Generator().manual_seed(0)
-    residual, best = plan_residual(base, score, cfg, gen)
-    base_score = score(base)
-    assert (best > base_score + 0.05).all()
-    assert residual.abs().max() <= cfg.abs_residual + 1e-6
-    # the residual is clipped: an unreachable target pins it at +-abs_residual
-    far = torch.tensor([0.9, -0.9])
-    residual, _ = plan_residual(base, lambda t: -(t - far).pow(2).sum((-1, -2)), cfg, gen)
-    assert residual.abs().max() <= cfg.abs_residual + 1e-6
-    assert residual[..., 0].mean() > 0.12 and residual[..., 1].mean() < -0.12
-    # totals stay in the action box
-    res, _ = plan_residual(torch.full((1, 4, 2), 0.95), lambda t: t.sum((-1, -2)), cfg, gen)
-    assert res.abs().max() <= cfg.abs_residual + 1e-6
+    result = plan_residual(base, AnalyticScorer(torch.tensor([0.15, -0.1])), cfg, gen)
+    assert result.accepted.all() and (result.rescored_gain > 0.05).all()
+    assert result.residual.abs().max() <= cfg.abs_residual + 1e-6
+    assert (result.residual[..., 0].mean() - 0.15).abs() < 0.05 and (result.residual[..., 1].mean() + 0.1).abs() < 0.05
+    far = plan_residual(base, AnalyticScorer(torch.tensor([0.9, -0.9])), cfg, gen)
+    assert far.residual.abs().max() <= cfg.abs_residual + 1e-6 and far.residual[..., 0].mean() > 0.12
+
+
+def test_base_plan_is_scored_in_every_iteration_and_guard_rejects_pure_noise():
+    cfg = PlannerConfig(num_samples=32, iterations=3, num_elites=4, horizon=4, particles=2, check_particles=8)
+    base = torch.full((2, 4, 2), 0.3)
+    scorer = AnalyticScorer(torch.tensor([0.3, 0.3]), noise_scale=0.0)
+    gen = torch.Generator().manual_seed(1)
+    plan_residual(base, scorer, cfg, gen)
+    for actions in scorer.calls[: cfg.iterations]:  # the search's calls: candidate 0 is the unchanged base plan
+        assert torch.equal(actions[:, 0], base)
+    # a score that is all noise: with common random numbers every candidate scores alike, nothing is accepted
+    flat = AnalyticScorer(torch.tensor([0.0, 0.0]), noise_scale=1.0)
+    flat.member_scores = lambda a, u, f=flat: AnalyticScorer.member_scores(f, torch.zeros_like(a), u)  # noqa: E731
+    result = plan_residual(base, flat, cfg, gen)
+    assert not result.accepted.any() and torch.equal(result.residual, torch.zeros_like(base))
+    assert torch.equal(result.rescored_gain, torch.zeros(2))
+    # unguarded and without common random numbers the same noise is executed
+    loose = PlannerConfig(num_samples=32, iterations=3, num_elites=4, horizon=4, guard=False, common_random_numbers=False)
+    assert plan_residual(base, flat, loose, gen).accepted.all()
+
+
+def test_gripper_can_be_left_out_of_the_residual():
+    cfg = PlannerConfig(num_samples=64, iterations=3, num_elites=8, horizon=4, residual_gripper=False, accept_margin_se=0.0)
+    result = plan_residual(torch.zeros(2, 4, 3), AnalyticScorer(torch.tensor([0.1, 0.1, 0.2])), cfg, torch.Generator().manual_seed(0))
+    assert result.accepted.all() and torch.equal(result.proposal[..., -1], torch.zeros(2, 4))
+    assert result.proposal[..., :2].abs().max() > 0.05
+
+
+def _random_heads(*modules: torch.nn.Module) -> None:
+    """Give the zero-initialised output layers random weights, so scores depend on the latent."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in modules:
+            for p in m.parameters():
+                if p.abs().sum() == 0:
+                    p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+
+
+def test_common_random_numbers_give_equal_candidates_equal_scores():
+    torch.manual_seed(0)
+    wm = WorldModel(TINY_WM, state_dim=3, action_dim=2)
+    rm = RewardModel(RewardConfig(units=16), TINY_WM.feat_dim)
+    critic = CriticEnsemble(CriticConfig(units=16, num_models=3), TINY_WM.feat_dim)
+    _random_heads(rm, critic, wm)
+    cfg = PlannerConfig(horizon=5)
+    post, _ = wm.dynamics.observe(wm.embed(torch.randn(2, 3, 3)), torch.zeros(2, 3, 2), torch.tensor([[True, False, False]] * 2))
+    scorer = LatentScorer(wm, rm, critic, {k: v[:, -1] for k, v in post.items()}, cfg)
+    gen = torch.Generator().manual_seed(0)
+    actions = torch.rand(2, 6, 5, 2, generator=gen) * 2 - 1
+    actions[:, 4] = actions[:, 0]  # a candidate equal to the "base plan" (candidate 0)
+    shared = scorer.member_scores(actions, scorer.noise(4, 5, gen))
+    assert shared.shape == (2, 6, 4, 3)
+    assert torch.equal(shared[:, 4], shared[:, 0])
+    assert not torch.equal(shared[:, 1], shared[:, 0])
+    # without common random numbers the two equal candidates get different scores
+    own = scorer.member_scores(actions, scorer.noise(4, 5, gen, per_candidate=6))
+    assert not torch.allclose(own[:, 4], own[:, 0])
+
+
+def test_open_loop_error_and_auroc():
+    wm = WorldModel(TINY_WM, state_dim=2, action_dim=2)
+    still = torch.full((3, 10, 2), 0.5)
+    model, const = wm.open_loop_error(still, torch.zeros(3, 10, 2), context=4, horizon=6)
+    assert model.shape == const.shape == (6,) and torch.equal(const, torch.zeros(6)) and (model > 0).all()
+    assert auroc(np.array([3.0, 2.0]), np.array([1.0, 0.0])) == 1.0
+    assert auroc(np.array([1.0, 0.0]), np.array([3.0, 2.0])) == 0.0
+    assert auroc(np.array([1.0, 2.0]), np.array([1.0, 0.0])) == 0.875  # one tie counts half
 
 
 def test_planner_rejects_bad_shapes():
     with pytest.raises(ValueError, match="batch, horizon, action_dim"):
-        plan_residual(torch.zeros(4, 2), lambda t: t.sum(), PlannerConfig())
+        plan_residual(torch.zeros(4, 2), AnalyticScorer(torch.zeros(2)), PlannerConfig())

@@ -1,18 +1,32 @@
-"""`robolearn sailor`: train SAILOR around a trained diffusion policy."""
+"""`robolearn sailor`: train SAILOR around a trained diffusion policy, or `--resume RUN` one."""
 
 from __future__ import annotations
 
 import argparse
 
+from robolearn.config import ConfigError
+
 
 def _run(args: argparse.Namespace) -> int:
-    from robolearn.sailor.loop import run_sailor
+    from robolearn.sailor.loop import resume_sailor, run_sailor
 
-    run_dir = run_sailor(
-        args.base, args.demos, args.task, args.env_steps, out=args.out, overrides=args.overrides,
-        config_path=args.config, perturb=args.perturb, task_overrides=args.task_set, wandb_mode=args.wandb,
-        progress=not args.no_progress,
-    )
+    if args.resume is not None:
+        extra = [name for name, value in (("--base", args.base), ("--demos", args.demos), ("--task", args.task),
+                                          ("--out", args.out), ("--config", args.config), ("--perturb", args.perturb))
+                 if value is not None] + (["--task-set"] if args.task_set else []) + (["overrides"] if args.overrides else [])
+        if extra:
+            raise ConfigError(f"--resume continues a run with its recorded settings; drop {', '.join(extra)}")
+        run_dir = resume_sailor(args.resume, env_steps=args.env_steps, wandb_mode=args.wandb, progress=not args.no_progress)
+    else:
+        missing = [name for name, value in (("--base", args.base), ("--demos", args.demos), ("--task", args.task),
+                                            ("--env-steps", args.env_steps)) if value is None]
+        if missing:
+            raise ConfigError(f"sailor needs {', '.join(missing)} (or --resume RUN)")
+        run_dir = run_sailor(
+            args.base, args.demos, args.task, args.env_steps, out=args.out, overrides=args.overrides,
+            config_path=args.config, perturb=args.perturb, task_overrides=args.task_set, wandb_mode=args.wandb,
+            progress=not args.no_progress,
+        )
     print(f"run directory: {run_dir}")
     print(f"planner-augmented policy: {run_dir / 'policy'}  (robolearn eval --checkpoint {run_dir / 'policy'})")
     print(f"distilled base policy: {run_dir / 'base_policy'}")
@@ -20,13 +34,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", required=True, help="diffusion policy checkpoint or `robolearn train` run directory")
-    parser.add_argument("--demos", required=True, help="episode store of the demonstrations the base was trained on")
-    parser.add_argument("--task", required=True, help="task to collect on (see `robolearn tasks`)")
-    parser.add_argument("--env-steps", type=int, required=True, help="environment-step budget (warm start included)")
+    parser.add_argument("--base", help="diffusion policy checkpoint or `robolearn train` run directory")
+    parser.add_argument("--demos", help="episode store of the demonstrations the base was trained on")
+    parser.add_argument("--task", help="task to collect on (see `robolearn tasks`)")
+    from robolearn import validation
+
+    parser.add_argument("--env-steps", type=validation.step_count, help="environment-step budget (warm start included); with --resume: a new total")
     parser.add_argument("--out", help="run directory (default runs/sailor-<task>-<time>)")
+    parser.add_argument("--resume", metavar="RUN", help="continue this run exactly from its last checkpoint")
     parser.add_argument("--config", help="YAML config instead of policies/sailor.yaml")
-    parser.add_argument("--perturb", type=float, default=None, help="perturbation events per step during collection and eval")
+    parser.add_argument("--perturb", type=validation.probability, default=None, help="perturbation events per step during collection and eval")
     parser.add_argument("--task-set", action="append", default=[], metavar="KEY=VALUE", help="task config override (repeatable)")
     parser.add_argument("--wandb", default="offline", choices=["off", "offline", "online"])
     parser.add_argument("--no-progress", action="store_true")

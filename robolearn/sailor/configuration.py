@@ -107,10 +107,22 @@ class PlannerConfig:
     abs_residual: float = 0.2
     uncertainty_cost: float = 1.0  # beta: weight of the critic ensemble's std
     discount: float = 0.99
+    # guards (see robolearn/sailor/planner.py)
+    guard: bool = True  # base plan as a candidate, weighted-mean output, acceptance test; false: best sample, always run
+    common_random_numbers: bool = True  # every candidate scored with the same latent draws
+    particles: int = 1  # latent sample sets per candidate during the search
+    check_particles: int = 8  # fresh sample sets for the acceptance test (proposal vs base, paired)
+    accept_margin_se: float = 2.0  # run the residual only if its re-scored gain > this many standard errors
+    residual_gripper: bool = True  # false: the gripper dimension keeps the base policy's action
+    gripper_dim: int = -1  # the gripper's action index (pick_place, sort: the last)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.iterations < 1 or self.horizon < 1:
             raise ConfigError("planner.num_samples, iterations and horizon must be >= 1")
+        if self.particles < 1 or self.check_particles < 1:
+            raise ConfigError("planner.particles and planner.check_particles must be >= 1")
+        if self.accept_margin_se < 0:
+            raise ConfigError(f"planner.accept_margin_se must be >= 0, got {self.accept_margin_se}")
         if not 1 <= self.num_elites <= self.num_samples:
             raise ConfigError(f"planner.num_elites must be in [1, num_samples={self.num_samples}], got {self.num_elites}")
         if not 0 < self.min_std <= self.max_std:
@@ -132,15 +144,10 @@ class SailorConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
-    use_planner: bool = True  # false: act with the base policy's chunk (executed step by step)
+    use_planner: bool = True  # false: act exactly as the base policy (its chunks, n_action_steps at a time)
+    planner_seed: int = 0  # the planner's own generator (reseeded on a full reset); the base keeps torch's global RNG
 
     def __post_init__(self) -> None:
-        needed = self.base.n_obs_steps - 1 + self.planner.horizon
-        if needed > self.base.horizon:
-            raise ConfigError(
-                f"planner.horizon ({self.planner.horizon}) needs base.horizon >= n_obs_steps - 1 + planner.horizon = {needed}, "
-                f"got {self.base.horizon}"
-            )
         if self.base.image_keys:
             raise ConfigError("SAILOR here supports state observations only (base.image_keys must be empty)")
 
@@ -160,6 +167,28 @@ class SailorConfig:
     @property
     def state_dim(self) -> int:
         return int(sum(self.base.input_shapes[k][0] for k in self.base.state_keys))
+
+    def check_horizons(self) -> None:
+        """The planner and critic horizons against the base policy's chunking (checked when the
+        agent is built, once `base` is the trained policy's config, not the YAML's default)."""
+        needed = self.base.n_obs_steps - 1 + self.planner.horizon
+        if needed > self.base.horizon:
+            raise ConfigError(
+                f"planner.horizon ({self.planner.horizon}) needs base.horizon >= n_obs_steps - 1 + planner.horizon = {needed}, "
+                f"got {self.base.horizon}"
+            )
+        if self.planner.horizon < self.base.n_action_steps:
+            raise ConfigError(
+                f"planner.horizon ({self.planner.horizon}) must cover the executed chunk "
+                f"(base.n_action_steps = {self.base.n_action_steps})"
+            )
+        critic_needed = self.base.n_obs_steps - 1 + self.base.n_action_steps - 1 + self.critic.imag_horizon
+        if critic_needed > self.base.horizon:
+            raise ConfigError(
+                f"critic.imag_horizon ({self.critic.imag_horizon}) needs base.horizon >= n_obs_steps - 1 + n_action_steps - 1 "
+                f"+ imag_horizon = {critic_needed} (imagined rollouts follow the rest of the executed chunk), "
+                f"got {self.base.horizon}"
+            )
 
     def require_features(self) -> None:
         self.base.require_features()
@@ -194,8 +223,18 @@ class LoopConfig:
     dp_lr: float = 1e-4
     relabel_batch: int = 32
     max_episode_steps: int | None = None  # default: the task's horizon
+    dp_after_win: bool = True  # expert iteration only once an evaluation showed the planner above the base
+    holdout_demo_fraction: float = 0.1  # demo episodes kept out of model training (readiness test, AUROC)
+    require_ready: bool = True  # planner off until the world model beats the constant-state predictor
+    ready_ratio: float = 1.0  # ready: mean k-step error (k = 1..planner.horizon) < ratio x the constant predictor's
+    ready_context: int = 8  # posterior steps before the open-loop prediction
+    checkpoint_every_updates: int = 1000  # RUN/checkpoints/last during long training phases (and after every phase)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.holdout_demo_fraction < 1.0:
+            raise ConfigError(f"loop.holdout_demo_fraction must be in [0, 1), got {self.holdout_demo_fraction}")
+        if self.ready_ratio <= 0 or self.ready_context < 1 or self.checkpoint_every_updates < 1:
+            raise ConfigError("loop.ready_ratio must be > 0, loop.ready_context and loop.checkpoint_every_updates >= 1")
         if self.num_envs < 1 or self.min_env_steps_per_round < 1:
             raise ConfigError("loop.num_envs and loop.min_env_steps_per_round must be >= 1")
         if not 0.0 <= self.warmstart_fraction < 1.0:

@@ -62,10 +62,17 @@ class RSSM(nn.Module):
         probs = logit.softmax(-1)
         return (1 - self.cfg.unimix) * probs + self.cfg.unimix / self.classes
 
-    def _sample(self, logit: torch.Tensor, sample: bool = True) -> torch.Tensor:
+    def _sample(self, logit: torch.Tensor, sample: bool = True, uniform: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """One-hot samples (straight-through). `uniform` (..., stoch) in [0, 1): inverse-CDF sampling
+        with these numbers, so candidates given the same numbers share their latent draws (common
+        random numbers); otherwise multinomial draws from `generator` (None: torch's global RNG)."""
         probs = self._probs(logit)
-        if sample:
-            idx = torch.multinomial(probs.reshape(-1, self.classes), 1).reshape(probs.shape[:-1])
+        if uniform is not None:
+            cdf = probs.detach().cumsum(-1)
+            idx = (cdf < uniform.unsqueeze(-1)).sum(-1).clamp(max=self.classes - 1)
+        elif sample:
+            idx = torch.multinomial(probs.reshape(-1, self.classes), 1, generator=generator).reshape(probs.shape[:-1])
         else:
             idx = probs.argmax(-1)
         onehot = F.one_hot(idx, self.classes).to(probs.dtype)
@@ -82,14 +89,15 @@ class RSSM(nn.Module):
         logit = self._logit(self.img_out(deter))
         return {"deter": deter, "stoch": self._sample(logit, sample=False), "logit": logit}
 
-    def img_step(self, state: State, action: torch.Tensor, sample: bool = True) -> State:
+    def img_step(self, state: State, action: torch.Tensor, sample: bool = True, uniform: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> State:
         x = self.img_in(torch.cat([state["stoch"].flatten(-2), action], -1))
         deter = self.cell(x, state["deter"])
         logit = self._logit(self.img_out(deter))
-        return {"deter": deter, "stoch": self._sample(logit, sample), "logit": logit}
+        return {"deter": deter, "stoch": self._sample(logit, sample, uniform, generator), "logit": logit}
 
     def obs_step(self, state: State | None, prev_action: torch.Tensor, embed: torch.Tensor,
-                 is_first: torch.Tensor, sample: bool = True) -> tuple[State, State]:
+                 is_first: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None) -> tuple[State, State]:
         """(posterior, prior) for one step; rows with is_first restart from the initial state."""
         batch = embed.shape[0]
         init = self.initial(batch, embed.device)
@@ -100,9 +108,9 @@ class RSSM(nn.Module):
             state = {k: v * (1 - first.reshape(-1, *([1] * (v.dim() - 1)))) + init[k] * first.reshape(-1, *([1] * (v.dim() - 1)))
                      for k, v in state.items()}
             prev_action = prev_action * (1 - first)
-        prior = self.img_step(state, prev_action, sample)
+        prior = self.img_step(state, prev_action, sample, generator=generator)
         logit = self._logit(self.obs_out(torch.cat([prior["deter"], embed], -1)))
-        post = {"deter": prior["deter"], "stoch": self._sample(logit, sample), "logit": logit}
+        post = {"deter": prior["deter"], "stoch": self._sample(logit, sample, generator=generator), "logit": logit}
         return post, prior
 
     def observe(self, embed: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor,
@@ -174,14 +182,49 @@ class WorldModel(nn.Module):
         return torch.sigmoid(self.cont(feat).squeeze(-1))
 
     @torch.no_grad()
-    def imagine(self, start: State, actions: torch.Tensor) -> torch.Tensor:
-        """Features (H+1, N, F) of the start state and the H states reached by actions (N, H, A)."""
+    def imagine(self, start: State, actions: torch.Tensor, uniform: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Features (H+1, N, F) of the start state and the H states reached by actions (N, H, A).
+
+        uniform (H, N, stoch): the random numbers of each step's latent draw (common random
+        numbers); otherwise draws from `generator`."""
         feats = [self.dynamics.feat(start)]
         state = start
         for k in range(actions.shape[1]):
-            state = self.dynamics.img_step(state, actions[:, k])
+            state = self.dynamics.img_step(state, actions[:, k], uniform=None if uniform is None else uniform[k],
+                                           generator=generator)
             feats.append(self.dynamics.feat(state))
         return torch.stack(feats, 0)
+
+    @torch.no_grad()
+    def open_loop_error(self, state: torch.Tensor, prev_action: torch.Tensor, context: int,
+                        horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k-step prediction error on windows, next to the constant-state ("nothing moves") predictor.
+
+        state (B, context + horizon, Ds) normalized, prev_action (B, context + horizon, A) (the
+        store's convention: prev_action[t] = action[t-1]; each window starts an episode segment).
+        The posterior filters the first `context` states; the model then imagines `horizon` steps
+        with the recorded actions (latent mode, no sampling) and decodes them. Returns per-k mean
+        squared errors (horizon,) of the model and of repeating the last observed state, both in
+        the decoder's symlog space."""
+        b, length = state.shape[:2]
+        if length != context + horizon or context < 1:
+            raise ValueError(f"windows must hold context + horizon = {context + horizon} steps, got {length}")
+        first = torch.zeros(b, length, dtype=torch.bool, device=state.device)
+        first[:, 0] = True
+        embed = self.embed(state[:, :context])
+        latent = None
+        for t in range(context):
+            latent, _ = self.dynamics.obs_step(latent, prev_action[:, t], embed[:, t], first[:, t], sample=False)
+        target = symlog(state[:, context:])
+        last = symlog(state[:, context - 1])
+        model_err, const_err = [], []
+        for k in range(horizon):
+            latent = self.dynamics.img_step(latent, prev_action[:, context + k], sample=False)
+            pred = self.decoder(self.dynamics.feat(latent))
+            model_err.append((pred - target[:, k]).pow(2).mean())
+            const_err.append((last - target[:, k]).pow(2).mean())
+        return torch.stack(model_err), torch.stack(const_err)
 
 
 def flatten_state(state: State) -> State:
