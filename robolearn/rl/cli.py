@@ -49,9 +49,11 @@ def register_finetune(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", help="task (default: the checkpoint's)")
     parser.add_argument("--algo", default="wsrl", choices=["wsrl", "sac"],
                         help="wsrl: warm-up then online-only SAC; sac: same SAC, no warm-up by default")
-    parser.add_argument("--warmup", type=int, help="env steps with the pre-trained policy and no updates")
-    parser.add_argument("--retain-offline", type=float, help="fraction of each batch from the offline data (0 = none)")
-    parser.add_argument("--steps", type=int, help="online env steps, warm-up included")
+    from robolearn import validation
+
+    parser.add_argument("--warmup", type=validation.non_negative_int, help="env steps with the pre-trained policy and no updates")
+    parser.add_argument("--retain-offline", type=validation.probability, help="fraction of each batch from the offline data (0 = none)")
+    parser.add_argument("--steps", type=validation.step_count, help="online env steps, warm-up included")
     parser.add_argument("--data", help="offline store for --retain-offline (default: the checkpoint's)")
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--config", help="YAML config instead of policies/ALGO.yaml")
@@ -88,11 +90,13 @@ def register_data_actions(sub: argparse._SubParsersAction) -> None:
     """Adds `mix` and `rollout` to `robolearn data`."""
     p = sub.add_parser("mix", help="good+bad mixed dataset with a given fraction of good transitions (harness paper)")
     p.add_argument("--good", required=True)
-    p.add_argument("--bad", required=True)
-    p.add_argument("--ratio", type=float, required=True, help="fraction of transitions from good trajectories")
+    p.add_argument("--bad", required=True, nargs="+", help="one or more stores; bad episodes are drawn from all of them")
+    from robolearn import validation
+
+    p.add_argument("--ratio", type=validation.probability, required=True, help="fraction of transitions from good trajectories")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, help="total transitions (default: the bad store's steps)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=validation.step_count, help="total transitions (default: the bad store's steps)")
+    p.add_argument("--seed", type=validation.seed, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_mix)
     p = sub.add_parser("rollout", help="collect random / noisy-expert / noisy-checkpoint episodes with task rewards")
@@ -100,10 +104,13 @@ def register_data_actions(sub: argparse._SubParsersAction) -> None:
 
     add_task_options(p, required=True, deprecated_set=("--task-override",))
     p.add_argument("--policy", default="random", help="random, expert (our tasks) or a checkpoint directory")
-    p.add_argument("--episodes", type=int, required=True)
-    p.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise std")
-    p.add_argument("--max-steps", type=int, help="stop once this many steps are stored")
+    p.add_argument("--episodes", type=validation.episode_count, required=True)
+    p.add_argument("--noise", type=validation.non_negative_float, default=0.0, help="Gaussian action noise std")
+    p.add_argument("--max-steps", type=validation.step_count, help="stop once this many steps are stored")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=validation.seed, default=0)
+    p.add_argument("--num-envs", type=validation.num_envs, default=16, help="envs stepped as one batch (our tasks; gymnasium tasks run one)")
+    p.add_argument("--keep", default="all", choices=["all", "success", "failure"],
+                   help="store only episodes that end in success / failure (e.g. failing-policy data); --episodes counts stored ones")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_rollout)
