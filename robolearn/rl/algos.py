@@ -59,13 +59,21 @@ class RLTrainConfig:
     eval_every: int = 5_000
     eval_episodes: int = 10
     eval_seed: int = 100_000
+    eval_num_envs: int = 10  # evaluation episodes run as one batch of this many envs (our tasks)
     save_every: int = 10_000
     device: str = "cpu"
     threads: int = 1  # torch CPU threads (RL updates are small; 1 keeps shared boxes usable)
+    # none | return_range: rewards times 1000 / (max - min episode return) of the data, IQL's locomotion
+    # recipe (the scale replaces agent.reward_scale and is recorded in the run's config.yaml)
+    reward_norm: str = "none"
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"train.steps and train.batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.reward_norm not in ("none", "return_range"):
+            raise ConfigError(f"train.reward_norm must be none or return_range, got {self.reward_norm!r}")
+        if self.eval_num_envs < 1:
+            raise ConfigError(f"train.eval_num_envs must be >= 1, got {self.eval_num_envs}")
         if self.eval_every < 1 or self.save_every < 1 or self.log_every < 1:
             raise ConfigError("train.eval_every, save_every and log_every must be >= 1")
         if self.eval_episodes < 0 or self.threads < 1:
@@ -106,11 +114,14 @@ class FinetuneConfig:
     eval_every: int = 1_000
     eval_episodes: int = 10
     eval_seed: int = 100_000
+    eval_num_envs: int = 10  # evaluation episodes run as one batch of this many envs (our tasks)
     save_every: int = 10_000
     device: str = "cpu"
     threads: int = 1
 
     def __post_init__(self) -> None:
+        if self.eval_num_envs < 1:
+            raise ConfigError(f"finetune.eval_num_envs must be >= 1, got {self.eval_num_envs}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"finetune.steps and finetune.batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         if self.warmup < 0:

@@ -4,6 +4,25 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+
+def _print_run(run_dir: Path, as_json: bool) -> None:
+    """The run's locations, or with --json its continual-evaluation summary (continual.json) as one JSON document."""
+    summary = json.loads((run_dir / "continual.json").read_text()) if (run_dir / "continual.json").is_file() else {}
+    if as_json:
+        print(json.dumps({"run_dir": str(run_dir), "policy": str(run_dir / "policy"), **summary}))
+        return
+    print(f"run directory: {run_dir}")
+    print(f"policy checkpoint: {run_dir / 'policy'}")
+    m = summary.get("metrics")
+    if m:
+        ttr = m["time_to_recover"]
+        print(f"continual evaluation ({summary['score']}, {run_dir / 'continual.json'}, continual.png): initial {m['initial']:.3g}, "
+              f"final {m['final']:.3g}, min-ACC {m['min_acc']:.3g} (step {m['min_acc_step']}), WC-ACC {m['wc_acc']:.3g}, "
+              f"stability gap {m['gap_depth']:.3g} below step 0, recovered "
+              + ("never" if ttr is None else f"after {ttr} steps"))
 
 
 def _offline(args: argparse.Namespace) -> int:
@@ -14,8 +33,7 @@ def _offline(args: argparse.Namespace) -> int:
         raise ConfigError("offline needs --algo and --data (or --resume DIR)")
     run_dir = train_offline(args.algo, args.data, task=args.task, sampler=args.sampler, overrides=args.overrides,
                             out=args.out, wandb_mode=args.wandb, resume=args.resume, config_path=args.config)
-    print(f"run directory: {run_dir}")
-    print(f"policy checkpoint: {run_dir / 'policy'}")
+    _print_run(run_dir, args.json)
     return 0
 
 
@@ -28,6 +46,7 @@ def register_offline(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config instead of policies/ALGO.yaml")
     parser.add_argument("--wandb", default="offline", choices=["off", "offline", "online"])
     parser.add_argument("--resume", help="continue the run in this directory exactly where it stopped")
+    parser.add_argument("--json", action="store_true", help="print the evaluation curve and its continual metrics as JSON")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=5000 sampler.alpha=0.2")
     parser.set_defaults(func=_offline)
 
@@ -38,9 +57,7 @@ def _finetune(args: argparse.Namespace) -> int:
     run_dir = finetune(args.checkpoint, task=args.task, algo=args.algo, warmup=args.warmup, retain_offline=args.retain_offline,
                        steps=args.steps, data=args.data, overrides=args.overrides, out=args.out, wandb_mode=args.wandb,
                        config_path=args.config, resume=args.resume)
-    print(f"run directory: {run_dir}")
-    print(f"policy checkpoint: {run_dir / 'policy'}")
-    print(f"continual evaluation: {run_dir / 'continual.json'}")
+    _print_run(run_dir, args.json)
     return 0
 
 
@@ -60,6 +77,7 @@ def register_finetune(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wandb", default="offline", choices=["off", "offline", "online"])
     parser.add_argument("--resume", help="continue the fine-tuning run in this directory exactly where it stopped "
                         "(agent, optimizers, replay buffer, counters, RNG, evaluation history)")
+    parser.add_argument("--json", action="store_true", help="print the evaluation curve and its continual metrics as JSON")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. agent.utd=8 finetune.eval_every=500")
     parser.set_defaults(func=_finetune)
 
@@ -69,7 +87,8 @@ def _mix(args: argparse.Namespace) -> int:
 
     dst = mix_stores(args.good, args.bad, args.ratio, args.out, size=args.size, seed=args.seed, overwrite=args.overwrite)
     mix = dst.attrs["mix"]
-    print(f"wrote {dst.path}: {dst.num_episodes} episodes ({mix['good_episodes']} good, {mix['bad_episodes']} bad), {dst.num_steps} steps")
+    print(f"wrote {dst.path}: {dst.num_episodes} episodes ({mix['good_episodes']} good of which {mix['good_distinct']} distinct, "
+          f"{mix['bad_episodes']} bad of which {mix['bad_distinct']} distinct), {dst.num_steps} steps")
     return 0
 
 
@@ -79,7 +98,8 @@ def _rollout(args: argparse.Namespace) -> int:
     from robolearn.config import parse_overrides
 
     store = collect(args.task, args.policy, args.episodes, args.out, noise=args.noise, seed=args.seed,
-                    max_steps=args.max_steps, overwrite=args.overwrite, env_kwargs=parse_overrides(args.task_overrides or []))
+                    max_steps=args.max_steps, overwrite=args.overwrite, env_kwargs=parse_overrides(args.task_overrides or []),
+                    num_envs=args.num_envs, keep=args.keep)
     ret = store.column("return")
     print(f"wrote {store.path}: {store.num_episodes} episodes, {store.num_steps} steps, "
           f"return mean {ret.mean():.2f} (min {ret.min():.2f}, max {ret.max():.2f}), success {store.column('success').mean():.3f}")

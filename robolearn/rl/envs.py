@@ -9,9 +9,10 @@
 rescaled to the env's Box bounds here, so tanh actors fit every task.
 
 `evaluate(act, task_or_env, seeds)` runs one deterministic episode per seed (sequentially, on one
-env) and returns per-episode return/success/length. It serves the continual evaluation during
-fine-tuning and the results scripts on both task families; `robolearn eval` (batched,
-robolearn.evaluation) evaluates the saved actors on our own tasks.
+env) and returns per-episode return/success/length. `evaluate_actor(policy, env, seeds)` is the one
+call RL training makes to evaluate its actor: on our own tasks it goes through the project's rollout
+engine (robolearn.evaluation.evaluate_policy, batched over `num_envs`, the same code as `robolearn
+eval`), with the env's task overrides; on gymnasium tasks and other envs through `evaluate`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import numpy as np
 class RLEnv:
     """Flat-state, [-1, 1]-action view of a gymnasium env with dict observations {"state": ...}."""
 
-    def __init__(self, env: Any, task: str) -> None:
+    def __init__(self, env: Any, task: str, overrides: dict[str, Any] | None = None) -> None:
         self.env = env
         self.task = task
+        self.overrides = dict(overrides or {})  # task config overrides the env was built with
         space = env.action_space
         self.low = np.asarray(space.low, np.float64)
         self.high = np.asarray(space.high, np.float64)
@@ -57,6 +59,16 @@ def is_own_task(task: str) -> bool:
     return not get_spec(task).is_gym
 
 
+def expert_class(task: str) -> type:
+    """The scripted expert class of one of our tasks (RL code asks the task registry only here and above)."""
+    from robolearn.tasks.registry import get_spec
+
+    cls = get_spec(task).expert_class()
+    if cls is None:
+        raise ValueError(f"task {task!r} has no scripted expert (use random or a checkpoint)")
+    return cls
+
+
 def make_env(task: str, **overrides: Any) -> RLEnv:
     """An RLEnv of a robolearn task or a gymnasium env (a task name, `gym:<id>`, or a bare
     gymnasium id such as Hopper-v5)."""
@@ -74,7 +86,7 @@ def make_env(task: str, **overrides: Any) -> RLEnv:
     if not spec.is_gym:
         from robolearn.tasks.env import TaskEnv
 
-        return RLEnv(TaskEnv(task, **overrides), task)
+        return RLEnv(TaskEnv(task, **overrides), task, overrides)
     return RLEnv(make_gym_task(spec.name, **overrides), spec.name)
 
 
@@ -98,3 +110,37 @@ def evaluate(act: Callable[[np.ndarray], np.ndarray], env: RLEnv | str, seeds: S
             env.close()
     return [{"seed": r["seed"], "return": r["return"], "success": r["success_once"], "length": r["length"]}
             for r in records]
+
+
+def evaluate_actor(policy: Any, env: RLEnv, seeds: Sequence[int], num_envs: int = 1) -> list[dict[str, Any]]:
+    """Deterministic episodes of an RLActorPolicy, one per seed: per-episode {seed, return, success, length}.
+
+    Our tasks with consecutive seeds run through robolearn.evaluation.evaluate_policy (batched); everything
+    else (gymnasium tasks, test doubles, scattered seeds) runs `evaluate` on `env` itself."""
+    import json
+
+    import torch
+
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        return []
+    if is_own_task(env.task) and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        from robolearn.evaluation import evaluate_policy
+
+        overrides = [f"{k}={json.dumps(v)}" for k, v in env.overrides.items() if k != "task"]
+        was = policy.training
+        policy.eval()
+        try:
+            report = evaluate_policy(policy, env.task, len(seeds), seed=seeds[0], num_envs=num_envs,
+                                     task_overrides=overrides, progress=False)
+        finally:
+            policy.train(was)
+        return [{"seed": int(r["seed"]), "return": float(r["return"]), "success": bool(r["success"]),
+                 "length": int(r["length"])} for r in report["episodes"]]
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = policy.normalize_state(torch.as_tensor(obs[None], dtype=torch.float32))
+            return policy.actor.mode(x)[0].cpu().numpy()
+
+    return evaluate(act, env, seeds)

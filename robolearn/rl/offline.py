@@ -5,13 +5,16 @@ sampler (robolearn.rl.weighting: uniform, rw, aw, topk) on the shared WeightedWi
 Logs JSON lines + wandb (robolearn.training.MetricLogger), evaluates the deterministic actor on
 fixed seeds, and checkpoints like `robolearn train`:
 
-    <run>/config.yaml, run.json, metrics.jsonl
+    <run>/config.yaml, run.json, metrics.jsonl (losses every log_every, evaluations every eval_every)
+    <run>/continual.json, continual.png   the evaluation curve (step 0 = the initial policy) and its
+                               continual metrics (robolearn.rl.metrics: min-ACC, WC-ACC, stability gap)
     <run>/checkpoints/last/    full state for `--resume` (agent, optimizers, sampler, RNG)
     <run>/policy/              final actor + critics: `robolearn eval` and `robolearn finetune` load it
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import sys
@@ -25,16 +28,33 @@ import yaml
 from robolearn.config import ConfigError, to_dict
 
 
-def _eval_record(agent: Any, env: Any, episodes: int, seed: int) -> dict[str, float]:
-    from robolearn.rl.envs import evaluate
+def _eval_record(agent: Any, env: Any, episodes: int, seed: int, num_envs: int, step: int, own: bool) -> dict[str, Any]:
+    """One evaluation of the deterministic actor on seeds seed .. seed+episodes-1 (a history entry)."""
+    from robolearn.rl.envs import evaluate_actor
 
-    was = agent.training
-    agent.eval()
-    recs = evaluate(lambda o: agent.act(o, deterministic=True), env, range(seed, seed + episodes))
-    agent.train(was)
-    return {"eval_return": float(np.mean([r["return"] for r in recs])),
-            "eval_success": float(np.mean([r["success"] for r in recs])),
-            "eval_length": float(np.mean([r["length"] for r in recs]))}
+    recs = evaluate_actor(agent.policy, env, range(seed, seed + episodes), num_envs=num_envs)
+    rec = {"step": step, "success": float(np.mean([r["success"] for r in recs])),
+           "return": float(np.mean([r["return"] for r in recs])), "length": float(np.mean([r["length"] for r in recs]))}
+    rec["score"] = rec["success"] if own else rec["return"]
+    return rec
+
+
+def check_layout(data: str | Path, store_task: str | None, trans_dims: tuple[int, int], task: str, env: Any) -> None:
+    """One clear line, before any training, when the store's observations/actions do not fit `task`."""
+    obs_dim, action_dim = trans_dims
+    if (env.obs_dim, env.action_dim) != (obs_dim, action_dim):
+        held = f"task {store_task!r} " if store_task else ""
+        raise ValueError(f"{data} holds {held}data with obs {obs_dim} / action {action_dim}, but --task {task} has "
+                         f"obs {env.obs_dim} / action {env.action_dim}: evaluate on the store's own task "
+                         f"(or build the data with the same task and task overrides, e.g. obs_relative)")
+
+
+def return_range_scale(returns: np.ndarray) -> float:
+    """IQL's locomotion reward scaling: 1000 / (max - min episode return) of the dataset."""
+    span = float(np.max(returns) - np.min(returns))
+    if span <= 0:
+        raise ValueError("train.reward_norm=return_range needs episodes with different returns")
+    return 1000.0 / span
 
 
 def train_offline(
@@ -56,10 +76,11 @@ def train_offline(
     from robolearn.data.store import EpisodeStore
     from robolearn.rl.agent import MIN_STATE_STD, STATE_KEY
     from robolearn.rl.algos import OFFLINE_ALGOS, build_agent, load_resume, load_run_config, open_run, save_agent
-    from robolearn.rl.envs import make_env
+    from robolearn.rl.envs import is_own_task, make_env
+    from robolearn.rl.metrics import continual_record, write_continual
     from robolearn.rl.replay import transitions_from_store
     from robolearn.rl.weighting import DEFAULT_ALPHA, make_sampler, transition_probs
-    from robolearn.training import MetricLogger, resolve_device
+    from robolearn.training import MetricLogger, read_metrics, resolve_device
 
     overrides = list(overrides or [])
     if resume is not None:
@@ -83,9 +104,21 @@ def train_offline(
     store = EpisodeStore.open(data, mode="r")
     if store.num_episodes == 0:
         raise ValueError(f"{data} holds no episodes")
+    if tcfg.reward_norm == "return_range" and resume is None:  # resume: config.yaml already holds the scale
+        raw = transitions_from_store(store, gamma=cfg.agent.discount)
+        cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, reward_scale=return_range_scale(raw.episode_return)))
     trans = transitions_from_store(store, gamma=cfg.agent.discount, reward_scale=cfg.agent.reward_scale,
                                    reward_bias=cfg.agent.reward_bias)
+    named_task = task is not None
     task = task or (store.task or None)
+    env_kwargs = store.env_kwargs if task == store.task else {}
+    env = None  # built for evaluation, or to check a --task the user named (before any training)
+    if task and (tcfg.eval_episodes > 0 or named_task):
+        env = make_env(task, **env_kwargs)
+        check_layout(data, store.task, (trans.obs_dim, trans.action_dim), task, env)
+        if tcfg.eval_episodes == 0:
+            env.close()
+            env = None
     stats = compute_stats(store, [STATE_KEY])
     stats[STATE_KEY]["std"] = np.maximum(stats[STATE_KEY]["std"], MIN_STATE_STD)
     torch.manual_seed(tcfg.seed)
@@ -109,8 +142,17 @@ def train_offline(
             "episodes": int(len(trans.episode_return)), "sampler_alpha": alpha,
         }, indent=1))
     logger = MetricLogger(run_dir, wandb_mode, to_dict(cfg), run_dir.name, True, start if resume else None)
-    env_kwargs = store.env_kwargs if task == store.task else {}
-    env = make_env(task, **env_kwargs) if (task and tcfg.eval_episodes > 0) else None
+    own = env is not None and is_own_task(task)
+    history: list[dict[str, Any]] = [
+        {k: r[f"eval_{k}"] for k in ("success", "return", "length", "score") if f"eval_{k}" in r} | {"step": r["step"]}
+        for r in (read_metrics(run_dir) if resume is not None else []) if "eval_score" in r]
+
+    def evaluate_now(step: int) -> dict[str, float]:
+        agent.eval()
+        rec = _eval_record(agent, env, tcfg.eval_episodes, tcfg.eval_seed, tcfg.eval_num_envs, step, own)
+        agent.train()
+        history.append(rec)
+        return {f"eval_{k}": rec[k] for k in ("return", "success", "length", "score")}
     # what the sampler puts weight on: share of probability mass of the top-10% return trajectories
     top = np.argsort(-trans.episode_return)[: max(1, len(trans.episode_return) // 10)]
     top_mass = float(probs[np.isin(trans.episode, top)].sum())
@@ -120,6 +162,8 @@ def train_offline(
         save_agent(agent, directory, step=step, task=task, extra_meta=extra, train_state=not final)
 
     agent.train()
+    if env is not None and resume is None:  # step 0: the initial policy, the curve's reference point
+        logger.log(0, evaluate_now(0))
     bar = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, disable=not progress,
                desc=f"offline {algo}/{scfg.kind}", dynamic_ncols=True)
     running: dict[str, list[float]] = {}
@@ -131,17 +175,23 @@ def train_offline(
         for k, v in info.items():
             running.setdefault(k, []).append(v)
         done = step + 1
-        if done % tcfg.log_every == 0 or done == tcfg.steps:
-            record: dict[str, Any] = {k: float(np.mean(v)) for k, v in running.items()}
+        record: dict[str, Any] = {}
+        if done % tcfg.log_every == 0 or done == tcfg.steps:  # logging and evaluation run on their own schedules
+            record.update({k: float(np.mean(v)) for k, v in running.items()})
             record["sampler_top10_mass"] = top_mass
             running = {}
-            if env is not None and (done % tcfg.eval_every == 0 or done == tcfg.steps):
-                record.update(_eval_record(agent, env, tcfg.eval_episodes, tcfg.eval_seed))
+        if env is not None and (done % tcfg.eval_every == 0 or done == tcfg.steps):
+            record.update(evaluate_now(done))
+        if record:
             logger.log(done, record)
             bar.set_postfix({k: f"{record[k]:.3g}" for k in ("eval_return", "q_mean") if k in record})
         if done % tcfg.save_every == 0 or done == tcfg.steps:
             save(done, run_dir / "checkpoints" / "last", final=False)
     save(tcfg.steps, run_dir / "policy", final=True)
+    summary = continual_record(history, window=3 * tcfg.eval_every, score_name="success rate" if own else "mean return",
+                               task=task, algo=algo, sampler=scfg.kind, data=str(data), steps=tcfg.steps,
+                               eval_every=tcfg.eval_every, eval_episodes=tcfg.eval_episodes, reward_scale=cfg.agent.reward_scale)
+    write_continual(run_dir, summary, f"{algo}/{scfg.kind}", f"{algo} ({scfg.kind} sampler) offline on {task}", "gradient steps")
     logger.close()
     if env is not None:
         env.close()

@@ -62,7 +62,7 @@ class TD3BC(Agent):
         self.num_updates += 1
         if self.num_updates % cfg.policy_freq == 0:
             pi = self.actor.mode(obs)
-            q_pi = self.critic(obs, pi)[0]
+            q_pi = self.critic(obs, pi, member=0)
             lam = cfg.alpha / q_pi.abs().mean().detach().clamp_min(1e-6)
             bc = mse(pi, action)
             actor_loss = -lam * q_pi.mean() + bc

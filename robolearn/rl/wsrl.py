@@ -80,7 +80,7 @@ def finetune(
     from robolearn.rl.agent import state_stats
     from robolearn.rl.algos import FINETUNE_ALGOS, build_agent, load_agent, load_resume, load_run_config, open_run, save_agent
     from robolearn.rl.envs import is_own_task, make_env
-    from robolearn.rl.metrics import continual_metrics, plot_curves
+    from robolearn.rl.metrics import continual_record, write_continual
     from robolearn.rl.replay import ReplayBuffer, concat_batches, transitions_from_store
     from robolearn.training import MetricLogger, resolve_device
 
@@ -190,9 +190,9 @@ def finetune(
     history: list[dict[str, Any]] = []
 
     def evaluate_now(step: int) -> dict[str, float]:
-        from robolearn.rl.envs import evaluate
+        from robolearn.rl.envs import evaluate_actor
 
-        recs = evaluate(lambda o: agent.act(o, deterministic=True), eval_env, eval_seeds)
+        recs = evaluate_actor(agent.policy, eval_env, eval_seeds, num_envs=fcfg.eval_num_envs)
         rec = {"step": step, "success": float(np.mean([r["success"] for r in recs])),
                "return": float(np.mean([r["return"] for r in recs])),
                "per_seed_success": [bool(r["success"]) for r in recs], "per_seed_return": [r["return"] for r in recs]}
@@ -296,16 +296,10 @@ def finetune(
             save_last(done)
     extra = {"data": str(data) if data else meta.get("data"), "env_kwargs": env_kwargs, "finetune": {"algo": algo, **stats_log}}
     save_agent(agent, run_dir / "policy", step=fcfg.steps, task=task, extra_meta=extra)
-    summary: dict[str, Any] = {"task": task, "algo": algo, "warmup": fcfg.warmup, "retain_offline": fcfg.retain_offline,
-                               "score": "success rate" if own else "mean return", **stats_log,
-                               "online_transitions": buffer.added, "history": history}
-    if history:
-        steps_h = [h["step"] for h in history]
-        window = max(fcfg.eval_every * 3, 1)
-        summary["metrics"] = continual_metrics(steps_h, [h["score"] for h in history], window)
-        plot_curves({algo: (steps_h, [h["score"] for h in history], None)}, run_dir / "continual.png",
-                    "success rate" if own else "mean return", f"{algo} fine-tuning on {task}", warmup=fcfg.warmup or None)
-    (run_dir / "continual.json").write_text(json.dumps(summary, indent=1))
+    summary = continual_record(history, window=max(fcfg.eval_every * 3, 1), score_name="success rate" if own else "mean return",
+                               task=task, algo=algo, warmup=fcfg.warmup, retain_offline=fcfg.retain_offline, **stats_log,
+                               online_transitions=buffer.added)
+    write_continual(run_dir, summary, algo, f"{algo} fine-tuning on {task}", "online env steps", warmup=fcfg.warmup or None)
     logger.close()
     env.close()
     eval_env.close()

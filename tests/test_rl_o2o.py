@@ -1,0 +1,165 @@
+"""Offline-to-online RL at scale (issue 20): evaluation schedule, layout check at start, continual metrics
+in `offline` / `finetune` output, vectorized `data rollout`, harness-style mixes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robolearn.data.store import EpisodeStore, Feature
+from tests.test_rl import point_env, point_store  # noqa: F401  (fixture + tiny-task store)
+
+
+@pytest.fixture(scope="module")
+def point_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("point_o2o") / "point.zarr"
+    point_store(path).close()
+    return path
+
+
+# ----------------------------------------------------------------------------------- metrics
+def test_stability_gap_depth_and_recovery():
+    from robolearn.rl.metrics import continual_metrics, stability_gap
+
+    steps = [0, 100, 200, 300, 400, 500]
+    gap = stability_gap(steps, [0.6, 0.5, 0.2, 0.4, 0.6, 0.7])
+    assert gap["gap_depth"] == pytest.approx(0.4) and gap["gap_step"] == 200
+    assert gap["gap_start_step"] == 100 and gap["recovered_step"] == 400 and gap["time_to_recover"] == 300
+    never = stability_gap(steps, [0.6, 0.5, 0.2, 0.4, 0.5, 0.55])
+    assert never["gap_depth"] == pytest.approx(0.4) and never["recovered_step"] is None and never["time_to_recover"] is None
+    flat = stability_gap(steps, [0.3, 0.3, 0.4, 0.5, 0.5, 0.6])
+    assert flat["gap_depth"] == 0.0 and flat["time_to_recover"] == 0
+    # an explicit reference (e.g. the pre-trained policy measured elsewhere) replaces a(0)
+    assert stability_gap(steps, [0.6, 0.5, 0.2, 0.4, 0.6, 0.7], reference=0.8)["recovered_step"] is None
+    m = continual_metrics(steps, [0.6, 0.5, 0.2, 0.4, 0.6, 0.7], window=200)
+    assert m["min_acc"] == pytest.approx(0.2) and m["gap_depth"] == pytest.approx(0.4) and m["time_to_recover"] == 300
+    assert m["wc_acc"] == pytest.approx(0.5 * 0.7 + 0.5 * 0.2)
+
+
+# ----------------------------------------------------------------------------------- offline: schedules, output, layout
+def test_offline_eval_schedule_independent_of_logging(point_data, tmp_path, point_env, capsys):  # noqa: F811
+    """Evaluations land every eval_every steps even when log_every is larger (they were tied to the logging block)."""
+    from robolearn.cli import main
+    from robolearn.training import read_metrics
+
+    run = tmp_path / "run"
+    argv = ["offline", "--algo", "td3bc", "--data", str(point_data), "--out", str(run), "--wandb", "off", "--json",  # task: the store's
+            "agent.hidden_dims=[8,8]", "train.batch_size=16", "train.steps=40", "train.log_every=40", "train.eval_every=10",
+            "train.eval_episodes=2", "train.save_every=40"]
+    assert main(argv) == 0
+    evals = [r["step"] for r in read_metrics(run) if "eval_score" in r]
+    assert evals == [0, 10, 20, 30, 40]
+    logs = [r["step"] for r in read_metrics(run) if "critic_loss" in r]
+    assert logs == [40]
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [h["step"] for h in out["history"]] == evals and out["score"] == "mean return"
+    for key in ("min_acc", "wc_acc", "gap_depth", "time_to_recover", "reference", "initial", "final"):
+        assert key in out["metrics"], key
+    assert out["metrics"]["initial"] == out["history"][0]["score"]
+    assert json.loads((run / "continual.json").read_text())["metrics"] == out["metrics"]
+    assert (run / "continual.png").stat().st_size > 0
+
+
+def _store_like(path: Path, task: str, obs_dim: int, action_dim: int) -> None:
+    store = EpisodeStore.create(path, {"obs/state": Feature("float32", (obs_dim,), "obs"),
+                                       "action": Feature("float32", (action_dim,), "action")}, task=task)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        store.append_episode({"obs/state": rng.normal(size=(5, obs_dim)).astype(np.float32),
+                              "action": rng.uniform(-1, 1, (5, action_dim)).astype(np.float32),
+                              "reward": rng.normal(size=5).astype(np.float32)}, metadata={"terminated": False})
+    store.close()
+
+
+def test_offline_task_layout_checked_at_start(tmp_path, capsys):
+    """A push_cube store trained with --task pick_place fails before any training, with one line (was a
+    raw tensor-size error after training); nothing is written."""
+    from robolearn.cli import main
+    from robolearn.rl.envs import make_env
+
+    pc = make_env("push_cube")
+    _store_like(tmp_path / "pc.zarr", "push_cube", pc.obs_dim, pc.action_dim)
+    pc.close()
+    run = tmp_path / "run"
+    capsys.readouterr()
+    rc = main(["offline", "--algo", "iql", "--data", str(tmp_path / "pc.zarr"), "--task", "pick_place", "--out", str(run),
+               "--wandb", "off", "train.steps=100000", "train.eval_episodes=0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "--task pick_place" in err and "push_cube" in err and "obs" in err
+    assert not run.exists()
+    # the same store evaluated on its own task passes the check (and trains)
+    assert main(["offline", "--algo", "td3bc", "--data", str(tmp_path / "pc.zarr"), "--out", str(tmp_path / "ok"), "--wandb", "off",
+                 "agent.hidden_dims=[8,8]", "train.steps=3", "train.batch_size=4", "train.eval_episodes=1"]) == 0
+
+
+def test_reward_norm_return_range(point_data, tmp_path, point_env):  # noqa: F811
+    import yaml
+
+    from robolearn.rl.offline import train_offline
+
+    ret = EpisodeStore.open(point_data).column("return")
+    run = train_offline("iql", point_data, out=tmp_path / "r", wandb_mode="off", progress=False,
+                        overrides=["agent.hidden_dims=[8,8]", "train.steps=2", "train.batch_size=4", "train.eval_episodes=0",
+                                   "train.reward_norm=return_range"])
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["agent"]["reward_scale"] == pytest.approx(1000.0 / (ret.max() - ret.min()))
+
+
+# ----------------------------------------------------------------------------------- data rollout / mix
+def _exit_code(main, argv: list[str]) -> int:
+    """The CLI's exit code, whether argparse rejected the flag (SystemExit) or the command returned it."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+def test_rollout_vectorized_matches_one_env_and_keep_filter(tmp_path, capsys):
+    """Batched collection starts episode k from the same seeded state as one env does, reproduces
+    itself, and --keep failure stores only failed episodes."""
+    from robolearn.cli import main
+
+    common = ["data", "rollout", "--task", "push_cube", "--episodes", "3", "--task-override", "terminate_on_success=false",
+              "--task-override", "obs_relative=true", "--seed", "4", "--policy", "expert", "--noise", "0.1"]
+    assert main([*common, "--num-envs", "1", "--out", str(tmp_path / "one.zarr")]) == 0
+    assert main([*common, "--num-envs", "3", "--out", str(tmp_path / "three.zarr")]) == 0
+    assert main([*common, "--num-envs", "3", "--out", str(tmp_path / "again.zarr")]) == 0
+    one, three, again = (EpisodeStore.open(tmp_path / f"{n}.zarr") for n in ("one", "three", "again"))
+    assert one.env_kwargs == {"terminate_on_success": False, "obs_relative": True}
+    by_seed = {int(s): i for i, s in enumerate(three.column("seed"))}
+    assert sorted(by_seed) == sorted(int(s) for s in one.column("seed")) == [4 * 1_000_003 + k for k in range(3)]
+    for i, s in enumerate(one.column("seed")):  # same initial state per seed (the expert's mode draws differ with the batch)
+        np.testing.assert_array_equal(one.get_episode(i)["obs/state"][0], three.get_episode(by_seed[int(s)])["obs/state"][0])
+    np.testing.assert_array_equal(three.read("obs/state"), again.read("obs/state"))
+    np.testing.assert_array_equal(three.read("action"), again.read("action"))
+    assert one.column("success").all()
+    assert main(["data", "rollout", "--task", "push_cube", "--policy", "random", "--episodes", "4", "--num-envs", "2", "--keep", "failure",
+                 "--task-override", "terminate_on_success=false", "--out", str(tmp_path / "bad.zarr")]) == 0
+    bad = EpisodeStore.open(tmp_path / "bad.zarr")
+    assert bad.num_episodes == 4 and not bad.column("success").any()
+    assert all(json.loads(m)["keep"] == "failure" for m in bad.column("metadata"))
+    capsys.readouterr()
+    assert _exit_code(main, ["data", "rollout", "--task", "push_cube", "--policy", "random", "--episodes", "1", "--num-envs", "0",
+                             "--out", str(tmp_path / "x.zarr")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--num-envs" in err and len(err.splitlines()) == 1 and not (tmp_path / "x.zarr").exists()
+
+
+def test_mix_pools_bad_stores_and_records_distinct(tmp_path):
+    from robolearn.rl.datasets import mix_stores
+
+    for name, seed in (("good", 1), ("bad_a", 2), ("bad_b", 3)):
+        point_store(tmp_path / f"{name}.zarr", episodes=6, seed=seed).close()
+    mix = mix_stores(tmp_path / "good.zarr", [tmp_path / "bad_a.zarr", tmp_path / "bad_b.zarr"], 0.25, tmp_path / "mix.zarr",
+                     size=400, seed=0, progress=False)
+    info = mix.attrs["mix"]
+    assert info["good_steps"] >= 100 and info["good_steps"] - 20 < 100  # episodes of 20 steps until int(400 * 0.25)
+    assert mix.num_steps == 20 * (info["good_episodes"] + info["bad_episodes"]) and mix.num_steps >= 400
+    assert 1 <= info["good_distinct"] <= min(6, info["good_episodes"]) and info["bad_distinct"] <= 12
+    assert info["bad"] == [str(tmp_path / "bad_a.zarr"), str(tmp_path / "bad_b.zarr")]
+    with pytest.raises(FileExistsError):
+        mix_stores(tmp_path / "good.zarr", tmp_path / "bad_a.zarr", 0.5, tmp_path / "mix.zarr", progress=False)
