@@ -258,11 +258,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default=None, help=f"default {DEFAULTS['task']}")
-    parser.add_argument("--episodes", type=int, default=None, help=f"scripted demos to collect (default {DEFAULTS['episodes']})")
-    parser.add_argument("--steps", type=int, default=None, help=f"diffusion training steps (default {DEFAULTS['steps']})")
-    parser.add_argument("--eval-episodes", type=int, default=None, help=f"default {DEFAULTS['eval_episodes']}")
-    parser.add_argument("--num-envs", type=int, default=None, help=f"default {DEFAULTS['num_envs']}")
-    parser.add_argument("--seed", type=int, default=None, help=f"default {DEFAULTS['seed']}")
+    from robolearn import validation
+
+    parser.add_argument("--episodes", type=validation.episode_count, default=None, help=f"scripted demos to collect (default {DEFAULTS['episodes']})")
+    parser.add_argument("--steps", type=validation.step_count, default=None, help=f"diffusion training steps (default {DEFAULTS['steps']})")
+    parser.add_argument("--eval-episodes", type=validation.episode_count, default=None, help=f"default {DEFAULTS['eval_episodes']}")
+    parser.add_argument("--num-envs", type=validation.num_envs, default=None, help=f"default {DEFAULTS['num_envs']}")
+    parser.add_argument("--seed", type=validation.seed, default=None, help=f"default {DEFAULTS['seed']}")
     parser.add_argument("--out", default=None, help="report directory (default runs/demo-<task>-<time>)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
                         help="continue an interrupted demo (default: the latest under runs/)")

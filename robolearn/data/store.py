@@ -706,7 +706,7 @@ class EpisodeStore:
 
     def _read_steps(self, key: str, lo: int, hi: int) -> np.ndarray:
         try:
-            return np.asarray(self.array(key)[lo:hi])
+            return np.asarray(self._arrays[key][lo:hi])
         except (OSError, KeyError, MemoryError):
             raise
         except Exception as exc:
@@ -784,10 +784,13 @@ class EpisodeStore:
 
     # ------------------------------------------------------------------ reading
     def array(self, key: str) -> Any:
-        """The raw zarr array of a per-step feature (may hold an uncommitted tail: slice by ends)."""
+        """The zarr array of a per-step feature (may hold an uncommitted tail: slice by ends).
+
+        Reads through it that hit a corrupt chunk raise StoreIntegrityError naming the array and
+        episodes (attributes are the zarr array's)."""
         if key not in self._arrays:
             raise KeyError(f"store has no feature {key!r} (features: {', '.join(self.features)})")
-        return self._arrays[key]
+        return _CheckedArray(self, key)
 
     def read(self, key: str, cache: bool = True) -> np.ndarray:
         """All committed steps of one feature as numpy (cached in memory when `cache`)."""
@@ -1121,6 +1124,33 @@ class EpisodeStore:
             except Exception:
                 row[name] = None
         return row
+
+
+class _CheckedArray:
+    """A store array whose failed reads name the array and the episodes they touch."""
+
+    def __init__(self, store: EpisodeStore, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._array = store._arrays[key]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._array, name)
+
+    def __len__(self) -> int:
+        return int(self._array.shape[0])
+
+    def __getitem__(self, index: Any) -> Any:
+        try:
+            return self._array[index]
+        except (OSError, KeyError, IndexError, MemoryError):
+            raise
+        except Exception as exc:
+            lo, hi = 0, int(self._array.shape[0])
+            first = index[0] if isinstance(index, tuple) and index else index
+            if isinstance(first, slice):
+                lo, hi, _ = first.indices(hi)
+            raise self._store._integrity_error(self._key, lo, max(hi, lo + 1), exc) from None
 
 
 class EpisodeWriter:

@@ -65,19 +65,20 @@ def run_tasks(args: argparse.Namespace) -> int:
 
 def register_collect(parser: argparse.ArgumentParser) -> None:
     """`robolearn collect`: scripted-expert episodes appended to an episode store."""
+    from robolearn import validation
     from robolearn.cli import add_task_options, non_negative_float, positive_int
 
     add_task_options(parser, required=True)
     parser.add_argument("--episodes", type=positive_int, required=True, help="number of episodes to collect")
     parser.add_argument("--out", required=True, help="episode store path (created, or appended to)")
-    parser.add_argument("--num-envs", type=positive_int, default=1, help="envs stepped as one batch")
+    parser.add_argument("--num-envs", type=validation.num_envs, default=1, help="envs stepped as one batch")
     parser.add_argument("--noise", type=non_negative_float, default=0.0, help="std of Gaussian noise on expert actions")
-    parser.add_argument("--expert-mode", type=int, default=None,
+    parser.add_argument("--expert-mode", type=validation.non_negative_int, default=None,
                         help="always use this expert mode (e.g. one grasp face / push side: unimodal demos)")
     parser.add_argument("--perturb", type=non_negative_float, default=None,
                         help="perturbation events per step (overrides the task config's perturb_rate)")
     parser.add_argument("--image", action="store_true", help="also record 84x84 camera images")
-    parser.add_argument("--seed", type=int, default=0, help="episode k uses reset seed SEED+k")
+    parser.add_argument("--seed", type=validation.seed, default=0, help="episode k uses reset seed SEED+k")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func="robolearn.tasks.cli:run_collect")
 

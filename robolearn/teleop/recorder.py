@@ -538,7 +538,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="policy checkpoint or run directory")
     parser.add_argument("--task", help="task (default: the one recorded in the checkpoint)")
     parser.add_argument("--teleop", required=True, choices=TELEOP_DEVICES)
-    parser.add_argument("--episodes", type=int, required=True)
+    from robolearn import validation
+
+    parser.add_argument("--episodes", type=validation.episode_count, required=True)
     parser.add_argument("--out", required=True, help="episode store to append to (created if missing)")
     parser.add_argument("--set", dest="task_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="task config override, e.g. --set horizon=80 (repeatable); applied after the task "
@@ -548,18 +550,18 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-recovery", action="store_true",
                         help="take-overs go straight to correction (HG-DAgger/IWR/Sirius protocol)")
     parser.add_argument("--viewer", action="store_true", help="show env 0 in the MuJoCo viewer (keys go to the device)")
-    parser.add_argument("--speed", type=float, default=0.1, help="keyboard: gripper speed while a motion key is held, m/s")
-    parser.add_argument("--yaw-speed", type=float, default=1.0, help="keyboard: yaw rate while z / x is held, rad/s")
-    parser.add_argument("--slowmo", type=float, default=1.0,
+    parser.add_argument("--speed", type=validation.positive_float, default=0.1, help="keyboard: gripper speed while a motion key is held, m/s")
+    parser.add_argument("--yaw-speed", type=validation.positive_float, default=1.0, help="keyboard: yaw rate while z / x is held, rad/s")
+    parser.add_argument("--slowmo", type=validation.positive_float, default=1.0,
                         help="human devices: wall seconds per control period, as a factor (2 = half speed; "
                              "- / = change it while running); the stored data keep the task's control period")
     parser.add_argument("--pause-on-takeover", action="store_true",
                         help="human devices: pause at every takeover until p or a motion key")
-    parser.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED+i")
-    parser.add_argument("--perturb", type=float, default=None, help="perturbation events per step")
+    parser.add_argument("--seed", type=validation.seed, default=0, help="episode i uses seed SEED+i")
+    parser.add_argument("--perturb", type=validation.probability, default=None, help="perturbation events per step")
     parser.add_argument("--demos", default=None, help="demo store for the scripted operator's familiarity model "
                         "(default: the checkpoint's training data)")
-    parser.add_argument("--max-operator-steps", type=int, default=None,
+    parser.add_argument("--max-operator-steps", type=validation.non_negative_int, default=None,
                         help="stop after the episode in which this many operator steps were used")
     parser.add_argument("--json", action="store_true", help="print the round's metrics as one JSON object")
     parser.set_defaults(func=_run)
