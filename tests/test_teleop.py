@@ -258,6 +258,30 @@ def test_viewer_without_key_interception_restores_the_flags_a_teleop_key_toggled
     sim.close()
 
 
+def test_reference_cannot_run_away_from_a_blocked_robot():
+    keys = QueueKeySource()
+    dev = KeyboardDevice(keys, speed=0.5)  # 5 cm per step
+    robot = Pose(np.zeros(3), 0.0, -1.0)
+    dev.engage(robot)
+    for _ in range(5):
+        keys.push("down")
+        dev.poll(ctx(robot))
+        dev.action(ctx(robot))
+    assert np.linalg.norm(dev.reference.pos - robot.pos) <= dev.max_lead + 1e-9
+    # held down onto the table (the robot cannot follow), then away: the planar command still gets through
+    dev = KeyboardDevice(keys, speed=0.1)
+    dev.engage(robot)
+    keys.push_event("f", True)
+    for _ in range(10):
+        dev.poll(ctx(robot))
+        dev.action(ctx(robot))
+    assert dev.reference.pos[2] == pytest.approx(-dev.max_lead_z)
+    keys.push_event("w", True)
+    dev.poll(ctx(robot))
+    a = dev.action(ctx(robot))
+    assert a[1] == pytest.approx(0.01 / 0.03, abs=1e-6) and a[2] == pytest.approx(-dev.max_lead_z / 0.03, abs=1e-6)
+
+
 def test_pose_action_follows_task_axes():
     t = fake_task(("x", "y", "z", "grip"))
     a = pose_action(t, Pose(np.array([0.01, 0, 0]), 1.0, 1.0), Pose(np.zeros(3), 0.0, -1.0))

@@ -98,7 +98,8 @@ class ReferenceDevice:
     """Base of human devices: integrates motion input into a reference pose, commands towards it."""
 
     name = "device"
-    max_lead = 0.06  # metres the reference may run ahead of a blocked robot
+    max_lead = 0.06  # metres the reference may run ahead of a blocked robot (horizontally)
+    max_lead_z = 0.02  # vertically: pressing down onto the table must not swallow the horizontal command
 
     def __init__(self) -> None:
         self.reference: Pose | None = None
@@ -122,9 +123,11 @@ class ReferenceDevice:
         assert ref is not None
         ref.pos = ref.pos + self._motion[:3]
         lead = ref.pos - ctx.pose.pos
-        n = float(np.linalg.norm(lead))
+        n = float(np.linalg.norm(lead[:2]))
         if n > self.max_lead:
-            ref.pos = ctx.pose.pos + lead * (self.max_lead / n)
+            lead[:2] *= self.max_lead / n
+        lead[2] = float(np.clip(lead[2], -self.max_lead_z, self.max_lead_z))
+        ref.pos = ctx.pose.pos + lead
         ref.yaw += float(self._motion[3])
         if self._toggle_grip:
             ref.grip = -1.0 if ref.grip > 0 else 1.0

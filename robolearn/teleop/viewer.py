@@ -32,6 +32,12 @@ OPTION_FIELDS = ("flags", "geomgroup", "sitegroup", "jointgroup", "tendongroup",
                  "skingroup", "frame", "label")
 
 
+# What the operator does next, per mode (the overlay's "next" row).
+NEXT_STEP = {Mode.AUTONOMOUS: "watch; t takes over when it goes wrong",
+             Mode.RECOVERY: "move back to where the policy is at home, then c",
+             Mode.CORRECTION: "finish the current sub-task, then h (or y / n ends the episode)"}
+
+
 @dataclass
 class RunStatus:
     """What the overlay shows about the running episode."""
@@ -58,8 +64,8 @@ def overlay_texts(st: RunStatus) -> list[tuple[int, int, str, str]]:
     left_s = (st.horizon - st.step) * st.control_period
     speed = "real time" if st.slowmo == 1 else (f"1/{st.slowmo:g} (slow motion)" if st.slowmo > 1 else f"{1 / st.slowmo:g}x")
     mode = st.mode.value.upper() + ("  (you drive)" if st.mode.operator else "  (policy drives)")
-    labels = "mode\ngripper\nepisode\nstep\ntime left\ninterventions\nspeed"
-    values = (f"{mode}\n{'closed' if st.grip_closed else 'open'}\n{st.episode + 1}/{st.episodes}  (seed {st.seed})\n"
+    labels = "mode\nnext\ngripper\nepisode\nstep\ntime left\ninterventions\nspeed"
+    values = (f"{mode}\n{NEXT_STEP[st.mode]}\n{'closed' if st.grip_closed else 'open'}\n{st.episode + 1}/{st.episodes}  (seed {st.seed})\n"
               f"{st.step}/{st.horizon}  ({st.horizon - st.step} left)\n{left_s:.1f} s of task time"
               f" ({left_s * st.slowmo:.1f} s wall)\n{st.interventions} this episode, {st.total_interventions} in all\n{speed}")
     font, big = mujoco.mjtFont.mjFONT_NORMAL, mujoco.mjtFont.mjFONT_BIG
@@ -180,7 +186,7 @@ class InterventionViewer:
 
     # ------------------------------------------------------------------------------- camera
     def _start_camera(self) -> None:
-        """Free camera at the task's `front` camera (looking at the table where its axis meets it)."""
+        """Free camera along the task's `front` camera axis, looking at the table where the axis meets it."""
         m = self.mujoco
         cam = getattr(self.handle, "cam", None)
         front = m.mj_name2id(self.model, m.mjtObj.mjOBJ_CAMERA, "front")
@@ -194,7 +200,7 @@ class InterventionViewer:
         with self.handle.lock():
             cam.type = m.mjtCamera.mjCAMERA_FREE
             cam.lookat[:] = pos + dist * forward
-            cam.distance = dist
+            cam.distance = 0.8 * dist  # a little closer than the camera: the workspace fills more of the window
             cam.azimuth = math.degrees(math.atan2(forward[1], forward[0]))
             cam.elevation = math.degrees(math.asin(max(-1.0, min(1.0, forward[2]))))
 
