@@ -398,8 +398,11 @@ def main() -> None:
             f"{__import__('os').cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}\n"
             f"- seed: {args.seed}\n- date: {dt.date.today().isoformat()}\n\n{table}\n"
         )
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        old = out.read_text() if out.exists() else ""
+        marker = "<!-- object-storage"  # scripts/bench_data_remote.py's section stays
+        out.write_text(text + ("\n" + old[old.index(marker):] if marker in old else ""))
 
 
 if __name__ == "__main__":
