@@ -166,8 +166,14 @@ def train(
     config_path: str | Path | None = None,
     progress: bool = True,
     task_overrides: list[str] | None = None,
+    overwrite: bool = False,
+    skip_damaged: bool = False,
 ) -> Path:
-    """Train a policy on a store; returns the run directory."""
+    """Train a policy on a store; returns the run directory.
+
+    `out` must be new (or an empty directory); an existing run is replaced only with `overwrite`.
+    A damaged store is refused unless `skip_damaged`, which trains on its healthy episodes.
+    """
     from tqdm import tqdm
 
     from robolearn.checkpoint import load_tensors, read_meta, save_policy
@@ -198,12 +204,19 @@ def train(
         run_cfg = load_run_config(path, overrides, name=policy_name)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(out) if out else Path("runs") / f"{policy_name}-{task or Path(data).stem}-{stamp}"
+        check_out_dir(run_dir, overwrite)
+    from robolearn.validation import check_config_values
+
+    check_config_values(run_cfg, "config")
     tcfg = run_cfg.train
     device = resolve_device(tcfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
-    store = EpisodeStore.open(data, mode="r")
+    store = EpisodeStore.open(data, mode="r", skip_damaged=skip_damaged)
+    if store.skipped_episodes and rank == 0:
+        print(f"robolearn train: warning: skipping {len(store.skipped_episodes)} damaged episode(s) of {data}: "
+              f"{store.skipped_episodes[:10]} (`robolearn data verify {data}` lists the damage)", file=sys.stderr)
     # Evaluation rollouts run the task as the data was collected (its structural fields, e.g. sort's
     # num_cubes), then --set overrides.
     eval_task_overrides: list[str] = []
@@ -262,6 +275,10 @@ def train(
 
     is_main = rank == 0
     if is_main:
+        if resume_dir is None and overwrite and (run_dir / "run.json").is_file():
+            from robolearn.data.store import remove_tree
+
+            remove_tree(run_dir)  # --overwrite: no step directories of the old run mixed in
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(run_cfg), sort_keys=False))
         if resume_dir is None:
@@ -377,6 +394,28 @@ def _rollout_eval(policy: nn.Module, task: str, tcfg: Any, step: int, task_overr
     return {"eval_success_rate": report["success_rate"], "eval_mean_return": report["mean_return"]}
 
 
+def check_out_dir(run_dir: Path, overwrite: bool = False) -> None:
+    """`train --out` never silently replaces anything: an existing run needs --resume or
+    --overwrite; an episode store, a file, or a non-empty directory that is not a run is refused."""
+    from robolearn.data.store import _is_store_dir
+
+    resolved = run_dir.resolve()
+    for parent in (resolved, *resolved.parents):
+        if _is_store_dir(parent):
+            raise ValueError(f"--out {run_dir} is {'an episode store' if parent == resolved else f'inside the episode store {parent}'}, "
+                             "not a run directory")
+    if not os.path.lexists(run_dir):
+        return
+    if not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir} is a file, not a run directory")
+    if (run_dir / "run.json").is_file() or (run_dir / "config.yaml").is_file():
+        if not overwrite:
+            raise ValueError(f"--out {run_dir} is an existing run: pass --resume {run_dir} to continue it, or --overwrite to replace it")
+        return
+    if any(run_dir.iterdir()):
+        raise ValueError(f"--out {run_dir} is a non-empty directory that is not a robolearn run; choose a new path")
+
+
 # ----------------------------------------------------------------------------------- CLI
 def run_cli(args: argparse.Namespace) -> int:
     """`robolearn train` (arguments: robolearn.cli.register_train)."""
@@ -392,6 +431,8 @@ def run_cli(args: argparse.Namespace) -> int:
         resume=args.resume,
         config_path=args.config,
         task_overrides=args.task_overrides,
+        overwrite=getattr(args, "overwrite", False),
+        skip_damaged=getattr(args, "skip_damaged", False),
     )
     if _dist_info()[1] == 0:
         print(f"run directory: {run_dir}")
