@@ -16,10 +16,12 @@ import numpy as np
 
 from robolearn.evaluation import wilson_interval
 
-ORDER = ("target_only", "whole", "br", "strap", "importance", "oracle", "br_l2")
+ORDER = ("target_only", "whole", "br", "strap", "importance", "oracle", "br_l2", "br_f10", "strap_f10", "importance_f10")
 LABEL = {"target_only": "target only", "whole": "target + whole prior", "br": "target + br", "strap": "target + strap",
          "importance": "target + importance", "oracle": "target + oracle (hidden label)",
-         "br_l2": "target + br, L2 score (ablation)"}
+         "br_l2": "target + br, L2 score (ablation)",
+         "br_f10": "target + br, 10% (ablation)", "strap_f10": "target + strap, 10% (ablation)",
+         "importance_f10": "target + importance, 10% (ablation)"}
 
 
 def load(path: Path) -> list[dict]:
@@ -61,7 +63,9 @@ def breakdown_table(runs: list[dict], data: dict) -> str:
     lines = [head, "|---|" + "---|" * len(behaviors)]
     share = " | ".join(f"{data['per_behavior'][b]['steps'] / prior_steps:.3f}" for b in behaviors)
     lines.append(f"| (share of the prior's steps) | {share} |")
-    for c in ("br", "strap", "importance", "br_l2"):
+    for c in ORDER[2:]:
+        if c == "oracle":
+            continue
         rs = [r for r in runs if r["condition"] == c]
         if not rs:
             continue
