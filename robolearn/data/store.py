@@ -158,8 +158,39 @@ def same_location(a: str | Path, b: str | Path) -> bool:
 
 
 def temp_sibling(path: Path, tag: str) -> Path:
-    """A fresh hidden name next to `path` (same filesystem, so a rename publishes it)."""
+    """A fresh hidden name next to `path` (same filesystem, so a rename publishes it).
+
+    Temporary siblings of `path` left by a process that no longer runs (a SIGKILLed writer) are
+    provably abandoned -- never published, never an input -- and are removed first."""
+    remove_abandoned(path)
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_abandoned(path: Path) -> list[str]:
+    """Remove `.NAME.<tag>-<pid>-<hex>` siblings of `path` whose process is gone; returns their names."""
+    import re
+
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(creating|partial|repair|rewrite)-(\d+)-[0-9a-f]{{8}}$")
+    removed = []
+    try:
+        siblings = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in siblings:
+        m = pattern.match(entry.name)
+        if not m:
+            continue
+        pid = int(m.group(2))
+        try:
+            os.kill(pid, 0)
+            continue  # still running (or another user's process): not ours to judge
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        remove_tree(Path(entry.path))
+        removed.append(entry.name)
+    return removed
 
 
 def publish(tmp: Path, dst: Path, overwrite: bool = False) -> None:
