@@ -1,12 +1,16 @@
 """`robolearn eval`: seeded closed-loop evaluation of any policy on a task.
 
 Episodes use a fixed list of seeds (`seed, seed+1, ...`) recorded in the report. Environments run
-batched; when one finishes, it is reset with the next seed, so the same seed and `--num-envs`
-give bit-identical results on CPU. The report gives n, the success rate with its 95% Wilson
-interval, mean return and length, failure events and recoveries per episode (a recovery is a
-failure event in an episode that still succeeded), and per-episode records. For a hierarchical
-policy it also counts retries: the high level going back to an earlier primitive while the task's
-stage has not advanced (e.g. re-grasping a dropped cube).
+batched through the one rollout engine (robolearn.tasks.rollout); when one finishes, it is reset
+with the next seed, so the same seed and `--num-envs` give bit-identical results on CPU. The
+report gives n, the success rate with its 95% Wilson interval, mean return and length, failure
+events and recoveries per episode (a recovery is a failure event in an episode that still
+succeeded), the task's score, and per-episode records. For a hierarchical policy it also counts
+retries: the high level going back to an earlier primitive while the task's stage has not
+advanced (e.g. re-grasping a dropped cube).
+
+This module imports neither torch nor numpy at import time (the command checks its arguments
+first); evaluation hooks (retries, videos, `--save`) are `robolearn.tasks.rollout.Hook`s.
 """
 
 from __future__ import annotations
@@ -17,16 +21,15 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
-import numpy as np
-import torch
+from robolearn.tasks.rollout import Hook  # light: imports torch only when a rollout runs
 
 
 class ClosedLoopPolicy(Protocol):
     """What evaluation needs: an observation history in, one action per env out."""
 
-    def select_action(self, obs: dict[str, torch.Tensor]) -> torch.Tensor: ...
+    def select_action(self, obs: dict[str, Any]) -> Any: ...
 
-    def reset(self, env_mask: torch.Tensor | None = None) -> None: ...
+    def reset(self, env_mask: Any = None) -> None: ...
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -51,10 +54,17 @@ def pool_evaluations(results: Iterable[Mapping[str, Any]]) -> tuple[int, int, tu
 
 
 def _policy_obs_spec(policy: Any) -> tuple[int, list[str]]:
-    cfg = getattr(policy, "config", None)
-    n_obs = int(getattr(cfg, "n_obs_steps", 1))
-    keys = list(getattr(cfg, "obs_keys", ["state"]))
-    return n_obs, keys
+    from robolearn.tasks.rollout import policy_obs_spec
+
+    return policy_obs_spec(policy)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_History":  # the observation history, now robolearn.tasks.rollout.ObsHistory
+        from robolearn.tasks.rollout import ObsHistory
+
+        return ObsHistory
+    raise AttributeError(f"module 'robolearn.evaluation' has no attribute {name!r}")
 
 
 def task_config_for_policy(task: str, policy: Any, perturb: float | None = None, task_overrides: list[str] | None = None) -> Any:
@@ -66,36 +76,11 @@ def task_config_for_policy(task: str, policy: Any, perturb: float | None = None,
     overrides = list(task_overrides or [])
     if perturb is not None:
         overrides.append(f"perturb_rate={perturb}")
-    if any(k != "state" for k in keys):
+    if any(k not in ("state", "proprio") for k in keys):
         overrides.append("obs_mode=state+image")
         if "wrist_image" in keys:
             overrides.append("wrist_camera=true")
     return load_task_config(task, overrides)
-
-
-class _History:
-    """Per-env rolling window of the last To observations (edge-padded after a reset)."""
-
-    def __init__(self, n_obs_steps: int, keys: list[str]) -> None:
-        self.n = n_obs_steps
-        self.keys = keys
-        self.buf: dict[str, np.ndarray] = {}
-
-    def reset(self, obs: dict[str, np.ndarray], rows: np.ndarray | None = None) -> None:
-        for k in self.keys:
-            if k not in obs:
-                raise KeyError(f"the policy needs observation {k!r}, the task gives {', '.join(obs)}")
-            if rows is None or k not in self.buf:
-                self.buf[k] = np.repeat(obs[k][:, None], self.n, axis=1)
-            else:
-                self.buf[k][rows] = obs[k][rows][:, None]
-
-    def push(self, obs: dict[str, np.ndarray]) -> None:
-        for k in self.keys:
-            self.buf[k] = np.concatenate([self.buf[k][:, 1:], obs[k][:, None]], axis=1)
-
-    def torch(self, device: torch.device | str) -> dict[str, torch.Tensor]:
-        return {k: torch.as_tensor(v).to(device) for k, v in self.buf.items()}
 
 
 def evaluate_policy(
@@ -112,54 +97,97 @@ def evaluate_policy(
     task_overrides: list[str] | None = None,
     progress: bool = True,
     backend: str = "cpu",
+    hooks: list[Hook] | None = None,
+    sync_every: int | None = None,
+    **backend_kwargs: Any,
 ) -> dict[str, Any]:
     """Run `episodes` seeded episodes and return the report (see module docstring).
 
     backend: "cpu" (MuJoCo C), "gpu" (MuJoCo Warp on CUDA) or "warp-cpu" (MuJoCo Warp on Warp's
-    CPU device, for tests); the Warp backends run `robolearn.tasks.device_env` (state obs only).
+    CPU device, for tests); the Warp backends keep every per-step tensor on the device (state
+    observations only). hooks: extra rollout hooks (robolearn.tasks.rollout.Hook).
     """
-    if backend != "cpu":
-        from robolearn.tasks.device_env import evaluate_policy_device
+    import torch
 
-        if video or save or perturb:
-            raise ValueError(f"--backend {backend} does not record videos/rollouts or inject perturbations; use --backend cpu")
-        return evaluate_policy_device(policy, task, episodes, seed=seed, num_envs=num_envs, backend=backend,
-                                      task_overrides=task_overrides, progress=progress)
-
-    from robolearn.tasks.sim import TaskSim
+    from robolearn.tasks.registry import get_spec
+    from robolearn.tasks.rollout import DeviceBatch, EpisodeStats, FixedSeeds, HostBatch, PolicyActor, RolloutEngine
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     num_envs = max(1, min(num_envs, episodes))
-    n_obs, keys = _policy_obs_spec(policy)
-    from robolearn.tasks.registry import get_spec
-
-    if get_spec(task).is_gym:  # gymnasium envs: no perturbations, videos or saving; --set goes to gym.make
-        from robolearn.tasks.gym_adapter import GymTaskBatch, overrides_to_kwargs
-
-        if perturb or video or save:
-            raise ValueError(f"gymnasium task {task!r} supports no --perturb, --video or --save")
-        sim: Any = GymTaskBatch(task, num_envs, **overrides_to_kwargs(task_overrides))
-        perturb_rate = 0.0
-    else:
-        cfg = task_config_for_policy(task, policy, perturb, task_overrides)
-        sim = TaskSim(task, cfg=cfg, num_envs=num_envs)
-        perturb_rate = cfg.perturb_rate
-    device = next(iter(policy.parameters())).device if hasattr(policy, "parameters") else torch.device("cpu")
+    spec = get_spec(task)
     seeds = [seed + i for i in range(episodes)]
-    writer = _RolloutWriter(save, sim, task, collector or getattr(policy, "name", "policy")) if save else None
-    videos = _VideoRecorder(sim, video, video_dir) if video > 0 else None
+    schedule = FixedSeeds(seeds)
+    extra_hooks: list[Hook] = list(hooks or [])
+    perturb_rate = 0.0
+    if backend != "cpu":
+        from robolearn.tasks.device_env import DeviceVectorEnv
 
+        if video or save or perturb:
+            raise ValueError(f"--backend {backend} does not record videos/rollouts or inject perturbations; use --backend cpu")
+        if spec.is_gym:
+            raise ValueError(f"--backend {backend} runs robolearn tasks; {task!r} is a gymnasium env (use --backend cpu)")
+        _, keys = _policy_obs_spec(policy)
+        if keys != ["state"]:
+            raise ValueError(f"--backend {backend} evaluates state-observation policies only (this one needs {keys})")
+        env = DeviceVectorEnv(task, num_envs, backend=backend, overrides=list(task_overrides or []), **backend_kwargs)
+        batch: Any = DeviceBatch(env, schedule)
+        scorer = (lambda: env.task.step_score(env.backend.read())) if env.task.score_name is not None else None
+        score_name, rng_devices = env.task.score_name, ([env.device] if env.device.type == "cuda" else [])
+        param = next(iter(policy.parameters()), None) if hasattr(policy, "parameters") else None
+        pdev = param.device if param is not None else env.device
+        actor = PolicyActor(policy, device=pdev)
+        desc = f"eval {task} [{backend}]"
+    else:
+        if spec.is_gym:  # gymnasium envs: no perturbations, videos or saving; --set goes to gym.make
+            from robolearn.tasks.gym_adapter import GymTaskBatch, overrides_to_kwargs
+
+            if perturb or video or save:
+                raise ValueError(f"gymnasium task {task!r} supports no --perturb, --video or --save")
+            sim: Any = GymTaskBatch(task, num_envs, **overrides_to_kwargs(task_overrides))
+        else:
+            from robolearn.tasks.sim import TaskSim
+
+            cfg = task_config_for_policy(task, policy, perturb, task_overrides)
+            sim = TaskSim(task, cfg=cfg, num_envs=num_envs)
+            perturb_rate = cfg.perturb_rate
+        batch = HostBatch(sim, schedule)
+        scorer = _step_scorer(sim)
+        score_name, rng_devices = getattr(getattr(sim, "task", None), "score_name", None), []
+        actor = PolicyActor(policy)
+        if hasattr(policy, "active_primitive"):
+            extra_hooks.insert(0, RetryHook(policy))
+        if save:
+            extra_hooks.append(rollout_writer(save, sim, task, collector or getattr(policy, "name", "policy")))
+        if video > 0:
+            extra_hooks.append(VideoHook(sim, video, video_dir))
+        desc = f"eval {task}"
+    stats = EpisodeStats(episodes, seeds, scorer)
+    engine = RolloutEngine(batch, actor, extra_hooks, stats=stats, sync_every=sync_every, progress=progress, desc=desc)
     # Stochastic policies (diffusion noise, GMM sampling) draw from torch's global RNG: seed it from
     # the evaluation seed so results are reproducible, and restore the caller's RNG afterwards.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        records = _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer, videos, progress, task)
-    sim.close()
-    if writer:
-        writer.close()
-    return summarize([r for r in records if r is not None], score_name=getattr(getattr(sim, "task", None), "score_name", None),
-                     task=task, seed=seed, num_envs=num_envs, perturb=perturb_rate, videos=videos.paths if videos else [])
+    try:
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(seed)
+            records = engine.run()
+    finally:
+        engine.close()
+    retries = next((h for h in extra_hooks if isinstance(h, RetryHook)), None)
+    if retries is not None:
+        for r in records:
+            r["retries"] = retries.per_episode[r["episode"]]
+    videos = next((h.recorder.paths for h in extra_hooks if isinstance(h, VideoHook)), [])
+    extra = {"backend": backend} if backend != "cpu" else {}
+    return summarize(records, score_name=score_name, task=task, seed=seed, num_envs=num_envs, perturb=perturb_rate,
+                     videos=videos, **extra)
+
+
+def evaluate_policy_device(policy: Any, task: str, episodes: int, seed: int = 0, num_envs: int = 1,
+                           backend: str = "gpu", task_overrides: list[str] | None = None, progress: bool = True,
+                           sync_every: int | None = None, **backend_kwargs: Any) -> dict[str, Any]:
+    """`evaluate_policy` on a device backend (kept for callers of the old name)."""
+    return evaluate_policy(policy, task, episodes, seed=seed, num_envs=num_envs, backend=backend,
+                           task_overrides=task_overrides, progress=progress, sync_every=sync_every, **backend_kwargs)
 
 
 class _RetryCounter:
@@ -168,13 +196,15 @@ class _RetryCounter:
     task's stage has not advanced since the primitive it leaves was chosen. Moving on to the next
     object (stage up, back to reach) is progress, not a retry."""
 
-    def __init__(self, num_envs: int, stage: np.ndarray) -> None:
+    def __init__(self, num_envs: int, stage: Any) -> None:
+        import numpy as np
+
         self.count = np.zeros(num_envs, int)
         self.active = np.full(num_envs, -1)
         self.stage = np.asarray(stage, int).copy()
         self.stage_at_choice = self.stage.copy()
 
-    def update(self, active_primitive: torch.Tensor | None) -> None:
+    def update(self, active_primitive: Any) -> None:
         if active_primitive is None:
             return
         new = active_primitive.detach().cpu().numpy().astype(int)
@@ -184,118 +214,44 @@ class _RetryCounter:
         self.stage_at_choice[chosen] = self.stage[chosen]
         self.active = new
 
-    def restart(self, rows: np.ndarray, stage: np.ndarray) -> None:
+    def restart(self, rows: Any, stage: Any) -> None:
         self.count[rows] = 0
         self.active[rows] = -1
         self.stage[rows] = stage[rows]
         self.stage_at_choice[rows] = stage[rows]
 
 
-def _rollout(policy, sim, episodes, seeds, num_envs, n_obs, keys, device, writer, videos, progress, task):
-    """The batched episode loop: step every env, restart finished ones with the next seed."""
-    from tqdm import tqdm
+class RetryHook(Hook):
+    """_RetryCounter as a rollout hook (host): reads the policy's `active_primitive` after each
+    action and the task's stage after each step; per-episode counts in `per_episode`."""
 
-    slot_episode = np.full(num_envs, -1)
-    next_ep = 0
-    records: list[dict[str, Any] | None] = [None] * episodes
-    acc = {"return": np.zeros(num_envs), "length": np.zeros(num_envs, int), "events": np.zeros(num_envs, int), "max_stage": np.zeros(num_envs, int),
-           "score": np.zeros(num_envs)}
-    step_score = _step_scorer(sim)
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.per_episode: dict[int, int] = {}
 
-    def start(rows: np.ndarray) -> dict[str, np.ndarray]:
-        nonlocal next_ep
-        mask = torch.zeros(num_envs, dtype=torch.bool)
-        mask[torch.as_tensor(rows)] = True
-        ep_ids = list(range(next_ep, next_ep + len(rows)))
-        next_ep += len(rows)
-        slot_episode[rows] = ep_ids
-        obs = sim.reset(mask=mask, seeds=[seeds[e] for e in ep_ids])
-        for name in acc:
-            acc[name][rows] = 0
-        return obs
+    def on_start(self, engine: Any, obs: Any) -> None:
+        self.counter = _RetryCounter(engine.num_envs, engine.env.status["stage"])
 
-    policy.reset()
-    obs = start(np.arange(num_envs))
-    retries = _RetryCounter(num_envs, sim.status()["stage"]) if hasattr(policy, "active_primitive") else None
-    hist = _History(n_obs, keys)
-    hist.reset(obs)
-    if writer:
-        writer.begin(np.arange(num_envs), obs)
-    if videos:
-        videos.capture(slot_episode)
-    bar = tqdm(total=episodes, desc=f"eval {task}", disable=not progress, dynamic_ncols=True)
-    finished = 0
-    with torch.no_grad():
-        while finished < episodes:
-            action = policy.select_action(hist.torch(device))
-            if retries is not None:
-                retries.update(policy.active_primitive)
-            action = action.detach().to("cpu", torch.float64).numpy()
-            if not np.all(np.isfinite(action)):
-                bad = np.flatnonzero(~np.isfinite(action).all(1)).tolist()
-                raise RuntimeError(f"the policy produced a NaN/inf action for env(s) {bad}")
-            pre_state = sim.get_state() if writer else None
-            obs, reward, terminated, truncated, info = sim.step(action)
-            active = slot_episode >= 0
-            acc["return"][active] += reward[active]
-            acc["length"][active] += 1
-            acc["events"][active] += (info["failure_event"][active] > 0)
-            acc["max_stage"][active] = np.maximum(acc["max_stage"][active], info["stage"][active])
-            if step_score is not None:
-                acc["score"][active] = np.maximum(acc["score"][active], step_score()[active])
-            if retries is not None:
-                retries.stage[:] = info["stage"]
-            if writer:
-                writer.record(active, pre_state, action, reward, terminated | truncated, info)
-                writer.observe(np.flatnonzero(active), obs)
-            hist.push(obs)
-            if videos:
-                videos.capture(slot_episode)
-            done = (terminated | truncated) & active
-            if done.any():
-                rows = np.flatnonzero(done)
-                for r in rows:
-                    ep = int(slot_episode[r])
-                    success = bool(info["success"][r])
-                    events = int(acc["events"][r])
-                    records[ep] = {
-                        "episode": ep,
-                        "seed": seeds[ep],
-                        "success": success,
-                        "return": float(acc["return"][r]),
-                        "length": int(acc["length"][r]),
-                        "failure_events": events,
-                        "recoveries": events if success else 0,
-                        "max_stage": int(acc["max_stage"][r]),
-                        "score": float(acc["score"][r]) if step_score is not None else float(success),
-                    }
-                    if retries is not None:
-                        records[ep]["retries"] = int(retries.count[r])
-                    if writer:
-                        writer.commit(r, success, seeds[ep])
-                    if videos:
-                        videos.finish(ep)
-                finished += len(rows)
-                bar.update(len(rows))
-                remaining = episodes - next_ep
-                restart = rows[: max(0, remaining)]
-                idle = rows[max(0, remaining):]
-                slot_episode[idle] = -1
-                if len(restart):
-                    obs = start(restart)
-                    if retries is not None:
-                        retries.restart(restart, sim.status()["stage"])
-                    hist.reset(obs, restart)
-                    policy.reset(torch.as_tensor(np.isin(np.arange(num_envs), restart)))
-                    if writer:
-                        writer.begin(restart, obs)
-    bar.close()
-    return records
+    def on_step(self, engine: Any, step: Any, pre_obs: Any, action: Any, pre_state: Any) -> None:
+        self.counter.update(self.policy.active_primitive)
+        self.counter.stage[:] = step.info["stage"]
+
+    def on_episode_end(self, engine: Any, row: int, episode: int, seed: int, step: Any) -> None:
+        self.per_episode[episode] = int(self.counter.count[row])
+
+    def on_restart(self, engine: Any, step: Any, obs: Any) -> None:
+        import numpy as np
+
+        rows = np.flatnonzero(step.restarted)
+        if len(rows):
+            self.counter.restart(rows, engine.env.status["stage"])
 
 
 def _step_scorer(sim: Any) -> Any:
     """A function giving every env's per-step score now, for tasks with a `score_name` (push_t:
     clipped coverage); None: an episode's score is its success."""
+    import numpy as np
+
     task = getattr(sim, "task", None)
     if getattr(task, "score_name", None) is None:
         return None
@@ -305,6 +261,8 @@ def _step_scorer(sim: Any) -> Any:
 def summarize(records: list[dict[str, Any]], score_name: str | None = None, **extra: Any) -> dict[str, Any]:
     """The report: success with its Wilson interval, means, and the task's score (the mean over
     episodes of each episode's score: its success unless the task defines a step score)."""
+    import numpy as np
+
     n = len(records)
     k = sum(r["success"] for r in records)
     lo, hi = wilson_interval(k, n)
@@ -328,56 +286,30 @@ def summarize(records: list[dict[str, Any]], score_name: str | None = None, **ex
     }
 
 
-class _RolloutWriter:
-    """Writes evaluation rollouts to an episode store (source=policy), one commit per episode."""
+def rollout_writer(path: str | Path, sim: Any, task: str, collector: str) -> Hook:
+    """`eval --save`: a StoreWriter appending the rollouts (source=policy) to a store of the same
+    task (created with collect's schema when missing)."""
+    import dataclasses
 
-    def __init__(self, path: str | Path, sim: Any, task: str, collector: str) -> None:
-        from robolearn.data.store import EpisodeStore
-        from robolearn.tasks.collect import store_features
+    from robolearn.data.store import EpisodeStore
+    from robolearn.tasks.collect import store_features
+    from robolearn.tasks.rollout import StoreWriter
 
-        path = Path(path)
-        if path.exists():
-            self.store = EpisodeStore.open(path, mode="a")
-            if self.store.task not in ("", task):
-                raise ValueError(f"{path} holds task {self.store.task!r}, not {task!r}")
-        else:
-            self.store = EpisodeStore.create(path, store_features(sim), task=task, control_period=sim.control_period)
-        self.collector = collector
-        self.steps: dict[int, dict[str, list[Any]]] = {}
-        self.last_obs: dict[int, dict[str, np.ndarray]] = {}
+    path = Path(path)
+    if path.exists():
+        store = EpisodeStore.open(path, mode="a")
+        if store.task not in ("", task):
+            store.close()
+            raise ValueError(f"{path} holds task {store.task!r}, not {task!r}")
+    else:
+        store = EpisodeStore.create(path, store_features(sim), task=task, control_period=sim.control_period,
+                                    env_kwargs=dataclasses.asdict(sim.cfg))
 
-    def begin(self, rows: np.ndarray, obs: dict[str, np.ndarray]) -> None:
-        for r in rows:
-            self.steps[int(r)] = {}
-            self.last_obs[int(r)] = {k: v[r].copy() for k, v in obs.items()}
+    class _Writer(StoreWriter):
+        def on_close(self, engine: Any) -> None:
+            self.store.close()
 
-    def record(self, active, pre_state, action, reward, done, info) -> None:
-        for r in np.flatnonzero(active):
-            row = {f"obs/{k}": v for k, v in self.last_obs[int(r)].items() if f"obs/{k}" in self.store.features}
-            row.update(
-                # the simulator clamps to [-1, 1]: store what was executed, not the raw policy output
-                action=np.clip(action[r], -1.0, 1.0).astype(np.float32), reward=np.float32(reward[r]), done=bool(done[r]),
-                stage=np.int32(info["stage"][r]), sim_state=pre_state[r],
-            )
-            if "failure_event" in self.store.features:
-                row["failure_event"] = np.int32(info["failure_event"][r])
-            if "primitive" in self.store.features:
-                row["primitive"] = np.int32(-1)
-            steps = self.steps[int(r)]
-            for k, v in row.items():
-                steps.setdefault(k, []).append(v)
-
-    def observe(self, rows, obs) -> None:
-        for r in rows:
-            self.last_obs[int(r)] = {k: v[r].copy() for k, v in obs.items()}
-
-    def commit(self, r: int, success: bool, seed: int) -> None:
-        steps = {k: np.asarray(v) for k, v in self.steps.pop(int(r)).items()}
-        steps["source"] = "policy"
-        self.store.append_episode(steps, success=success, collector=self.collector, seed=seed)
-
-    def close(self) -> None:
-        self.store.close()
+    return _Writer(store, "policy", collector)
 
 
 class _VideoRecorder:
@@ -393,10 +325,10 @@ class _VideoRecorder:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.renderer = ImageRenderer(sim.model, 160, ("front",))
         self.spec = STATE_SPEC
-        self.frames: dict[int, list[np.ndarray]] = {}
+        self.frames: dict[int, list[Any]] = {}
         self.paths: list[str] = []
 
-    def capture(self, slot_episode: np.ndarray) -> None:
+    def capture(self, slot_episode: Any) -> None:
         states = None
         for slot, ep in enumerate(slot_episode):
             if 0 <= ep < self.count:
@@ -406,6 +338,8 @@ class _VideoRecorder:
                 self.frames.setdefault(int(ep), []).append(img)
 
     def finish(self, ep: int) -> None:
+        import numpy as np
+
         frames = self.frames.pop(ep, None)
         if not frames:
             return
@@ -415,6 +349,22 @@ class _VideoRecorder:
         fps = max(1, int(round(1.0 / self.sim.control_period)))
         iio.imwrite(path, np.stack(frames), fps=fps, codec="libx264", macro_block_size=1)
         self.paths.append(str(path))
+
+
+class VideoHook(Hook):
+    """`eval --video K`: frames of the first K episodes after every step, one mp4 per episode."""
+
+    def __init__(self, sim: Any, count: int, directory: str | Path | None) -> None:
+        self.recorder = _VideoRecorder(sim, count, directory)
+
+    def on_start(self, engine: Any, obs: Any) -> None:
+        self.recorder.capture(engine.env.slot_episode)
+
+    def on_step(self, engine: Any, step: Any, pre_obs: Any, action: Any, pre_state: Any) -> None:
+        self.recorder.capture(step.episode)
+
+    def on_episode_end(self, engine: Any, row: int, episode: int, seed: int, step: Any) -> None:
+        self.recorder.finish(episode)
 
 
 # ----------------------------------------------------------------------------------- CLI
@@ -460,6 +410,7 @@ def set_action_steps(policy: Any, n: int) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """`robolearn eval` (arguments: robolearn.cli.register_eval)."""
+    resolve_checkpoint(args.checkpoint)  # a wrong path fails before torch loads
     device = "cpu"
     if args.backend == "gpu":  # fail fast, before loading anything, without the gpu extra or CUDA
         from robolearn.tasks.warp_backend import resolve_device

@@ -13,7 +13,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         extra = [name for name, value in (("--base", args.base), ("--demos", args.demos), ("--task", args.task),
                                           ("--out", args.out), ("--config", args.config), ("--perturb", args.perturb))
-                 if value is not None] + (["--task-set"] if args.task_set else []) + (["overrides"] if args.overrides else [])
+                 if value is not None] + (["--set"] if args.task_set else []) + (["overrides"] if args.overrides else [])
         if extra:
             raise ConfigError(f"--resume continues a run with its recorded settings; drop {', '.join(extra)}")
         run_dir = resume_sailor(args.resume, env_steps=args.env_steps, wandb_mode=args.wandb, progress=not args.no_progress)
@@ -44,7 +44,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN", help="continue this run exactly from its last checkpoint")
     parser.add_argument("--config", help="YAML config instead of policies/sailor.yaml")
     parser.add_argument("--perturb", type=validation.probability, default=None, help="perturbation events per step during collection and eval")
-    parser.add_argument("--task-set", action="append", default=[], metavar="KEY=VALUE", help="task config override (repeatable)")
+    parser.add_argument("--set", dest="task_set", action="append", default=[], metavar="KEY=VALUE",
+                        help="task config override, e.g. --set horizon=50 (repeatable)")
+    parser.add_argument("--task-set", dest="task_set", action="append", help=argparse.SUPPRESS)  # deprecated name of --set
     parser.add_argument("--wandb", default="offline", choices=["off", "offline", "online"])
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. agent.planner.num_samples=64 loop.num_envs=4")

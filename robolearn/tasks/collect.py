@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from robolearn.tasks.base import TaskConfig
 from robolearn.tasks.registry import expert_class, get_spec, load_task_config
+from robolearn.tasks.rollout import ExpertActor, FixedSeeds, HostBatch, RolloutEngine, StoreWriter
 from robolearn.tasks.sim import TaskSim
 
 
@@ -98,89 +98,28 @@ def collect(task: str, episodes: int, out: str | Path, num_envs: int = 1, noise:
     sim = TaskSim(task, cfg=cfg, num_envs=n)
     expert = expert_cls(sim.task, n, noise=noise, seed=seed, mode=expert_mode)
     store = _open_store(Path(out), sim, cfg, expert_labels=noise > 0)
-    write_labels = "expert_action" in store.features
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=episodes, desc=f"collect {task}", unit="ep")
     summary = {"episodes": 0, "steps": 0, "successes": 0, "failure_events": 0}
+    actor = ExpertActor(expert, sim)
+
+    def metadata(row: int, steps: dict[str, np.ndarray], success: bool) -> dict[str, Any]:
+        n_events = int(np.count_nonzero(steps["failure_event"]))
+        summary["episodes"] += 1
+        summary["steps"] += len(steps["action"])
+        summary["successes"] += int(success)
+        summary["failure_events"] += n_events
+        return {"noise": noise, "perturb_rate": cfg.perturb_rate, "expert_mode": int(expert.mode[row]),
+                "failure_events": n_events}
+
+    writer = StoreWriter(store, source="demo", collector="scripted", metadata=metadata)
+    batch = HostBatch(sim, FixedSeeds([seed + k for k in range(episodes)]))
+    engine = RolloutEngine(batch, actor, [writer], progress=progress, desc=f"collect {task}")
     try:
-        launched = n
-        ep_seed = [seed + i for i in range(n)]
-        obs = sim.reset(seeds=ep_seed)
-        status = sim.status()
-        expert.reset()
-        bufs = [_new_buf() for _ in range(n)]
-        active = np.ones(n, bool)
-        while active.any():
-            s = sim.read()
-            states = sim.get_state()
-            action, prim = expert.act(s)
-            act = action.numpy()
-            clean = expert.last_clean_action.numpy()
-            prim_np = prim.numpy()
-            for i in np.flatnonzero(active):
-                b = bufs[i]
-                for k, v in obs.items():
-                    b["obs/" + k].append(v[i])
-                b["stage"].append(status["stage"][i])
-                b["failure_event"].append(status["failure_event"][i])
-                b["sim_state"].append(states[i])
-                b["primitive"].append(prim_np[i])
-                b["action"].append(act[i])
-                if write_labels:
-                    b["expert_action"].append(clean[i])
-            obs, rew, term, trunc, info = sim.step(act)
-            status = info
-            done = (term | trunc) & active
-            for i in np.flatnonzero(active):
-                bufs[i]["reward"].append(rew[i])
-                bufs[i]["done"].append(bool(done[i]))
-            reset_mask = np.zeros(n, bool)
-            for i in np.flatnonzero(done):
-                b = bufs[i]
-                steps = {k: np.asarray(v) for k, v in b.items()}
-                steps["source"] = np.full(len(b["action"]), "demo")
-                n_events = int(np.count_nonzero(steps["failure_event"]))
-                store.append_episode(steps, success=bool(info["success"][i]), collector="scripted", seed=ep_seed[i],
-                                     metadata={"noise": noise, "perturb_rate": cfg.perturb_rate,
-                                               "expert_mode": int(expert.mode[i]), "failure_events": n_events})
-                summary["episodes"] += 1
-                summary["steps"] += len(b["action"])
-                summary["successes"] += int(bool(info["success"][i]))
-                summary["failure_events"] += n_events
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(success=f"{summary['successes'] / summary['episodes']:.2f}")
-                bufs[i] = _new_buf()
-                if launched < episodes:
-                    ep_seed[i] = seed + launched
-                    launched += 1
-                    reset_mask[i] = True
-                else:
-                    active[i] = False
-            if reset_mask.any():
-                new_obs = sim.reset(torch.as_tensor(reset_mask), seeds=[ep_seed[i] for i in np.flatnonzero(reset_mask)])
-                for k in obs:
-                    obs[k][reset_mask] = new_obs[k][reset_mask]
-                fresh = sim.status()
-                for k in status:
-                    status[k][reset_mask] = fresh[k][reset_mask]
-                expert.reset(torch.as_tensor(reset_mask))
+        engine.run()
     finally:
-        if bar is not None:
-            bar.close()
         store.close()
         sim.close()
     summary["success_rate"] = summary["successes"] / max(1, summary["episodes"])
     return summary
-
-
-def _new_buf() -> dict[str, list]:
-    from collections import defaultdict
-
-    return defaultdict(list)
 
 
 def replay(sim: TaskSim, sim_states: np.ndarray, actions: np.ndarray,

@@ -8,9 +8,10 @@ does (so the same seeds give the same initial states on every backend), and copi
 as a pool; a finished env takes the next pool entry inside the step (SAME_STEP autoreset: the
 returned obs is the new episode's first, `info` holds the finished step's success/episode).
 
-`evaluate_policy_device` is `robolearn eval --backend gpu|warp-cpu`: the same seeds and report as
-`robolearn.evaluation.evaluate_policy`, with per-episode results scattered into device arrays and
-the host consulted only every `sync_every` steps to see whether all episodes are done.
+`robolearn eval --backend gpu|warp-cpu` runs it through the rollout engine
+(robolearn.tasks.rollout.DeviceBatch): the same seeds and report as the host evaluation, with
+per-episode results scattered into device arrays and the host consulted only every `sync_every`
+steps to see whether all episodes are done. This module imports nothing of robolearn.evaluation.
 """
 
 from __future__ import annotations
@@ -138,78 +139,3 @@ class DeviceVectorEnv:
 
 def _clone(s: SimState) -> SimState:
     return SimState(*(x.clone() for x in s))
-
-
-def evaluate_policy_device(policy: Any, task: str, episodes: int, seed: int = 0, num_envs: int = 1,
-                           backend: str = "gpu", task_overrides: list[str] | None = None, progress: bool = True,
-                           sync_every: int | None = None, **backend_kwargs: Any) -> dict[str, Any]:
-    """Seeded evaluation on a device backend; same seeds and report as `evaluate_policy`."""
-    from tqdm import tqdm
-
-    from robolearn.evaluation import _policy_obs_spec, summarize
-
-    if episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {episodes}")
-    num_envs = max(1, min(num_envs, episodes))
-    n_obs, keys = _policy_obs_spec(policy)
-    if keys != ["state"]:
-        raise ValueError(f"--backend {backend} evaluates state-observation policies only (this one needs {keys})")
-    env = DeviceVectorEnv(task, num_envs, backend=backend, overrides=list(task_overrides or []), **backend_kwargs)
-    dev = env.device
-    sync_every = sync_every or (1 if dev.type == "cpu" else 16)
-    seeds = [seed + i for i in range(episodes)]
-    env.set_episodes(seeds)
-    E = episodes
-    # Per-episode results (index E is a dump slot for envs that did not finish this step).
-    ep = {k: torch.zeros(E + 1, dtype=dt, device=dev) for k, dt in
-          (("success", torch.bool), ("return", torch.float64), ("length", torch.int64), ("events", torch.int64),
-           ("max_stage", torch.int64), ("done", torch.bool))}
-    acc = {k: torch.zeros(num_envs, dtype=dt, device=dev) for k, dt in
-           (("return", torch.float64), ("length", torch.int64), ("events", torch.int64), ("max_stage", torch.int64))}
-    pdev = next(iter(policy.parameters())).device if hasattr(policy, "parameters") else dev
-    policy.reset()
-    obs = env.reset()
-    hist = obs[:, None].repeat(1, n_obs, 1)
-    bar = tqdm(total=episodes, desc=f"eval {task} [{backend}]", disable=not progress, dynamic_ncols=True)
-    steps, finished = 0, 0
-    # Stochastic policies draw from torch's global RNG: seed it from the evaluation seed (as the
-    # CPU evaluation does) and restore the caller's RNG afterwards.
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
-        torch.manual_seed(seed)
-        while True:
-            action = policy.select_action({"state": hist.to(pdev)})
-            obs, reward, terminated, truncated, info = env.step(action)
-            active = info["episode"] >= 0
-            acc["return"] += torch.where(active, reward.to(torch.float64), 0.0)
-            acc["length"] += active.to(torch.int64)
-            acc["events"] += (active & (info["failure_event"] > 0)).to(torch.int64)
-            acc["max_stage"] = torch.maximum(acc["max_stage"], torch.where(active, info["stage"].to(torch.int64), 0))
-            done = info["done"] & active
-            target = torch.where(done, info["episode"], E)
-            ep["success"].scatter_(0, target, info["success"])
-            ep["done"].scatter_(0, target, done)
-            for k in acc:
-                ep[k].scatter_(0, target, acc[k])
-                acc[k] = torch.where(info["done"], torch.zeros_like(acc[k]), acc[k])
-            restarted = info["done"]
-            hist = torch.cat([hist[:, 1:], obs[:, None]], 1)
-            hist = torch.where(restarted[:, None, None], obs[:, None].expand_as(hist), hist)
-            policy.reset(restarted.to(pdev))
-            steps += 1
-            if steps % sync_every == 0:
-                env.check()
-                now = int(ep["done"][:E].sum())
-                bar.update(now - finished)
-                finished = now
-                if finished >= E:
-                    break
-    bar.close()
-    env.close()
-    host = {k: v[:E].cpu() for k, v in ep.items()}
-    records = []
-    for i in range(E):
-        success, events = bool(host["success"][i]), int(host["events"][i])
-        records.append({"episode": i, "seed": seeds[i], "success": success, "return": float(host["return"][i]),
-                        "length": int(host["length"][i]), "failure_events": events,
-                        "recoveries": events if success else 0, "max_stage": int(host["max_stage"][i])})
-    return summarize(records, task=task, seed=seed, num_envs=num_envs, perturb=0.0, videos=[], backend=backend)
