@@ -229,10 +229,10 @@ def test_viewer_overlay_through_a_fake_launcher(setup, tmp_path):
     labels_col, first = texts[0][0][2], texts[0][0][3]
     assert labels_col.split("\n") == ["mode", "next", "gripper", "episode", "step", "time left", "interventions", "speed"]
     first = first.split("\n")
-    assert first[0] == "AUTONOMOUS  (policy drives)" and first[1].startswith("watch; t takes over")
+    assert first[0] == "AUTONOMOUS  (policy drives)" and first[1] == "watch; t takes over"
     assert first[2:5] == ["open", "1/1  (seed 0)", "1/80  (79 left)"]
     last = texts[-1][0][3].split("\n")
-    assert last[0] == "RECOVERY  (you drive)" and last[1].endswith("then c")
+    assert last[0] == "RECOVERY  (you drive)" and last[1] == "back to a familiar state, then c"
     assert last[4] == "4/80  (76 left)" and last[6] == "1 this episode, 1 in all"
     assert last[5] == "7.6 s of task time (7.6 s wall)" and last[7] == "real time"
     assert "t take over" in texts[-1][1][2] and "q quit" in texts[-1][1][2]  # key hints at the bottom

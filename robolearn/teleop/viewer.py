@@ -33,9 +33,9 @@ OPTION_FIELDS = ("flags", "geomgroup", "sitegroup", "jointgroup", "tendongroup",
 
 
 # What the operator does next, per mode (the overlay's "next" row).
-NEXT_STEP = {Mode.AUTONOMOUS: "watch; t takes over when it goes wrong",
-             Mode.RECOVERY: "move back to where the policy is at home, then c",
-             Mode.CORRECTION: "finish the current sub-task, then h (or y / n ends the episode)"}
+NEXT_STEP = {Mode.AUTONOMOUS: "watch; t takes over",
+             Mode.RECOVERY: "back to a familiar state, then c",
+             Mode.CORRECTION: "finish the sub-task, then h"}
 
 
 @dataclass
@@ -75,7 +75,7 @@ def overlay_texts(st: RunStatus) -> list[tuple[int, int, str, str]]:
         texts.append((big, grid.mjGRID_TOPRIGHT, "PAUSED", "p or a motion key resumes"))
     elif st.prompt == "quit":
         texts.append((big, grid.mjGRID_TOPRIGHT, "QUIT?",
-                      f"k keep this episode ({st.steps_recorded} steps)\nd discard it\nother key: continue"))
+                      f"k keep ({st.steps_recorded} steps)\nd discard\nother key: go on"))
     return texts
 
 
