@@ -204,3 +204,33 @@ def test_open_loop_error_and_auroc():
 def test_planner_rejects_bad_shapes():
     with pytest.raises(ValueError, match="batch, horizon, action_dim"):
         plan_residual(torch.zeros(4, 2), AnalyticScorer(torch.zeros(2)), PlannerConfig())
+
+
+def test_experiment_table_pools_records_and_bench_table(tmp_path):
+    """scripts/sailor_experiment.py --table and scripts/bench_sailor.py --table read their raw records."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rows = [{"kind": "eval", "name": "DP (50 demos)", "seed": s, "n": 100, "successes": k, "success_rate": k / 100,
+             "mean_return": 2.0} for s, k in ((0, 40), (1, 50))]
+    rows.append({"kind": "eval", "name": "SAILOR guarded (50 demos)", "seed": 0, "n": 100, "successes": 45,
+                 "success_rate": 0.45, "mean_return": 3.0, "planner_accept_frac": 0.25})
+    rows.append({"kind": "auroc", "name": "dp_failures", "seed": 0, "auroc": 0.8, "demo_states": 10, "failed_states": 20,
+                 "failed_episodes": 3, "of_episodes": 5, "mean_r_demo": 0.1, "mean_r_failed": -0.1})
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "sailor_experiment.py"), "--table", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| DP (50 demos) | 2 | 0.450 (90/200) | [0.38, 0.52] | s0: 0.40, s1: 0.50 | 2.00 | - |" in proc.stdout, proc.stdout
+    assert "| SAILOR guarded (50 demos) | 1 | 0.450 (45/100) |" in proc.stdout and "| 0.25 |" in proc.stdout
+    assert "AUROC (seed 0): 0.800" in proc.stdout
+    bench = {"date": "d", "machine": "m", "load_average_before": [1, 1, 1], "load_average_after": [1, 1, 1], "repeats": 3,
+             "results": {"decision": {"median_ms": 12.34, "p10_ms": 10.0, "p90_ms": 15.0}}}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "bench_sailor.py"), "--table", str(tmp_path / "bench.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "| decision | 12.3 | 10.0 | 15.0 |" in proc.stdout, proc.stdout + proc.stderr

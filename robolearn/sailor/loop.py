@@ -153,6 +153,49 @@ def _concat(arrays: list[np.ndarray], like: tuple[int, ...], dtype: Any) -> np.n
     return np.concatenate(arrays) if arrays else np.zeros((0, *like), dtype)
 
 
+# ----------------------------------------------------------------------------------- updates
+class ModelUpdater:
+    """The optimizers of the world model, reward model and critic, and one model update:
+    world model every step, reward model every `reward.update_every` world-model updates (expert
+    rows = the first `half` sequences of the batch), critic on imagined rollouts of the base
+    policy's plans from every posterior state."""
+
+    def __init__(self, agent: SailorPolicy) -> None:
+        self.agent = agent
+        acfg = agent.config
+        wcfg = acfg.world_model
+        self.wm_opt = torch.optim.Adam(agent.world_model.parameters(), lr=wcfg.lr, eps=wcfg.eps)
+        self.rm_opt = torch.optim.Adam(agent.reward_model.parameters(), lr=acfg.reward.lr, eps=wcfg.eps)
+        self.critic_trainer = CriticTrainer(agent.critic)
+        self.updates = 0
+
+    def step(self, batch: dict[str, torch.Tensor], half: int) -> dict[str, float]:
+        """batch: state (B, L, Ds) normalized, prev_action, is_first, is_terminal, base_plan (B, L, Hc, A)."""
+        acfg = self.agent.config
+        wm, rm = self.agent.world_model, self.agent.reward_model
+        loss, post, metrics = wm.loss(batch)
+        self.wm_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["wm_grad_norm"] = float(nn.utils.clip_grad_norm_(wm.parameters(), acfg.world_model.grad_clip))
+        self.wm_opt.step()
+        self.updates += 1
+        feat = wm.dynamics.feat(post)  # (B, L, F), detached
+        if self.updates % acfg.reward.update_every == 0:
+            rm_loss, rm_metrics = rm.loss(feat[half:].reshape(-1, feat.shape[-1]), feat[:half].reshape(-1, feat.shape[-1]))
+            self.rm_opt.zero_grad(set_to_none=True)
+            rm_loss.backward()
+            self.rm_opt.step()
+            metrics.update(rm_metrics)
+        start = flatten_state(post)
+        actions = batch["base_plan"].reshape(-1, *batch["base_plan"].shape[2:])
+        with torch.no_grad():
+            feats = wm.imagine(start, actions)
+            reward = rm(feats)
+            cont = wm.cont_prob(feats)
+        metrics.update(self.critic_trainer.train_step(feats, reward, cont))
+        return metrics
+
+
 # ----------------------------------------------------------------------------------- trainer
 class SailorTrainer:
     """One SAILOR run; `resume=True` rebuilds it from `out/checkpoints/last`."""
@@ -219,11 +262,8 @@ class SailorTrainer:
         self.dp_buffer: list[tuple[int, np.ndarray, np.ndarray]] = []  # (store index, obs windows, target chunks)
         self.failed_base: list[Episode] = []  # failed warm-start (noisy base) episodes: the AUROC's negatives
 
-        wm, rm = self.agent.world_model, self.agent.reward_model
-        wcfg = self.acfg.world_model
-        self.wm_opt = torch.optim.Adam(wm.parameters(), lr=wcfg.lr, eps=wcfg.eps)
-        self.rm_opt = torch.optim.Adam(rm.parameters(), lr=self.acfg.reward.lr, eps=wcfg.eps)
-        self.critic_trainer = CriticTrainer(self.agent.critic)
+        self.updater = ModelUpdater(self.agent)
+        self.wm_opt, self.rm_opt, self.critic_trainer = self.updater.wm_opt, self.updater.rm_opt, self.updater.critic_trainer
 
         self.env_step = 0
         self.updates = 0
@@ -326,34 +366,14 @@ class SailorTrainer:
         return torch.cat([self.agent.normalizer.normalize(f"obs/{k}", p) for k, p in zip(self.acfg.base.state_keys, parts)], -1)
 
     def model_update(self) -> dict[str, float]:
-        """One update: world model, reward model every `reward.update_every` world-model updates,
-        critic on imagined rollouts of the base policy's plans from every posterior state."""
-        wcfg, ccfg = self.acfg.world_model, self.acfg.critic
-        wm, rm = self.agent.world_model, self.agent.reward_model
+        """One update on a batch of half demo, half replay sequences (see `ModelUpdater`)."""
+        wcfg = self.acfg.world_model
         half, L = wcfg.batch_size // 2, wcfg.batch_length
         e = self.expert.sample(half, L, self.rng)
         r = self.replay.sample(half, L, self.rng)
         batch = self._torch({k: np.concatenate([e[k], r[k]]) for k in e})
-        loss, post, metrics = wm.loss(batch)
-        self.wm_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics["wm_grad_norm"] = float(nn.utils.clip_grad_norm_(wm.parameters(), wcfg.grad_clip))
-        self.wm_opt.step()
-        self.updates += 1
-        feat = wm.dynamics.feat(post)  # (B, L, F), detached
-        if self.updates % self.acfg.reward.update_every == 0:
-            rm_loss, rm_metrics = rm.loss(feat[half:].reshape(-1, feat.shape[-1]), feat[:half].reshape(-1, feat.shape[-1]))
-            self.rm_opt.zero_grad(set_to_none=True)
-            rm_loss.backward()
-            self.rm_opt.step()
-            metrics.update(rm_metrics)
-        start = flatten_state(post)
-        actions = batch["base_plan"].reshape(-1, *batch["base_plan"].shape[2:])
-        with torch.no_grad():
-            feats = wm.imagine(start, actions)
-            reward = rm(feats)
-            cont = wm.cont_prob(feats)
-        metrics.update(self.critic_trainer.train_step(feats, reward, cont))
+        metrics = self.updater.step(batch, half)
+        self.updates = self.updater.updates
         return metrics
 
     def _can_train(self) -> bool:
@@ -771,6 +791,7 @@ class SailorTrainer:
         if n_store > st["replay_store_episodes"]:  # episodes of the killed run after its last checkpoint
             self.replay_store.drop_episodes(range(st["replay_store_episodes"], n_store))
         self.env_step, self.updates, self.dp_updates = int(st["env_step"]), int(st["updates"]), int(st["dp_updates"])
+        self.updater.updates = self.updates
         self.state = {k: st[k] for k in self.state}
         self.critic_trainer.slow.load_state_dict(load_tensors(ckpt, "critic_slow", meta))
         for name, opt in (("wm", self.wm_opt), ("rm", self.rm_opt), ("critic", self.critic_trainer.opt)):
