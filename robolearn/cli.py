@@ -192,10 +192,29 @@ def _check_task_at_start(args: argparse.Namespace) -> None:
         check_task(task)
 
 
+def _task_in_argv(argv: list[str]) -> str | None:
+    """The value of --task in a command line, read before the command's module is imported."""
+    for i, arg in enumerate(argv):
+        if arg == "--task" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--task="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Only import the module of the subcommand being run.
     only = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    task = _task_in_argv(argv[1:]) if only in TASK_COMMANDS and "-h" not in argv and "--help" not in argv else None
+    if task:  # before the command's module loads (some import torch): an unknown task fails at once
+        from robolearn.tasks.registry import UnknownTaskError, check_task
+
+        try:
+            check_task(task)
+        except UnknownTaskError as exc:
+            print(f"robolearn {only}: error: {exc}", file=sys.stderr)
+            return 2
     parser = build_parser(only)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | str | None = getattr(args, "func", None)

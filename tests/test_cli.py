@@ -31,6 +31,8 @@ FAILING = [
     ("unknown task at offline start", ["offline", "--algo", "iql", "--data", "d.zarr", "--task", "pick_plce"], "unknown task"),
     ("unknown task at finetune start", ["finetune", "--checkpoint", "c", "--task", "pick_plce"], "unknown task"),
     ("unknown task at demo start", ["demo", "--task", "pick_plce"], "unknown task"),
+    ("unknown task at intervene start", ["intervene", "--checkpoint", "c", "--teleop", "scripted", "--episodes", "1",
+                                          "--out", "o.zarr", "--task", "pick_plce"], "unknown task"),
     ("misspelled policy", ["train", "--policy", "diffusoin", "--data", "d.zarr"], "choose from bc, diffusion"),
     ("missing checkpoint", ["eval", "--checkpoint", "/nonexistent/run"], "does not exist"),
     ("bad number", ["collect", "--task", "push_cube", "--episodes", "0", "--out", "x.zarr"], "must be >= 1"),
@@ -52,6 +54,8 @@ def test_a_failing_command_answers_within_half_a_second(tmp_path):
     and the task name are checked). The best of 3 runs counts, so a busy shared CPU does not
     make it flaky; the import check below is exact."""
     for args in (["collect", "--task", "pick_plce", "--episodes", "1", "--out", "x.zarr"],
+                 ["intervene", "--checkpoint", "c", "--teleop", "scripted", "--episodes", "1", "--out", "o.zarr",
+                  "--task", "pick_plce"],
                  ["train", "--policy", "diffusoin", "--data", "d.zarr"],
                  ["eval", "--checkpoint", "/nonexistent/run", "--task", "push_cube"]):
         times = []

@@ -29,6 +29,17 @@ def check_task_env(name: str, steps: int = 20, **overrides: Any) -> None:
     from robolearn.tasks import make_env
     from robolearn.tasks.base import SimState
 
+    from robolearn.tasks.registry import get_spec
+
+    if get_spec(name).is_gym:  # a gymnasium env: gymnasium's own checker on it
+        import gymnasium as gym
+
+        raw = gym.make(get_spec(name).gym_env, **overrides)
+        try:
+            gym_check_env(raw.unwrapped, skip_render_check=True)
+        finally:
+            raw.close()
+        return
     env = make_env(name, **overrides)
     try:
         gym_check_env(env, skip_render_check=True)
