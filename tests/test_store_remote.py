@@ -174,3 +174,18 @@ def test_local_only_operations_say_why(s3, tmp_path):
     r = subprocess.run([sys.executable, "-m", "robolearn.cli", "data", "filter", url, str(tmp_path / "out.zarr")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # object storage in, local disk out
     assert EpisodeStore.open(tmp_path / "out.zarr").num_episodes == 1
+
+
+def test_import_lerobot_into_s3(s3, tmp_path):
+    pytest.importorskip("pyarrow")
+    from robolearn.data.lerobot_io import export_lerobot, import_lerobot
+
+    local = EpisodeStore.create(tmp_path / "a.zarr", FEATURES, control_period=0.1)
+    for i, n in enumerate([4, 5]):
+        local.append_episode(episode(i, n))
+    export_lerobot(local, tmp_path / "lr", progress=False)
+    back = import_lerobot(tmp_path / "lr", f"{s3}/from-lerobot.zarr", progress=False)
+    check_episodes(back, [4, 5])
+    assert back.column("intervention_count").tolist() == [1, 1]
+    with pytest.raises(FileExistsError):
+        import_lerobot(tmp_path / "lr", f"{s3}/from-lerobot.zarr", progress=False)

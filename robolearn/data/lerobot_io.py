@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from robolearn.data.schema import Feature
-from robolearn.data.store import SOURCE_CODES, SOURCES, EpisodeStore, StoreError
+from robolearn.data.location import is_remote, store_location
+from robolearn.data.store import SOURCE_CODES, SOURCES, EpisodeStore, StoreError, publish, remove_tree, same_location, temp_sibling
 
 CODEBASE_VERSION = "v3.0"
 CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"
@@ -321,10 +321,11 @@ def export_lerobot(
     for name, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"), ("index", "int64"), ("task_index", "int64")):
         lr_features[name] = {"dtype": dtype, "shape": [1], "names": None}
 
-    tmp = dst.with_name(dst.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    if isinstance(store.path, Path) and same_location(dst, store.path):
+        raise StoreError(f"output {dst} is the input store {store.path}: write to a new path")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(dst, "partial")  # built under a private name, published with one rename
+    tmp.mkdir()
     table = store.episode_table()
     tasks: list[str] = []
     task_of: dict[str, int] = {}
@@ -461,16 +462,13 @@ def export_lerobot(
                 writer.close()
             except Exception:
                 pass
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
-    if dst.exists():  # overwrite: swap the old dataset out only once the new one is whole
-        old = dst.with_name(dst.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(tmp, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, dst)
+    try:
+        publish(tmp, dst, overwrite=overwrite)  # an old dataset is swapped out atomically, then removed
+    finally:
+        if os.path.lexists(tmp):
+            remove_tree(tmp)
     return info
 
 
@@ -591,12 +589,18 @@ def import_lerobot(src: str | Path, dst: str | Path, task: str | None = None, pr
     store_task = task or extra.get("task") or (tasks.get(0, "") if len(set(tasks.values())) == 1 else "")
     control_period = extra.get("control_period") or 1.0 / fps
 
-    dst = Path(dst)
-    if dst.exists():
-        raise FileExistsError(f"{dst} already exists")
-    tmp = dst.with_name(dst.name + ".importing")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    dst = store_location(dst)
+    remote = is_remote(dst)
+    if remote:  # object storage has no rename: written in place, removed again on failure
+        if not dst.is_empty():
+            raise FileExistsError(f"{dst} already exists")
+        tmp = dst
+    else:
+        if os.path.lexists(dst):
+            raise FileExistsError(f"{dst} already exists")
+        if same_location(dst, root):
+            raise StoreError(f"output {dst} is inside the input dataset {root}: write to a new path")
+        tmp = temp_sibling(dst, "importing")
     store = EpisodeStore.create(tmp, features, task=store_task, env_kwargs=extra.get("env_kwargs") or {}, control_period=control_period)
     data_path = info.get("data_path", DATA_PATH)
     video_path = info.get("video_path") or VIDEO_PATH
@@ -663,13 +667,21 @@ def import_lerobot(src: str | Path, dst: str | Path, task: str | None = None, pr
             store.set_attr("lerobot_info", {k: v for k, v in info.items() if k != "features"})
     except BaseException:
         store.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if remote:
+            dst.clear()
+        else:
+            remove_tree(tmp)
         raise
     finally:
         for _, reader in readers.values():
             reader.close()
     store.close()
-    os.replace(tmp, dst)
+    if not remote:
+        try:
+            publish(tmp, dst)
+        finally:
+            if os.path.lexists(tmp):
+                remove_tree(tmp)
     return EpisodeStore.open(dst, mode="r")
 
 
