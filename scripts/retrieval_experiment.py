@@ -10,7 +10,7 @@ disjoint from the collection seeds). Conditions:
   br, strap, importance  target + what each method retrieves (same retrieved fraction each);
   oracle             target + the prior episodes whose hidden label is the target behaviour;
   ablations (not in the default set): br_l2 scores br by negative L2 distance, as the paper's
-  released code does, instead of cosine similarity; <method>_f10 retrieves 10% instead of --fraction.
+  released code does, instead of cosine similarity; <method>_fNN retrieves NN% instead of --fraction.
 Retrieval runs per seed (its VAE / subsampling seed = the seed). Every finished run appends one
 JSON line to OUT/runs.jsonl and is skipped on restart (resume = run the same command again).
 `--scaling` instead measures the retrieval step's time and peak memory at several prior sizes,
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-CONDITIONS = ("target_only", "whole", "br", "strap", "importance", "oracle", "br_l2", "br_f10", "strap_f10", "importance_f10")
+CONDITIONS = ("target_only", "whole", "br", "strap", "importance", "oracle", "br_l2", "br_f10", "br_f40", "strap_f10", "importance_f10")
 DEFAULT_CONDITIONS = CONDITIONS[:6]
 BC = ["policy.hidden_dims=[256,256]", "train.batch_size=256", "train.lr=0.001", "train.val_ratio=0.0"]
 TASK_SET = ["obs_relative=true"]
@@ -92,7 +92,7 @@ def run_one(cond: str, seed: int, work: Path, paths: tuple[Path, Path, Path], ar
         t0 = time.perf_counter()
         if cond.split("_")[0] in ("br", "strap", "importance"):
             method, _, variant = cond.partition("_")
-            fraction = 0.1 if variant == "f10" else args.fraction
+            fraction = int(variant[1:]) / 100 if variant.startswith("f") else args.fraction
             res = retrieve(prior, target, RetrievalConfig(method=method, fraction=fraction, seed=seed,
                                                           similarity="l2" if variant == "l2" else "cosine", progress=False))
             mask, scores, info = res.mask, res.scores, res.info
@@ -127,7 +127,7 @@ def run_one(cond: str, seed: int, work: Path, paths: tuple[Path, Path, Path], ar
                              task_overrides=task_overrides_from_meta(meta, "pick_place") or None, progress=False)
     record.update({"eval_s": round(time.perf_counter() - t0, 1), "successes": int(report["successes"]), "n": int(report["n"]),
                    "rate": float(report["success_rate"]), "eval_seeds": [report["seeds"][0], report["seeds"][-1]],
-                   "steps": args.steps, "fraction_setting": 0.1 if cond.endswith("_f10") else args.fraction})
+                   "steps": args.steps, "fraction_setting": int(cond.rsplit("_f", 1)[1]) / 100 if "_f" in cond else args.fraction})
     if data != target_path:
         shutil.rmtree(data)
     return record
@@ -189,7 +189,7 @@ def main() -> None:
     ap.add_argument("--target-demos", type=int, default=8)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--conditions", nargs="+", default=list(DEFAULT_CONDITIONS), choices=CONDITIONS,
-                    help="ablations: br_l2 (negative L2 score, as the released code), <method>_f10 (retrieve 10%%)")
+                    help="ablations: br_l2 (negative L2 score, as the released code), <method>_fNN (retrieve NN%%)")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--eval-episodes", type=int, default=100)
     ap.add_argument("--fraction", type=float, default=0.2, help="share of the prior each method retrieves")

@@ -16,11 +16,11 @@ import numpy as np
 
 from robolearn.evaluation import wilson_interval
 
-ORDER = ("target_only", "whole", "br", "strap", "importance", "oracle", "br_l2", "br_f10", "strap_f10", "importance_f10")
+ORDER = ("target_only", "whole", "br", "strap", "importance", "oracle", "br_l2", "br_f10", "br_f40", "strap_f10", "importance_f10")
 LABEL = {"target_only": "target only", "whole": "target + whole prior", "br": "target + br", "strap": "target + strap",
          "importance": "target + importance", "oracle": "target + oracle (hidden label)",
          "br_l2": "target + br, L2 score (ablation)",
-         "br_f10": "target + br, 10% (ablation)", "strap_f10": "target + strap, 10% (ablation)",
+         "br_f10": "target + br, 10% (ablation)", "br_f40": "target + br, 40% (ablation)", "strap_f10": "target + strap, 10% (ablation)",
          "importance_f10": "target + importance, 10% (ablation)"}
 
 
