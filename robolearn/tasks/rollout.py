@@ -495,6 +495,35 @@ class StoreWriter(Hook):
         self.committed.append((episode, len(steps["action"])))
 
 
+class CallbackHook(Hook):
+    """Plain functions as a hook (host): on_step(step, pre_obs, action) after every step and
+    on_episode_end(row, seed, success) for each finished slot before it restarts -- what a data
+    collector (SAILOR's replay, an RL buffer) needs."""
+
+    def __init__(self, on_step: Callable[[Step, Any, Any], None] | None = None,
+                 on_episode_end: Callable[[int, int, bool], None] | None = None) -> None:
+        self._on_step, self._on_end = on_step, on_episode_end
+
+    def on_step(self, engine: RolloutEngine, step: Step, pre_obs: Any, action: Any, pre_state: Any) -> None:
+        if self._on_step is not None:
+            self._on_step(step, pre_obs, action)
+
+    def on_episode_end(self, engine: RolloutEngine, row: int, episode: int, seed: int, step: Step) -> None:
+        if self._on_end is not None:
+            self._on_end(row, seed, bool(step.info["success"][row]))
+
+
+def persistent_rollout(sim: Any, actor: Any, next_seed: Callable[[], int], hooks: Sequence[Hook] = (),
+                       max_episode_steps: int | None = None) -> RolloutEngine:
+    """The narrow entry point for data collection whose envs persist across calls (SAILOR, online
+    RL): `engine.run(max_steps=k)` advances every env k steps; a finished episode restarts at once
+    with the seed `next_seed()` gives (slots in order), its actor rows reset; episodes are also
+    truncated at `max_episode_steps`. Checkpointing reads `engine.obs`, the actor's history,
+    `engine.env.slot_seed` / `.length` and the simulator state; `engine.resume(...)` puts them
+    back (see RolloutEngine.resume)."""
+    return RolloutEngine(HostBatch(sim, EndlessSeeds(next_seed), max_episode_steps), actor, hooks)
+
+
 # ----------------------------------------------------------------------------------- the engine
 class RolloutEngine:
     """Steps an env adapter with an actor until the schedule's episodes are done (or for a number
@@ -530,6 +559,22 @@ class RolloutEngine:
         self.actor.reset(self.obs, None)
         for h in self.hooks:
             h.on_start(self, self.obs)
+
+    def resume(self, obs: dict[str, Any], seeds: Sequence[int], lengths: Sequence[int] | None = None,
+               history: dict[str, Any] | None = None) -> None:
+        """Continue a host run whose simulator state was restored by the caller: the current
+        observation, each slot's episode seed (and length), and the actor's observation history."""
+        env = self.env
+        env.slot_seed[:] = np.asarray(seeds)
+        env.slot_episode[:] = np.arange(self.num_envs)
+        env.schedule.next = self.num_envs
+        env.length[:] = 0 if lengths is None else np.asarray(lengths)
+        env.status = env.sim.status()
+        self.obs = obs
+        if history is not None and hasattr(self.actor, "history"):
+            self.actor.history.buf = {k: np.array(v, copy=True) for k, v in history.items()}
+        for h in self.hooks:
+            h.on_start(self, obs)
 
     def run(self, max_steps: int | None = None) -> list[dict[str, Any]]:
         """Until every scheduled episode finished (FixedSeeds), or for max_steps env steps (each
