@@ -233,4 +233,4 @@ def test_experiment_table_pools_records_and_bench_table(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps(bench))
     proc = subprocess.run([sys.executable, str(root / "scripts" / "bench_sailor.py"), "--table", str(tmp_path / "bench.json")],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "| decision | 12.3 | 10.0 | 15.0 |" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "| decision | - | 12.3 [10.0, 15.0] |" in proc.stdout, proc.stdout + proc.stderr
