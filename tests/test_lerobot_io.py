@@ -234,3 +234,20 @@ def test_cli_round_trip(tmp_path):
     assert r.returncode == 0, r.stderr
     back = EpisodeStore.open(tmp_path / "b.zarr")
     assert back.num_steps == 19 and back.column("intervention_count").tolist() == [0, 2, 1]
+
+
+def test_many_files_round_trip(tmp_path, monkeypatch):
+    """Size limits reached: every episode in its own data and video file (chunk/file indices, from_timestamp 0)."""
+    monkeypatch.setattr(lerobot_io, "DATA_FILE_MB", 1e-6)
+    monkeypatch.setattr(lerobot_io, "VIDEO_FILE_MB", 0)
+    monkeypatch.setattr(lerobot_io, "CHUNKS_SIZE", 2)  # two files per chunk folder
+    src = intervention_store(tmp_path / "a.zarr")
+    export_lerobot(src, tmp_path / "lr", progress=False)
+    eps = pq.read_table(tmp_path / "lr/meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [(e["data/chunk_index"], e["data/file_index"]) for e in eps] == [(0, 0), (0, 1), (1, 0)]
+    assert [e["videos/observation.images.image/from_timestamp"] for e in eps] == [0.0, 0.0, 0.0]
+    assert (tmp_path / "lr/videos/observation.images.image/chunk-001/file-000.mp4").is_file()
+    back = import_lerobot(tmp_path / "lr", tmp_path / "b.zarr", progress=False)
+    for i in range(3):
+        a, b = src.get_episode(i), back.get_episode(i)
+        assert np.array_equal(a["action"], b["action"]) and np.abs(a["obs/image"].astype(int) - b["obs/image"]).max() <= 4
