@@ -251,3 +251,21 @@ def test_many_files_round_trip(tmp_path, monkeypatch):
     for i in range(3):
         a, b = src.get_episode(i), back.get_episode(i)
         assert np.array_equal(a["action"], b["action"]) and np.abs(a["obs/image"].astype(int) - b["obs/image"]).max() <= 4
+
+
+def test_import_dataset_written_by_lerobot(tmp_path):
+    """tests/fixtures/lerobot_v3_by_lerobot was written by lerobot 0.4.4 itself (make_lerobot_fixture.py)."""
+    from pathlib import Path
+
+    root = Path(__file__).parent / "fixtures" / "lerobot_v3_by_lerobot"
+    store = import_lerobot(root, tmp_path / "s.zarr", progress=False)
+    assert store.episode_lengths.tolist() == [6, 7, 8] and store.control_period == pytest.approx(1 / 15)
+    assert store.features["obs/cam"] == Feature("uint8", (32, 48, 3), "obs")
+    assert store.column("task").tolist() == ["task 0", "task 1", "task 0"]
+    for e, n in enumerate([6, 7, 8]):
+        ep = store.get_episode(e)
+        t = np.arange(n)
+        assert np.array_equal(ep["obs/state"], np.stack([np.full(n, e), t, 100 * e + t], 1).astype(np.float32))
+        assert np.array_equal(ep["action"], np.stack([t, -t], 1).astype(np.float32))
+        grey = (t * 30 + e * 7) % 240  # AV1 at LeRobot's CRF 30: a few grey levels off, never another frame
+        assert np.abs(ep["obs/cam"].astype(int) - grey[:, None, None, None]).max() <= 4
