@@ -15,7 +15,9 @@ Our side is exactly what `robolearn offline` runs per step: the trajectory sampl
 Both sides run on one CPU thread on the same synthetic dataset (random transitions with the
 dimensions of push_cube with obs_relative=true unless told otherwise). Sides are interleaved
 (ours, reference, ours, reference, ...) `--repeats` times, each timing `--steps` updates after
-`--warmup` untimed ones; the table reports medians and the load average before and after.
+`--warmup` untimed ones. Each sample records steps per wall second and per CPU second of the process
+(on a box shared with other jobs the CPU-time rate is the work per step, without waiting for a core);
+the table reports medians, the median of the per-repeat paired ratios, and the load average.
 """
 
 from __future__ import annotations
@@ -190,11 +192,13 @@ def synthetic_store(path: Path, obs_dim: int, act_dim: int, episodes: int, lengt
             "reward": t.reward, "terminal": t.terminal.astype(np.float32)}
 
 
-def time_steps(step, n: int) -> float:
-    t0 = time.perf_counter()
+def time_steps(step, n: int) -> tuple[float, float]:
+    """(steps per wall second, steps per CPU second of this process). On a shared box the CPU-time rate
+    measures the work per step without the time spent waiting for a core."""
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n):
         step()
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
 def run(a: argparse.Namespace) -> dict:
@@ -211,10 +215,14 @@ def run(a: argparse.Namespace) -> dict:
         for _ in range(a.warmup):
             step()
     samples: dict[str, list[float]] = {f"{algo}/{side}": [] for algo, side in runners}
+    cpu: dict[str, list[float]] = {f"{algo}/{side}": [] for algo, side in runners}
     for r in range(a.repeats):
         for (algo, side), step in runners.items():  # interleaved: ours, reference, ours, reference, ...
-            samples[f"{algo}/{side}"].append(time_steps(step, a.steps))
-        print(f"repeat {r + 1}/{a.repeats}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in samples.items()), flush=True)
+            wall_rate, cpu_rate = time_steps(step, a.steps)
+            samples[f"{algo}/{side}"].append(wall_rate)
+            cpu[f"{algo}/{side}"].append(cpu_rate)
+        print(f"repeat {r + 1}/{a.repeats}: " + ", ".join(f"{k} {v[-1]:.0f}/s ({cpu[k][-1]:.0f}/cpu-s)" for k, v in samples.items()),
+              flush=True)
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     result = {
         "command": "OMP_NUM_THREADS=1 python scripts/bench_rl.py " + " ".join(a.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -223,22 +231,30 @@ def run(a: argparse.Namespace) -> dict:
         "obs_dim": a.obs_dim, "act_dim": a.act_dim, "hidden": a.hidden, "batch_size": a.batch_size, "sampler": a.sampler,
         "steps_per_sample": a.steps, "repeats": a.repeats, "samples_steps_per_s": samples,
         "median_steps_per_s": {k: float(np.median(v)) for k, v in samples.items()},
+        "samples_steps_per_cpu_s": cpu, "median_steps_per_cpu_s": {k: float(np.median(v)) for k, v in cpu.items()},
     }
     result["ratio_ours_over_reference"] = {algo: result["median_steps_per_s"][f"{algo}/ours"] / result["median_steps_per_s"][f"{algo}/reference"]
                                            for algo in a.algos}
+    # paired: each repeat's ours / reference (adjacent samples see similar load), median over repeats
+    result["median_paired_ratio_wall"] = {algo: float(np.median(np.array(samples[f"{algo}/ours"]) / np.array(samples[f"{algo}/reference"])))
+                                          for algo in a.algos}
+    result["median_paired_ratio_cpu"] = {algo: float(np.median(np.array(cpu[f"{algo}/ours"]) / np.array(cpu[f"{algo}/reference"])))
+                                         for algo in a.algos}
     return result
 
 
 def report(path: Path) -> str:
     runs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    lines = ["| date (UTC) | algo | ours (steps/s) | reference (steps/s) | ours / reference | hidden, batch | load avg before / after | note |",
+    lines = ["| date (UTC) | algo | ours steps/s (per CPU-s) | reference steps/s (per CPU-s) | ours / reference: median paired wall (CPU) | "
+             "hidden, batch, repeats x steps | load avg before / after | note |",
              "|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        for algo, ratio in r["ratio_ours_over_reference"].items():
-            med = r["median_steps_per_s"]
-            lines.append(f"| {r['date']} | {algo} | {med[f'{algo}/ours']:.0f} | {med[f'{algo}/reference']:.0f} | {ratio:.2f}x | "
-                         f"{'x'.join(map(str, r['hidden']))}, {r['batch_size']} | {' '.join(r['loadavg_before'])} / "
-                         f"{' '.join(r['loadavg_after'])} | {r.get('note', '')} |")
+        for algo in r["ratio_ours_over_reference"]:
+            med, mc = r["median_steps_per_s"], r["median_steps_per_cpu_s"]
+            lines.append(f"| {r['date']} | {algo} | {med[f'{algo}/ours']:.0f} ({mc[f'{algo}/ours']:.0f}) | {med[f'{algo}/reference']:.0f} "
+                         f"({mc[f'{algo}/reference']:.0f}) | {r['median_paired_ratio_wall'][algo]:.2f}x ({r['median_paired_ratio_cpu'][algo]:.2f}x) | "
+                         f"{'x'.join(map(str, r['hidden']))}, {r['batch_size']}, {r['repeats']} x {r['steps_per_sample']} | "
+                         f"{' '.join(r['loadavg_before'])} / {' '.join(r['loadavg_after'])} | {r.get('note', '')} |")
     return "\n".join(lines)
 
 
@@ -268,7 +284,8 @@ def main() -> None:
     a.argv = sys.argv[1:]
     result = run(a)
     result["note"] = a.note
-    print(json.dumps(result["median_steps_per_s"]), json.dumps(result["ratio_ours_over_reference"]))
+    print(json.dumps(result["median_steps_per_cpu_s"]), "paired ratio wall", json.dumps(result["median_paired_ratio_wall"]),
+          "cpu", json.dumps(result["median_paired_ratio_cpu"]))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         with open(a.out, "a") as f:

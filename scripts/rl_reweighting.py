@@ -18,6 +18,18 @@ file after every run (a call with e.g. `--algos iql` keeps the td3bc runs record
 and `--stop-at HH:MM` (UTC) launches nothing after that time, so a grid cut short by the clock
 still has whole seeds; `report` prints the number of seeds per cell.
 docs/results/offline_to_online.md records what was run.
+
+At the papers' proportions (issue 20): `build` makes 300k-transition mixes (obs_relative=true, no
+termination on success) whose good part is drawn from 1000 noisy-expert episodes and whose bad part from
+uniform-random and failing noisy-expert rollouts; `sweep` is the resumable grid over them (>= 50k gradient
+steps, learning curves), appending one JSON line per finished run to docs/results/offline_to_online/;
+`table` / `curves` regenerate the page's tables and plots from those lines:
+
+    python scripts/rl_reweighting.py build --tasks push_cube --ratios 0.01 0.05 0.5
+    python scripts/rl_reweighting.py sweep --tag o2o --tasks push_cube --algos td3bc --ratios 0.01 0.05 \
+        --samplers uniform rw aw --seeds 0 1 2          # skips finished runs, resumes an interrupted one
+    python scripts/rl_reweighting.py table --tag o2o
+    python scripts/rl_reweighting.py curves --tag o2o
 """
 
 from __future__ import annotations
@@ -301,11 +313,250 @@ def plot(a: argparse.Namespace) -> None:
     print(f"wrote {a.out} ({len(rows)} rows x {len(a.algos)} algos)")
 
 
+
+# ------------------------------------------------------------------------------------ papers' proportions (issue 20)
+O2O_DATA = Path("data/o2o")
+O2O_RUNS = Path("runs/o2o")
+O2O_RESULTS = Path("docs/results/offline_to_online")
+O2O_SET = ["terminate_on_success=false", "obs_relative=true"]  # returns rank quality; object-relative state
+O2O_MIX_SIZE = 300_000
+# pool name -> (policy, action noise std, keep, episodes, seed). Good: the scripted expert with N(0, 0.1) noise
+# (success 1.0 on both tasks); bad: uniform random actions and the expert with so much noise that it mostly
+# fails (push_cube 1.0: 16% success, pick_place 0.5: 2%), failed episodes only. Bad pools hold 300k steps.
+O2O_POOLS = {
+    "push_cube": {"expert": ("expert", 0.1, "all", 1000, 2), "random": ("random", 0.0, "all", 2500, 1),
+                  "failing": ("expert", 1.0, "failure", 2500, 3)},
+    "pick_place": {"expert": ("expert", 0.1, "all", 1000, 2), "random": ("random", 0.0, "all", 1875, 1),
+                   "failing": ("expert", 0.5, "failure", 1875, 3)},
+}
+O2O_TASKS = tuple(O2O_POOLS)
+
+
+def _loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
+def _record(path: Path, rec: dict) -> None:
+    """Append one JSON line (the raw record the page's tables are regenerated from)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def _store_ok(path: Path, episodes: int | None = None, mix: bool = False) -> bool:
+    """A finished build: the store opens, holds all its episodes (pools) or its `mix` attribute (written last)."""
+    from robolearn.data.store import EpisodeStore
+
+    if not path.exists():
+        return False
+    try:
+        st = EpisodeStore.open(path)
+    except Exception:  # noqa: BLE001 -- a half-written store is rebuilt
+        return False
+    return ("mix" in st.attrs) if mix else st.num_episodes == episodes
+
+
+def o2o_mix_path(task: str, ratio: float) -> Path:
+    return O2O_DATA / f"{task}_mix{ratio}.zarr"
+
+
+def build_o2o(tasks: list[str], ratios: list[float]) -> None:
+    """Pools then mixes, each skipped when already complete; one record per piece built."""
+    from robolearn.data.store import EpisodeStore
+
+    log = O2O_RESULTS / "datasets.jsonl"
+    for task in tasks:
+        sets = [x for kv in O2O_SET for x in ("--set", kv)]
+        for name, (policy, noise, keep, episodes, seed) in O2O_POOLS[task].items():
+            out = O2O_DATA / f"{task}_{name}.zarr"
+            if _store_ok(out, episodes=episodes):
+                continue
+            cmd = ["data", "rollout", "--task", task, *sets, "--policy", policy, "--noise", str(noise), "--keep", keep,
+                   "--episodes", str(episodes), "--num-envs", "50", "--seed", str(seed), "--out", str(out), "--overwrite"]
+            load, t0 = _loadavg(), time.time()
+            sh(*cmd)
+            st = EpisodeStore.open(out)
+            ret = st.column("return")
+            _record(log, {"name": out.name, "command": "robolearn " + " ".join(cmd), "episodes": st.num_episodes, "steps": st.num_steps,
+                          "success_rate": float(st.column("success").mean()), "return_mean": float(ret.mean()),
+                          "return_min": float(ret.min()), "return_max": float(ret.max()), "wall_s": round(time.time() - t0, 1),
+                          "loadavg_before": load, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit()})
+        for r in ratios:
+            out = o2o_mix_path(task, r)
+            if _store_ok(out, mix=True):
+                continue
+            cmd = ["data", "mix", "--good", str(O2O_DATA / f"{task}_expert.zarr"), "--bad", str(O2O_DATA / f"{task}_random.zarr"),
+                   str(O2O_DATA / f"{task}_failing.zarr"), "--ratio", str(r), "--size", str(O2O_MIX_SIZE), "--seed", "0",
+                   "--out", str(out), "--overwrite"]
+            load, t0 = _loadavg(), time.time()
+            sh(*cmd)
+            st = EpisodeStore.open(out)
+            _record(log, {"name": out.name, "command": "robolearn " + " ".join(cmd), "episodes": st.num_episodes, "steps": st.num_steps,
+                          "success_rate": float(st.column("success").mean()), "mix": st.attrs["mix"],
+                          "wall_s": round(time.time() - t0, 1), "loadavg_before": load,
+                          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit()})
+
+
+def _o2o_overrides(a: argparse.Namespace, algo: str, seed: int) -> list[str]:
+    ov = [f"train.steps={a.steps}", f"train.eval_every={a.eval_every}", f"train.eval_episodes={a.eval_episodes}",
+          f"train.log_every={a.eval_every}", f"train.save_every={a.eval_every}", f"train.batch_size={a.batch_size}",
+          f"agent.hidden_dims=[{','.join(map(str, a.hidden))}]", f"train.seed={seed}", "train.eval_num_envs=25"]
+    if algo == "iql":
+        ov.append("train.reward_norm=return_range")  # the IQL recipe's reward scaling
+    return ov
+
+
+def _o2o_key(x: dict) -> tuple:
+    return x["task"], x["algo"], float(x["ratio"]), x["sampler"], int(x["seed"])
+
+
+def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
+    import torch
+
+    from robolearn.data.store import EpisodeStore
+    from robolearn.rl.offline import train_offline
+    from robolearn.training import read_metrics
+
+    task, algo, ratio, sampler, seed = job
+    data = o2o_mix_path(task, ratio)
+    if not _store_ok(data, mix=True):
+        build_o2o([task], [ratio])
+    out = O2O_RUNS / a.tag / f"{task}_{algo}_{ratio}_{sampler}_s{seed}"
+    torch.set_num_threads(1)
+    load, t0 = _loadavg(), time.time()
+    if (out / "checkpoints" / "last" / "checkpoint.json").exists() and not (out / "policy" / "checkpoint.json").exists():
+        train_offline(algo, None, resume=out, wandb_mode="off", progress=a.progress)  # interrupted: continue where it stopped
+    elif not (out / "policy" / "checkpoint.json").exists():
+        train_offline(algo, data, task=task, sampler=sampler, out=out, wandb_mode="off", progress=a.progress,
+                      overrides=_o2o_overrides(a, algo, seed))
+    wall = time.time() - t0
+    summary = json.loads((out / "continual.json").read_text())
+    hist = summary["history"]
+    final = hist[-1]
+    n = a.eval_episodes
+    mix = EpisodeStore.open(data).attrs["mix"]
+    losses = [{k: v for k, v in r.items() if k in ("step", "critic_loss", "actor_loss", "q_mean", "value_loss", "bc_mse")}
+              for r in read_metrics(out) if "critic_loss" in r]
+    rec = {"task": task, "algo": algo, "ratio": ratio, "sampler": sampler, "seed": seed, "steps": summary["steps"],
+           "eval_episodes": n, "final_success": final["success"], "final_successes": int(round(final["success"] * n)),
+           "final_return": final["return"], "curve": [[h["step"], h["success"], h["return"]] for h in hist],
+           "losses": losses, "metrics": summary["metrics"], "reward_scale": summary.get("reward_scale"),
+           "mix": {k: mix[k] for k in ("good_episodes", "good_distinct", "good_steps", "bad_episodes", "size")},
+           "wall_s": round(wall, 1), "steps_per_s_incl_eval": round(summary["steps"] / wall, 1) if wall > 60 else None,
+           "loadavg_before": load, "loadavg_after": _loadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "commit": _commit(), "run_dir": str(out), "overrides": _o2o_overrides(a, algo, seed)}
+    _record(results, rec)
+    return rec
+
+
+def sweep(a: argparse.Namespace) -> None:
+    """The grid, seed-major; a run whose record is in the results file is skipped, an interrupted one resumed."""
+    from robolearn.experiments import stop_time
+
+    results = O2O_RESULTS / f"{a.tag}.jsonl"
+    done = {_o2o_key(x) for x in _read(results)}
+    jobs = [(t, al, r, s, seed) for seed in a.seeds for t in a.tasks for al in a.algos for r in a.ratios for s in a.samplers]
+    todo = [j for j in jobs if _o2o_key(dict(zip(("task", "algo", "ratio", "sampler", "seed"), j))) not in done]
+    stop = stop_time(a.stop_at)
+    print(f"{len(jobs)} runs in the grid, {len(jobs) - len(todo)} recorded in {results}, {len(todo)} to run; stop launching at {stop}",
+          flush=True)
+    import datetime as dt
+
+    for i, job in enumerate(todo):
+        if stop is not None and dt.datetime.now(dt.timezone.utc) >= stop:
+            print(f"stop time reached; {len(todo) - i} runs left", flush=True)
+            break
+        print(f"[{i + 1}/{len(todo)}] {job} at {time.strftime('%H:%M:%S', time.gmtime())} UTC", flush=True)
+        rec = _o2o_one(a, job, results)
+        print(f"    success {rec['final_success']:.3f} return {rec['final_return']:.1f} wall {rec['wall_s']:.0f}s", flush=True)
+
+
+def table(a: argparse.Namespace) -> None:
+    """Markdown tables from the results file: final success pooled over seeds (Wilson 95%), return, gain over uniform."""
+    from robolearn.evaluation import wilson_interval
+
+    rows = _read(O2O_RESULTS / f"{a.tag}.jsonl")
+    if not rows:
+        raise SystemExit(f"no records in {O2O_RESULTS / f'{a.tag}.jsonl'}")
+    cells: dict[tuple, list[dict]] = {}
+    for x in rows:
+        cells.setdefault((x["task"], x["algo"], float(x["ratio"]), x["sampler"]), []).append(x)
+    samplers = [s for s in SAMPLERS if any(k[3] == s for k in cells)]
+    print(f"Final success of the deterministic actor after {rows[0]['steps']} gradient steps: successes / episodes pooled over "
+          "the seeds in the cell, 95% Wilson interval; mean return in brackets.\n")
+    print("| task | algo | expert data | " + " | ".join(samplers) + " |")
+    print("|---|---|---|" + "---|" * len(samplers))
+    for task, algo, ratio in sorted({k[:3] for k in cells}):
+        out = []
+        for smp in samplers:
+            xs = cells.get((task, algo, ratio, smp), [])
+            if not xs:
+                out.append("not run")
+                continue
+            k, n = sum(x["final_successes"] for x in xs), sum(x["eval_episodes"] for x in xs)
+            lo, hi = wilson_interval(k, n)
+            seeds = sorted(x["seed"] for x in xs)
+            out.append(f"{k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}] ({np.mean([x['final_return'] for x in xs]):.1f}; seeds {seeds})")
+        print(f"| {task} | {algo} | {ratio:.0%} | " + " | ".join(out) + " |")
+    walls = [x["wall_s"] for x in rows]
+    print(f"\nWall time per run (incl. evaluation): median {np.median(walls):.0f} s, {min(walls):.0f}-{max(walls):.0f} s, n={len(walls)}; "
+          f"load average before the runs {min(float(x['loadavg_before'][0]) for x in rows):.1f}-"
+          f"{max(float(x['loadavg_before'][0]) for x in rows):.1f}.")
+
+
+def curves(a: argparse.Namespace) -> None:
+    """Learning curves (eval success and return vs gradient steps), one panel per (task, algo, ratio), mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _read(O2O_RESULTS / f"{a.tag}.jsonl")
+    panels = sorted({(x["task"], x["algo"], float(x["ratio"])) for x in rows})
+    if not panels:
+        raise SystemExit("no records")
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6), squeeze=False)
+    colors = dict(zip(SAMPLERS, ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
+    for j, (task, algo, ratio) in enumerate(panels):
+        for smp in SAMPLERS:
+            xs = [x for x in rows if (x["task"], x["algo"], float(x["ratio"]), x["sampler"]) == (task, algo, ratio, smp)]
+            if not xs:
+                continue
+            steps = [c[0] for c in xs[0]["curve"]]
+            for i, metric in enumerate((1, 2)):
+                v = np.array([[c[metric] for c in x["curve"]] for x in xs if len(x["curve"]) == len(steps)])
+                axes[i, j].plot(steps, v.mean(0), color=colors[smp], label=f"{smp} (n={len(v)})")
+                if len(v) > 1:
+                    axes[i, j].fill_between(steps, v.min(0), v.max(0), color=colors[smp], alpha=0.15, linewidth=0)
+        axes[0, j].set_title(f"{task} {algo}, {ratio:.0%} expert", fontsize=9)
+        axes[0, j].set_ylabel("eval success")
+        axes[1, j].set_ylabel("eval return")
+        axes[1, j].set_xlabel("gradient steps")
+        axes[0, j].legend(fontsize=7)
+        for i in range(2):
+            axes[i, j].grid(alpha=0.3)
+    fig.suptitle("Offline learning curves on 300k-transition mixes: mean over seeds, band min..max", fontsize=10)
+    fig.tight_layout()
+    out = O2O_RESULTS / f"{a.tag}_curves.png"
+    fig.savefig(out, dpi=100)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["data", "grid", "report", "plot"])
+    ap.add_argument("action", choices=["data", "grid", "report", "plot", "build", "sweep", "table", "curves"])
     ap.add_argument("--tag", help="name of a separate grid (runs/rl_study/grid_TAG, grid_results_TAG.json); default: the 1k-step study")
-    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=sorted(set(TASKS) | set(O2O_TASKS)))
     ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
     ap.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
     ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
@@ -319,7 +570,27 @@ def main() -> None:
     ap.add_argument("--stop-at", help="UTC HH:MM after which `grid` launches no further run")
     ap.add_argument("--plot-tags", nargs="+", default=["base", "pc10k"], help="grids `plot` draws ('base' = the 1k-step study)")
     ap.add_argument("--out", default="docs/results/reweighting.png", help="figure written by `plot`")
+    ap.add_argument("--eval-every", type=int, default=5000, help="sweep: gradient steps between evaluations")
+    ap.add_argument("--progress", action="store_true", help="sweep: show each run's progress bar")
     a = ap.parse_args()
+    if a.action in ("build", "sweep", "table", "curves"):
+        if a.action != "table" and a.action != "curves":
+            bad = [t for t in a.tasks if t not in O2O_TASKS]
+            if bad:
+                raise SystemExit(f"{a.action}: tasks must be among {', '.join(O2O_TASKS)}, got {', '.join(bad)}")
+        a.tag = a.tag or "o2o"
+        if a.action == "sweep":
+            if a.steps == STEPS:  # the flag's default is the 1k-step study's; the scaled grid trains >= 50k steps
+                a.steps = 50_000
+            if a.eval_episodes == EVAL_EPISODES:
+                a.eval_episodes = 50
+            if a.hidden == [64, 64]:
+                a.hidden = [256, 256]
+            if a.batch_size == 128:
+                a.batch_size = 256
+        {"build": lambda: build_o2o(a.tasks, a.ratios), "sweep": lambda: sweep(a), "table": lambda: table(a),
+         "curves": lambda: curves(a)}[a.action]()
+        return
     if a.action == "data":
         data()
     elif a.action == "grid":
