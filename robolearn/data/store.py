@@ -242,6 +242,19 @@ def remove_tree(path: Path) -> None:
         os.unlink(path)
 
 
+def _discard(path: Path) -> None:
+    """Remove an unpublished output after a failure. zarr writes chunks concurrently on its own
+    event-loop thread, so writes already in flight when one failed (e.g. disk full) can land
+    after a first removal: wait for them and remove again."""
+    import time
+
+    for _ in range(20):
+        remove_tree(path)
+        time.sleep(0.05)
+        if not os.path.lexists(path):
+            return
+
+
 def _chunk_file(root: Path, array: Any, chunk_index: int) -> Path:
     tail = (0,) * (len(array.shape) - 1)
     return root / array.path / array.metadata.encode_chunk_key((chunk_index, *tail))
@@ -288,7 +301,7 @@ def staged_output(path: str | Path, inputs: Sequence[str | Path] = (), overwrite
         publish(tmp, path, overwrite=overwrite)
     finally:
         if os.path.lexists(tmp):
-            remove_tree(tmp)
+            _discard(tmp)
 
 
 def _is_store_dir(path: Path | RemoteLocation) -> bool:
@@ -474,7 +487,7 @@ class EpisodeStore:
                 publish(tmp, path, overwrite=overwrite)  # the store appears whole or not at all
         finally:
             if not remote and os.path.lexists(tmp):
-                remove_tree(tmp)
+                _discard(tmp)
         return cls.open(path, mode="a")
 
     @classmethod
