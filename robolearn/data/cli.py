@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -275,24 +274,24 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("export-lerobot", help="episode store -> LeRobot v3 dataset directory (parquet + mp4 + meta)")
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--fps", type=int, help="frames per second (default: 1 / the store's control period)")
+    p.add_argument("--fps", type=validation.int_in(1, 1000), help="frames per second (default: 1 / the store's control period)")
     p.add_argument("--vcodec", default="libsvtav1", help="ffmpeg video encoder for camera images (LeRobot's default AV1)")
-    p.add_argument("--crf", type=int, default=30, help="video quality (lower = better, larger)")
+    p.add_argument("--crf", type=validation.int_in(0, 63), default=30, help="video quality (lower = better, larger)")
     p.add_argument("--robot-type", default=None, help="info.json robot_type")
     p.add_argument("--overwrite", action="store_true", help="replace an existing LeRobot dataset at OUTPUT")
     p.set_defaults(func=_export_lerobot)
 
     p = sub.add_parser("view", help="replay episodes (from sim states or stored images) with source/stage/reward overlay")
     p.add_argument("path")
-    p.add_argument("--episode", type=int, nargs="+", required=True, help="episode index; several play as a grid")
+    p.add_argument("--episode", type=validation.non_negative_int, nargs="+", required=True, help="episode index; several play as a grid")
     p.add_argument("--out", help="mp4 to write (default STORE_epI.mp4 in the current directory)")
     p.add_argument("--from", dest="source_mode", choices=["auto", "states", "images"], default="auto",
                    help="render stored sim states, or show stored camera images (auto: states when the store has them)")
     p.add_argument("--camera", default="front", help="camera to render, or obs/<camera> images to show")
-    p.add_argument("--size", type=int, default=256, help="scene size in pixels")
-    p.add_argument("--cols", type=int, help="grid columns (default: square-ish)")
-    p.add_argument("--every", type=int, default=1, help="show every k-th step")
-    p.add_argument("--fps", type=float, help="playback rate (default: the store's control rate)")
+    p.add_argument("--size", type=validation.int_in(16, 4096), default=256, help="scene size in pixels")
+    p.add_argument("--cols", type=validation.int_in(1, 64), help="grid columns (default: square-ish)")
+    p.add_argument("--every", type=validation.positive_int, default=1, help="show every k-th step")
+    p.add_argument("--fps", type=validation.float_in(0.0, 1000.0, lo_open=True), help="playback rate (default: the store's control rate)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--rerun", action="store_true", help="stream to a rerun viewer (needs rerun-sdk)")
     p.add_argument("--rerun-save", help="save a rerun .rrd recording instead of streaming (needs rerun-sdk)")
