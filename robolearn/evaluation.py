@@ -4,8 +4,10 @@ Episodes use a fixed list of seeds (`seed, seed+1, ...`) recorded in the report.
 batched through the one rollout engine (robolearn.tasks.rollout); when one finishes, it is reset
 with the next seed, so the same seed and `--num-envs` give bit-identical results on CPU. The
 report gives n, the success rate with its 95% Wilson interval, mean return and length, failure
-events and recoveries per episode (a recovery is a failure event in an episode that still
-succeeded), the task's score, and per-episode records. For a hierarchical policy it also counts
+events, failure exposures (failure events in episodes that still succeeded: the old
+"recoveries") and true recoveries per episode (a failure event that set the task back, after which
+the policy itself brought it back: robolearn.metrics_recovery), the task's score, and per-episode
+records. For a hierarchical policy it also counts
 retries: the high level going back to an earlier primitive while the task's stage has not
 advanced (e.g. re-grasping a dropped cube).
 
@@ -155,6 +157,10 @@ def evaluate_policy(
         scorer = _step_scorer(sim)
         score_name, rng_devices = getattr(getattr(sim, "task", None), "score_name", None), []
         actor = PolicyActor(policy)
+        if not spec.is_gym:  # true recoveries need the task's milestone levels
+            from robolearn.metrics_recovery import RecoveryHook
+
+            extra_hooks.append(RecoveryHook(sim))
         if hasattr(policy, "active_primitive"):
             extra_hooks.insert(0, RetryHook(policy))
         if save:
@@ -176,6 +182,7 @@ def evaluate_policy(
     if retries is not None:
         for r in records:
             r["retries"] = retries.per_episode[r["episode"]]
+    attach_recoveries(records, next((h for h in extra_hooks if type(h).__name__ == "RecoveryHook"), None))
     videos = next((h.recorder.paths for h in extra_hooks if isinstance(h, VideoHook)), [])
     extra = {"backend": backend} if backend != "cpu" else {}
     return summarize(records, score_name=score_name, task=task, seed=seed, num_envs=num_envs, perturb=perturb_rate,
@@ -247,6 +254,16 @@ class RetryHook(Hook):
             self.counter.restart(rows, engine.env.status["stage"])
 
 
+def attach_recoveries(records: list[dict[str, Any]], hook: Any) -> None:
+    """Per record: `failure_exposures` (failure events of a successful episode, what was called
+    recoveries before), and from the RecoveryHook `setbacks` and true `recoveries` (None without it)."""
+    for r in records:
+        r["failure_exposures"] = r.pop("recoveries")
+        count = hook.per_episode.get(r["episode"]) if hook is not None else None
+        r["setbacks"] = None if count is None else count.setbacks
+        r["recoveries"] = None if count is None else count.recoveries
+
+
 def _step_scorer(sim: Any) -> Any:
     """A function giving every env's per-step score now, for tasks with a `score_name` (push_t:
     clipped coverage); None: an episode's score is its success."""
@@ -278,12 +295,21 @@ def summarize(records: list[dict[str, Any]], score_name: str | None = None, **ex
         "mean_return": float(np.mean([r["return"] for r in records])) if n else 0.0,
         "mean_length": float(np.mean([r["length"] for r in records])) if n else 0.0,
         "failure_events_per_episode": float(np.mean([r["failure_events"] for r in records])) if n else 0.0,
-        "recoveries_per_episode": float(np.mean([r["recoveries"] for r in records])) if n else 0.0,
+        "failure_exposures_per_episode": float(np.mean([r.get("failure_exposures", 0) for r in records])) if n else 0.0,
+        "setbacks_per_episode": _mean_or_none([r.get("setbacks") for r in records]),
+        "recoveries_per_episode": _mean_or_none([r.get("recoveries") for r in records]),
         **({"retries_per_episode": float(np.mean([r["retries"] for r in records]))} if n and "retries" in records[0] else {}),
         "seeds": [r["seed"] for r in records],
         **extra,
         "episodes": records,
     }
+
+
+def _mean_or_none(values: list[Any]) -> float | None:
+    """Mean of per-episode counts; None when any episode lacks it (e.g. device backends)."""
+    import numpy as np
+
+    return None if not values or any(v is None for v in values) else float(np.mean(values))
 
 
 def rollout_writer(path: str | Path, sim: Any, task: str, collector: str) -> Hook:
@@ -438,11 +464,14 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     lo, hi = report["ci95"]
     print(f"task {task}  checkpoint {report['checkpoint']}")
-    print("| n | success rate | 95% CI (Wilson) | mean return | mean length | failure events/ep | recoveries/ep | seeds |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| n | success rate | 95% CI (Wilson) | mean return | mean length | failure events/ep | failure exposures/ep | "
+          "setbacks/ep | recoveries/ep | seeds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    na = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     print(
         f"| {report['n']} | {report['success_rate']:.3f} | [{lo:.3f}, {hi:.3f}] | {report['mean_return']:.2f} | "
-        f"{report['mean_length']:.1f} | {report['failure_events_per_episode']:.2f} | {report['recoveries_per_episode']:.2f} | "
+        f"{report['mean_length']:.1f} | {report['failure_events_per_episode']:.2f} | {report['failure_exposures_per_episode']:.2f} | "
+        f"{na(report['setbacks_per_episode'])} | {na(report['recoveries_per_episode'])} | "
         f"{args.seed}..{args.seed + args.episodes - 1} |"
     )
     if report.get("score_name", "success") != "success":
