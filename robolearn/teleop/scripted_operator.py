@@ -1,17 +1,22 @@
 """A scripted operator that plays the human of RaC-style intervention collection.
 
 With privileged simulator state it
-1. watches the policy and takes over when failure looks imminent: a detected failure event
-   (object dropped / out of reach), a perturbation that undid progress, drift of the observation
-   away from the demonstrations (nearest-neighbour distance above what demos show), or a stall
-   (no progress in the dense reward for a while);
-2. recovers: moves the gripper back to a familiar state -- above the current object with the
-   fingers open, or, when holding it, up to carrying height -- lifting first when it is low, so the
-   recovery segment is a motion the policy can learn, not a state reset;
+1. watches the policy and takes over only when a failure predictor fires -- the object leaving the
+   gripper (a detected drop / out-of-reach event, or the gripper being forced open on a held
+   object), a grasp about to close on nothing (the finger command switches to closing while the
+   object is not between the fingers), or a stall (no dense-reward progress for `stall_steps`) --
+   not as soon as the policy is imperfect;
+2. recovers (RaC): rewinds the robot to a configuration THIS rollout visited before the mistake --
+   the latest autonomous pose at least `rewind_steps` steps before the trigger with the same
+   holding state (fingers open when not holding), preferring poses the demonstrations make
+   familiar -- moving up, across and down through safe waypoints; the recovery segment is a
+   motion back into the policy's own distribution, not a state reset;
 3. corrects: runs the task's closed-loop scripted expert until the current sub-task is done (the
-   task's stage advances, or success), then hands back.
+   task's stage advances, or success), then hands back (RaC's rule: control returns to the
+   policy) -- or the episode ends, when the session terminates after an intervention.
 
-With `recover=False` it skips step 2 (HG-DAgger / IWR / Sirius style corrections).
+With `recover=False` it takes over at the same triggers and corrects at once, without the rewind
+(the HG-DAgger / IWR / Sirius operator).
 """
 
 from __future__ import annotations
@@ -27,29 +32,38 @@ from robolearn.teleop.devices import DeviceContext, Pose, pose_action
 from robolearn.teleop.session import Mode, TeleopEvent
 
 DETECTED_FAILURES = ("object_dropped", "object_out_of_reach")
+TRIGGERS = ("object_dropped", "object_out_of_reach", "gripper_opened_on_object", "grasp_on_nothing", "stall")
 
 
 @dataclass
 class OperatorConfig:
-    recover: bool = True  # RaC: recover before correcting; False: correct right away
-    reward_drop: float = 0.05  # a perturbation that lowers the dense reward this much triggers a takeover
-    drift_patience: int = 4  # consecutive unfamiliar steps before taking over
-    stall_steps: int = 20  # steps without dense-reward progress before taking over
+    recover: bool = True  # RaC: rewind, then correct; False: correct right away (HG-DAgger)
+    stall_steps: int = 25  # steps without dense-reward progress that predict a failure
     stall_eps: float = 0.01
+    grasp_radius: float = 0.03  # metres: fingers closing farther than this from the object close on nothing
     cooldown: int = 5  # steps after a hand-back without a new takeover
     max_interventions: int = 5  # per episode
-    recovery_tolerance: float = 0.015  # metres from the recovery target that count as recovered
+    rewind_steps: int = 5  # the rewind target lies at least this many steps before the trigger
+    recovery_tolerance: float = 0.015  # metres from the rewind target that count as recovered
     max_recovery_steps: int = 25
     max_correction_steps: int = 80
-    hover: float = 0.07  # above the object (the experts' pre-grasp height)
-    carry_z: float = 0.13  # the experts' carrying height
+    safe_z: float = 0.09  # height to travel at when the rewind moves across (above any cube)
 
     def __post_init__(self) -> None:
-        for name in ("drift_patience", "stall_steps", "max_recovery_steps", "max_correction_steps"):
+        for name in ("stall_steps", "max_recovery_steps", "max_correction_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"operator {name} must be >= 1, got {getattr(self, name)}")
-        if self.max_interventions < 0 or self.cooldown < 0:
-            raise ValueError("operator max_interventions and cooldown must be >= 0")
+        if self.max_interventions < 0 or self.cooldown < 0 or self.rewind_steps < 0:
+            raise ValueError("operator max_interventions, cooldown and rewind_steps must be >= 0")
+
+
+@dataclass
+class VisitedPose:
+    """One autonomous step of the current rollout, kept as a rewind candidate."""
+
+    pose: Pose
+    held: bool
+    familiar: bool
 
 
 class FamiliarityModel:
@@ -120,6 +134,7 @@ def grasp_object(task: Any, s: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
     return cube, task.grasped(s, cube)
 
 
+
 class ScriptedOperator:
     """Device protocol implementation that decides and acts from privileged state (env 0)."""
 
@@ -148,12 +163,15 @@ class ScriptedOperator:
         self.expert.reset()
         self.interventions = 0
         self._cooldown = 0
-        self._unfamiliar = 0
         self._best = -np.inf
         self._since_progress = 0
-        self._prev_reward: float | None = None
         self._phase_steps = 0
         self._start_stage = 0
+        self._prev_grip: float | None = None
+        self._prev_held = False
+        self.visited: list[VisitedPose] = []  # this rollout's autonomous poses, in order
+        self.rewind_target: Pose | None = None
+        self.rewind_steps_back = -1  # how far back the last rewind target lies (steps; -1: none)
         self.last_reason = ""
 
     def engage(self, pose: Pose) -> None:
@@ -164,17 +182,21 @@ class ScriptedOperator:
         s, task = ctx.state, self.task
         reward = float(task.dense_reward(s)[0])
         stage = int(task.stage(s)[0])
+        obj = _object_now(task, s)
+        held = bool(obj[1]) if obj is not None else False
         events: list[TeleopEvent] = []
         if ctx.mode is Mode.AUTONOMOUS:
-            reason = self._watch(ctx, reward)
+            reason = self._predict_failure(ctx, reward, obj)
+            self._remember(ctx, held)
             if reason:
                 self.interventions += 1
                 self.last_reason = reason
                 self._phase_steps = 0
                 self._start_stage = stage
+                self.rewind_target = self._choose_rewind(held) if self.cfg.recover else None
                 events.append(TeleopEvent.TAKEOVER)  # without recovery the session goes straight to correction
         elif ctx.mode is Mode.RECOVERY:
-            target, _ = self._recovery_target(s)
+            target = self.rewind_target or self._choose_rewind(held)
             reached = np.linalg.norm(ctx.pose.pos - target.pos) < self.cfg.recovery_tolerance
             if reached or self._phase_steps >= self.cfg.max_recovery_steps:
                 events.append(TeleopEvent.CORRECT)
@@ -185,16 +207,20 @@ class ScriptedOperator:
             if done or self._phase_steps >= self.cfg.max_correction_steps:
                 events.append(TeleopEvent.HAND_BACK)
                 self._cooldown = self.cfg.cooldown
-                self._best, self._since_progress, self._unfamiliar = reward, 0, 0
-        self._prev_reward = reward
+                self._best, self._since_progress = reward, 0
+                self._prev_grip = None
+        self._prev_held = held
         return events
 
     def action(self, ctx: DeviceContext) -> np.ndarray:
         self._phase_steps += 1
         if ctx.mode is Mode.RECOVERY:
-            target, waypoint = self._recovery_target(ctx.state)
+            if self.rewind_target is None:
+                self.rewind_target = self._choose_rewind(bool(getattr(self, "_prev_held", False)))
             self.last_primitive = PRIM["reach"]
-            return pose_action(self.task, Pose(waypoint, ctx.pose.yaw, target.grip), ctx.pose)
+            target = self.rewind_target
+            return pose_action(self.task, Pose(rewind_waypoint(ctx.pose.pos, target.pos, self.cfg.safe_z),
+                                               target.yaw, target.grip), ctx.pose)
         action, prim = self.expert.act(ctx.state)
         self.last_primitive = int(prim[0])
         return action[0].numpy().astype(np.float32)
@@ -203,49 +229,71 @@ class ScriptedOperator:
         pass
 
     # -- decisions -----------------------------------------------------------------------------
-    def _watch(self, ctx: DeviceContext, reward: float) -> str:
-        """Why to take over now ('' = keep watching)."""
+    def _predict_failure(self, ctx: DeviceContext, reward: float, obj: tuple[np.ndarray, bool] | None) -> str:
+        """Which failure is imminent now ('' = none: keep watching). A perturbation or an
+        imperfect motion alone is no reason; only these predictors are."""
         if reward > self._best + self.cfg.stall_eps:
             self._best, self._since_progress = reward, 0
         else:
             self._since_progress += 1
-        familiar = True
-        if self.familiarity is not None and ctx.obs is not None:
-            familiar = self.familiarity.familiar(ctx.obs["state"][0])
-        self._unfamiliar = 0 if familiar else self._unfamiliar + 1
+        grip, prev_grip = float(ctx.pose.grip), self._prev_grip
+        self._prev_grip = grip
         if self._cooldown > 0:
             self._cooldown -= 1
             return ""
         if self.interventions >= self.cfg.max_interventions:
             return ""
-        event = int(ctx.info.get("failure_event", 0))
-        if event:
-            name = FAILURE_EVENTS[event]
-            if name in DETECTED_FAILURES:
-                return name
-            if self._prev_reward is not None and reward < self._prev_reward - self.cfg.reward_drop:
-                return name
-        if self._unfamiliar >= self.cfg.drift_patience:
-            return "drift"
+        name = FAILURE_EVENTS[int(ctx.info.get("failure_event", 0))]
+        if name in DETECTED_FAILURES:  # the object left the gripper's reach
+            return name
+        if name == "open_gripper" and self._prev_held:  # fingers forced open on the held object
+            return "gripper_opened_on_object"
+        if obj is not None and prev_grip is not None and prev_grip <= 0.0 < grip and not obj[1]:
+            fingers = self.task.grip_pos(ctx.state)[0]
+            if float(np.linalg.norm(np.asarray(fingers, np.float64) - obj[0])) > self.cfg.grasp_radius:
+                return "grasp_on_nothing"  # the finger command switched to closing away from the object
         if self._since_progress >= self.cfg.stall_steps:
             return "stall"
         return ""
 
-    def _recovery_target(self, s: Any) -> tuple[Pose, np.ndarray]:
-        """(familiar target pose, next waypoint) of a recovery from the current state."""
-        task = self.task
-        p = task.grip_pos(s)[0].numpy().astype(np.float64)
-        obj = grasp_object(task, s)
-        if obj is None:  # pushing tasks: back off upwards, fingers as they are
-            grip = float(np.clip(1 - 2 * float(s.ctrl[0, task.a_fl]) / task.grip_open, -1, 1))
-            target = Pose(np.array([p[0], p[1], min(p[2] + 0.05, 0.15)]), 0.0, grip)
-            return target, target.pos
-        cube, held = obj[0][0].numpy().astype(np.float64), bool(obj[1][0])
-        if held:
-            target = Pose(np.array([p[0], p[1], self.cfg.carry_z]), 0.0, 1.0)
-            return target, target.pos
-        safe_z = max(cube[2] + self.cfg.hover, 0.09)
-        target = Pose(np.array([cube[0], cube[1], safe_z]), 0.0, -1.0)
-        far = np.linalg.norm(p[:2] - cube[:2]) > 0.02
-        waypoint = np.array([p[0], p[1], safe_z]) if (far and p[2] < safe_z - 0.02) else target.pos
-        return target, waypoint
+    def _remember(self, ctx: DeviceContext, held: bool) -> None:
+        familiar = True
+        if self.familiarity is not None and ctx.obs is not None:
+            familiar = self.familiarity.familiar(ctx.obs["state"][0])
+        self.visited.append(VisitedPose(ctx.pose.copy(), held, familiar))
+
+    def _choose_rewind(self, held: bool) -> Pose:
+        """The rewind target: the latest pose of this rollout at least `rewind_steps` before now
+        with the current holding state (fingers open when not holding), familiar ones first; else
+        the latest pose at least `rewind_steps` back."""
+        upto = max(0, len(self.visited) - 1 - self.cfg.rewind_steps)
+        candidates = [i for i in range(upto + 1) if i < len(self.visited) and self.visited[i].held == held
+                      and (held or self.visited[i].pose.grip <= 0.0)]
+        familiar = [i for i in candidates if self.visited[i].familiar]
+        if not self.visited:
+            raise RuntimeError("the scripted operator rewinds before it has seen any state of the rollout")
+        pick = (familiar or candidates or list(range(min(upto + 1, len(self.visited)))))[-1]
+        self.rewind_steps_back = len(self.visited) - 1 - pick
+        pose = self.visited[pick].pose.copy()
+        pose.grip = 1.0 if held else -1.0
+        return pose
+
+
+def _object_now(task: Any, s: Any) -> tuple[np.ndarray, bool] | None:
+    """(position (3,), held) of the current sub-task's object in env 0, or None (no grasp object)."""
+    obj = grasp_object(task, s)
+    if obj is None:
+        return None
+    return np.asarray(obj[0][0], np.float64), bool(obj[1][0])
+
+
+def rewind_waypoint(pos: np.ndarray, target: np.ndarray, safe_z: float) -> np.ndarray:
+    """Next point on the way from `pos` to `target`: up to a safe height first when the target is
+    across (more than 2 cm away in the plane) and the gripper is low, then across, then down."""
+    pos, target = np.asarray(pos, np.float64), np.asarray(target, np.float64)
+    travel_z = max(safe_z, target[2])
+    if np.linalg.norm(pos[:2] - target[:2]) > 0.02:
+        if pos[2] < travel_z - 0.02:
+            return np.array([pos[0], pos[1], travel_z])
+        return np.array([target[0], target[1], max(pos[2], target[2])])
+    return target
