@@ -67,7 +67,15 @@ def s3():
         yield "s3://robolearn-test"
 
 
-def test_s3_store_round_trip_and_training_windows(s3, tmp_path):
+def cli(capsys, *argv: str) -> int:
+    """The `robolearn` command in this process (the AWS variables point at the local endpoint)."""
+    from robolearn.cli import main
+
+    capsys.readouterr()
+    return main(list(argv))
+
+
+def test_s3_store_round_trip_and_training_windows(s3, tmp_path, capsys):
     url = f"{s3}/roundtrip.zarr"
     store = EpisodeStore.create(url, FEATURES, task="t", control_period=0.1)
     for i, n in enumerate([5, 8, 3]):
@@ -90,11 +98,8 @@ def test_s3_store_round_trip_and_training_windows(s3, tmp_path):
     b = SequenceDataset(local, ["state"], n_obs_steps=2, horizon=4).get_batch(draws)
     assert all(np.array_equal(a["obs"]["state"], b["obs"]["state"]) for _ in [0]) and np.array_equal(a["action"], b["action"])
     # the CLI takes the URL like a path (the AWS variables point at the local endpoint)
-    r = subprocess.run([sys.executable, "-m", "robolearn.cli", "data", "info", url, "--json"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert '"episodes": 4' in r.stdout
-    r = subprocess.run([sys.executable, "-m", "robolearn.cli", "data", "info", f"{s3}/nothing.zarr"], capture_output=True, text=True)
-    assert r.returncode == 2 and "no episode store" in r.stderr
+    assert cli(capsys, "data", "info", url, "--json") == 0 and '"episodes": 4' in capsys.readouterr().out
+    assert cli(capsys, "data", "info", f"{s3}/nothing.zarr") == 2 and "no episode store" in capsys.readouterr().err
 
 
 KILLED_WRITER = textwrap.dedent("""
@@ -162,17 +167,15 @@ def test_second_writer_and_lost_lease_on_s3(s3, monkeypatch):
     check_episodes(EpisodeStore.open(url), [3, 4])
 
 
-def test_local_only_operations_say_why(s3, tmp_path):
+def test_local_only_operations_say_why(s3, tmp_path, capsys):
     url = f"{s3}/local-only.zarr"
     store = EpisodeStore.create(url, FEATURES)
     store.append_episode(episode(0, 3))
     with pytest.raises(StoreError, match="local directory"):
         store.drop_episodes([0])
     store.close()
-    r = subprocess.run([sys.executable, "-m", "robolearn.cli", "data", "filter", url, f"{s3}/out.zarr"], capture_output=True, text=True)
-    assert r.returncode == 2 and "write it to a local path" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "robolearn.cli", "data", "filter", url, str(tmp_path / "out.zarr")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr  # object storage in, local disk out
+    assert cli(capsys, "data", "filter", url, f"{s3}/out.zarr") == 2 and "write it to a local path" in capsys.readouterr().err
+    assert cli(capsys, "data", "filter", url, str(tmp_path / "out.zarr")) == 0  # object storage in, local disk out
     assert EpisodeStore.open(tmp_path / "out.zarr").num_episodes == 1
 
 

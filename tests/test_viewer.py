@@ -75,20 +75,22 @@ def test_overlay_follows_the_takeover(takeover_store, tmp_path):
     Image.fromarray(np.concatenate([frames[TAKEOVER - 1], frames[TAKEOVER]], axis=1)).save(tmp_path / "takeover.png")
 
 
-def test_cli_writes_grid_video_and_rejects_bad_input(takeover_store, tmp_path):
+def test_cli_writes_grid_video_and_rejects_bad_input(takeover_store, tmp_path, capsys):
     import imageio_ffmpeg
 
-    run = [sys.executable, "-m", "robolearn.cli", "data", "view", str(takeover_store)]
+    from robolearn.cli import main
+
+    run = ["data", "view", str(takeover_store)]
     out = tmp_path / "grid.mp4"
-    r = subprocess.run(run + ["--episode", "0", "0", "--size", "64", "--out", str(out)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    assert main(run + ["--episode", "0", "0", "--size", "64", "--out", str(out)]) == 0
     reader = imageio_ffmpeg.read_frames(str(out))
     meta = next(reader)
     assert meta["size"] == (2 * 64, HEADER_HEIGHT + 64 + TIMELINE_HEIGHT) and sum(1 for _ in reader) == LENGTH
-    r = subprocess.run(run + ["--episode", "0", "--out", str(out)], capture_output=True, text=True)
-    assert r.returncode == 2 and "already exists" in r.stderr  # nothing overwritten unless asked
-    r = subprocess.run(run + ["--episode", "3", "--out", str(tmp_path / "x.mp4")], capture_output=True, text=True)
-    assert r.returncode == 2 and "out of range" in r.stderr and not (tmp_path / "x.mp4").exists()
+    capsys.readouterr()
+    assert main(run + ["--episode", "0", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err  # nothing overwritten unless asked
+    assert main(run + ["--episode", "3", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "out of range" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
 
 
 def test_stored_images_when_no_renderable_state(tmp_path):
