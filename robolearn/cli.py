@@ -142,6 +142,8 @@ def register_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", help="continue the run in this directory exactly where it stopped")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run at --out")
     parser.add_argument("--skip-damaged", action="store_true", help="train on the healthy episodes of a damaged store")
+    parser.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                        help="fine-tune: start from this checkpoint's weights and normalizer (same policy and config shapes)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=1000 policy.horizon=8")
     parser.set_defaults(func="robolearn.training:run_cli")
 

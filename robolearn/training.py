@@ -168,11 +168,14 @@ def train(
     task_overrides: list[str] | None = None,
     overwrite: bool = False,
     skip_damaged: bool = False,
+    init_from: str | Path | None = None,
 ) -> Path:
     """Train a policy on a store; returns the run directory.
 
     `out` must be new (or an empty directory); an existing run is replaced only with `overwrite`.
     A damaged store is refused unless `skip_damaged`, which trains on its healthy episodes.
+    `init_from`: fine-tune -- start from this checkpoint's weights (same policy and shapes), its
+    normalizer included, instead of a fresh initialisation (RaC-style rounds).
     """
     from tqdm import tqdm
 
@@ -247,7 +250,12 @@ def train(
     # Normalize what is imitated; the policy knows it as `action` either way.
     stat_keys = [action_key if k == "action" else k for k in pcfg.normalizer_modes()]
     stats = {("action" if k == action_key else k): v for k, v in compute_stats(store, stat_keys).items()}
+    initial = initial_weights(policy_name, init_from) if init_from is not None and resume_dir is None else None
+    if initial is not None:  # fine-tuning keeps the base policy's normalization
+        stats = initial[0]
     policy = make_policy(policy_name, pcfg, stats).to(device)
+    if initial is not None:
+        load_initial_weights(policy, initial[1], init_from)
     ema = EMA(policy, power=tcfg.ema_power, max_decay=tcfg.ema_max_decay) if tcfg.ema else None
     opt = torch.optim.AdamW(policy.parameters(), lr=tcfg.lr, betas=tuple(tcfg.betas), weight_decay=tcfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -290,6 +298,7 @@ def train(
                         "policy": policy_name,
                         "command": " ".join(sys.argv),
                         "world_size": world,
+                        **({"init_from": str(init_from)} if init_from is not None else {}),
                         "started": dt.datetime.now().isoformat(timespec="seconds"),
                     },
                     indent=1,
@@ -381,6 +390,29 @@ def train(
     return run_dir
 
 
+def initial_weights(policy_name: str, checkpoint: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Fine-tuning: a checkpoint's normalizer stats and (EMA) weights, checked to be `policy_name`'s."""
+    from robolearn.checkpoint import load_tensors, read_meta
+    from robolearn.data.normalizer import Normalizer
+    from robolearn.evaluation import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(checkpoint)
+    meta = read_meta(ckpt)
+    if meta.get("policy") != policy_name:
+        raise ValueError(f"--init-from {checkpoint} holds policy {meta.get('policy')!r}, not {policy_name!r}")
+    return Normalizer.from_json(meta["normalizer"]).stats, load_tensors(ckpt, meta=meta)
+
+
+def load_initial_weights(policy: nn.Module, weights: dict[str, torch.Tensor], checkpoint: str | Path) -> None:
+    """Copy initial weights into a freshly built policy whose config must give the same shapes."""
+    own = policy.state_dict()
+    bad = [k for k in own if k not in weights or tuple(weights[k].shape) != tuple(own[k].shape)]
+    if bad or len(weights) != len(own):
+        raise ValueError(f"--init-from {checkpoint}: weights do not fit this policy's config (first mismatch: "
+                         f"{(bad or sorted(set(weights) - set(own)))[0]})")
+    policy.load_state_dict(weights)
+
+
 def _rollout_eval(policy: nn.Module, task: str, tcfg: Any, step: int, task_overrides: list[str] | None = None) -> dict[str, float]:
     """Periodic closed-loop evaluation during training (own RNG so training is unaffected)."""
     from robolearn.evaluation import evaluate_policy
@@ -433,6 +465,7 @@ def run_cli(args: argparse.Namespace) -> int:
         task_overrides=args.task_overrides,
         overwrite=getattr(args, "overwrite", False),
         skip_damaged=getattr(args, "skip_damaged", False),
+        init_from=getattr(args, "init_from", None),
     )
     if _dist_info()[1] == 0:
         print(f"run directory: {run_dir}")
