@@ -78,6 +78,22 @@ def latest_demo_dir(task: str | None) -> Path:
     return found[-1]
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a scheduler, `kill`) stops the demo like Ctrl-C: the current stage is recorded as
+    unfinished in demo.json, so `--resume` knows where to continue (SIGINT is ignored in
+    background jobs, so Ctrl-C is not the only way a long demo gets stopped)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 class _Stage:
     """Times one stage and records its wall seconds and the load average at its start and end."""
 
@@ -121,6 +137,7 @@ def run_demo(
     from robolearn.training import read_metrics, train
 
     started = time.perf_counter()
+    _interrupt_on_sigterm()
     if resume:
         root = Path(out) if out else latest_demo_dir(None)
         if not (root / "demo.json").is_file():
