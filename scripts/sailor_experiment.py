@@ -49,6 +49,7 @@ PLANNER_ABLATIONS = {  # test-time: the guarded run's trained models, planner se
     "no_guard": {"guard": False},
     "no_crn": {"common_random_numbers": False},
     "no_uncertainty": {"uncertainty_cost": 0.0},
+    "no_gripper_residual": {"residual_gripper": False},
 }
 STAGES = ("base", "sailor", "ablations", "no_warmstart", "data5x")
 EVAL_SEED = 500_000  # evaluation episodes: EVAL_SEED + 1000 * seed + i (collection seeds are 10000 * seed + ...)

@@ -149,6 +149,8 @@ class SailorPolicy(nn.Module):
         if planning:
             state_t = self.wm_state({k: v[:, -1] for k, v in obs.items() if k in cfg.base.state_keys})
             self._latent = self.posterior_step(state_t, self._is_first, self._latent, self._prev_action)
+        else:
+            self._latent = None  # not followed while off: the posterior restarts when planning starts
         replan = self._queue_pos >= n_act
         if replan.any():
             rows = replan.nonzero().squeeze(1)
