@@ -196,6 +196,38 @@ class ModelUpdater:
         return metrics
 
 
+class _SailorActor:
+    """The SAILOR agent as a rollout-engine actor: planner or noisy base actions, and the base
+    chunk / offset / residual of each decision for the replay (copies: the agent updates them in
+    place at its next decision)."""
+
+    def __init__(self, trainer: Any) -> None:
+        from robolearn.tasks.rollout import ObsHistory
+
+        self.trainer = trainer
+        self.history = ObsHistory(trainer.acfg.n_obs_steps, list(trainer.acfg.base.state_keys))
+        self.mode = "planner"
+
+    def reset(self, obs: dict[str, np.ndarray], rows: Any = None) -> None:
+        self.history.reset(obs, rows)
+        self.trainer.agent.reset() if rows is None else self.trainer.agent.reset(torch.as_tensor(rows))
+
+    def observe(self, obs: dict[str, np.ndarray]) -> None:
+        self.history.push(obs)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        t, agent = self.trainer, self.trainer.agent
+        action = agent.select_action(self.history.torch(t.device), generator=t.gen)
+        if self.mode == "noisy_base":
+            noise = t.loop.data_collect_noise_std * torch.randn(action.shape, generator=t.gen).to(action)
+            action = (action + noise).clamp(-1, 1)
+            agent.set_executed(action)
+        self.chunk = agent.current_chunk.cpu().numpy().copy()
+        self.offset = agent.current_offset.cpu().numpy().copy()
+        self.residual = agent.current_residual.cpu().numpy().copy()
+        return action.cpu().numpy().astype(np.float64)
+
+
 # ----------------------------------------------------------------------------------- trainer
 class SailorTrainer:
     """One SAILOR run; `resume=True` rebuilds it from `out/checkpoints/last`."""
@@ -274,6 +306,7 @@ class SailorTrainer:
                                       "record": {}, "planner_won": False, "seed_counter": 1_000_000 + 100_000 * run_cfg.seed,
                                       "metrics_lines": 0, "wall_s": 0.0}
         self._sim = None
+        self._collector = None
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.replay_store = EpisodeStore.open(self.out / "replay.zarr", mode="a")
@@ -441,18 +474,62 @@ class SailorTrainer:
         return out
 
     # -- data collection ---------------------------------------------------------------------------
-    def _start_collector(self) -> None:
-        from robolearn.evaluation import _History
+    def _start_collector(self, sim: Any = None) -> None:
+        """The training envs on the shared rollout engine (robolearn.tasks.rollout.persistent_rollout):
+        they persist across rounds, a finished episode restarts at once with the next training seed,
+        episodes are cut at max_episode_steps. With `sim` (a restored simulator) nothing is reset:
+        `_restore` resumes the engine."""
+        from robolearn.tasks.rollout import CallbackHook, persistent_rollout
         from robolearn.tasks.sim import TaskSim
 
         n = self.loop.num_envs
-        self._sim = TaskSim(self.task, cfg=self.task_cfg, num_envs=n)
-        self._seeds = [self._next_seed() for _ in range(n)]
-        self._obs = self._sim.reset(seeds=self._seeds)
-        self._hist = _History(self.acfg.n_obs_steps, list(self.acfg.base.state_keys))
-        self._hist.reset(self._obs)
+        self._sim = sim if sim is not None else TaskSim(self.task, cfg=self.task_cfg, num_envs=n)
         self._bufs: list[dict[str, list]] = [{} for _ in range(n)]
-        self.agent.reset()
+        self._actor = _SailorActor(self)
+        self._collector = persistent_rollout(self._sim, self._actor, self._next_seed,
+                                             [CallbackHook(self._record_step, self._finish_episode)],
+                                             max_episode_steps=self.max_len)
+        if sim is None:
+            self._collector.start()  # seeds, resets, observation history and agent reset
+
+    # the collector's state, as the checkpoint code reads it
+    @property
+    def _seeds(self) -> list[int]:
+        return [int(s) for s in self._collector.env.slot_seed]
+
+    @property
+    def _obs(self) -> dict[str, np.ndarray]:
+        return self._collector.obs
+
+    @property
+    def _hist(self) -> Any:
+        return self._actor.history
+
+    def _record_step(self, step: Any, pre: dict[str, np.ndarray], act: np.ndarray) -> None:
+        chunk, offset, residual = self._actor.chunk, self._actor.offset, self._actor.residual
+        term, trunc, info, reward = step.terminated, step.truncated, step.info, step.reward
+        for i in range(self.loop.num_envs):
+            b = self._bufs[i]
+            for k in self.acfg.base.state_keys:
+                b.setdefault(f"obs/{k}", []).append(pre[k][i].astype(np.float32))
+            b.setdefault("action", []).append(act[i].astype(np.float32))
+            b.setdefault("base_action", []).append(chunk[i])
+            b.setdefault("chunk_offset", []).append(np.int64(offset[i]))
+            b.setdefault("residual", []).append(residual[i])
+            b.setdefault("reward", []).append(np.float32(reward[i]))
+            b.setdefault("done", []).append(bool(term[i] or trunc[i]))
+            b.setdefault("stage", []).append(np.int32(info["stage"][i]))
+            b.setdefault("failure_event", []).append(np.int32(info["failure_event"][i]))
+        self.env_step += self.loop.num_envs
+        self._round["steps"] += self.loop.num_envs
+        if self._round["bar"] is not None:
+            self._round["bar"].update(self.loop.num_envs)
+
+    def _finish_episode(self, row: int, seed: int, success: bool) -> None:
+        self._commit(self._bufs[row], success, seed, self._round["mode"])
+        self._bufs[row] = {}
+        self._round["episodes"] += 1
+        self._round["successes"] += int(success)
 
     def _next_seed(self) -> int:
         self.state["seed_counter"] += 1
@@ -466,60 +543,16 @@ class SailorTrainer:
 
         if self._sim is None:
             self._start_collector()
-        n_envs, sim, agent, hist = self.loop.num_envs, self._sim, self.agent, self._hist
+        n_envs, agent = self.loop.num_envs, self.agent
         agent.eval()
         agent.use_planner = mode == "planner" and self.acfg.use_planner
         agent.stats.reset()
-        steps = done_eps = successes = 0
         bar = tqdm(total=n_steps, desc=f"collect {mode}", disable=not self.progress, leave=False, dynamic_ncols=True)
-        with torch.no_grad():
-            while steps < n_steps:
-                action = agent.select_action(hist.torch(self.device), generator=self.gen)
-                if mode == "noisy_base":
-                    noise = self.loop.data_collect_noise_std * torch.randn(action.shape, generator=self.gen).to(action)
-                    action = (action + noise).clamp(-1, 1)
-                    agent.set_executed(action)
-                act = action.cpu().numpy().astype(np.float64)
-                # copies: the agent updates these tensors in place at its next decision
-                chunk = agent.current_chunk.cpu().numpy().copy()
-                offset = agent.current_offset.cpu().numpy().copy()
-                residual = agent.current_residual.cpu().numpy().copy()
-                pre = self._obs
-                obs, reward, term, trunc, info = sim.step(act)
-                trunc = trunc | (sim.t.numpy() >= self.max_len)
-                for i in range(n_envs):
-                    b = self._bufs[i]
-                    for k in self.acfg.base.state_keys:
-                        b.setdefault(f"obs/{k}", []).append(pre[k][i].astype(np.float32))
-                    b.setdefault("action", []).append(act[i].astype(np.float32))
-                    b.setdefault("base_action", []).append(chunk[i])
-                    b.setdefault("chunk_offset", []).append(np.int64(offset[i]))
-                    b.setdefault("residual", []).append(residual[i])
-                    b.setdefault("reward", []).append(np.float32(reward[i]))
-                    b.setdefault("done", []).append(bool(term[i] or trunc[i]))
-                    b.setdefault("stage", []).append(np.int32(info["stage"][i]))
-                    b.setdefault("failure_event", []).append(np.int32(info["failure_event"][i]))
-                steps += n_envs
-                self.env_step += n_envs
-                bar.update(n_envs)
-                hist.push(obs)
-                finished = np.flatnonzero(term | trunc)
-                for i in finished:
-                    success = bool(info["success"][i])
-                    self._commit(self._bufs[i], success, self._seeds[i], mode)
-                    self._bufs[i] = {}
-                    done_eps += 1
-                    successes += int(success)
-                    self._seeds[i] = self._next_seed()
-                if len(finished):
-                    mask = np.zeros(n_envs, bool)
-                    mask[finished] = True
-                    new = sim.reset(torch.as_tensor(mask), seeds=[self._seeds[i] for i in finished])
-                    obs = {k: np.where(mask.reshape(-1, *[1] * (v.ndim - 1)), new[k], v) for k, v in obs.items()}
-                    hist.reset(obs, finished)
-                    agent.reset(torch.as_tensor(mask))
-                self._obs = obs
+        self._actor.mode = mode
+        self._round = {"mode": mode, "steps": 0, "episodes": 0, "successes": 0, "bar": bar}
+        self._collector.run(max_steps=-(-n_steps // n_envs))  # every env steps ceil(n_steps / num_envs) times
         bar.close()
+        steps, done_eps, successes = self._round["steps"], self._round["episodes"], self._round["successes"]
         out = {"collect_steps": steps, "collect_episodes": done_eps, "collect_success_rate": successes / max(done_eps, 1)}
         if mode == "planner":
             out.update(agent.stats.summary())
@@ -549,6 +582,7 @@ class SailorTrainer:
                 cut += 1
         self._sim.close()
         self._sim = None
+        self._collector = None
         return cut
 
     def _commit(self, buf: dict[str, list], success: bool, seed: int, mode: str) -> None:
@@ -778,7 +812,6 @@ class SailorTrainer:
 
     def _restore(self, ckpt: Path) -> None:
         from robolearn.checkpoint import load_tensors, read_meta
-        from robolearn.evaluation import _History
         from robolearn.tasks.sim import TaskSim
         from robolearn.training import optimizer_from_tensors
 
@@ -833,12 +866,10 @@ class SailorTrainer:
             sim.t[:] = g["sim_t"]
             for gen, s in zip(sim.gens, g["sim_gens"]):
                 gen.set_state(s.clone())
-            self._sim = sim
-            self._seeds = list(col["seeds"])
-            self._hist = _History(self.acfg.n_obs_steps, list(self.acfg.base.state_keys))
-            self._hist.buf = {k[5:]: v.numpy().copy() for k, v in g.items() if k.startswith("hist.")}
-            self._obs = {k[4:]: v.numpy().copy() for k, v in g.items() if k.startswith("obs.")}
-            self._bufs = [{} for _ in range(n)]
+            self._start_collector(sim)
+            self._collector.resume({k[4:]: v.numpy().copy() for k, v in g.items() if k.startswith("obs.")},
+                                   list(col["seeds"]), lengths=sim.t.numpy(),
+                                   history={k[5:]: v.numpy() for k, v in g.items() if k.startswith("hist.")})
             arrays = {k: g[f"buf.{k}"].numpy() for k in col["buf_keys"]}
             pos = 0
             for i, length in enumerate(col["buf_lens"]):
