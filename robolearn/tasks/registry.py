@@ -279,6 +279,11 @@ def load_task_config(name: str, overrides: dict[str, Any] | list[str] | None = N
     if spec.is_gym:
         raise ValueError(f"task {name!r} is a gymnasium env ({spec.gym_env}) without a task config")
     cls = spec.task_class()
+    if isinstance(overrides, dict):
+        # A recorded config (a store's env_kwargs) of the old single TaskConfig carries fields other
+        # tasks left unset (None), e.g. `num_cubes`: those are not this task's keys, and not errors.
+        known = {f.name for f in dataclasses.fields(cls.config_class)}
+        overrides = {k: v for k, v in overrides.items() if k in known or v is not None}
     path = Path(path) if path is not None else spec.defaults_path()
     if path is not None and not path.is_file():
         raise FileNotFoundError(f"task config {path} not found")
