@@ -1,21 +1,36 @@
 #!/usr/bin/env python
-"""K rounds of deploy -> intervene (scripted operator) -> retrain, for RaC and its baselines.
+"""RaC in its own regime: a demo-scaling curve, then rounds of deploy -> intervene -> fine-tune.
 
-Per seed: collect base demos, train a base policy (BC by default) and evaluate it. Then, per
-method, starting from the base policy and a copy of the demos, each round
-  rac        records interventions with recovery + correction, episodes end with the intervention
-             (RaC rule 2), and retrains with data.mix=rac;
-  hg_dagger  records correct-and-hand-back interventions and retrains with data.mix=hg_dagger;
-  iwr        same recording, data.mix=iwr;
-  sirius     same recording, data.mix=sirius;
-  demos      collects full scripted demos (the "batched full demos" baseline), data.mix=all;
-every method spends the same operator-step budget per round (`--budget`: recording stops after the
-episode in which it is reached; for demos, episodes are added until it is reached). The policy is
-retrained from scratch on the grown store and evaluated on a fixed, disjoint set of seeds.
+Stages (each resumable: every finished unit appends one JSON record to OUT/records.jsonl and is
+skipped when the script is run again with the same arguments; a unit cut off mid-way is redone,
+a cut-off training run continues with `robolearn train --resume` semantics):
 
-Writes OUT/results.jsonl (one line per evaluated point), OUT/summary.md and OUT/success_vs_steps.png.
+  scaling  per seed and demo count N: N clean scripted demos (the first N of one collection, so
+           the sets are nested), a policy trained from scratch, evaluated under perturbations.
+           Pick a base on the plateau (below 0.9) from this curve.
+  rounds   per seed, from the base trained on --base-demos demos, per method and round:
+             rac        scripted operator: takeover when a failure predictor fires, recovery =
+                        rewind to a pose this rollout visited, correction of the current sub-task,
+                        then control returns to the policy (RaC's rule); data.mix=rac
+             rac_end    the same, but the episode ends with the intervention; data.mix=rac
+             hg_dagger  same trigger, correction without the rewind, hand back; data.mix=hg_dagger
+             iwr        hg_dagger's recording, data.mix=iwr
+             sirius     hg_dagger's recording, data.mix=sirius
+             demos      more clean scripted demos, collected exactly like the base's; data.mix=all
+           every method spends the same operator-step budget per round (--budget; demos: episodes
+           until it is reached), then FINE-TUNES the previous round's policy (train --init-from)
+           on everything collected so far, evaluating every --continual-every steps on
+           --continual-episodes episodes (min-ACC / WC-ACC from robolearn.rl.metrics), and
+           finally on --eval-episodes episodes (the same seeds for every method and round).
+  table    regenerate the tables (markdown) and plots from the records of one or more OUT dirs.
 
-    python scripts/rac_rounds.py --task pick_place --perturb 0.02 --rounds 2 --seeds 0 --out runs/rac_rounds
+    python scripts/rac_rounds.py --stage scaling --out runs/rac19 --task sort --set num_cubes=3 --set obs_relative=true \
+        --expert-mode 0 --perturb 0.05 --demo-counts 100 200 400 800 --seeds 0 1 2 --policy hierarchical ...
+    python scripts/rac_rounds.py --stage rounds --out runs/rac19 ... --base-demos 200 --rounds 3 --budget 2000
+    python scripts/rac_rounds.py --stage table --out docs/results/interventions --from runs/rac19
+
+`--merge RUN_DIR...` pools the results.jsonl of the earlier from-scratch protocol (kept for its
+committed results).
 """
 
 from __future__ import annotations
@@ -34,8 +49,12 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("rac", "hg_dagger", "iwr", "sirius", "demos")
-MIX = {"rac": "rac", "hg_dagger": "hg_dagger", "iwr": "iwr", "sirius": "sirius", "demos": "all"}
+METHODS = ("rac", "rac_end", "hg_dagger", "iwr", "sirius", "demos")
+MIX = {"rac": "rac", "rac_end": "rac", "hg_dagger": "hg_dagger", "iwr": "iwr", "sirius": "sirius", "demos": "all"}
+LEGACY_METHODS = ("rac", "hg_dagger", "iwr", "sirius", "demos")
+HIERARCHICAL_SORT = ["policy.object_centric=true", "policy.stage_obs_others=true", "policy.stage_sliced_heads=true",
+                     "policy.requery_on_stage_change=true", "policy.max_primitive_steps=40",
+                     "policy.stage_head=first_not_done"]
 
 
 def operator_labelled_steps(store: Any) -> int:
@@ -43,91 +62,395 @@ def operator_labelled_steps(store: Any) -> int:
     return c["demo"] + c["recovery"] + c["correction"]
 
 
-def train_policy(policy: str, data: Path, task: str, out: Path, mix: str, steps: int, seed: int, extra: list[str]) -> Path:
+# ----------------------------------------------------------------------------------- records
+class Records:
+    """OUT/records.jsonl: one JSON line per finished unit, appended (and fsynced) as it lands."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+    def find(self, **key: Any) -> dict[str, Any] | None:
+        return next((r for r in self.rows if all(r.get(k) == v for k, v in key.items())), None)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def seeds_of(seed: int) -> dict[str, int]:
+    """Disjoint seed ranges per training seed: demos, per-round collections, evaluations."""
+    return {"demos": 1_000_000 * (seed + 1), "rounds": 1_000_000 * (seed + 1) + 500_000,
+            "eval": 50_000_000 + 100_000 * seed, "continual": 60_000_000 + 100_000 * seed}
+
+
+# ----------------------------------------------------------------------------------- pieces
+def train_run(args: argparse.Namespace, data: Path, run: Path, mix: str, steps: int, seed: int,
+              init_from: Path | None = None, save_every: int | None = None) -> Path:
+    """Train (or continue training) into `run`; returns its final policy checkpoint."""
     from robolearn.training import train
 
-    if out.exists():
-        shutil.rmtree(out)
+    if (run / "policy" / "checkpoint.json").is_file():
+        return run / "policy"
+    if (run / "checkpoints" / "last" / "checkpoint.json").is_file():
+        train(None, None, resume=run, wandb_mode="off", progress=False)
+        return run / "policy"
+    if run.exists():
+        shutil.rmtree(run)
     overrides = [f"data.mix={mix}", f"train.steps={steps}", f"train.seed={seed}", "train.val_ratio=0.0",
-                 "train.eval_episodes=0", f"train.save_every={steps}", f"train.eval_every={steps}",
-                 f"train.log_every={max(1, steps // 10)}", "train.device=cpu", *extra]
-    return train(policy, data, task=task, out=out, overrides=overrides, wandb_mode="off", progress=False) / "policy"
+                 "train.eval_episodes=0", f"train.save_every={save_every or steps}", f"train.eval_every={steps}",
+                 f"train.log_every={max(1, min(steps, save_every or steps) // 5)}", "train.device=cpu", "train.num_workers=0",
+                 *args.policy_overrides]
+    if init_from is not None:
+        overrides.append(f"train.lr={args.finetune_lr}")
+        overrides.append(f"train.lr_warmup_steps={min(100, steps // 10)}")
+    train(args.policy, data, task=args.task, out=run, overrides=overrides, wandb_mode="off", progress=False,
+          init_from=init_from)
+    return run / "policy"
 
 
-def evaluate(ckpt: Path, task: str, episodes: int, seed: int, perturb: float, num_envs: int) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace, ckpt: Path, episodes: int, seed: int) -> dict[str, Any]:
     from robolearn.evaluation import evaluate_policy, load_any_policy
 
+    t0 = time.perf_counter()
     policy, _ = load_any_policy(ckpt)
-    rep = evaluate_policy(policy, task, episodes, seed=seed, num_envs=num_envs, perturb=perturb, progress=False)
+    rep = evaluate_policy(policy, args.task, episodes, seed=seed, num_envs=args.num_envs, perturb=args.perturb,
+                          progress=False, task_overrides=args.task_overrides)
     succ = [r for r in rep["episodes"] if r["success"]]
     return {"n": rep["n"], "successes": rep["successes"], "success_rate": rep["success_rate"], "ci95": rep["ci95"],
-            "eval_recoveries_per_successful_episode": float(np.mean([r["recoveries"] for r in succ])) if succ else 0.0}
+            "recoveries_per_episode": rep["recoveries_per_episode"], "setbacks_per_episode": rep["setbacks_per_episode"],
+            "failure_exposures_per_episode": rep["failure_exposures_per_episode"],
+            "failure_events_per_episode": rep["failure_events_per_episode"],
+            "recoveries_per_successful_episode": float(np.mean([r["recoveries"] for r in succ])) if succ else 0.0,
+            "recoveries_histogram": np.bincount([r["recoveries"] for r in rep["episodes"]]).tolist(),
+            "success_by_recoveries": _success_by_recoveries(rep["episodes"]),
+            "eval_seconds": time.perf_counter() - t0}
 
 
-def run_seed(args: argparse.Namespace, seed: int, out: Path, log: Any) -> None:
+def _success_by_recoveries(episodes: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """{recoveries: [successes, episodes]}: the test-time-scaling plot's raw counts."""
+    out: dict[str, list[int]] = {}
+    for r in episodes:
+        cell = out.setdefault(str(r["recoveries"]), [0, 0])
+        cell[0] += int(r["success"])
+        cell[1] += 1
+    return out
+
+
+def collect_demos(args: argparse.Namespace, out: Path, episodes: int, seed: int) -> None:
+    from robolearn.tasks.collect import collect
+
+    collect(args.task, episodes=episodes, out=out, num_envs=min(10, episodes), seed=seed, perturb=args.demo_perturb,
+            overrides=list(args.task_overrides), expert_mode=args.expert_mode, progress=False)
+
+
+def demo_store(args: argparse.Namespace, root: Path, seed: int, n: int) -> Path:
+    """The first n of this seed's clean demos (collected once, up to the largest count needed)."""
+    from robolearn.data.store import EpisodeStore, copy_store
+
+    full = root / "demos_all.zarr"
+    need = max([n, *args.demo_counts])
+    if full.exists():
+        with EpisodeStore.open(full) as st:
+            have = st.num_episodes
+        if have < need:  # seeds seed+have.. continue the same sequence
+            collect_demos(args, full, need - have, seeds_of(seed)["demos"] + have)
+    else:
+        collect_demos(args, full, need, seeds_of(seed)["demos"])
+    sub = root / f"demos_{n}.zarr"
+    if not sub.exists():
+        tmp = root / f".demos_{n}.tmp.zarr"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        with EpisodeStore.open(full) as st:
+            copy_store(st, tmp, list(range(n))).close()
+        os.replace(tmp, sub)
+    return sub
+
+
+def scaling_unit(args: argparse.Namespace, records: Records, seed: int, n: int) -> Path:
+    """Train and evaluate the policy on n demos (skipped when its record exists); its checkpoint."""
+    from robolearn.data.store import EpisodeStore
+
+    root = Path(args.out) / f"seed{seed}"
+    root.mkdir(parents=True, exist_ok=True)
+    run = root / f"scale_n{n}"
+    if records.find(kind="scaling", seed=seed, demos=n) is not None:
+        return run / "policy"
+    t0 = time.perf_counter()
+    data = demo_store(args, root, seed, n)
+    t1 = time.perf_counter()
+    ckpt = train_run(args, data, run, "all", args.train_steps, seed)
+    t2 = time.perf_counter()
+    ev = evaluate(args, ckpt, args.eval_episodes, seeds_of(seed)["eval"])
+    with EpisodeStore.open(data) as st:
+        steps = st.num_steps
+    records.add({"kind": "scaling", "seed": seed, "demos": n, "demo_steps": steps, "policy": args.policy,
+                 "train_steps": args.train_steps, **ev, "collect_seconds": t1 - t0, "train_seconds": t2 - t1,
+                 "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "loadavg": _loadavg()})
+    print(f"seed {seed} demos {n}: success {ev['success_rate']:.2f} [{ev['ci95'][0]:.2f}, {ev['ci95'][1]:.2f}], "
+          f"true recoveries/ep {ev['recoveries_per_episode']:.2f} (train {t2 - t1:.0f}s, eval {ev['eval_seconds']:.0f}s)",
+          flush=True)
+    return ckpt
+
+
+def takeover_reasons(store: Any, episodes: np.ndarray) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in episodes:
+        for seg in store.episode_metadata(int(e)).get("interventions", []):
+            out[seg.get("reason", "")] = out.get(seg.get("reason", ""), 0) + 1
+    return out
+
+
+def collect_round(args: argparse.Namespace, method: str, data: Path, ckpt: Path, coll_seed: int, familiarity: Any,
+                  demo_len: float) -> dict[str, Any]:
+    """Spend one round's operator budget on `data` (already a copy of the previous round's store)."""
     from robolearn.data.store import EpisodeStore
     from robolearn.evaluation import load_any_policy
-    from robolearn.tasks.collect import collect
-    from robolearn.teleop.recorder import record_interventions
-    from robolearn.teleop.scripted_operator import FamiliarityModel, OperatorConfig, ScriptedOperator
+    from robolearn.tasks.registry import expert_class
+    from robolearn.teleop.recorder import intervention_metrics, record_interventions
+    from robolearn.teleop.scripted_operator import OperatorConfig, ScriptedOperator
 
-    root = out / f"seed{seed}"
-    root.mkdir(parents=True, exist_ok=True)
-    base_seed = seed * 1_000_000
-    eval_seed = 50_000_000 + seed * 100_000  # disjoint from every collection seed below
-    demos = root / "base_demos.zarr"
-    if demos.exists():
-        shutil.rmtree(demos)
-    collect(args.task, episodes=args.demos, out=demos, num_envs=min(10, args.demos), seed=base_seed,
-            perturb=args.perturb, progress=False)
+    with EpisodeStore.open(data) as st:
+        before = st.num_episodes
+    if method == "demos":
+        collect_demos(args, data, max(1, math.ceil(args.budget / demo_len)), coll_seed)
+    else:
+        policy, _ = load_any_policy(ckpt)
+        recover = method in ("rac", "rac_end")
+        cfg = OperatorConfig(recover=recover, stall_steps=args.stall_steps)
+
+        def operator(sim: Any) -> ScriptedOperator:
+            expert = expert_class(args.task)(sim.task, 1, seed=coll_seed, mode=args.expert_mode)
+            return ScriptedOperator(sim.task, expert=expert, familiarity=familiarity, config=cfg, seed=coll_seed)
+
+        record_interventions(policy, args.task, operator, args.max_episodes, data, seed=coll_seed,
+                             terminate_after_intervention=method == "rac_end", recovery=recover, perturb=args.perturb,
+                             task_overrides=list(args.task_overrides), max_operator_steps=args.budget, progress=False)
+    with EpisodeStore.open(data) as st:
+        new = np.arange(before, st.num_episodes)
+        m = intervention_metrics(st, new)
+        if method == "demos":
+            m["operator_steps"] = int(st.episode_lengths[new].sum())
+        m["takeover_reasons"] = takeover_reasons(st, new)
+    return m
+
+
+def continual_curve(args: argparse.Namespace, run: Path, start_score: float, seed: int) -> dict[str, Any]:
+    """Evaluate the fine-tuning run's step checkpoints; continual metrics from robolearn.rl.metrics."""
+    from robolearn.rl.metrics import continual_metrics
+
+    history = [{"step": 0, "score": start_score}]
+    for step_dir in sorted((run / "checkpoints").glob("step_*")):
+        ev = evaluate(args, step_dir, args.continual_episodes, seeds_of(seed)["continual"])
+        history.append({"step": int(step_dir.name.split("_")[1]), "score": ev["success_rate"], "successes": ev["successes"],
+                        "n": ev["n"]})
+        shutil.rmtree(step_dir)  # evaluated: the optimizer state is no longer needed
+    window = max(1, args.continual_every * 2)
+    return {"history": history, "metrics": continual_metrics([h["step"] for h in history], [h["score"] for h in history],
+                                                             window, reference=start_score)}
+
+
+def rounds_for_seed(args: argparse.Namespace, records: Records, seed: int) -> None:
+    from robolearn.data.store import EpisodeStore
+    from robolearn.teleop.scripted_operator import FamiliarityModel
+
+    root = Path(args.out) / f"seed{seed}"
+    base = scaling_unit(args, records, seed, args.base_demos)
+    demos = root / f"demos_{args.base_demos}.zarr"
+    base_rec = records.find(kind="scaling", seed=seed, demos=args.base_demos)
     with EpisodeStore.open(demos) as st:
         demo_len = float(np.mean(st.episode_lengths))
-        base_steps = operator_labelled_steps(st)
         familiarity = FamiliarityModel.from_store(st)
-    t0 = time.perf_counter()
-    base = train_policy(args.policy, demos, args.task, root / "base", "all", args.train_steps, seed, args.overrides)
-    ev = evaluate(base, args.task, args.eval_episodes, eval_seed, args.perturb, args.num_envs)
-    log({"seed": seed, "method": "base", "round": 0, "operator_labelled_steps": base_steps, **ev,
-         "seconds": time.perf_counter() - t0})
+    # the base's score on the continual-evaluation seeds: every method's curve starts there
+    start = records.find(kind="continual_start", seed=seed, base_demos=args.base_demos)
+    if start is None:
+        ev = evaluate(args, base, args.continual_episodes, seeds_of(seed)["continual"])
+        start = {"kind": "continual_start", "seed": seed, "base_demos": args.base_demos, **ev}
+        records.add(start)
     for mi, method in enumerate(args.methods):
-        data = root / f"data_{method}.zarr"
-        if data.exists():
-            shutil.rmtree(data)
-        shutil.copytree(demos, data)
-        ckpt = base
+        prev_data, prev_ckpt, prev_score = demos, base, start["success_rate"]
         for rnd in range(1, args.rounds + 1):
+            key = dict(kind="round", seed=seed, base_demos=args.base_demos, method=method, round=rnd)
+            unit = root / f"{method}_r{rnd}"
+            done = records.find(**key)
+            if done is not None:
+                prev_data, prev_ckpt, prev_score = unit / "data.zarr", unit / "run" / "policy", done["continual"]["history"][-1]["score"]
+                continue
+            if args.stop is not None and dt.datetime.now(dt.timezone.utc) >= args.stop:
+                print(f"--stop-at reached: {method} round {rnd} of seed {seed} not started", flush=True)
+                return
             t0 = time.perf_counter()
-            coll_seed = base_seed + 100_000 * rnd + 10_000 * mi
-            if method == "demos":
-                n_eps = max(1, math.ceil(args.budget / demo_len))
-                with EpisodeStore.open(data) as st:
-                    before = st.num_episodes
-                collect(args.task, episodes=n_eps, out=data, num_envs=min(10, n_eps), seed=coll_seed,
-                        perturb=args.perturb, progress=False)
-                with EpisodeStore.open(data) as st:
-                    new = np.arange(before, st.num_episodes)
-                    rm = {"episodes": len(new), "operator_steps": int(st.episode_lengths[new].sum()),
-                          "intervention_rate": float("nan"), "recoveries_per_successful_episode": float("nan"),
-                          "recovery_steps": 0, "correction_steps": 0, "recovery_correction_ratio": float("nan")}
-            else:
-                policy, _ = load_any_policy(ckpt)
-                rac = method == "rac"
-                cfg = OperatorConfig(recover=rac)
-                rm = record_interventions(
-                    policy, args.task, lambda sim, cfg=cfg: ScriptedOperator(sim.task, familiarity=familiarity, config=cfg, seed=coll_seed),
-                    args.max_episodes, data, seed=coll_seed, terminate_after_intervention=rac, recovery=rac,
-                    perturb=args.perturb, max_operator_steps=args.budget, progress=False)
-            ckpt = train_policy(args.policy, data, args.task, root / f"{method}_r{rnd}", MIX[method], args.train_steps, seed, args.overrides)
-            ev = evaluate(ckpt, args.task, args.eval_episodes, eval_seed, args.perturb, args.num_envs)
+            data = unit / "data.zarr"
+            collected_file = unit / "collection.json"
+            if not collected_file.is_file():  # (re)do the collection from the previous round's store
+                if unit.exists():
+                    shutil.rmtree(unit)
+                unit.mkdir(parents=True)
+                shutil.copytree(prev_data, data)
+                coll_seed = seeds_of(seed)["rounds"] + 20_000 * rnd + 2_000 * METHODS.index(method)
+                m = collect_round(args, method, data, prev_ckpt, coll_seed, familiarity, demo_len)
+                m["collection_seed"] = coll_seed
+                collected_file.write_text(json.dumps(m))
+            m = json.loads(collected_file.read_text())
+            t1 = time.perf_counter()
+            ckpt = train_run(args, data, unit / "run", MIX[method], args.finetune_steps, seed, init_from=prev_ckpt,
+                             save_every=args.continual_every)
+            t2 = time.perf_counter()
+            curve = continual_curve(args, unit / "run", prev_score, seed)
+            ev = evaluate(args, ckpt, args.eval_episodes, seeds_of(seed)["eval"])
             with EpisodeStore.open(data) as st:
-                labelled = operator_labelled_steps(st)
-                counts = st.source_counts()
-            keep = ("episodes", "operator_steps", "intervention_rate", "recoveries_per_successful_episode",
-                    "recovery_steps", "correction_steps", "recovery_correction_ratio", "success_rate")
-            log({"seed": seed, "method": method, "round": rnd, "operator_labelled_steps": labelled, "data_sources": counts,
-                 "round_collection": {k: rm.get(k) for k in keep}, **ev, "seconds": time.perf_counter() - t0})
+                labelled, counts = operator_labelled_steps(st), st.source_counts()
+            records.add({**key, "operator_labelled_steps": labelled, "data_sources": counts, "round_collection": m,
+                         **ev, "continual": curve, "collect_seconds": t1 - t0, "train_seconds": t2 - t1,
+                         "finetune_steps": args.finetune_steps, "policy": args.policy,
+                         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "loadavg": _loadavg()})
+            print(f"seed {seed} {method:>9} round {rnd}: labelled steps {labelled}, success {ev['success_rate']:.2f} "
+                  f"[{ev['ci95'][0]:.2f}, {ev['ci95'][1]:.2f}], min-ACC {curve['metrics']['min_acc']:.2f}, "
+                  f"true recoveries/ep {ev['recoveries_per_episode']:.2f}", flush=True)
+            prev_data, prev_ckpt, prev_score = data, ckpt, curve["history"][-1]["score"]
 
 
+def _loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+# ----------------------------------------------------------------------------------- tables
+def per_seed(rows: list[dict[str, Any]]) -> str:
+    return ", ".join("s{}: {:.2f}".format(r["seed"], r["success_rate"]) for r in rows)
+
+
+def tables(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown tables (pooled over seeds: successes over episodes, Wilson interval) of the records."""
+    from robolearn.evaluation import pool_evaluations
+
+    out: list[str] = []
+    scaling = [r for r in rows if r.get("kind") == "scaling"]
+    if scaling:
+        out += ["### Demo-scaling curve", "",
+                "| demos | seeds | mean demo steps | pooled success | 95% CI (Wilson) | per seed | true recoveries / ep | "
+                "setbacks / ep | failure exposures / ep | train min (mean) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for n in sorted({r["demos"] for r in scaling}):
+            rs = sorted((r for r in scaling if r["demos"] == n), key=lambda r: r["seed"])
+            k, tot, (lo, hi) = pool_evaluations(rs)
+            out.append(f"| {n} | {len(rs)} | {np.mean([r['demo_steps'] for r in rs]):.0f} | {k / tot:.3f} ({k}/{tot}) | "
+                       f"[{lo:.2f}, {hi:.2f}] | {per_seed(rs)} | "
+                       f"{np.mean([r['recoveries_per_episode'] for r in rs]):.2f} | {np.mean([r['setbacks_per_episode'] for r in rs]):.2f} | "
+                       f"{np.mean([r['failure_exposures_per_episode'] for r in rs]):.2f} | "
+                       f"{np.mean([r['train_seconds'] for r in rs]) / 60:.1f} |")
+        out.append("")
+    rounds = [r for r in rows if r.get("kind") == "round"]
+    if rounds:
+        out += ["### Rounds (fine-tuning from the previous round's policy)", "",
+                "| base demos | method | round | seeds | mean operator-labelled steps | pooled success | 95% CI (Wilson) | per seed | "
+                "true recoveries / ep | intervention rate | recovery:correction steps | min-ACC (mean) | WC-ACC (mean) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        order = {m: i for i, m in enumerate(METHODS)}
+        for key in sorted({(r["base_demos"], r["method"], r["round"]) for r in rounds}, key=lambda k: (k[0], order.get(k[1], 99), k[2])):
+            rs = sorted((r for r in rounds if (r["base_demos"], r["method"], r["round"]) == key), key=lambda r: r["seed"])
+            k, tot, (lo, hi) = pool_evaluations(rs)
+            rc = [r["round_collection"] for r in rs]
+            rec, cor = sum(c.get("recovery_steps", 0) for c in rc), sum(c.get("correction_steps", 0) for c in rc)
+            rate = [c.get("intervention_rate") for c in rc if key[1] != "demos"]
+            out.append(f"| {key[0]} | {key[1]} | {key[2]} | {len(rs)} | {np.mean([r['operator_labelled_steps'] for r in rs]):.0f} | "
+                       f"{k / tot:.3f} ({k}/{tot}) | [{lo:.2f}, {hi:.2f}] | {per_seed(rs)} | "
+                       f"{np.mean([r['recoveries_per_episode'] for r in rs]):.2f} | {f'{np.mean(rate):.2f}' if rate else '-'} | "
+                       f"{rec}:{cor} | {np.mean([r['continual']['metrics']['min_acc'] for r in rs]):.2f} | "
+                       f"{np.mean([r['continual']['metrics']['wc_acc'] for r in rs]):.2f} |")
+        out.append("")
+    return out
+
+
+def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """success vs demos; success vs operator-labelled steps; success vs true recoveries per episode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from robolearn.evaluation import pool_evaluations, wilson_interval
+
+    written = []
+    scaling = [r for r in rows if r.get("kind") == "scaling"]
+    if scaling:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ns = sorted({r["demos"] for r in scaling})
+        pts = [pool_evaluations([r for r in scaling if r["demos"] == n]) for n in ns]
+        y = np.array([k / n for k, n, _ in pts])
+        ax.errorbar(ns, y, yerr=[y - np.array([c[0] for _, _, c in pts]), np.array([c[1] for _, _, c in pts]) - y],
+                    marker="o", capsize=3, label="pooled over seeds")
+        ax.set_xscale("log")
+        save_plot(fig, ax, out / "demo_scaling.png", "clean demos", "success (95% Wilson CI)", "demo-scaling curve")
+        written.append(out / "demo_scaling.png")
+    rounds = [r for r in rows if r.get("kind") == "round"]
+    if rounds:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method in METHODS:
+            rs = [r for r in rounds if r["method"] == method]
+            if not rs:
+                continue
+            pts = []
+            for bd in sorted({r["base_demos"] for r in rs}):
+                base = [r for r in scaling if r["demos"] == bd]
+                groups = [base] + [[r for r in rs if r["round"] == k and r["base_demos"] == bd] for k in sorted({r["round"] for r in rs})]
+                for g in groups:
+                    if g:
+                        k, n, ci = pool_evaluations(g)
+                        steps = np.mean([r.get("operator_labelled_steps", r.get("demo_steps", 0)) for r in g])
+                        pts.append((steps, k / n, *ci))
+            x, y, lo, hi = map(np.array, zip(*pts))
+            ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=method)
+        save_plot(fig, ax, out / "success_vs_operator_steps.png", "operator-labelled steps in the training data (mean over seeds)",
+                  "pooled success (95% Wilson CI)", "rounds at equal operator budgets")
+        written.append(out / "success_vs_operator_steps.png")
+    evals = scaling + rounds
+    if evals:  # RaC's test-time scaling: success against the number of true recoveries in the episode
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, group in [("scaling (base candidates)", scaling)] + [(m, [r for r in rounds if r["method"] == m]) for m in METHODS]:
+            cells: dict[int, list[int]] = {}
+            for r in group:
+                for k, (s, n) in r.get("success_by_recoveries", {}).items():
+                    c = cells.setdefault(int(k), [0, 0])
+                    c[0] += s
+                    c[1] += n
+            if cells:
+                ks = sorted(cells)
+                y = np.array([cells[k][0] / cells[k][1] for k in ks])
+                ci = [wilson_interval(*cells[k]) for k in ks]
+                ax.errorbar(ks, y, yerr=[y - np.array([c[0] for c in ci]), np.array([c[1] for c in ci]) - y], marker="o",
+                            capsize=3, label=label)
+        save_plot(fig, ax, out / "success_vs_true_recoveries.png", "true recoveries in the episode (robolearn.metrics_recovery)",
+                  "success rate (95% Wilson CI)", "test-time scaling: success by recoveries performed")
+        written.append(out / "success_vs_true_recoveries.png")
+    return written
+
+
+def table_stage(sources: list[Path], out: Path) -> int:
+    rows = []
+    for src in sources:
+        f = src / "records.jsonl" if src.is_dir() else src
+        if not f.is_file():
+            print(f"rac_rounds --stage table: {f} not found", file=sys.stderr)
+            return 2
+        rows += [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    text = [f"<!-- generated by scripts/rac_rounds.py --stage table from {', '.join(str(s) for s in sources)} -->", "",
+            *tables(rows)]
+    tmp = out / "tables.md.tmp"
+    tmp.write_text("\n".join(text) + "\n")
+    os.replace(tmp, out / "tables.md")
+    plots(rows, out)
+    print("\n".join(text))
+    return 0
+
+
+# ----------------------------------------------------------------------------------- legacy merge
 def save_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend_size: int = 8) -> None:
     """Label, lay out, write (PNG) and close one figure: every plot of this script ends this way."""
     import matplotlib.pyplot as plt
@@ -139,56 +462,6 @@ def save_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend_
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def summarize(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, wall: float) -> None:
-    lines = [
-        f"# rac_rounds: {args.task} (perturb {args.perturb})",
-        "",
-        f"- date: {dt.datetime.now().isoformat(timespec='seconds')}; wall {wall / 60:.1f} min",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}",
-        f"- command: `{' '.join(sys.argv)}`",
-        "",
-        "| seed | method | round | operator-labelled steps | success | 95% CI | round: episodes | intervention rate | "
-        "recoveries / successful ep | recovery:correction steps | eval recoveries / successful ep |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        rc = r.get("round_collection") or {}
-
-        def f(v: Any, fmt: str = ".2f") -> str:
-            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
-
-        ratio = rc.get("recovery_correction_ratio")
-        lines.append(
-            f"| {r['seed']} | {r['method']} | {r['round']} | {r['operator_labelled_steps']} | {r['success_rate']:.2f} | "
-            f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] | {rc.get('episodes', '-')} | {f(rc.get('intervention_rate'))} | "
-            f"{f(rc.get('recoveries_per_successful_episode'))} | "
-            f"{str(rc.get('recovery_steps', '-')) + ':' + str(rc.get('correction_steps', '-')) if rc else '-'}"
-            f"{'' if ratio is None or (isinstance(ratio, float) and math.isnan(ratio)) else f' ({ratio:.2f})'} | "
-            f"{r['eval_recoveries_per_successful_episode']:.2f} |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        base = [r for r in rows if r["method"] == "base"]
-        for method in args.methods:
-            for seed in sorted({r["seed"] for r in rows}):
-                pts = [b for b in base if b["seed"] == seed] + [r for r in rows if r["method"] == method and r["seed"] == seed]
-                if len(pts) < 2:
-                    continue
-                x = [p["operator_labelled_steps"] for p in pts]
-                y = [p["success_rate"] for p in pts]
-                err = np.array([[p["success_rate"] - p["ci95"][0] for p in pts], [p["ci95"][1] - p["success_rate"] for p in pts]])
-                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{method} (seed {seed})")
-        save_plot(fig, ax, out / "success_vs_steps.png", "operator-labelled steps in the training data",
-                  "success rate (95% Wilson CI)", f"{args.task}, perturb {args.perturb}", legend_size=7)
-    except Exception as exc:  # plotting is a convenience
-        print(f"plot skipped: {exc}", file=sys.stderr)
 
 
 def pool_by_round(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -209,7 +482,7 @@ def pool_by_round(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str,
 
 def pooled_table(pooled: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
     """The pooled results as a markdown table, with the per-seed rates."""
-    order = {m: i for i, m in enumerate(("base", *METHODS))}
+    order = {m: i for i, m in enumerate(("base", *LEGACY_METHODS))}
     lines = ["| method | round | seeds | mean operator-labelled steps | pooled success | 95% CI (Wilson) | per seed |",
              "|---|---|---|---|---|---|---|"]
     for (method, rnd), g in sorted(pooled.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
@@ -221,12 +494,13 @@ def pooled_table(pooled: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
 
 
 def merge(dirs: list[Path], out: Path) -> int:
-    """Pool the results.jsonl of several runs (e.g. one per seed, run in parallel) into one table."""
+    """Pool the results.jsonl of the earlier from-scratch protocol's runs into one table."""
     rows = []
     for d in dirs:
         f = d / "results.jsonl"
         if not f.is_file():
-            raise SystemExit(f"rac_rounds --merge: {f} not found")
+            print(f"rac_rounds --merge: {f} not found", file=sys.stderr)
+            return 2
         rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
     out.mkdir(parents=True, exist_ok=True)
     pooled = pool_by_round(rows)
@@ -242,7 +516,7 @@ def merge(dirs: list[Path], out: Path) -> int:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     rounds = range(1, 1 + max((r["round"] for r in rows), default=0))
-    for method in METHODS:  # each curve starts at the shared base policy (round 0)
+    for method in LEGACY_METHODS:  # each curve starts at the shared base policy (round 0)
         groups = [pooled[key] for key in [("base", 0), *((method, rnd) for rnd in rounds)] if key in pooled]
         pts = [(g["steps"], g["k"] / g["n"], *g["ci"]) for g in groups]
         if len(pts) > 1:
@@ -250,65 +524,86 @@ def merge(dirs: list[Path], out: Path) -> int:
             ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=method)
     save_plot(fig, ax, out / "pooled_success_vs_steps.png", "operator-labelled steps in the training data (mean over seeds)",
               "pooled success rate (95% Wilson CI)", f"pooled over {len({r['seed'] for r in rows})} seed(s)")
-    # RaC's "test-time scaling": success against recoveries per successful evaluation episode,
-    # one point per (method, round, seed).
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method in ("base", *METHODS):
+    for method in ("base", *LEGACY_METHODS):
         rs = [r for r in rows if r["method"] == method]
         if rs:
             ax.scatter([r["eval_recoveries_per_successful_episode"] for r in rs], [r["success_rate"] for r in rs],
                        label=method, s=18)
-    save_plot(fig, ax, out / "pooled_success_vs_recoveries.png", "recoveries per successful evaluation episode",
+    save_plot(fig, ax, out / "pooled_success_vs_recoveries.png", "failure exposures per successful evaluation episode",
               "success rate", "one point per method, round and seed")
     return 0
 
 
+# ----------------------------------------------------------------------------------- main
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=["scaling", "rounds", "table"], default=None)
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="RUN_DIR",
-                   help="only pool the results of these finished runs into OUT/pooled.md")
-    p.add_argument("--task", default="pick_place")
-    p.add_argument("--perturb", type=float, default=0.02)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--demos", type=int, default=20, help="base demos per seed")
-    p.add_argument("--budget", type=int, default=300, help="operator steps per round and method")
-    p.add_argument("--max-episodes", type=int, default=200, help="cap on intervention episodes per round")
-    p.add_argument("--policy", default="bc")
-    p.add_argument("--train-steps", type=int, default=1500)
+                   help="pool the earlier protocol's results.jsonl files into OUT/pooled.md")
+    p.add_argument("--from", dest="sources", nargs="+", type=Path, default=None, help="--stage table: run dirs or records files")
+    p.add_argument("--out", default=None, help="run directory (records.jsonl, stores, runs); --stage table: where tables go")
+    p.add_argument("--task", default="sort")
+    p.add_argument("--set", dest="task_overrides", action="append", default=[], metavar="KEY=VALUE", help="task setting")
+    p.add_argument("--perturb", type=float, default=0.05, help="perturbation rate of evaluation and intervention rollouts")
+    p.add_argument("--demo-perturb", type=float, default=0.0, help="perturbation rate of the scripted demos (clean: 0)")
+    p.add_argument("--expert-mode", type=int, default=None, help="fixed expert mode (unimodal demos and corrections)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--demo-counts", type=int, nargs="+", default=[100, 200, 400, 800])
+    p.add_argument("--policy", default="hierarchical")
+    p.add_argument("--train-steps", type=int, default=5000, help="training steps of a policy trained from scratch")
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--num-envs", type=int, default=10)
-    p.add_argument("--out", default=None)
-    p.add_argument("overrides", nargs="*", default=["policy.hidden_dims=[256,256]", "train.batch_size=256", "train.lr=0.001"],
-                   help="training overrides (default: a small BC)")
+    p.add_argument("--base-demos", type=int, default=None, help="--stage rounds: the scaling point used as the base")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--budget", type=int, default=2000, help="operator-labelled steps per round and method")
+    p.add_argument("--max-episodes", type=int, default=300, help="cap on intervention episodes per round")
+    p.add_argument("--stall-steps", type=int, default=25, help="scripted operator: steps without progress = stall")
+    p.add_argument("--finetune-steps", type=int, default=1000)
+    p.add_argument("--finetune-lr", type=float, default=3e-4)
+    p.add_argument("--continual-every", type=int, default=250, help="evaluate the fine-tuning run every N steps")
+    p.add_argument("--continual-episodes", type=int, default=30)
+    p.add_argument("--stop-at", default=None, metavar="HH:MM", help="UTC time after which no new round is started")
+    p.add_argument("policy_overrides", nargs="*", default=[], help="training overrides (key=value)")
     args = p.parse_args()
     if args.merge:
         return merge(args.merge, Path(args.out or "runs/rac_rounds-pooled"))
-    if args.rounds < 1 or args.budget < 1 or args.demos < 1:
-        p.error("--rounds, --budget and --demos must be >= 1")
+    if args.stage is None:
+        p.error("choose --stage scaling|rounds|table (or --merge)")
+    if args.stage == "table":
+        if not args.sources or not args.out:
+            p.error("--stage table needs --from RUN_DIR... and --out DIR")
+        return table_stage(args.sources, Path(args.out))
+    if not args.out:
+        p.error("--out is required")
+    if args.stage == "rounds" and args.base_demos is None:
+        p.error("--stage rounds needs --base-demos N (a point of the scaling curve)")
+    if min(args.demo_counts) < 1 or args.rounds < 1 or args.budget < 1 or args.finetune_steps < 1 or args.continual_every < 1:
+        p.error("--demo-counts, --rounds, --budget, --finetune-steps and --continual-every must be >= 1")
+    if args.policy == "hierarchical" and args.task == "sort" and not any(o.startswith("policy.object_centric") for o in args.policy_overrides):
+        args.policy_overrides = [*HIERARCHICAL_SORT, *args.policy_overrides]  # the recipe of hierarchical_sort.md
+    from robolearn.experiments import stop_time
+
+    args.stop = stop_time(args.stop_at)
     import torch
 
     torch.set_num_threads(1)
-    out = Path(args.out or f"runs/rac_rounds-{args.task}-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    results = out / "results.jsonl"
-    results.write_text("")
-    t_start = time.perf_counter()
-
-    def log(row: dict[str, Any]) -> None:
-        rows.append(row)
-        with results.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        print(f"[{(time.perf_counter() - t_start) / 60:5.1f} min] seed {row['seed']} {row['method']:>9} round {row['round']}: "
-              f"labelled steps {row['operator_labelled_steps']}, success {row['success_rate']:.2f} "
-              f"[{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}]", flush=True)
-
+    (out / "command.txt").open("a").write(" ".join(sys.argv) + f"  # {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+                                          f"{platform.machine()}, {os.cpu_count()} cores\n")
+    records = Records(out / "records.jsonl")
     for seed in args.seeds:
-        run_seed(args, seed, out, log)
-    summarize(out, rows, args, time.perf_counter() - t_start)
-    print(f"summary: {out / 'summary.md'}")
+        if args.stage == "scaling":
+            for n in sorted(args.demo_counts):
+                if args.stop is not None and dt.datetime.now(dt.timezone.utc) >= args.stop and \
+                        records.find(kind="scaling", seed=seed, demos=n) is None:
+                    print(f"--stop-at reached: seed {seed} demos {n} not started", flush=True)
+                    return 0
+                scaling_unit(args, records, seed, n)
+        else:
+            rounds_for_seed(args, records, seed)
     return 0
 
 
