@@ -110,8 +110,25 @@ def contacts_at(expert_cls, states: np.ndarray, modes: np.ndarray, noise: float,
     return k.numpy(), action.numpy()
 
 
+def table(result: dict) -> str:
+    """Markdown of the records (docs/results/imitation.md, Push-T section)."""
+    lines = ["| expert | action mode | episodes | success | mean length | contact differs: identical / nearly identical state "
+             "| action differs by > 0.5: identical / nearly identical | mean action difference (nearly identical) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["records"]:
+        if "states_probed" in r:
+            probes = (f"{r['contact_differs_identical_state']:.3f} / {r['contact_differs_nearly_identical_state']:.3f} | "
+                      f"{r['action_differs_by_half_identical_state']:.3f} / {r['action_differs_by_half_nearly_identical_state']:.3f} | "
+                      f"{r['mean_action_difference_nearly_identical_state']:.3f}")
+        else:
+            probes = "rolled out only | | "
+        lines.append(f"| {r['expert']} | {r['action_mode']} | {r['episodes']} | {r['success_rate']:.3f} | {r['mean_length']:.1f} | {probes} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", default=None, metavar="JSON", help="print the table of a records file and exit")
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--num-envs", type=int, default=10)
     ap.add_argument("--states", type=int, default=2000, help="visited states probed per variant")
@@ -119,6 +136,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the records (JSON) here")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return
     started = time.time()
     load_start = list(os.getloadavg())
     records = []

@@ -103,3 +103,42 @@ def test_training_on_expert_action_labels(tmp_path):
     with pytest.raises(ValueError, match="data.action_key=expert_action.*no such column"):
         train("bc", tmp_path / "plain.zarr", out=tmp_path / "y", overrides=[*over, "data.action_key=expert_action"],
               wandb_mode="off", progress=False)
+
+
+def test_background_batches_give_the_same_training_as_inline_ones(toy, tmp_path):
+    runs = [train("diffusion", toy, out=tmp_path / f"w{w}", overrides=["train.steps=12", f"train.num_workers={w}", *TINY_DIFFUSION],
+                  wandb_mode="off", progress=False) for w in (0, 2)]
+    assert read_metrics(runs[0]) == read_metrics(runs[1])  # same batches in the same order
+    with pytest.raises(ValueError, match="num_workers"):
+        train("diffusion", toy, out=tmp_path / "bad", overrides=["train.steps=2", "train.num_workers=-1", *TINY_DIFFUSION],
+              wandb_mode="off", progress=False)
+
+
+def test_demo_reports_stages_and_resumes(tmp_path):
+    """A tiny demo end to end, then --resume: finished stages are not redone, the report keeps
+    every session's seconds and load average; an existing directory is refused without --resume."""
+    from robolearn.demo import run_demo
+
+    tiny = ["policy.down_dims=[16,32]", "policy.diffusion_step_embed_dim=16", "train.batch_size=8", "train.save_every=2"]
+    out = tmp_path / "demo"
+    run_demo(episodes=2, steps=4, eval_episodes=1, num_envs=1, out=out, extra_overrides=tiny, progress=False)
+    state = json.loads((out / "demo.json").read_text())
+    assert all(state["stages"][s]["done"] for s in ("collect", "train", "evaluate"))
+    assert state["result"]["n"] == 1 and len(state["result"]["ci95"]) == 2
+    assert state["settings"]["task_overrides"] == ["obs_relative=true"]
+    report = (out / "README.md").read_text()
+    assert "95% CI (Wilson)" in report and "load average" in report and "| train |" in report
+    # interrupted after training: pretend the evaluation never ran, then resume
+    state["stages"].pop("evaluate")
+    (out / "demo.json").write_text(json.dumps(state))
+    policy_mtime = (out / "train" / "policy" / "checkpoint.json").stat().st_mtime
+    run_demo(out=out, resume=True, progress=False)
+    again = json.loads((out / "demo.json").read_text())
+    assert len(again["stages"]["train"]["sessions"]) == 1  # not retrained
+    assert (out / "train" / "policy" / "checkpoint.json").stat().st_mtime == policy_mtime
+    assert again["stages"]["evaluate"]["done"] and again["result"] == state["result"]  # same seeds, same result
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_demo(episodes=2, steps=4, eval_episodes=1, num_envs=1, out=out, progress=False)
+    bad = subprocess.run([sys.executable, "-m", "robolearn.cli", "demo", "--resume", str(out), "--steps", "9"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--resume continues" in bad.stderr
