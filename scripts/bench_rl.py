@@ -265,7 +265,7 @@ def main() -> None:
     ap.add_argument("--algos", nargs="+", default=["iql", "td3bc"], choices=["iql", "td3bc"])
     ap.add_argument("--hidden", nargs="+", type=int, default=[256, 256])
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--obs-dim", type=int, default=24, help="state size (push_cube with obs_relative=true: 24)")
+    ap.add_argument("--obs-dim", type=int, default=18, help="state size (push_cube with obs_relative=true: 18)")
     ap.add_argument("--act-dim", type=int, default=4)
     ap.add_argument("--episodes", type=int, default=500)
     ap.add_argument("--length", type=int, default=60)
