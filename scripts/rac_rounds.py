@@ -95,13 +95,23 @@ def train_run(args: argparse.Namespace, data: Path, run: Path, mix: str, steps: 
 
     if (run / "policy" / "checkpoint.json").is_file():
         return run / "policy"
-    if (run / "checkpoints" / "last" / "checkpoint.json").is_file():
+    last = run / "checkpoints" / "last"
+    if (last / "checkpoint.json").is_file():  # cut off: continue exactly
+        from robolearn.checkpoint import read_meta
+
+        if int(read_meta(last)["step"]) >= steps:  # cut off between the last save and the final policy
+            return last
         train(None, None, resume=run, wandb_mode="off", progress=False)
+        if save_every is None:
+            for step_dir in (run / "checkpoints").glob("step_*"):
+                shutil.rmtree(step_dir)
         return run / "policy"
     if run.exists():
         shutil.rmtree(run)
+    # scratch runs save every 1000 steps so a cut-off run resumes; their step copies are dropped at the end
+    every = save_every or min(steps, 1000)
     overrides = [f"data.mix={mix}", f"train.steps={steps}", f"train.seed={seed}", "train.val_ratio=0.0",
-                 "train.eval_episodes=0", f"train.save_every={save_every or steps}", f"train.eval_every={steps}",
+                 "train.eval_episodes=0", f"train.save_every={every}", f"train.eval_every={steps}",
                  f"train.log_every={max(1, min(steps, save_every or steps) // 5)}", "train.device=cpu", "train.num_workers=0",
                  *args.policy_overrides]
     if init_from is not None:
@@ -109,6 +119,9 @@ def train_run(args: argparse.Namespace, data: Path, run: Path, mix: str, steps: 
         overrides.append(f"train.lr_warmup_steps={min(100, steps // 10)}")
     train(args.policy, data, task=args.task, out=run, overrides=overrides, wandb_mode="off", progress=False,
           init_from=init_from)
+    if save_every is None:
+        for step_dir in (run / "checkpoints").glob("step_*"):
+            shutil.rmtree(step_dir)
     return run / "policy"
 
 
