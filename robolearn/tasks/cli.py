@@ -80,6 +80,9 @@ def register_collect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", action="store_true", help="also record 84x84 camera images")
     parser.add_argument("--seed", type=validation.seed, default=0, help="episode k uses reset seed SEED+k")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--backend", choices=["cpu", "gpu", "warp-cpu"], default="cpu",
+                        help="cpu: MuJoCo C; gpu: MuJoCo Warp on CUDA, the expert batched on the device (extra 'gpu'); "
+                             "warp-cpu: MuJoCo Warp on its CPU device (tests)")
     parser.set_defaults(func="robolearn.tasks.cli:run_collect")
 
 
@@ -88,7 +91,7 @@ def run_collect(args: argparse.Namespace) -> int:
 
     summary = collect(args.task, args.episodes, args.out, num_envs=args.num_envs, noise=args.noise,
                       perturb=args.perturb, image=args.image, seed=args.seed, overrides=args.task_overrides or None,
-                      progress=not args.no_progress, expert_mode=args.expert_mode)
+                      progress=not args.no_progress, expert_mode=args.expert_mode, backend=args.backend)
     print(f"collected {summary['episodes']} episodes ({summary['steps']} steps) of {args.task} into {args.out}: "
           f"success rate {summary['success_rate']:.3f}, {summary['failure_events']} failure events")
     return 0

@@ -72,9 +72,11 @@ def _open_store(path: Path, sim: TaskSim, cfg: TaskConfig, expert_labels: bool):
 def collect(task: str, episodes: int, out: str | Path, num_envs: int = 1, noise: float = 0.0,
             perturb: float | None = None, image: bool = False, seed: int = 0,
             overrides: list[str] | dict | None = None, progress: bool = True,
-            expert_mode: int | None = None) -> dict[str, Any]:
+            expert_mode: int | None = None, backend: str = "cpu") -> dict[str, Any]:
     """Run the scripted expert for `episodes` episodes and append them to the store at `out`.
     expert_mode fixes the expert's per-episode mode (unimodal demos, e.g. for ablations).
+    backend: "cpu" (MuJoCo C), or "gpu" / "warp-cpu" (MuJoCo Warp, the expert batched on the
+    device: robolearn.tasks.device_collect; state observations, no perturbations).
 
     Episode k is reset with seed `seed + k` (initial state and perturbations reproduce from it).
     Returns a summary {episodes, steps, successes, success_rate, failure_events}.
@@ -94,6 +96,11 @@ def collect(task: str, episodes: int, out: str | Path, num_envs: int = 1, noise:
     if image:
         cfg.obs_mode = "state+image"
     cfg.validate(spec.task_class().perturbations)
+    if backend != "cpu":
+        from robolearn.tasks.device_collect import collect_on_device
+
+        return collect_on_device(task, episodes, out, backend, num_envs=num_envs, noise=noise, seed=seed,
+                                 progress=progress, expert_mode=expert_mode, cfg=cfg)
     n = min(num_envs, episodes)
     sim = TaskSim(task, cfg=cfg, num_envs=n)
     expert = expert_cls(sim.task, n, noise=noise, seed=seed, mode=expert_mode)
