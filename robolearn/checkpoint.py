@@ -7,9 +7,9 @@ Layout of a checkpoint directory:
                              tensor names/shapes/dtypes, plus the caller's metadata (policy name,
                              config, normalizer stats, feature spec, task, step, ...)
 
-Nothing is ever unpickled. Each file is written to a temporary name and renamed into place;
-checkpoint.json is written last, so it is the commit point: a crash mid-save leaves either the
-previous checkpoint (whose JSON hashes then expose any half-replaced tensor file) or no JSON.
+Nothing is ever unpickled. A checkpoint is written whole into a hidden sibling directory
+(tensor files first, checkpoint.json last) and then exchanged with the target directory in one
+atomic rename, so a crash mid-save leaves the previous checkpoint intact (or none).
 
 Loading trusts nothing: checkpoint.json carries a sha256 of its own content (format version 2),
 every tensor file's safetensors header is read first and must match the JSON's tensor list, the
@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -114,12 +115,62 @@ def save_checkpoint(
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint metadata is not JSON-serializable: {exc}") from None
 
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"cannot save a checkpoint to {directory}: it is a file")
+    _remove_abandoned_saves(directory)
+    staging = directory.with_name(f".{directory.name}.saving-{os.getpid()}-{os.urandom(4).hex()}")
+    staging.mkdir()
+    try:
+        _write_files(staging, groups, meta_text, safetensors_bytes, robolearn.__version__)
+        _publish_checkpoint(staging, directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def _remove_abandoned_saves(directory: Path) -> None:
+    """Staging directories of saves whose process is gone (killed mid-save) were never published."""
+    pattern = re.compile(rf"^\.{re.escape(directory.name)}\.saving-(\d+)-[0-9a-f]{{8}}$")
+    for entry in directory.parent.iterdir():
+        m = pattern.match(entry.name)
+        if not m:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def _publish_checkpoint(staging: Path, directory: Path) -> None:
+    """Put a complete checkpoint in place in one rename: `directory` holds the old checkpoint or
+    the new one, never a mix (a kill mid-save used to leave new tensor files next to the old
+    JSON, which no resume could read). Anything else in an existing directory (e.g. videos) is
+    carried over."""
+    from robolearn.data.store import swap_dirs
+
+    if not directory.exists():
+        os.rename(staging, directory)
+    else:
+        for entry in directory.iterdir():
+            if entry.name != META_FILE and not entry.name.endswith(".safetensors") and not entry.name.startswith("."):
+                if not (staging / entry.name).exists():
+                    os.rename(entry, staging / entry.name)
+        swap_dirs(staging, directory)  # staging now holds the old checkpoint
+    _fsync_dir(directory.parent)
+
+
+def _write_files(directory: Path, groups: Mapping[str, Mapping[str, torch.Tensor]], meta_text: str, to_bytes: Any,
+                 version: str) -> None:
+    """The tensor files, then checkpoint.json (with its content hash) last."""
     tensor_files: dict[str, Any] = {}
     for name, tensors in groups.items():
         # Cloning detaches shared storage (safetensors refuses aliased tensors) and moves to CPU.
         cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-        data = safetensors_bytes(cpu)
+        data = to_bytes(cpu)
         filename = f"{name}.safetensors"
         _atomic_write(directory / filename, data)
         tensor_files[name] = {
@@ -130,14 +181,13 @@ def save_checkpoint(
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "robolearn_version": robolearn.__version__,
+        "robolearn_version": version,
         "tensor_files": tensor_files,
         **json.loads(meta_text),
     }
     record[CONTENT_HASH] = content_hash(record)
     _atomic_write(directory / META_FILE, json.dumps(record, indent=1, allow_nan=False).encode())
     _fsync_dir(directory)
-    return directory
 
 
 def content_hash(record: Mapping[str, Any]) -> str:

@@ -173,12 +173,14 @@ def repair_check(store: Path) -> dict[str, Any]:
 def train_check(run: Path, work: Path) -> dict[str, Any]:
     from robolearn.checkpoint import read_meta
 
-    ckpts = [p for p in (run / "checkpoints").iterdir()] if (run / "checkpoints").is_dir() else []
+    ckpts = [p for p in (run / "checkpoints").iterdir() if not p.name.startswith(".")] if (run / "checkpoints").is_dir() else []
+    staging = [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")] if (run / "checkpoints").is_dir() else []
     loaded = 0
     for c in ckpts:
         read_meta(c)  # content hash + every tensor file's header and size
         loaded += 1
-    result: dict[str, Any] = {"output": "run" if run.exists() else "absent", "checkpoints_loaded": loaded}
+    result: dict[str, Any] = {"output": "run" if run.exists() else "absent", "checkpoints_loaded": loaded,
+                              "unpublished_saves": len(staging)}
     if (run / "checkpoints/last/checkpoint.json").is_file() and not (run / "policy").exists():
         out = cli("train", "--resume", run, cwd=work)
         result["resumed"] = out.returncode == 0

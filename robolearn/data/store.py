@@ -532,9 +532,9 @@ class EpisodeStore:
             return _healthy_view(path)
         lock_fd = None
         if mode == "a":
-            if not is_remote(path):
-                _recover_masks(path)
             lock_fd = _acquire_lock(path)
+            if not is_remote(path):
+                _recover_masks(path)  # only the lock holder may judge a pending update abandoned
         try:
             store = cls(path, group, mode, lock_fd, check=check)
             if mode == "a" and check:
