@@ -332,6 +332,16 @@ O2O_POOLS = {
 O2O_TASKS = tuple(O2O_POOLS)
 
 
+def _sh_checked(*args: str) -> None:
+    """`robolearn ARGS` in a subprocess; its progress bars are dropped, its error line is raised."""
+    print("+ robolearn", " ".join(args), flush=True)
+    res = subprocess.run([sys.executable, "-m", "robolearn.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if res.returncode != 0:
+        lines = [ln for ln in res.stderr.replace("\r", "\n").splitlines() if ln.strip()]
+        raise SystemExit(f"robolearn {args[0]} {args[1]} failed ({res.returncode}): {lines[-1] if lines else '(no output)'}")
+    print(res.stdout.strip(), flush=True)
+
+
 def _loadavg() -> list[str]:
     return Path("/proc/loadavg").read_text().split()[:3]
 
@@ -384,7 +394,7 @@ def build_o2o(tasks: list[str], ratios: list[float]) -> None:
             cmd = ["data", "rollout", "--task", task, *sets, "--policy", policy, "--noise", str(noise), "--keep", keep,
                    "--episodes", str(episodes), "--num-envs", "50", "--seed", str(seed), "--out", str(out), "--overwrite"]
             load, t0 = _loadavg(), time.time()
-            sh(*cmd)
+            _sh_checked(*cmd)
             st = EpisodeStore.open(out)
             ret = st.column("return")
             _record(log, {"name": out.name, "command": "robolearn " + " ".join(cmd), "episodes": st.num_episodes, "steps": st.num_steps,
@@ -399,7 +409,7 @@ def build_o2o(tasks: list[str], ratios: list[float]) -> None:
                    str(O2O_DATA / f"{task}_failing.zarr"), "--ratio", str(r), "--size", str(O2O_MIX_SIZE), "--seed", "0",
                    "--out", str(out), "--overwrite"]
             load, t0 = _loadavg(), time.time()
-            sh(*cmd)
+            _sh_checked(*cmd)
             st = EpisodeStore.open(out)
             _record(log, {"name": out.name, "command": "robolearn " + " ".join(cmd), "episodes": st.num_episodes, "steps": st.num_steps,
                           "success_rate": float(st.column("success").mean()), "mix": st.attrs["mix"],
@@ -508,6 +518,24 @@ def table(a: argparse.Namespace) -> None:
             seeds = sorted(x["seed"] for x in xs)
             out.append(f"{k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}] ({np.mean([x['final_return'] for x in xs]):.1f}; seeds {seeds})")
         print(f"| {task} | {algo} | {ratio:.0%} | " + " | ".join(out) + " |")
+    print("\nThe hypothesis (RW/AW >> uniform at 1-5%): relative gain in pooled success over uniform, and whether the 95% "
+          "intervals are apart (target: gain >= 50% with intervals apart).\n")
+    print("| task | algo | expert data | sampler | gain over uniform | intervals apart |")
+    print("|---|---|---|---|---|---|")
+    for task, algo, ratio in sorted({k[:3] for k in cells}):
+        base = cells.get((task, algo, ratio, "uniform"))
+        if not base:
+            continue
+        kb, nb = sum(x["final_successes"] for x in base), sum(x["eval_episodes"] for x in base)
+        lo_b, hi_b = wilson_interval(kb, nb)
+        for smp in [s_ for s_ in samplers if s_ != "uniform"]:
+            xs = cells.get((task, algo, ratio, smp))
+            if not xs:
+                continue
+            k, n = sum(x["final_successes"] for x in xs), sum(x["eval_episodes"] for x in xs)
+            lo, hi = wilson_interval(k, n)
+            gain = "undefined (uniform 0)" if kb == 0 else f"{(k / n) / (kb / nb) - 1:+.0%}"
+            print(f"| {task} | {algo} | {ratio:.0%} | {smp} | {gain} ({k}/{n} vs {kb}/{nb}) | {'yes' if lo > hi_b or hi < lo_b else 'no'} |")
     walls = [x["wall_s"] for x in rows]
     print(f"\nWall time per run (incl. evaluation): median {np.median(walls):.0f} s, {min(walls):.0f}-{max(walls):.0f} s, n={len(walls)}; "
           f"load average before the runs {min(float(x['loadavg_before'][0]) for x in rows):.1f}-"
