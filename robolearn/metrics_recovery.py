@@ -17,8 +17,9 @@ Events that pile up on one setback (a forced opening, then the drop it causes) c
 
 Milestone level: a monotone, discrete measure of task progress from the simulator state. For
 grasp tasks (pick_place, sort) it is 2 x (index of the current sub-task) + 1 if its object is
-held, so the levels of sort K=3 run reach0=0, hold0=1, reach1=2, ...; success is above every
-level. Other tasks use their `stage`.
+held (or released over its bin, falling in: a release is progress, not a setback), so the levels
+of sort K=3 run reach0=0, hold0=1, reach1=2, ...; success is above every level. Other tasks use
+their `stage`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 SUCCESS_LEVEL = 1_000_000  # above any task's milestone level
+OVER_TARGET = 0.049  # metres: a cube this close (x and y) to its bin's centre is over it (the bin's inner half size)
 
 
 @dataclass(frozen=True)
@@ -88,17 +90,18 @@ def milestone_levels(task: Any, s: Any, success: Any = None) -> np.ndarray:
     """(N,) milestone level of every env's state `s` (see the module doc)."""
     stage = np.asarray(task.stage(s)).astype(np.int64).reshape(-1)
     if hasattr(task, "grasped"):
-        if hasattr(task, "current") and hasattr(task, "cubes"):  # sort: the first unsorted cube
+        cube = target = None
+        if hasattr(task, "current") and hasattr(task, "cubes") and hasattr(task, "bins"):  # sort: first unsorted cube
             current = task.current(s)
-            cube = task._pick(task.cubes(s), current)
+            cube, target = task._pick(task.cubes(s), current), task._pick(task.bins(s), current)
             index = np.asarray(current).astype(np.int64).reshape(-1)
-        elif hasattr(task, "cube_pos"):  # one object: its stage is whether it is held
-            cube, index = task.cube_pos(s), np.zeros_like(stage)
-        else:
-            cube = None
+        elif hasattr(task, "cube_pos") and hasattr(task, "bin_pos"):  # pick_place: its stage is whether it is held
+            cube, target, index = task.cube_pos(s), task.bin_pos(s), np.zeros_like(stage)
         if cube is not None:
-            held = np.asarray(task.grasped(s, cube)).astype(np.int64).reshape(-1)
-            stage = 2 * index + held
+            held = np.asarray(task.grasped(s, cube)).astype(bool).reshape(-1)
+            # released over its bin (falling in) keeps the level of holding it: a release is no setback
+            over = (np.abs(np.asarray(cube)[:, :2] - np.asarray(target)[:, :2]) < OVER_TARGET).all(-1)
+            stage = 2 * index + (held | over).astype(np.int64)
     if success is not None:
         stage = np.where(np.asarray(success, dtype=bool).reshape(-1), SUCCESS_LEVEL, stage)
     return stage

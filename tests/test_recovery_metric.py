@@ -120,3 +120,47 @@ def test_the_expert_recovers_from_forced_openings_and_nudges_are_only_exposure()
     records, counts = _rollout_with_hook("pick_place", ["perturb_rate=0.1", "perturb_kinds=[shift_target]"], 4)
     assert sum(r["failure_events"] for r in records) >= 1
     assert sum(c.setbacks for c in counts.values()) == 0 and sum(c.recoveries for c in counts.values()) == 0
+
+
+@pytest.mark.parametrize("task,overrides", [("pick_place", []), ("sort", ["num_cubes=2"])])
+def test_levels_drop_only_after_failure_events(task, overrides):
+    """Releasing a cube over its bin (it falls in) is progress: in clean expert runs every level
+    drop follows a failure event (the expert's own occasional drops), none comes from a release."""
+    from robolearn.tasks.collect import expert_class
+    from robolearn.tasks.registry import load_task_config
+    from robolearn.tasks.rollout import EpisodeStats, ExpertActor, FixedSeeds, Hook, HostBatch, RolloutEngine
+    from robolearn.tasks.sim import TaskSim
+
+    class Levels(Hook):
+        def on_start(self, engine, obs):
+            self.rows = [[] for _ in range(engine.num_envs)]
+            self.done = []
+
+        def on_step(self, engine, step, pre_obs, action, pre_state):
+            lv = milestone_levels(sim.task, sim.read(), step.info["success"])
+            for r in np.flatnonzero(step.episode >= 0):
+                self.rows[r].append((int(lv[r]), int(step.info["failure_event"][r])))
+
+        def on_episode_end(self, engine, row, episode, seed, step):
+            self.done.append((bool(step.info["success"][row]), self.rows[row]))
+            self.rows[row] = []
+
+    sim = TaskSim(task, cfg=load_task_config(task, overrides), num_envs=2)
+    hook = Levels()
+    seeds = list(range(6))
+    engine = RolloutEngine(HostBatch(sim, FixedSeeds(seeds)), ExpertActor(expert_class(task)(sim.task, 2, seed=0), sim),
+                           [hook], stats=EpisodeStats(len(seeds), seeds), progress=False)
+    try:
+        engine.run()
+    finally:
+        engine.close()
+    assert sum(ok for ok, _ in hook.done) >= 5
+    releases = 0
+    for ok, rows in hook.done:
+        levels, events = np.array(rows).T
+        for t in np.flatnonzero(np.diff(levels) < 0) + 1:
+            assert events[max(0, t - 10):t + 1].any(), (t, levels.tolist())
+        releases += ok
+        if ok:  # every sub-task's held level was reached before success
+            assert levels[:-1].max() == (1 if task == "pick_place" else 3)
+    assert releases >= 5
