@@ -436,12 +436,12 @@ def set_action_steps(policy: Any, n: int) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """`robolearn eval` (arguments: robolearn.cli.register_eval)."""
-    resolve_checkpoint(args.checkpoint)  # a wrong path fails before torch loads
     device = "cpu"
     if args.backend == "gpu":  # fail fast, before loading anything, without the gpu extra or CUDA
         from robolearn.tasks.warp_backend import resolve_device
 
         device = resolve_device("cuda")
+    resolve_checkpoint(args.checkpoint)  # a wrong path fails before torch loads
     policy, meta = load_any_policy(args.checkpoint, device=device)
     if args.action_steps is not None:
         set_action_steps(policy, args.action_steps)
