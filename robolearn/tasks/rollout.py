@@ -601,10 +601,11 @@ class RolloutEngine:
                     bar.update(1)
                 elif taken % self.sync_every == 0:
                     now = self._finished()
-                    bar.update(now - shown)
-                    shown = now
-                    if self.episodes_done:
-                        bar.set_postfix(success=f"{self.successes / self.episodes_done:.2f}")
+                    if now > shown:  # redraw only when episodes finish
+                        if self.episodes_done:
+                            bar.set_postfix(success=f"{self.successes / self.episodes_done:.2f}", refresh=False)
+                        bar.update(now - shown)
+                        shown = now
         bar.close()
         return self.stats.records() if self.stats is not None and max_steps is None else []
 
