@@ -153,6 +153,7 @@ def train_offline(
         agent.train()
         history.append(rec)
         return {f"eval_{k}": rec[k] for k in ("return", "success", "length", "score")}
+
     # what the sampler puts weight on: share of probability mass of the top-10% return trajectories
     top = np.argsort(-trans.episode_return)[: max(1, len(trans.episode_return) // 10)]
     top_mass = float(probs[np.isin(trans.episode, top)].sum())
