@@ -14,6 +14,8 @@ Random uniform actions (seeded); no termination.
 
     python scripts/bench_sim.py [--steps 2000] [--rounds 5] [--num-envs 16] [--tasks push_cube,...] [--seed 0]
     python scripts/bench_sim.py --expert-seeds 50     # scripted expert success table instead
+    python scripts/bench_sim.py --push-t-coverage docs/results/gpu/push_t_host_coverage.jsonl --rounds 9
+                                                      # push_t: exact vs grid coverage vs raw, interleaved
 """
 
 from __future__ import annotations
@@ -93,6 +95,70 @@ def bench_single_vs_raw(name: str, steps: int, seed: int, rounds: int) -> tuple[
             float(np.median(c_env / c_raw)))
 
 
+def bench_push_t_coverage(steps: int, seed: int, rounds: int) -> dict:
+    """push_t single env with the exact-area coverage (robolearn.tasks.t_coverage, what the task
+    uses) against the same env with the 2 mm grid coverage it replaced (push_t.coverage patched
+    back in), and the raw mj_step loop: the three interleaved in every round (order rotated),
+    the same actions from the same start state; medians of per-round time ratios (wall and CPU)."""
+    from robolearn.tasks import push_t
+
+    env = T.make_env("push_t", terminate_on_success=False, horizon=10**9)
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    actions = rng.uniform(-1, 1, (steps + 20, env.action_space.shape[0])).astype(np.float32)
+    for a in actions[:20]:
+        env.step(a)
+    start = env.get_sim_state()
+    data = env.unwrapped.sim.backend.datas[0]
+    ctrls = []
+    for a in actions[20:]:
+        env.step(a)
+        ctrls.append(data.ctrl.copy())
+    cfg = env.unwrapped.cfg
+    _, model = build_model("push_t", cfg)
+    raw_data = mujoco.MjData(model)
+    cls = type(env.unwrapped.sim.task)
+    exact = cls.coverage
+
+    def grid(self, s, frames=None):
+        b, g, cs_b, cs_g, points = self.frames(s) if frames is None else frames
+        return push_t.coverage(b, g, cs_b, cs_g, points)
+
+    def run(variant):
+        if variant == "raw":
+            mujoco.mj_setState(model, raw_data, start, T.STATE_SPEC)
+            mujoco.mj_forward(model, raw_data)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for c in ctrls:
+                raw_data.ctrl[:] = c
+                mujoco.mj_step(model, raw_data, nstep=cfg.frame_skip)
+            return time.perf_counter() - t0, time.process_time() - c0
+        cls.coverage = exact if variant == "exact" else grid
+        env.set_sim_state(start)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for a in actions[20:]:
+            env.step(a)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    order = ["exact", "grid", "raw"]
+    times: dict[str, list] = {k: [] for k in order}
+    try:
+        for r in range(rounds):
+            for variant in order[r % 3:] + order[:r % 3]:
+                times[variant].append(run(variant))
+    finally:
+        cls.coverage = exact
+        env.close()
+    w = {k: np.array([t[0] for t in v]) for k, v in times.items()}
+    c = {k: np.array([t[1] for t in v]) for k, v in times.items()}
+    return {"task": "push_t", "steps": steps, "rounds": rounds, "seed": seed,
+            "steps_per_s": {k: float(steps / np.median(v)) for k, v in w.items()},
+            "overhead_wall": {k: float(np.median(w[k] / w["raw"])) for k in ("exact", "grid")},
+            "overhead_cpu": {k: float(np.median(c[k] / c["raw"])) for k in ("exact", "grid")},
+            "exact_over_grid_wall": float(np.median(w["exact"] / w["grid"])),
+            "exact_over_grid_cpu": float(np.median(c["exact"] / c["grid"]))}
+
+
 def bench_vector(name: str, steps: int, num_envs: int, seed: int, num_threads: int = 1) -> float:
     venv = T.make_vector_env(name, num_envs, num_threads=num_threads, terminate_on_success=False, horizon=10**9)
     venv.reset(seed=seed)
@@ -139,8 +205,24 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--expert-seeds", type=int, default=0,
                     help="instead of throughput, measure expert success over seeds 0..N-1")
+    ap.add_argument("--push-t-coverage", default=None, metavar="JSON",
+                    help="instead: push_t single-env step time with the exact vs the grid coverage vs raw "
+                         "(interleaved), one JSON record appended to this file")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.push_t_coverage:
+        import json
+        import subprocess
+
+        rec = bench_push_t_coverage(args.steps, args.seed, args.rounds)
+        rec.update(load_average=list(os.getloadavg()), cpus=os.cpu_count(), mujoco=mujoco.__version__,
+                   date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                         text=True).stdout.strip())
+        with open(args.push_t_coverage, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(json.dumps(rec, indent=1))
+        return
     if args.expert_seeds:
         print("| task | action noise (std) | perturb_rate / step | success |\n|---|---|---|---|")
         for name in args.tasks.split(","):
