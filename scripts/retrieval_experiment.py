@@ -70,9 +70,14 @@ def label_quality(prior, mask: np.ndarray, target_behavior: str) -> dict:
     pos = labels == target_behavior
     tp = int((mask & pos).sum())
     names, counts = np.unique(labels[mask], return_counts=True)
+    # the task's stage label (pick_place: 1 = cube held) splits reach/grasp steps from carrying ones
+    held = prior.read("stage", cache=False) == 1
+    by_stage = {f"{b}/{'held' if h else 'not_held'}": int((mask & (labels == b) & (held == h)).sum())
+                for b in np.unique(labels) for h in (False, True)}
     return {"precision": tp / max(int(mask.sum()), 1), "recall": tp / max(int(pos.sum()), 1),
             "fraction": float(mask.mean()), "retrieved_steps": int(mask.sum()),
-            "retrieved_by_behavior": {str(n): int(c) for n, c in zip(names, counts)}}
+            "retrieved_by_behavior": {str(n): int(c) for n, c in zip(names, counts)},
+            "retrieved_by_behavior_and_stage": by_stage}
 
 
 def run_one(cond: str, seed: int, work: Path, paths: tuple[Path, Path, Path], args: argparse.Namespace) -> dict:
@@ -193,6 +198,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--eval-episodes", type=int, default=100)
     ap.add_argument("--fraction", type=float, default=0.2, help="share of the prior each method retrieves")
+    ap.add_argument("--retrieval-only", action="store_true",
+                    help="re-run only the retrieval of the given conditions/seeds (OUT/retrieval_only.jsonl, with the per-stage breakdown)")
     ap.add_argument("--scaling", action="store_true", help="measure retrieval time/memory at several prior sizes instead")
     ap.add_argument("--scaling-fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     ap.add_argument("--scaling-repeats", type=int, default=2)
@@ -205,6 +212,28 @@ def main() -> None:
         return
     paths = prepare_data(work, args)
     from robolearn.data.store import EpisodeStore
+
+    if args.retrieval_only:  # re-run the retrieval step alone and record what it selected (no training)
+        from robolearn.retrieval.core import RetrievalConfig, retrieve
+        from robolearn.retrieval.prior import TARGET_BEHAVIOR
+
+        prior, target = EpisodeStore.open(paths[0]), EpisodeStore.open(paths[1])
+        path = out / "retrieval_only.jsonl"
+        done = {(r["condition"], r["seed"]) for r in map(json.loads, path.read_text().splitlines())} if path.exists() else set()
+        for seed in args.seeds:
+            for cond in args.conditions:
+                if (cond, seed) in done or cond.split("_")[0] not in ("br", "strap", "importance"):
+                    continue
+                method, _, variant = cond.partition("_")
+                fraction = int(variant[1:]) / 100 if variant.startswith("f") else args.fraction
+                res = retrieve(prior, target, RetrievalConfig(method=method, fraction=fraction, seed=seed,
+                                                              similarity="l2" if variant == "l2" else "cosine", progress=False))
+                rec = {"condition": cond, "seed": seed, **label_quality(prior, res.mask, TARGET_BEHAVIOR),
+                       "retrieval_s": res.info["seconds"], "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+                print(json.dumps(rec), flush=True)
+                with path.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+        return
     from robolearn.retrieval.prior import hidden_labels
 
     data_json = out / "data.json"
