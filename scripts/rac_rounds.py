@@ -425,7 +425,8 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     evals = scaling + rounds
     if evals:  # RaC's test-time scaling: success against the number of true recoveries in the episode
         fig, ax = plt.subplots(figsize=(6, 4))
-        for label, group in [("scaling (base candidates)", scaling)] + [(m, [r for r in rounds if r["method"] == m]) for m in METHODS]:
+        by_demos = [(f"{n} demos (scratch)", [r for r in scaling if r["demos"] == n]) for n in sorted({r["demos"] for r in scaling})]
+        for label, group in by_demos + [(m, [r for r in rounds if r["method"] == m]) for m in METHODS]:
             cells: dict[int, list[int]] = {}
             for r in group:
                 for k, (s, n) in r.get("success_by_recoveries", {}).items():
