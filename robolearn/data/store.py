@@ -570,20 +570,24 @@ class EpisodeStore:
         return arr
 
     def _load_handles(self, check: bool = True) -> None:
-        g = self._group
+        # The commit point first: everything it commits was written before it, so the step arrays
+        # and columns opened after it cover it even while a live writer appends.
         try:
+            self._ends_array = self._handle("meta/episode_ends")
+            raw = self._read_meta_array(self._ends_array, "meta/episode_ends").astype(np.int64)
             self._arrays = {key: self._handle(f"data/{key}") for key in self.features}
             self._columns = {name: self._handle(f"meta/{name}") for name in EPISODE_COLUMNS}
-            self._ends_array = self._handle("meta/episode_ends")
         except KeyError as exc:
             raise StoreIntegrityError(f"{self.path} is missing array {exc}; the store is damaged (run `robolearn data verify {self.path}`)") from None
         for key, arr in self._arrays.items():
             if tuple(arr.shape[1:]) != self.features[key].shape:
                 raise StoreIntegrityError(f"{self.path}: data/{key} has per-step shape {tuple(arr.shape[1:])}, the schema says {self.features[key].shape}")
         self._cache: dict[str, np.ndarray] = {}
-        raw = self._read_meta_array(self._ends_array, "meta/episode_ends").astype(np.int64)
         n = len(raw)
-        self._pending_marker = bool(n and raw[n - 1] == UNCOMMITTED and self._marker_is_uncommitted(n - 1, raw))
+        # A plain reader takes a trailing -1 as the commit a (possibly live) writer has not made
+        # yet; a writer, and verify/repair, accept it only when provably uncommitted.
+        lenient = self.mode == "r" and check
+        self._pending_marker = bool(n and raw[n - 1] == UNCOMMITTED and (lenient or self._marker_is_uncommitted(n - 1, raw)))
         if self._pending_marker:
             n -= 1
         self._raw_ends = raw[:n].copy()
