@@ -18,6 +18,7 @@ differs is float32 physics and expert arithmetic (MuJoCo Warp) against float64 (
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -124,6 +125,7 @@ class DeviceStoreWriter(Hook):
         self.start: np.ndarray | None = None  # global step at which each env's episode began
         self.committed: list[tuple[int, int]] = []
         self.successes = 0
+        self.store_seconds = 0.0  # time spent in append_episode (the host side of collection)
 
     # -- hook ---------------------------------------------------------------------------------
     def on_start(self, engine: RolloutEngine, obs: Any) -> None:
@@ -197,8 +199,10 @@ class DeviceStoreWriter(Hook):
         steps["source"] = np.full(b - a, self.source)
         success = bool(h["success"][b - 1, row])
         meta = self.metadata(steps, success, int(h["mode"][b - 1, row])) if self.metadata else None
+        t0 = time.perf_counter()
         self.store.append_episode(steps, success=success, collector=self.collector, seed=int(self.seeds[episode]),
                                   **({"metadata": meta} if meta is not None else {}))
+        self.store_seconds += time.perf_counter() - t0
         self.committed.append((episode, b - a))
         self.successes += int(success)
 
@@ -246,6 +250,7 @@ def collect_on_device(task: str, episodes: int, out: str | Path, backend: str, n
     stats = EpisodeStats(episodes, seeds)
     engine = RolloutEngine(CollectBatch(env, FixedSeeds(seeds)), DeviceExpertActor(expert, env), [writer],
                            stats=stats, progress=progress, desc=f"collect {task} [{backend}]")
+    t0 = time.perf_counter()
     try:
         engine.run()
     finally:
@@ -255,4 +260,6 @@ def collect_on_device(task: str, episodes: int, out: str | Path, backend: str, n
             store.close()
             env.close()
     summary["success_rate"] = summary["successes"] / max(1, summary["episodes"])
+    summary["wall_s"] = time.perf_counter() - t0  # simulation, expert and store writes
+    summary["store_s"] = writer.store_seconds  # of which: committing episodes to the store
     return summary
