@@ -259,3 +259,40 @@ def test_train_out_never_silently_replaces_a_run(tmp_path, capsys):
     assert _train(["--data", str(data), "--out", str(data), "train.steps=2"]) == 2
     assert "episode store" in capsys.readouterr().err
     assert EpisodeStore.open(data).num_episodes == 3
+
+
+def test_stores_written_before_checksums_still_open(tmp_path):
+    """Stores from before this change have no crc32c and skipped chunks equal to the fill value
+    (all-demo sources, zero rewards): they must open, read and append as before."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    from robolearn.data.schema import STANDARD_FEATURES, features_to_json
+    from robolearn.data.store import EPISODE_COLUMNS, SCHEMA_VERSION
+
+    path = tmp_path / "old.zarr"
+    feats = {"obs/state": Feature("float32", (3,), "obs"), "action": Feature("float32", (2,), "action"), **STANDARD_FEATURES}
+    g = zarr.open_group(str(path), mode="w")
+    steps = {"obs/state": np.ones((12, 3), np.float32), "action": np.ones((12, 2), np.float32), "reward": np.zeros(12, np.float32),
+             "done": np.zeros(12, bool), "source": np.zeros(12, np.uint8), "stage": np.full(12, -1, np.int32)}
+    for key, feat in feats.items():
+        a = g.create_array(f"data/{key}", shape=(12, *feat.shape), chunks=(64, *feat.shape), dtype=feat.dtype,
+                           compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
+        a[:] = steps[key]
+    g.create_array("meta/episode_ends", shape=(2,), chunks=(4096,), dtype="int64", fill_value=-1)[:] = [5, 12]
+    rows = {"length": [5, 7], "success": [False, False], "return": [0.0, 0.0], "collector": ["", ""], "task": ["", ""],
+            "seed": [-1, -1], "created": ["", ""], "intervention_count": [0, 0], "metadata": ["", ""]}
+    for name, (dtype, fill) in EPISODE_COLUMNS.items():
+        g.create_array(f"meta/{name}", shape=(2,), chunks=(4096,), dtype=dtype, fill_value=fill)[:] = np.array(rows[name], dtype=dtype)
+    g.require_group("masks")
+    g.attrs.update({"schema_version": SCHEMA_VERSION, "format": "robolearn.episode_store", "features": features_to_json(feats),
+                    "sources": ["demo", "policy", "recovery", "correction"], "control_period": None, "task": "", "env_kwargs": {}})
+    assert not (path / "data/source/c").exists()  # never written: all fill value
+    store = EpisodeStore.open(path)
+    assert store.num_episodes == 2 and store.source_counts()["demo"] == 12
+    report = verify_store(path)
+    assert report["ok"] and not report["checksummed"]
+    writer = EpisodeStore.open(path, "a")
+    writer.append_episode({"obs/state": np.zeros((4, 3), np.float32), "action": np.zeros((4, 2), np.float32)})
+    writer.close()
+    assert EpisodeStore.open(path).episode_lengths.tolist() == [5, 7, 4] and verify_store(path)["ok"]

@@ -145,7 +145,7 @@ def _verify(args: argparse.Namespace) -> int:
         return 0 if report["ok"] else 1
     status = "ok" if report["ok"] else "DAMAGED"
     print(f"{report['path']}: {status}: {report['healthy_episodes']} of {report['episodes']} episodes healthy"
-          + ("" if report.get("checksummed", True) else " (written before chunk checksums: corruption inside a chunk may go unseen)"))
+          + ("" if report.get("checksummed", True) else " (written before chunk checksums: a corrupted or deleted chunk may read unseen as data or zeros)"))
     for line in report["problems"]:
         print(f"  {line}")
     unc = report.get("uncommitted") or {}

@@ -386,6 +386,16 @@ class EpisodeRecord:
     good: bool
 
 
+def _writes_every_chunk(array: Any) -> bool:
+    """Arrays with the crc32c codec were written by this store with write_empty_chunks, so a
+    missing chunk is damage. Older stores skipped chunks equal to the fill value (all-zero
+    rewards, all-demo sources), so for them a missing chunk cannot be told from a deleted one."""
+    try:
+        return any(c.to_dict().get("name") == "crc32c" for c in array.metadata.codecs)
+    except Exception:
+        return False
+
+
 def _episodes_in(starts: np.ndarray, ends: np.ndarray, lo: int, hi: int) -> list[int]:
     """Indices of episodes (given by step ranges) that overlap steps [lo, hi)."""
     if not len(ends):
@@ -623,6 +633,8 @@ class EpisodeStore:
         episode was written yet (a writer killed while appending the marker itself)."""
         if _chunk_present(self.path, self._group, self._ends_array, index // _META_CHUNK):
             return True
+        if not _writes_every_chunk(self._ends_array):  # an older store: its writers left no marker
+            return True
         prev_end = int(raw[index - 1]) if index > 0 else 0
         if index % _META_CHUNK != 0:
             return False
@@ -686,7 +698,7 @@ class EpisodeStore:
         ep_idx = np.arange(n_ep)
         targets = self._chunk_targets(n_steps, n_ep)
         for name, arr, n_items, per_step in targets:
-            if n_items <= 0 or any(int(s) == 0 for s in arr.shape[1:]):
+            if n_items <= 0 or any(int(s) == 0 for s in arr.shape[1:]) or not _writes_every_chunk(arr):
                 continue
             chunk = int(arr.chunks[0])
             n_chunks = -(-n_items // chunk)
