@@ -17,9 +17,15 @@ when none is left) and `EndlessSeeds` (SAILOR, RL: seeds from a counter).
 An actor has `reset(obs, rows)`, `observe(obs)` and `act(obs) -> action` (`PolicyActor` keeps a
 policy's observation history, `ExpertActor` runs a scripted expert, `FunctionActor` wraps
 `obs -> action`). Hooks get `on_start`, `on_step`, `on_episode_end` (host only, per finished
-slot, before it restarts), `on_restart` and `on_close`; a hook without `device_ok = True` is
-refused on a device env. The engine keeps the RNG draw order of the loops it replaced: the same
-seeds give the same records, stores and reports.
+slot, before it restarts), `on_episode_discard`, `on_restart` and `on_close`; a hook without
+`device_ok = True` is refused on a device env. The engine keeps the RNG draw order of the loops
+it replaced: the same seeds give the same records, stores and reports.
+
+Interactive runs (`robolearn intervene`) steer the engine from inside a step (host env only): an
+actor may answer `EndEpisodes` instead of an action -- running episodes end before any step
+(kept, or discarded, optionally replayed from the same seed) -- an actor's `last_source` labels
+each step in the store, and any hook or actor may call `engine.stop()` to end the run after the
+current step. An actor that pauses simply does not return from `act` until it resumes.
 """
 
 from __future__ import annotations
@@ -80,6 +86,21 @@ class EndlessSeeds:
 
 
 # ----------------------------------------------------------------------------------- env adapters
+@dataclass
+class EndEpisodes:
+    """An actor's answer instead of an action (host env): the running episodes of `rows` end now,
+    before any step. Kept ones go to the hooks' `on_episode_end` (success: `success` per row, else
+    the task's of the current state); with `discard` they go to `on_episode_discard` instead.
+    `repeat`: the slots run the same episode (seed) again instead of the schedule's next one.
+    `stop`: the run ends here (the slots are not restarted)."""
+
+    rows: Sequence[int]
+    success: Sequence[bool] | None = None
+    discard: bool = False
+    repeat: bool = False
+    stop: bool = False
+
+
 @dataclass
 class Step:
     """What one engine step produced (arrays: numpy on the host, torch on a device)."""
@@ -145,13 +166,18 @@ class HostBatch:
         return Step(obs, reward, term, trunc, info, self.slot_episode.copy(), self.slot_seed.copy(),
                     done=(term | trunc) & active)
 
-    def restart(self, step: Step) -> dict[str, np.ndarray]:
-        """Finished slots take the next scheduled episodes (in slot order); the rest go idle."""
+    def restart(self, step: Step, repeat: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Finished slots take the next scheduled episodes (in slot order); the rest go idle.
+        repeat: (N,) bool, finished slots that run their episode (and seed) again instead."""
         self.status = {k: np.array(v, copy=True) for k, v in step.info.items() if k in ("success", "stage", "failure_event", "t")}
         obs = step.obs
-        restart = self._assign(np.flatnonzero(step.done)) if step.done.any() else np.zeros(0, np.int64)
+        fresh = step.done if repeat is None else step.done & ~repeat
+        restart = self._assign(np.flatnonzero(fresh)) if fresh.any() else np.zeros(0, np.int64)
         mask = np.zeros(self.num_envs, bool)
         mask[restart] = True
+        if repeat is not None:
+            mask |= repeat & step.done
+            restart = np.flatnonzero(mask)
         step.restarted = mask
         if len(restart):
             new = self.sim.reset(torch.as_tensor(mask), seeds=[int(self.slot_seed[r]) for r in restart])
@@ -365,6 +391,9 @@ class Hook:
 
     def on_episode_end(self, engine: RolloutEngine, row: int, episode: int, seed: int, step: Step) -> None: ...
 
+    def on_episode_discard(self, engine: RolloutEngine, row: int, episode: int, seed: int) -> None:
+        """A running episode was dropped (an actor's `EndEpisodes(discard=True)`): forget its steps."""
+
     def on_restart(self, engine: RolloutEngine, step: Step, obs: Any) -> None: ...
 
     def on_close(self, engine: RolloutEngine) -> None: ...
@@ -449,8 +478,10 @@ class StoreWriter(Hook):
     observation the actor saw (the store's obs keys), the executed (clipped) action, reward, done,
     and -- of the observed state, collect's convention -- stage, failure_event and sim_state; the
     actor's `last_primitive` (else -1) and `last_clean` (as `expert_action`) when the store has
-    those columns. metadata(row, steps, success) gives each episode's metadata (called before the
-    commit, while the slot still holds the finished episode)."""
+    those columns; `source` is the actor's per-row `last_source` label where it has one, else
+    `source`. metadata(row, steps, success) gives each episode's metadata (called before the
+    commit, while the slot still holds the finished episode). An episode ended before its first
+    step stores nothing; a discarded one is forgotten."""
 
     needs_state = True
 
@@ -467,6 +498,7 @@ class StoreWriter(Hook):
         actor = engine.actor
         prim = getattr(actor, "last_primitive", None)
         clean = getattr(actor, "last_clean", None)
+        label = getattr(actor, "last_source", None)
         executed = np.clip(action, -1.0, 1.0).astype(np.float32)
         for r in np.flatnonzero(step.episode >= 0):
             b = self.bufs.setdefault(int(r), {})
@@ -484,10 +516,26 @@ class StoreWriter(Hook):
                 b.setdefault("primitive", []).append(np.int32(prim[r]) if prim is not None else np.int32(-1))
             if "expert_action" in self.features and clean is not None:
                 b.setdefault("expert_action", []).append(clean[r])
+            if label is not None:
+                b.setdefault("source", []).append(label[r])
+
+    def take_steps(self, row: int) -> dict[str, np.ndarray] | None:
+        """The running episode's recorded steps of `row` as arrays (None: no step yet), forgotten here."""
+        buf = self.bufs.pop(row, None)
+        if not buf:
+            return None
+        steps = {k: np.asarray(v) for k, v in buf.items()}
+        if "source" not in steps:
+            steps["source"] = np.full(len(steps["action"]), self.source)
+        return steps
+
+    def on_episode_discard(self, engine: RolloutEngine, row: int, episode: int, seed: int) -> None:
+        self.bufs.pop(row, None)
 
     def on_episode_end(self, engine: RolloutEngine, row: int, episode: int, seed: int, step: Step) -> None:
-        steps = {k: np.asarray(v) for k, v in self.bufs.pop(row).items()}
-        steps["source"] = np.full(len(steps["action"]), self.source)
+        steps = self.take_steps(row)
+        if steps is None:  # ended before its first step (EndEpisodes): nothing to store
+            return
         success = bool(step.info["success"][row])
         meta = self.metadata(row, steps, success) if self.metadata else None
         self.store.append_episode(steps, success=success, collector=self.collector, seed=int(seed),
@@ -547,12 +595,19 @@ class RolloutEngine:
         self.obs: Any = None
         self.steps = 0
         self.episodes_done = 0
+        self.episodes_discarded = 0
         self.successes = 0
+        self.stopped = False
         self._needs_state = any(h.needs_state for h in self.hooks)
 
     @property
     def started(self) -> bool:
         return self.obs is not None
+
+    def stop(self) -> None:
+        """End `run()` after the current step (an operator's quit, a budget reached); slots whose
+        episodes finished in that step are not restarted, and the engine does not run again."""
+        self.stopped = True
 
     def start(self) -> None:
         self.obs = self.env.start()
@@ -584,13 +639,15 @@ class RolloutEngine:
         total = self.env.schedule.total
         if total is None and max_steps is None:
             raise ValueError("an endless schedule needs max_steps")
+        if self.stopped:
+            raise RuntimeError("this rollout was stopped; it does not run again")
         if not self.started:
             self.start()
         bar = tqdm(total=total if max_steps is None else max_steps, desc=self.desc, disable=not self.progress,
                    dynamic_ncols=True, leave=max_steps is None)
         shown, taken = 0, 0
         with torch.no_grad():
-            while True:
+            while not self.stopped:
                 if max_steps is not None and taken >= max_steps:
                     break
                 if max_steps is None and taken % self.sync_every == 0 and taken and self._finished() >= total:
@@ -613,12 +670,15 @@ class RolloutEngine:
         if self.env.on_device:
             self.env.check()
             return self.stats.finished() if self.stats is not None else 0
-        return self.episodes_done
+        return self.episodes_done + self.episodes_discarded
 
     def _step(self) -> None:
         env, obs = self.env, self.obs
         pre_state = env.get_state() if self._needs_state else None
         action = self.actor.act(obs)
+        if isinstance(action, EndEpisodes):
+            self._end_episodes(action)
+            return
         if not env.on_device and not np.all(np.isfinite(action)):
             bad = np.flatnonzero(~np.isfinite(action).all(1)).tolist()
             raise RuntimeError(f"the policy produced a NaN/inf action for env(s) {bad}")
@@ -631,6 +691,10 @@ class RolloutEngine:
                 self.successes += int(bool(step.info["success"][r]))
                 for h in self.hooks:
                     h.on_episode_end(self, int(r), int(step.episode[r]), int(step.seed[r]), step)
+        if self.stopped:  # a hook ended the run: finished slots stay as they are
+            self.obs = step.obs
+            self.steps += 1
+            return
         new_obs = env.restart(step)
         self.actor.observe(new_obs)
         if env.on_device or step.restarted.any():
@@ -639,6 +703,46 @@ class RolloutEngine:
             h.on_restart(self, step, new_obs)
         self.obs = new_obs
         self.steps += 1
+
+    def _end_episodes(self, cut: EndEpisodes) -> None:
+        """An actor's EndEpisodes: end (or drop) the listed running episodes without a step, then
+        restart their slots (the same episodes with `repeat`) unless the run stops."""
+        env = self.env
+        if env.on_device:
+            raise ValueError("EndEpisodes needs a host env (a device env ends episodes inside its step)")
+        if cut.repeat and not cut.discard:
+            raise ValueError("EndEpisodes(repeat=True) replays a discarded episode: pass discard=True")
+        rows = np.asarray(cut.rows, dtype=np.int64).reshape(-1)
+        running = rows[env.slot_episode[rows] >= 0]
+        info = {k: np.array(v, copy=True) for k, v in env.status.items()}
+        if cut.success is not None:
+            info["success"][rows] = np.asarray(cut.success, dtype=bool).reshape(-1)
+        done = np.zeros(self.num_envs, bool)
+        done[running] = True
+        idle = np.zeros(self.num_envs, bool)
+        step = Step(self.obs, np.zeros(self.num_envs, np.float32), idle, idle.copy(), info, env.slot_episode.copy(),
+                    env.slot_seed.copy(), done=done)
+        for r in running:
+            episode, seed = int(step.episode[r]), int(step.seed[r])
+            if cut.discard:
+                self.episodes_discarded += 0 if cut.repeat else 1  # a replayed episode still runs
+                for h in self.hooks:
+                    h.on_episode_discard(self, int(r), episode, seed)
+            else:
+                self.episodes_done += 1
+                self.successes += int(bool(info["success"][r]))
+                for h in self.hooks:
+                    h.on_episode_end(self, int(r), episode, seed, step)
+        if cut.stop:
+            self.stopped = True
+        if self.stopped:
+            return
+        new_obs = env.restart(step, repeat=done if cut.repeat else None)
+        if step.restarted.any():
+            self.actor.reset(new_obs, step.restarted)
+        for h in self.hooks:
+            h.on_restart(self, step, new_obs)
+        self.obs = new_obs
 
     def close(self) -> None:
         for h in self.hooks:

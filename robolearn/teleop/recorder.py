@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
-from robolearn.teleop.devices import DeviceContext, robot_pose
+from robolearn.tasks.rollout import EndEpisodes, PolicyActor, StoreWriter
+from robolearn.teleop.devices import DeviceContext, fixed_camera_view, robot_pose
 from robolearn.teleop.session import RECORDER_EVENTS, InterventionSession, TeleopEvent
 from robolearn.teleop.viewer import InterventionViewer
 
@@ -101,6 +101,286 @@ def intervention_metrics(store: Any, episodes: np.ndarray | list[int] | None = N
 SLOWMO_RANGE = (0.25, 16.0)  # wall seconds per control period, as a factor of the period
 
 
+class OperatorActor:
+    """The rollout engine's actor for `robolearn intervene` (one env): each step it polls the
+    device, applies the events to the session, and answers the policy's action (autonomous) or
+    the operator's (recovery / correction), labelled in `last_source` / `last_primitive` -- or an
+    `EndEpisodes` when the operator ends, re-records or quits the episode. A pause, a quit prompt
+    and `pause_on_takeover` hold the simulation inside `act` (polling the device, redrawing the
+    viewer) until the operator answers. Run-level state (slow motion, wall clock, messages) lives
+    here; InterventionRecorder stores the steps."""
+
+    def __init__(self, policy: Any, sim: Any, env: Any, device: Any, session: InterventionSession, viewer: Any,
+                 episodes: int, realtime: bool, slowmo: float, pause_on_takeover: bool, say: Callable[[str], None],
+                 clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        self.policy = PolicyActor(policy)
+        self.sim, self.env, self.device, self.session, self.viewer = sim, env, device, session, viewer
+        self.episodes, self.realtime, self.slowmo, self.pause_on_takeover = episodes, realtime, slowmo, pause_on_takeover
+        self.say, self.clock, self.sleep = say, clock, sleep
+        self.confirms_quit = bool(getattr(device, "confirms_quit", False))
+        self.fixed_view = fixed_camera_view(sim.model)
+        self.interventions_before = 0  # in committed episodes of this run
+        self.quit_early = False
+        self.last_source: list[str] = ["policy"]
+        self.last_primitive = np.full(1, -1, np.int32)
+
+    # -- per episode ------------------------------------------------------------------------------
+    def reset(self, obs: dict[str, np.ndarray], rows: Any = None) -> None:
+        self.episode, self.seed = int(self.env.slot_episode[0]), int(self.env.slot_seed[0])
+        self.policy.reset(obs, None)  # one env: the whole history and policy
+        self.device.reset_episode()
+        self.session.start_episode()
+        self.t = 0
+        self.segments: list[dict[str, Any]] = []
+        self.outcome: str | None = None
+        self.quit_choice: TeleopEvent | None = None
+        self.paused = False
+        self.pending: list[TeleopEvent] = []
+        self.next_tick = self.clock()
+        self.say(f"episode {self.episode + 1}/{self.episodes} (seed {self.seed}): the policy drives; t takes over")
+
+    def observe(self, obs: dict[str, np.ndarray]) -> None:
+        self.policy.observe(obs)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """failure_event / stage / success / t of the observed state (its last step, or the reset)."""
+        return {k: v[0] for k, v in self.env.status.items()}
+
+    # -- per step ---------------------------------------------------------------------------------
+    def act(self, obs: dict[str, np.ndarray]) -> Any:
+        sim, session, device = self.sim, self.session, self.device
+        while True:
+            if self.paused:
+                answer, self.pending = self.wait("paused", obs)
+                self.paused = False
+                self.next_tick = self.clock()
+                if answer in (TeleopEvent.KEEP, TeleopEvent.DISCARD):
+                    self.quit_choice = answer
+                    return self._quit()
+            s = sim.read()
+            pose = robot_pose(sim.task, s)
+            ctx = DeviceContext(task=sim.task, state=s, pose=pose, mode=session.mode, info=self.info, obs=obs,
+                                episode=self.episode, dt=sim.control_period, view=self.view())
+            events = self.pending + list(device.poll(ctx))
+            self.pending = []
+            for ev in events:
+                if ev in (TeleopEvent.SLOWER, TeleopEvent.FASTER):
+                    self.slowmo = _change_slowmo(self.slowmo, ev, self.say)
+            if TeleopEvent.PAUSE in events:  # stand still; the other events apply after the pause
+                self.paused = True
+                self.pending = [e for e in events if e not in RECORDER_EVENTS]
+                getattr(device, "hold_still", lambda: None)()
+                continue
+            events = [e for e in events if e not in RECORDER_EVENTS]
+            if TeleopEvent.QUIT in events and self.confirms_quit:
+                answer, _ = self.wait("quit", obs)
+                self.next_tick = self.clock()
+                if answer is TeleopEvent.RESUME:
+                    events = [e for e in events if e is not TeleopEvent.QUIT]
+                else:
+                    self.quit_choice = answer
+            tr = session.apply(events)
+            if tr.quit:
+                return self._quit()
+            if tr.rerecord:
+                self.outcome = "rerecord"
+                self.say(f"re-recording episode {self.episode + 1} (seed {self.seed})")
+                return EndEpisodes([0], discard=True, repeat=True)
+            if tr.end:
+                self.outcome = ("operator_success" if tr.success else
+                                ("operator_failure" if tr.success is False else "intervention_end"))
+                success = bool(self.info.get("success", False)) if tr.success is None else bool(tr.success)
+                return EndEpisodes([0], success=[success])
+            if tr.engaged:
+                device.engage(pose)
+                self.segments.append({"start": int(self.t), "reason": getattr(device, "last_reason", ""), "recovery": 0,
+                                      "correction": 0, "_wall": self.clock()})
+            if tr.handed_back:
+                self.policy.policy.reset()  # re-plan from the state the operator left
+                _close_segment(self.segments, self.clock)
+            if tr.after is not tr.before:
+                self.say(f"step {self.t}: {tr.after.value}" + (" (you drive)" if tr.after.operator else " (policy drives)"))
+            if tr.engaged and self.pause_on_takeover and self.realtime:
+                self.paused = True
+                continue
+            ctx.mode = session.mode
+            if session.mode.operator:
+                action = np.asarray(device.action(ctx), dtype=np.float32).reshape(-1)
+                self.segments[-1][session.mode.value] += 1
+                primitive = int(getattr(device, "last_primitive", -1))
+            else:
+                action = self.policy.act(obs)[0].astype(np.float32)
+                primitive = -1
+            if not np.all(np.isfinite(action)):
+                raise RuntimeError(f"{session.mode.value} produced a non-finite action at step {self.t}")
+            self.last_source = [session.count_step()]
+            self.last_primitive = np.full(1, primitive, np.int32)
+            return np.clip(action, -1.0, 1.0)[None]  # what the simulator executes is what gets stored
+
+    def _quit(self) -> Any:
+        """End the run; the running episode is kept only on the operator's KEEP."""
+        self.quit_early = True
+        return EndEpisodes([0], discard=self.quit_choice is not TeleopEvent.KEEP, stop=True)
+
+    # -- the operator's view ----------------------------------------------------------------------
+    def view(self) -> Any:
+        viewer = self.viewer
+        v = viewer.screen_view() if viewer is not None and hasattr(viewer, "screen_view") else None
+        return v or self.fixed_view
+
+    def show(self, pose: Any, prompt: str | None) -> None:
+        if self.viewer is None:
+            return
+        from robolearn.teleop.viewer import RunStatus
+
+        session, sim = self.session, self.sim
+        self.viewer.update(sim.get_state()[0], RunStatus(
+            mode=session.mode, grip_closed=pose.grip > 0, episode=self.episode, episodes=self.episodes, seed=self.seed,
+            step=self.t, horizon=sim.cfg.horizon, control_period=sim.control_period,
+            interventions=session.intervention_count,
+            total_interventions=self.interventions_before + session.intervention_count, slowmo=self.slowmo,
+            prompt=prompt, steps_recorded=self.t))
+
+    def after_step(self) -> bool:
+        """Redraw the viewer and keep the pace (realtime) after an executed step; False when the
+        viewer window was closed (the run ends, the running episode is discarded)."""
+        self.t += 1
+        if self.viewer is not None:
+            self.show(robot_pose(self.sim.task, self.sim.read()), None)
+            if not self.viewer.running:
+                self.quit_early = True
+                self.say("the viewer window was closed")
+                return False
+        if self.realtime:
+            self.next_tick += self.sim.control_period * self.slowmo
+            now = self.clock()
+            if self.next_tick > now:
+                self.sleep(self.next_tick - now)
+            elif now - self.next_tick > 0.25:  # fell behind (slow rendering): do not race to catch up
+                self.next_tick = now
+        return True
+
+    def wait(self, prompt: str, obs: Any) -> tuple[TeleopEvent, list[TeleopEvent]]:
+        """Poll the device while the simulation stands still until the prompt is answered.
+        Paused: (RESUME, session events that ended the pause) or a quit answer (KEEP / DISCARD).
+        Quit: KEEP, DISCARD or RESUME."""
+        sim, device, say = self.sim, self.device, self.say
+        if prompt == "quit":
+            say(f"quit? k keeps episode {self.episode + 1} ({self.t} steps so far, stored as ended here), "
+                "d discards it, any other key continues")
+        else:
+            say("paused: p (or a motion key) resumes")
+        while True:
+            pose = robot_pose(sim.task, sim.read())
+            ctx = DeviceContext(task=sim.task, state=sim.read(), pose=pose, mode=self.session.mode, info=self.info,
+                                obs=obs, episode=self.episode, dt=sim.control_period, view=self.view(), prompt=prompt)
+            events = device.poll(ctx)
+            getattr(device, "hold_still", lambda: None)()
+            for i, ev in enumerate(events):
+                if prompt == "quit" and ev in (TeleopEvent.KEEP, TeleopEvent.DISCARD, TeleopEvent.RESUME):
+                    if ev is TeleopEvent.RESUME:
+                        say("quit cancelled: continuing")
+                    return ev, []
+                if prompt == "paused":
+                    if ev in (TeleopEvent.SLOWER, TeleopEvent.FASTER):
+                        self.slowmo = _change_slowmo(self.slowmo, ev, say)
+                    elif ev in (TeleopEvent.PAUSE, TeleopEvent.RESUME):
+                        say("resumed")
+                        return TeleopEvent.RESUME, [e for e in events[i + 1:] if e not in RECORDER_EVENTS]
+                    elif ev is TeleopEvent.QUIT and self.confirms_quit:
+                        answer, _ = self.wait("quit", obs)
+                        if answer is not TeleopEvent.RESUME:
+                            return answer, []
+                        say("paused: p (or a motion key) resumes")
+                    elif ev not in RECORDER_EVENTS:  # take over / correct / end ...: resume and apply it
+                        say("resumed")
+                        return TeleopEvent.RESUME, [e for e in events[i:] if e not in RECORDER_EVENTS]
+            self.show(pose, prompt)
+            if self.viewer is not None and not self.viewer.running:
+                return TeleopEvent.DISCARD, []
+            self.sleep(1 / 30)
+
+
+class InterventionRecorder(StoreWriter):
+    """The engine hook that stores intervene's episodes: StoreWriter records each step (with the
+    actor's source label and primitive); this commits an episode with its outcome, intervention
+    segments and count, keeps or discards the running one on a quit, redraws and paces after each
+    step (OperatorActor.after_step), and stops the run at the operator-step budget."""
+
+    def __init__(self, store: Any, actor: OperatorActor, collector: str, terminate_after_intervention: bool,
+                 recovery: bool, max_operator_steps: int | None, max_rerecords: int) -> None:
+        super().__init__(store, source="policy", collector=collector)
+        self.actor = actor
+        self.terminate_after_intervention, self.recovery = terminate_after_intervention, recovery
+        self.max_operator_steps, self.max_rerecords = max_operator_steps, max_rerecords
+        self.committed_episodes = 0
+        self.operator_used = 0
+        self.rerecords = 0
+        self.quit_report: dict[str, Any] | None = None
+
+    def on_step(self, engine: Any, step: Any, pre_obs: Any, action: Any, pre_state: Any) -> None:
+        super().on_step(engine, step, pre_obs, action, pre_state)
+        if not self.actor.after_step():  # the viewer window was closed: drop the running episode, stop
+            _close_segment(self.actor.segments, self.actor.clock)
+            self._report_discarded(self.take_steps(0))
+            engine.stop()
+
+    def on_episode_discard(self, engine: Any, row: int, episode: int, seed: int) -> None:
+        actor = self.actor
+        _close_segment(actor.segments, actor.clock)
+        steps = self.take_steps(row)
+        if actor.quit_early:
+            self._report_discarded(steps)
+            return
+        self.rerecords += 1  # a re-record: the engine replays the same seed
+        if self.rerecords > self.max_rerecords:
+            raise RuntimeError(f"episode {episode} was re-recorded {self.rerecords} times; giving up")
+
+    def on_episode_end(self, engine: Any, row: int, episode: int, seed: int, step: Any) -> None:
+        actor = self.actor
+        if self.quit_report is not None:  # dropped already (the viewer closed at the episode's last step)
+            return
+        _close_segment(actor.segments, actor.clock)
+        steps = self.take_steps(row)
+        success = bool(step.info["success"][row])
+        if actor.quit_early:  # a quit answered "keep"
+            if steps is None:
+                self._report_discarded(steps)
+                return
+            n = len(steps["action"])
+            self._commit(steps, seed, success, "operator_quit")
+            self.quit_report = {"action": "kept", "episode": episode, "steps": n, "success": success}
+            actor.say(f"quit: kept episode {episode + 1} ({n} steps, stored as a {'success' if success else 'failure'})")
+            return
+        if steps is None:  # ended before the first step: nothing to store
+            return
+        session = actor.session
+        outcome = actor.outcome or ("success" if success else "time_limit")
+        self._commit(steps, seed, success, outcome)
+        actor.interventions_before += session.intervention_count
+        if actor.confirms_quit or actor.viewer is not None:
+            actor.say(f"episode {episode + 1}/{actor.episodes} stored: {outcome}, {len(steps['action'])} steps, "
+                      f"{session.intervention_count} intervention(s)")
+        if self.max_operator_steps is not None and self.operator_used >= self.max_operator_steps:
+            engine.stop()
+
+    def _commit(self, steps: dict[str, np.ndarray], seed: int, success: bool, outcome: str) -> None:
+        session = self.actor.session
+        meta = {"outcome": outcome, "interventions": self.actor.segments, "operator_steps": session.operator_steps,
+                "terminate_after_intervention": self.terminate_after_intervention, "recovery": self.recovery}
+        self.store.append_episode(steps, success=success, collector=self.collector, seed=int(seed), metadata=meta,
+                                  intervention_count=session.intervention_count)
+        self.committed_episodes += 1
+        self.operator_used += session.operator_steps
+
+    def _report_discarded(self, steps: dict[str, np.ndarray] | None) -> None:
+        actor = self.actor
+        n = 0 if steps is None else len(steps["action"])
+        self.quit_report = {"action": "discarded", "episode": actor.episode, "steps": n}
+        actor.say(f"quit: discarded the running episode {actor.episode + 1} ({n} steps, not stored)")
+
+
 def record_interventions(
     policy: Any,
     task: str,
@@ -136,12 +416,13 @@ def record_interventions(
     a PAUSE event (key `p`) stops the simulation until resumed, and `pause_on_takeover` pauses at
     every takeover. A QUIT from a device that `confirms_quit` asks whether to keep or discard the
     running episode; `say` receives every message meant for the operator (the terminal).
-    """
-    from tqdm import tqdm
 
-    from robolearn.evaluation import _History, _policy_obs_spec, task_config_for_policy
+    The rollout is the shared engine's (robolearn.tasks.rollout): OperatorActor decides each
+    step, InterventionRecorder stores it.
+    """
+    from robolearn.evaluation import task_config_for_policy
+    from robolearn.tasks.rollout import FixedSeeds, HostBatch, RolloutEngine
     from robolearn.tasks.sim import TaskSim
-    from robolearn.teleop.devices import fixed_camera_view
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
@@ -150,7 +431,6 @@ def record_interventions(
     if not SLOWMO_RANGE[0] <= slowmo <= SLOWMO_RANGE[1]:
         raise ValueError(f"--slowmo must be in [{SLOWMO_RANGE[0]}, {SLOWMO_RANGE[1]}], got {slowmo}")
     say = say or (lambda msg: None)
-    n_obs, keys = _policy_obs_spec(policy)
     cfg = task_config_for_policy(task, policy, perturb, task_overrides)
     sim = TaskSim(task, cfg=cfg, num_envs=1)
     if not hasattr(device, "poll"):  # a factory: build the device (and viewer) for this simulator
@@ -160,238 +440,15 @@ def record_interventions(
     _check_policy_fits(policy, sim, task)
     store = open_output_store(out, sim, task)
     first_new = store.num_episodes
-    p_device = next(iter(policy.parameters())).device if hasattr(policy, "parameters") else torch.device("cpu")
-    session = InterventionSession(terminate_after_intervention, recovery=recovery)
-    collector = collector or f"intervene:{device.name}"
-    confirms_quit = bool(getattr(device, "confirms_quit", False))
-    fixed_view = fixed_camera_view(sim.model)
-    feats = store.features
-    operator_used = 0
-    quit_early = False
-    quit_report: dict[str, Any] | None = None
-    committed = 0
-    interventions_before = 0  # in committed episodes of this run
-    bar = tqdm(total=episodes, desc=f"intervene {task}", disable=not progress, dynamic_ncols=True)
-
-    def view() -> Any:
-        v = viewer.screen_view() if viewer is not None and hasattr(viewer, "screen_view") else None
-        return v or fixed_view
-
-    def show(ep: int, ep_seed: int, t: int, pose: Any, prompt: str | None, recorded: int) -> None:
-        if viewer is None:
-            return
-        from robolearn.teleop.viewer import RunStatus
-
-        viewer.update(sim.get_state()[0], RunStatus(
-            mode=session.mode, grip_closed=pose.grip > 0, episode=ep, episodes=episodes, seed=ep_seed, step=t,
-            horizon=cfg.horizon, control_period=sim.control_period, interventions=session.intervention_count,
-            total_interventions=interventions_before + session.intervention_count, slowmo=slowmo, prompt=prompt,
-            steps_recorded=recorded))
-
-    def wait(prompt: str, ep: int, ep_seed: int, t: int, obs: Any, info: Any, recorded: int) -> tuple[TeleopEvent, list[TeleopEvent]]:
-        """Poll the device while the simulation stands still until the prompt is answered.
-        Paused: (RESUME, session events that ended the pause) or a quit answer (KEEP / DISCARD).
-        Quit: KEEP, DISCARD or RESUME."""
-        nonlocal slowmo
-        if prompt == "quit":
-            say(f"quit? k keeps episode {ep + 1} ({recorded} steps so far, stored as ended here), "
-                "d discards it, any other key continues")
-        else:
-            say("paused: p (or a motion key) resumes")
-        while True:
-            pose = robot_pose(sim.task, sim.read())
-            ctx = DeviceContext(task=sim.task, state=sim.read(), pose=pose, mode=session.mode, info=info, obs=obs,
-                                episode=ep, dt=sim.control_period, view=view(), prompt=prompt)
-            events = device.poll(ctx)
-            getattr(device, "hold_still", lambda: None)()
-            for i, ev in enumerate(events):
-                if prompt == "quit" and ev in (TeleopEvent.KEEP, TeleopEvent.DISCARD, TeleopEvent.RESUME):
-                    if ev is TeleopEvent.RESUME:
-                        say("quit cancelled: continuing")
-                    return ev, []
-                if prompt == "paused":
-                    if ev in (TeleopEvent.SLOWER, TeleopEvent.FASTER):
-                        slowmo = _change_slowmo(slowmo, ev, say)
-                    elif ev in (TeleopEvent.PAUSE, TeleopEvent.RESUME):
-                        say("resumed")
-                        return TeleopEvent.RESUME, [e for e in events[i + 1:] if e not in RECORDER_EVENTS]
-                    elif ev is TeleopEvent.QUIT and confirms_quit:
-                        answer, _ = wait("quit", ep, ep_seed, t, obs, info, recorded)
-                        if answer is not TeleopEvent.RESUME:
-                            return answer, []
-                        say("paused: p (or a motion key) resumes")
-                    elif ev not in RECORDER_EVENTS:  # take over / correct / end ...: resume and apply it
-                        say("resumed")
-                        return TeleopEvent.RESUME, [e for e in events[i:] if e not in RECORDER_EVENTS]
-            show(ep, ep_seed, t, pose, prompt, recorded)
-            if viewer is not None and not viewer.running:
-                return TeleopEvent.DISCARD, []
-            sleep(1 / 30)
-
+    env = HostBatch(sim, FixedSeeds([seed + i for i in range(episodes)]))
+    actor = OperatorActor(policy, sim, env, device, InterventionSession(terminate_after_intervention, recovery=recovery),
+                          viewer, episodes, realtime, slowmo, pause_on_takeover, say, clock, sleep)
+    recorder = InterventionRecorder(store, actor, collector or f"intervene:{device.name}", terminate_after_intervention,
+                                    recovery, max_operator_steps, max_rerecords)
+    engine = RolloutEngine(env, actor, hooks=[recorder], progress=progress, desc=f"intervene {task}")
     try:
-        ep = 0
-        rerecords = 0
-        while ep < episodes and not quit_early:
-            ep_seed = seed + ep
-            obs = sim.reset(seeds=[ep_seed])
-            info: dict[str, Any] = {k: v[0] for k, v in sim.status().items()}
-            policy.reset()
-            device.reset_episode()
-            session.start_episode()
-            hist = _History(n_obs, keys)
-            hist.reset(obs)
-            segments: list[dict[str, Any]] = []
-            outcome = None
-            quit_choice: TeleopEvent | None = None
-            paused = False
-            pending: list[TeleopEvent] = []
-            next_tick = clock()
-            say(f"episode {ep + 1}/{episodes} (seed {ep_seed}): the policy drives; t takes over")
-            with store.writer(collector=collector, seed=ep_seed) as writer:
-                t = 0
-                while t < cfg.horizon:
-                    if paused:
-                        answer, pending = wait("paused", ep, ep_seed, t, obs, info, len(writer))
-                        paused = False
-                        next_tick = clock()
-                        if answer in (TeleopEvent.KEEP, TeleopEvent.DISCARD):
-                            quit_choice, quit_early = answer, True
-                            break
-                    s = sim.read()
-                    pose = robot_pose(sim.task, s)
-                    ctx = DeviceContext(task=sim.task, state=s, pose=pose, mode=session.mode, info=info, obs=obs,
-                                        episode=ep, dt=sim.control_period, view=view())
-                    events = pending + list(device.poll(ctx))
-                    pending = []
-                    for ev in events:
-                        if ev in (TeleopEvent.SLOWER, TeleopEvent.FASTER):
-                            slowmo = _change_slowmo(slowmo, ev, say)
-                    if TeleopEvent.PAUSE in events:  # stand still; the other events apply after the pause
-                        paused = True
-                        pending = [e for e in events if e not in RECORDER_EVENTS]
-                        getattr(device, "hold_still", lambda: None)()
-                        continue
-                    events = [e for e in events if e not in RECORDER_EVENTS]
-                    if TeleopEvent.QUIT in events and confirms_quit:
-                        answer, _ = wait("quit", ep, ep_seed, t, obs, info, len(writer))
-                        next_tick = clock()
-                        if answer is TeleopEvent.RESUME:
-                            events = [e for e in events if e is not TeleopEvent.QUIT]
-                        else:
-                            quit_choice = answer
-                    tr = session.apply(events)
-                    if tr.quit:
-                        quit_early = True
-                        break
-                    if tr.rerecord:
-                        outcome = "rerecord"
-                        say(f"re-recording episode {ep + 1} (seed {ep_seed})")
-                        break
-                    if tr.end:
-                        outcome = "operator_success" if tr.success else ("operator_failure" if tr.success is False else "intervention_end")
-                        success = bool(info.get("success", False)) if tr.success is None else bool(tr.success)
-                        break
-                    if tr.engaged:
-                        device.engage(pose)
-                        segments.append({"start": int(t), "reason": getattr(device, "last_reason", ""), "recovery": 0,
-                                         "correction": 0, "_wall": clock()})
-                    if tr.handed_back:
-                        policy.reset()  # re-plan from the state the operator left
-                        _close_segment(segments, clock)
-                    if tr.after is not tr.before:
-                        say(f"step {t}: {tr.after.value}" + (" (you drive)" if tr.after.operator else " (policy drives)"))
-                    if tr.engaged and pause_on_takeover and realtime:
-                        paused = True
-                        continue
-                    ctx.mode = session.mode
-                    if session.mode.operator:
-                        action = np.asarray(device.action(ctx), dtype=np.float32).reshape(-1)
-                        segments[-1][session.mode.value] += 1
-                        primitive = int(getattr(device, "last_primitive", -1))
-                    else:
-                        with torch.no_grad():
-                            action = policy.select_action(hist.torch(p_device)).detach().cpu().numpy()[0].astype(np.float32)
-                        primitive = -1
-                    if not np.all(np.isfinite(action)):
-                        raise RuntimeError(f"{session.mode.value} produced a non-finite action at step {t}")
-                    action = np.clip(action, -1.0, 1.0)  # what the simulator executes is what gets stored
-                    stage, event = int(info["stage"]), int(info["failure_event"])  # of the observed state (collect's convention)
-                    pre_state = sim.get_state()[0]
-                    source = session.count_step()
-                    obs_row = {k[4:]: obs[k[4:]][0] for k in feats if k.startswith("obs/")}
-                    obs, reward, term, trunc, step_info = sim.step(action[None])
-                    info = {k: v[0] for k, v in step_info.items()}
-                    extra = {}
-                    if "sim_state" in feats:
-                        extra["sim_state"] = pre_state
-                    if "failure_event" in feats:
-                        extra["failure_event"] = np.int32(event)
-                    if "primitive" in feats:
-                        extra["primitive"] = np.int32(primitive)
-                    writer.add(obs=obs_row, action=action, reward=float(reward[0]), done=bool(term[0] or trunc[0]),
-                               source=source, stage=stage, extra=extra)
-                    hist.push(obs)
-                    t += 1
-                    if viewer is not None:
-                        show(ep, ep_seed, t, robot_pose(sim.task, sim.read()), None, len(writer))
-                        if not viewer.running:
-                            quit_early = True
-                            say("the viewer window was closed")
-                            break
-                    if realtime:
-                        next_tick += sim.control_period * slowmo
-                        now = clock()
-                        if next_tick > now:
-                            sleep(next_tick - now)
-                        elif now - next_tick > 0.25:  # fell behind (slow rendering): do not race to catch up
-                            next_tick = now
-                    if term[0] or trunc[0]:
-                        outcome = "success" if info["success"] else "time_limit"
-                        success = bool(info["success"])
-                        break
-                _close_segment(segments, clock)
-                if quit_early:
-                    steps = len(writer)
-                    if quit_choice is TeleopEvent.KEEP and steps > 0:
-                        success = bool(info.get("success", False))
-                        meta = {"outcome": "operator_quit", "interventions": segments, "operator_steps": session.operator_steps,
-                                "terminate_after_intervention": terminate_after_intervention, "recovery": recovery}
-                        writer.commit(success, metadata=meta, intervention_count=session.intervention_count)
-                        committed += 1
-                        operator_used += session.operator_steps
-                        quit_report = {"action": "kept", "episode": ep, "steps": steps, "success": success}
-                        say(f"quit: kept episode {ep + 1} ({steps} steps, stored as a {'success' if success else 'failure'})")
-                    else:
-                        writer.discard()
-                        quit_report = {"action": "discarded", "episode": ep, "steps": steps}
-                        say(f"quit: discarded the running episode {ep + 1} ({steps} steps, not stored)")
-                    break
-                if outcome == "rerecord":
-                    writer.discard()
-                    rerecords += 1
-                    if rerecords > max_rerecords:
-                        raise RuntimeError(f"episode {ep} was re-recorded {rerecords} times; giving up")
-                    continue  # the same seed again
-                if len(writer) == 0:  # ended before the first step: nothing to store
-                    ep += 1
-                    bar.update(1)
-                    continue
-                meta = {"outcome": outcome, "interventions": segments, "operator_steps": session.operator_steps,
-                        "terminate_after_intervention": terminate_after_intervention, "recovery": recovery}
-                steps = len(writer)
-                writer.commit(success, metadata=meta, intervention_count=session.intervention_count)
-            committed += 1
-            operator_used += session.operator_steps
-            interventions_before += session.intervention_count
-            if confirms_quit or viewer is not None:
-                say(f"episode {ep + 1}/{episodes} stored: {outcome}, {steps} steps, "
-                    f"{session.intervention_count} intervention(s)")
-            ep += 1
-            bar.update(1)
-            if max_operator_steps is not None and operator_used >= max_operator_steps:
-                break
+        engine.run()
     finally:
-        bar.close()
         new = np.arange(first_new, store.num_episodes)
         metrics = intervention_metrics(store, new) if len(new) else intervention_metrics(store, [])
         store.close()
@@ -399,8 +456,10 @@ def record_interventions(
         device.close()
         if viewer is not None:
             viewer.close()
-    metrics.update(task=task, store=str(out), seeds=[seed, seed + committed - 1] if committed else [], quit=quit_early,
-                   quit_episode=quit_report, terminate_after_intervention=terminate_after_intervention, recovery=recovery,
+    committed = recorder.committed_episodes
+    metrics.update(task=task, store=str(out), seeds=[seed, seed + committed - 1] if committed else [],
+                   quit=actor.quit_early, quit_episode=recorder.quit_report,
+                   terminate_after_intervention=terminate_after_intervention, recovery=recovery,
                    task_overrides=list(task_overrides or []))
     return metrics
 
