@@ -92,7 +92,8 @@ class EndEpisodes:
     before any step. Kept ones go to the hooks' `on_episode_end` (success: `success` per row, else
     the task's of the current state); with `discard` they go to `on_episode_discard` instead.
     `repeat`: the slots run the same episode (seed) again instead of the schedule's next one.
-    `stop`: the run ends here (the slots are not restarted)."""
+    `stop`: the run ends here (the slots are not restarted). EpisodeStats counts only episodes
+    that end in a step (intervene, the one user, keeps its own metrics)."""
 
     rows: Sequence[int]
     success: Sequence[bool] | None = None
