@@ -1554,13 +1554,7 @@ def repair_store(path: str | Path) -> dict[str, Any]:
         tmp = temp_sibling(path, "repair")
         try:
             dst = _empty_like(store, tmp)
-            for r in keep:
-                steps = {key: np.asarray(store._arrays[key][r.start : r.end]) for key in store.features}
-                row = store._raw_rows(r.index)
-                dst.append_episode(steps, success=bool(row["success"]), collector=str(row["collector"] or ""),
-                                   task=str(row["task"] or ""), seed=int(row["seed"] if row["seed"] is not None else -1),
-                                   metadata=json.loads(row["metadata"]) if row["metadata"] else None,
-                                   intervention_count=int(row["intervention_count"] or 0))
+            _copy_episodes(store, dst, keep)
             masks = {}
             for name in store.mask_names():
                 try:
@@ -1591,6 +1585,17 @@ def repair_store(path: str | Path) -> dict[str, Any]:
         store.close()
 
 
+def _copy_episodes(store: EpisodeStore, dst: EpisodeStore, records: list) -> None:
+    """Append the given episodes (commit records) of `store` to `dst`, steps and episode columns."""
+    for r in records:
+        steps = {key: np.asarray(store._arrays[key][r.start : r.end]) for key in store.features}
+        row = store._raw_rows(r.index)
+        dst.append_episode(steps, success=bool(row["success"]), collector=str(row["collector"] or ""),
+                           task=str(row["task"] or ""), seed=int(row["seed"] if row["seed"] is not None else -1),
+                           metadata=json.loads(row["metadata"]) if row["metadata"] else None,
+                           intervention_count=int(row["intervention_count"] or 0))
+
+
 def _healthy_view(path: Path) -> EpisodeStore:
     """A read-only store of only the healthy episodes of a damaged store (a temporary copy)."""
     store = EpisodeStore.open(path, mode="r", check=False)
@@ -1604,13 +1609,7 @@ def _healthy_view(path: Path) -> EpisodeStore:
     tmpdir = Path(tempfile.mkdtemp(prefix="robolearn-healthy-"))
     try:
         dst = _empty_like(store, tmpdir / path.name)
-        for r in keep:
-            steps = {key: np.asarray(store._arrays[key][r.start : r.end]) for key in store.features}
-            row = store._raw_rows(r.index)
-            dst.append_episode(steps, success=bool(row["success"]), collector=str(row["collector"] or ""),
-                               task=str(row["task"] or ""), seed=int(row["seed"] if row["seed"] is not None else -1),
-                               metadata=json.loads(row["metadata"]) if row["metadata"] else None,
-                               intervention_count=int(row["intervention_count"] or 0))
+        _copy_episodes(store, dst, keep)
         masks = {}
         for name in store.mask_names():
             raw = np.asarray(store._group[f"masks/{name}"][:], bool)
