@@ -100,12 +100,31 @@ def scaling_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def stage_table(rows: list[dict]) -> str:
+    """Retrieved steps split by the task's stage (pick_place: 1 = cube held), seed 0 records."""
+    cols = [("pick_place_bin", "not_held"), ("pick_place_bin", "held"), ("place_elsewhere", "not_held"),
+            ("place_elsewhere", "held"), ("drop", "held"), ("lift_hold", "held"), ("noisy_expert", "not_held")]
+    lines = ["| method (seed 0) | " + " | ".join(f"{b} {h.replace('_', ' ')}" for b, h in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    seen = set()
+    for r in sorted(rows, key=lambda r: ORDER.index(r["condition"])):
+        if r["seed"] != 0 or "retrieved_by_behavior_and_stage" not in r or r["condition"] in seen:
+            continue
+        seen.add(r["condition"])
+        d = r["retrieved_by_behavior_and_stage"]
+        lines.append(f"| {LABEL[r['condition']].replace('target + ', '')} | " + " | ".join(str(d.get(f"{b}/{h}", 0)) for b, h in cols) + " |")
+    return "\n".join(lines)
+
+
 def render(root: Path) -> str:
     runs, data, scale = load(root / "runs.jsonl"), json.loads((root / "data.json").read_text()) if (root / "data.json").exists() else {}, load(root / "scaling.jsonl")
     parts = ["### Prior store (hidden labels)", prior_table(data), "", "### Success rate (pick_place, BC)", success_table(runs), "",
              "### Retrieval quality against the hidden labels", quality_table(runs), "",
              "### What each method retrieved (share of its retrieved steps per hidden behaviour, seeds pooled)",
-             breakdown_table(runs, data), "", "### Retrieval time and memory vs prior size", scaling_table(scale)]
+             breakdown_table(runs, data), "",
+             "### Reaching vs carrying steps retrieved (stage 1 = cube held; br/strap/importance re-run with --retrieval-only)",
+             stage_table(load(root / "retrieval_only.jsonl") + runs), "",
+             "### Retrieval time and memory vs prior size (one fresh process per measurement)", scaling_table(scale)]
     return "\n".join(parts) + "\n"
 
 
