@@ -53,7 +53,9 @@ def test_cli_end_to_end_and_errors(toy, tmp_path):
     assert "hidden_dims:\n  - 32\n  - 32" in cfg
     bad = subprocess.run(cmd[:-1] + ["policy.hiden_dims=[3]"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown key" in bad.stderr and "hiden_dims" in bad.stderr
-    missing = subprocess.run([*cmd[:7], str(tmp_path / "nope.zarr"), *cmd[8:]], capture_output=True, text=True, timeout=300)
+    # a fresh --out: the first run's directory now exists and an existing --out is refused before the data is opened
+    missing = subprocess.run([*cmd[:7], str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "bc_missing"), *cmd[10:]],
+                             capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "no episode store" in missing.stderr
     with pytest.raises(ConfigError, match="data.mix"):
         train("bc", toy, out=tmp_path / "x", overrides=["data.mix=bogus"], wandb_mode="off", progress=False)
