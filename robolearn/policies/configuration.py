@@ -177,7 +177,7 @@ class TrainConfig:
 class DataConfig:
     """Which steps of the store train the policy (see robolearn.data.mixtures)."""
 
-    mix: str = "all"  # all | rac | hg_dagger | iwr | sirius
+    mix: str = "all"  # all | rac | hg_dagger | iwr | sirius | retrieval
     # Store column the policy imitates: `action` (what was executed) or `expert_action` (the
     # scripted expert's noise-free action, written by `collect --noise > 0`: DART-style labels).
     action_key: str = ACTION_KEY
