@@ -82,10 +82,10 @@ EOF
   timeout 200 "${cli[@]}" train --policy diffusion --config policies/diffusion_small.yaml --data $data/pc.zarr --task push_cube --out $data/dp --wandb off \
       train.steps=$train_steps train.device=$dev train.eval_every=1000000 train.save_every=1000000 \
       train.num_workers=0 train.log_every=500 2>&1 | tee "$out/train.log" | tail -3
-  timeout 60 "${cli[@]}" eval --checkpoint $data/dp --episodes $eval_eps --num-envs $eval_eps --seed 1000 \
-      --backend "$backend" --json > "$out/eval_gpu.json"
-  timeout 120 "${cli[@]}" eval --checkpoint $data/dp --episodes $eval_eps --num-envs 100 --seed 1000 --backend cpu \
-      --json > "$out/eval_cpu.json"
+  timeout 150 "${cli[@]}" eval --checkpoint $data/dp --episodes $eval_eps --num-envs $eval_eps --seed 1000 \
+      --backend "$backend" --json > "$out/eval_gpu.json" || echo "eval --backend $backend failed or timed out (rc $?)"
+  timeout 150 "${cli[@]}" eval --checkpoint $data/dp --episodes $eval_eps --num-envs 100 --seed 1000 --backend cpu \
+      --json > "$out/eval_cpu.json" || echo "eval --backend cpu failed or timed out (rc $?)"
   $py -c "import json,sys; [print(f, {k: json.load(open(f)).get(k) for k in ('backend','n','success_rate','ci95')}) for f in sys.argv[1:]]" \
       "$out/eval_gpu.json" "$out/eval_cpu.json"
 
@@ -98,6 +98,7 @@ EOF
       --steps $profile_steps --graph --out "$out/profile.jsonl"
 
   l=$(( $(left) - 40 ))
+  [ $l -lt 30 ] && l=30  # at least the first measurement
   echo "== [$SECONDS s] 5. benchmark push_t + sort (start no measurement after $l s)"
   timeout $(( l + 60 )) $py scripts/bench_gpu.py --device "$bench_device" --tasks push_t sort --deadline-s $l \
       --commit "$commit" --out "$out/bench.md" "${bench[@]}"
