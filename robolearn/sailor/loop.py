@@ -436,6 +436,7 @@ class SailorTrainer:
             bar.update(1)
             if since >= self.loop.checkpoint_every_updates and st["todo"] > 0:
                 self.agent.eval()
+                st["wall_s"] = self._wall()
                 self.checkpoint()
                 self.agent.train()
                 self.agent.base.eval()
@@ -895,11 +896,12 @@ class SailorTrainer:
         loop, st = self.loop, self.state
         t_resume = time.time()
         wall0 = st["wall_s"]
+        self._wall = lambda: wall0 + time.time() - t_resume  # run time summed over invocations
         done_checkpoints = 0
 
         def commit_phase() -> bool:
             nonlocal done_checkpoints
-            st["wall_s"] = wall0 + time.time() - t_resume
+            st["wall_s"] = self._wall()
             self.checkpoint()
             done_checkpoints += 1
             return stop_after_checkpoints is not None and done_checkpoints >= stop_after_checkpoints
