@@ -18,6 +18,10 @@ import importlib
 import sys
 from typing import Any, Callable
 
+# argparse number types (shared by every command; robolearn.validation imports nothing heavy),
+# re-exported for the command modules that import them from here
+from robolearn.validation import non_negative_float, non_negative_int, num_envs, positive_int, seed
+
 # name -> (module:function adding the subcommand's arguments, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("robolearn.data.cli:register", "inspect, merge, filter, split, import/export episode stores"),
@@ -80,28 +84,6 @@ def add_task_options(parser: argparse.ArgumentParser, required: bool = False, ta
     parser.set_defaults(runs_task=True)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
 def policy_choices() -> list[str]:
     """Registered policies, then the presets in policies/ (YAMLs naming a registered policy)."""
     import yaml
@@ -152,11 +134,11 @@ def register_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
     add_task_options(parser, task_help="task (default: the one recorded in the checkpoint)")
     parser.add_argument("--episodes", type=positive_int, default=50, help="episodes to run")
-    parser.add_argument("--num-envs", type=positive_int, default=1, help="envs stepped as one batch")
-    parser.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED+i")
+    parser.add_argument("--num-envs", type=num_envs, default=1, help="envs stepped as one batch")
+    parser.add_argument("--seed", type=seed, default=0, help="episode i uses seed SEED+i")
     parser.add_argument("--perturb", type=non_negative_float, default=None,
                         help="perturbation events per step (overrides the task config)")
-    parser.add_argument("--video", type=int, default=0, help="record mp4s of the first K episodes")
+    parser.add_argument("--video", type=non_negative_int, default=0, help="record mp4s of the first K episodes")
     parser.add_argument("--video-dir", default=None, help="where videos go (default: CHECKPOINT/videos)")
     parser.add_argument("--save", default=None, help="append rollouts to this episode store (source=policy)")
     parser.add_argument("--action-steps", type=positive_int, default=None,

@@ -10,7 +10,6 @@ before it loads torch or MuJoCo.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from typing import Any, Callable
 
@@ -108,6 +107,8 @@ def _check_number(value: float | int, name: str, where: str) -> str | None:
 
 def config_problems(cfg: Any, where: str = "config") -> list[str]:
     """Every value of a config dataclass (or mapping) that breaks the rules above, one line each."""
+    import dataclasses  # here, not at the top: the argument parsers above must import fast
+
     found: list[str] = []
 
     def walk(value: Any, name: str, path: str) -> None:

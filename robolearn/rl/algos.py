@@ -158,7 +158,11 @@ def load_run_config(name: str, kind: str, path: str | Path | None, overrides: li
     in_file = read_yaml(path).get("name")
     if in_file not in (None, name):
         raise ConfigError(f"{path} is a {in_file!r} config, expected {name!r}")
-    return load_config(run_config_class(name, kind), path, overrides)
+    from robolearn.validation import check_config_values
+
+    cfg = load_config(run_config_class(name, kind), path, overrides)
+    check_config_values(cfg, "config")  # offline and finetune, fresh or resumed: one line, before any work
+    return cfg
 
 
 # ------------------------------------------------------------------------------------ checkpoints

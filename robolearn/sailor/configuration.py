@@ -266,7 +266,11 @@ def load_sailor_config(path: str | Path | None = None, overrides: list[str] | No
     path = Path(path) if path is not None else project_root() / "policies" / "sailor.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"SAILOR config {path} not found")
-    return load_config(SailorRunConfig, path, overrides)
+    from robolearn.validation import check_config_values
+
+    cfg = load_config(SailorRunConfig, path, overrides)
+    check_config_values(cfg, "config")  # absurd or negative sizes fail here, before the base policy loads
+    return cfg
 
 
 def with_base(cfg: SailorConfig, base: DiffusionConfig) -> SailorConfig:
