@@ -51,8 +51,9 @@ def main() -> None:
            "interval, and the seconds and load average of each stage. Each finished stage is recorded in `demo.json` "
            "and training checkpoints every 500 steps: `robolearn demo --resume [DIR]` continues an interrupted demo.",
            "", "## This measurement", ""]
-    if report is not None:
-        out += report_markdown(state, report).splitlines()[2:]
+    if report is not None:  # the demo's own report, its figure and video paths made relative to docs/results/
+        body = report_markdown(state, report).replace("](learning_curve.png)", f"]({root.name}/learning_curve.png)")
+        out += [ln for ln in body.splitlines()[2:] if not ln.startswith("Video of episode")]
     else:
         stages = state["stages"]
         out += ["**Not finished**: the evaluation has not run. Stages so far (raw: `demo/demo.json`):", "",
