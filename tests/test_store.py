@@ -306,3 +306,45 @@ def test_reader_following_live_writer_stress(tmp_path):
     against older column shapes ("meta/length has no row for it") in about 1 race in 3."""
     total = sum(_follow_live_writer(tmp_path / f"race{i}.zarr", 1.0) for i in range(30))
     assert total > 30
+
+
+MASK_WRITER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from helpers_data import make_episode
+    from robolearn.data.store import EpisodeStore
+
+    store = EpisodeStore.open(sys.argv[1], mode="a")
+    print("ready", flush=True)
+    i = 0
+    while True:
+        store.append_episode(make_episode(store.num_episodes, 10), success=True, seed=store.num_episodes)
+        store.set_mask("m%d" % (i % 3), [True] * store.num_episodes)
+        if i % 3 == 2:
+            store.delete_mask("m0")
+        i += 1
+    """
+)
+
+
+@pytest.mark.slow
+def test_reader_following_mask_updates_stress(tmp_path):
+    """A live writer that also sets and deletes masks (masks/ is exchanged whole): a reader's
+    refresh lists the masks, then opens each; one deleted in between is not damage. Before the
+    fix a 15 s race raised KeyError('masks/m0') about 2 times in 850 refreshes."""
+    path = tmp_path / "m.zarr"
+    make_store(path, [5]).close()
+    proc = subprocess.Popen([sys.executable, "-c", MASK_WRITER.format(tests=str(Path(__file__).parent)), str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdout.readline()
+        reader = EpisodeStore.open(path)
+        refreshes, deadline = 0, time.time() + 15.0
+        while time.time() < deadline:
+            reader.refresh()
+            refreshes += 1
+        assert refreshes > 50 and reader.num_episodes > 5 and proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()

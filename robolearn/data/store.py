@@ -687,7 +687,10 @@ class EpisodeStore:
         targets += [(f"meta/{k}", c, n_ep, False) for k, c in self._columns.items()]
         targets.append(("meta/episode_ends", self._ends_array, n_ep, False))
         for name in self.mask_names():
-            m = self._group[f"masks/{name}"]
+            try:
+                m = self._group[f"masks/{name}"]
+            except KeyError:  # deleted by the live writer since the listing (masks/ is swapped whole)
+                continue
             targets.append((f"masks/{name}", m, min(int(m.shape[0]), n_ep), False))
         return targets
 
