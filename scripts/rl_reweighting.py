@@ -30,6 +30,7 @@ steps, learning curves), appending one JSON line per finished run to docs/result
         --samplers uniform rw aw --seeds 0 1 2          # skips finished runs, resumes an interrupted one
     python scripts/rl_reweighting.py table --tag o2o
     python scripts/rl_reweighting.py curves --tag o2o
+    python scripts/rl_reweighting.py datasets          # the pools and mixes built, from datasets.jsonl
 """
 
 from __future__ import annotations
@@ -542,6 +543,19 @@ def table(a: argparse.Namespace) -> None:
           f"{max(float(x['loadavg_before'][0]) for x in rows):.1f}.")
 
 
+def datasets_table(a: argparse.Namespace) -> None:
+    """Markdown table of every pool and mix built (docs/results/offline_to_online/datasets.jsonl)."""
+    rows = _read(O2O_RESULTS / "datasets.jsonl")
+    print("| store | episodes | steps | success | return mean (min, max) | expert part: draws / distinct / steps | built in (s) | load avg | date |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mix = r.get("mix")
+        ret = f"{r['return_mean']:.1f} ({r['return_min']:.1f}, {r['return_max']:.1f})" if "return_mean" in r else "-"
+        part = f"{mix['good_episodes']} / {mix['good_distinct']} / {mix['good_steps']}" if mix else "-"
+        print(f"| {r['name']} | {r['episodes']} | {r['steps']} | {r['success_rate']:.3f} | {ret} | {part} | {r['wall_s']:.0f} | "
+              f"{r['loadavg_before'][0]} | {r['date']} |")
+
+
 def curves(a: argparse.Namespace) -> None:
     """Learning curves (eval success and return vs gradient steps), one panel per (task, algo, ratio), mean over seeds."""
     import matplotlib
@@ -582,7 +596,7 @@ def curves(a: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["data", "grid", "report", "plot", "build", "sweep", "table", "curves"])
+    ap.add_argument("action", choices=["data", "grid", "report", "plot", "build", "sweep", "table", "curves", "datasets"])
     ap.add_argument("--tag", help="name of a separate grid (runs/rl_study/grid_TAG, grid_results_TAG.json); default: the 1k-step study")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=sorted(set(TASKS) | set(O2O_TASKS)))
     ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
@@ -601,8 +615,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=5000, help="sweep: gradient steps between evaluations")
     ap.add_argument("--progress", action="store_true", help="sweep: show each run's progress bar")
     a = ap.parse_args()
-    if a.action in ("build", "sweep", "table", "curves"):
-        if a.action != "table" and a.action != "curves":
+    if a.action in ("build", "sweep", "table", "curves", "datasets"):
+        if a.action in ("build", "sweep"):
             bad = [t for t in a.tasks if t not in O2O_TASKS]
             if bad:
                 raise SystemExit(f"{a.action}: tasks must be among {', '.join(O2O_TASKS)}, got {', '.join(bad)}")
@@ -617,7 +631,7 @@ def main() -> None:
             if a.batch_size == 128:
                 a.batch_size = 256
         {"build": lambda: build_o2o(a.tasks, a.ratios), "sweep": lambda: sweep(a), "table": lambda: table(a),
-         "curves": lambda: curves(a)}[a.action]()
+         "curves": lambda: curves(a), "datasets": lambda: datasets_table(a)}[a.action]()
         return
     if a.action == "data":
         data()
