@@ -587,7 +587,7 @@ def curves(a: argparse.Namespace) -> None:
         axes[0, j].legend(fontsize=7)
         for i in range(2):
             axes[i, j].grid(alpha=0.3)
-    fig.suptitle("Offline learning curves on 300k-transition mixes: mean over seeds, band min..max", fontsize=10)
+    fig.suptitle("Offline learning curves, 300k-transition mixes\n(mean over seeds, band min..max)", fontsize=9)
     fig.tight_layout()
     out = O2O_RESULTS / f"{a.tag}_curves.png"
     fig.savefig(out, dpi=100)
