@@ -192,6 +192,8 @@ def scaling_unit(args: argparse.Namespace, records: Records, seed: int, n: int) 
     root.mkdir(parents=True, exist_ok=True)
     run = root / f"scale_n{n}"
     if records.find(kind="scaling", seed=seed, demos=n) is not None:
+        if not (run / "policy" / "checkpoint.json").is_file():  # recorded elsewhere: rebuild the checkpoint only
+            return train_run(args, demo_store(args, root, seed, n), run, "all", args.train_steps, seed)
         return run / "policy"
     t0 = time.perf_counter()
     data = demo_store(args, root, seed, n)
@@ -273,7 +275,7 @@ def rounds_for_seed(args: argparse.Namespace, records: Records, seed: int) -> No
 
     root = Path(args.out) / f"seed{seed}"
     base = scaling_unit(args, records, seed, args.base_demos)
-    demos = root / f"demos_{args.base_demos}.zarr"
+    demos = demo_store(args, root, seed, args.base_demos)
     base_rec = records.find(kind="scaling", seed=seed, demos=args.base_demos)
     with EpisodeStore.open(demos) as st:
         demo_len = float(np.mean(st.episode_lengths))
