@@ -315,21 +315,10 @@ def _mean_or_none(values: list[Any]) -> float | None:
 def rollout_writer(path: str | Path, sim: Any, task: str, collector: str) -> Hook:
     """`eval --save`: a StoreWriter appending the rollouts (source=policy) to a store of the same
     task (created with collect's schema when missing)."""
-    import dataclasses
-
-    from robolearn.data.store import EpisodeStore
-    from robolearn.tasks.collect import store_features
+    from robolearn.tasks.collect import open_task_store, store_features
     from robolearn.tasks.rollout import StoreWriter
 
-    path = Path(path)
-    if path.exists():
-        store = EpisodeStore.open(path, mode="a")
-        if store.task not in ("", task):
-            store.close()
-            raise ValueError(f"{path} holds task {store.task!r}, not {task!r}")
-    else:
-        store = EpisodeStore.create(path, store_features(sim), task=task, control_period=sim.control_period,
-                                    env_kwargs=dataclasses.asdict(sim.cfg))
+    store = open_task_store(path, store_features(sim), sim, task)
 
     class _Writer(StoreWriter):
         def on_close(self, engine: Any) -> None:

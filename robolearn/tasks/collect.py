@@ -21,6 +21,26 @@ from robolearn.tasks.rollout import ExpertActor, FixedSeeds, HostBatch, RolloutE
 from robolearn.tasks.sim import TaskSim
 
 
+def open_task_store(path: str | Path, features: dict[str, Any], sim: TaskSim, task: str) -> Any:
+    """Append to an existing store of the same task whose state/action shapes match, else create
+    one with `features` (eval --save and intervene write rollouts this way)."""
+    from robolearn.data.store import EpisodeStore
+
+    path = Path(path)
+    if not path.exists():
+        return EpisodeStore.create(path, features, task=task, env_kwargs=dataclasses.asdict(sim.cfg),
+                                   control_period=sim.control_period)
+    store = EpisodeStore.open(path, mode="a")
+    if store.task not in ("", task):
+        store.close()
+        raise ValueError(f"{path} holds task {store.task!r}, not {task!r}")
+    for key in ("obs/state", "action"):
+        if key in store.features and key in features and store.features[key].shape != features[key].shape:
+            store.close()
+            raise ValueError(f"{path}: {key} has shape {store.features[key].shape}, task {task} gives {features[key].shape}")
+    return store
+
+
 def store_features(sim: TaskSim, expert_labels: bool = False) -> dict[str, Any]:
     """Feature schema of the episodes `collect` writes for this task config.
 

@@ -39,24 +39,9 @@ def intervention_features(sim: Any) -> dict[str, Any]:
 
 def open_output_store(path: str | Path, sim: Any, task: str) -> Any:
     """Append to an existing store of the same task (e.g. a copy of the demos), else create one."""
-    from robolearn.data.store import EpisodeStore
+    from robolearn.tasks.collect import open_task_store
 
-    path = Path(path)
-    if path.exists():
-        store = EpisodeStore.open(path, mode="a")
-        if store.task not in ("", task):
-            store.close()
-            raise ValueError(f"{path} holds task {store.task!r}, not {task!r}")
-        want = intervention_features(sim)
-        for key in ("obs/state", "action"):
-            if key in store.features and key in want and store.features[key].shape != want[key].shape:
-                store.close()
-                raise ValueError(f"{path}: {key} has shape {store.features[key].shape}, task {task} gives {want[key].shape}")
-        return store
-    import dataclasses
-
-    return EpisodeStore.create(path, intervention_features(sim), task=task, env_kwargs=dataclasses.asdict(sim.cfg),
-                               control_period=sim.control_period)
+    return open_task_store(path, intervention_features(sim), sim, task)
 
 
 # ----------------------------------------------------------------------------------- metrics
