@@ -118,10 +118,16 @@ class FinetuneConfig:
     save_every: int = 10_000
     device: str = "cpu"
     threads: int = 1
+    num_envs: int = 1  # envs stepped together; each loop step adds num_envs transitions (our tasks when > 1)
+    backend: str = "cpu"  # cpu: MuJoCo C; gpu / warp-cpu: MuJoCo Warp, agent + replay on its device
 
     def __post_init__(self) -> None:
         if self.eval_num_envs < 1:
             raise ConfigError(f"finetune.eval_num_envs must be >= 1, got {self.eval_num_envs}")
+        if self.num_envs < 1:
+            raise ConfigError(f"finetune.num_envs must be >= 1, got {self.num_envs}")
+        if self.backend not in ("cpu", "gpu", "warp-cpu"):
+            raise ConfigError(f"finetune.backend must be cpu, gpu or warp-cpu, got {self.backend!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"finetune.steps and finetune.batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         if self.warmup < 0:

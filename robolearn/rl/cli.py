@@ -56,7 +56,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
     run_dir = finetune(args.checkpoint, task=args.task, algo=args.algo, warmup=args.warmup, retain_offline=args.retain_offline,
                        steps=args.steps, data=args.data, overrides=args.overrides, out=args.out, wandb_mode=args.wandb,
-                       config_path=args.config, resume=args.resume)
+                       config_path=args.config, resume=args.resume, backend=args.backend, num_envs=args.num_envs)
     _print_run(run_dir, args.json)
     return 0
 
@@ -72,6 +72,11 @@ def register_finetune(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retain-offline", type=validation.probability, help="fraction of each batch from the offline data (0 = none)")
     parser.add_argument("--steps", type=validation.step_count, help="online env steps, warm-up included")
     parser.add_argument("--data", help="offline store for --retain-offline (default: the checkpoint's)")
+    parser.add_argument("--backend", choices=["cpu", "gpu", "warp-cpu"], default=None,
+                        help="cpu: MuJoCo C (default); gpu: MuJoCo Warp on CUDA, agent + replay on the device (extra 'gpu'); "
+                             "warp-cpu: MuJoCo Warp on its CPU device (tests) [finetune.backend]")
+    parser.add_argument("--num-envs", type=validation.num_envs, default=None,
+                        help="envs stepped together, each loop step adds one transition per env (default 1) [finetune.num_envs]")
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--config", help="YAML config instead of policies/ALGO.yaml")
     parser.add_argument("--wandb", default="offline", choices=["off", "offline", "online"])

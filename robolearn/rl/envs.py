@@ -112,10 +112,11 @@ def evaluate(act: Callable[[np.ndarray], np.ndarray], env: RLEnv | str, seeds: S
             for r in records]
 
 
-def evaluate_actor(policy: Any, env: RLEnv, seeds: Sequence[int], num_envs: int = 1) -> list[dict[str, Any]]:
+def evaluate_actor(policy: Any, env: RLEnv, seeds: Sequence[int], num_envs: int = 1, backend: str = "cpu") -> list[dict[str, Any]]:
     """Deterministic episodes of an RLActorPolicy, one per seed: per-episode {seed, return, success, length}.
 
-    Our tasks with consecutive seeds run through robolearn.evaluation.evaluate_policy (batched); everything
+    Our tasks with consecutive seeds run through robolearn.evaluation.evaluate_policy (batched, on
+    `backend`: cpu, or gpu / warp-cpu for MuJoCo Warp with the policy on that device); everything
     else (gymnasium tasks, test doubles, scattered seeds) runs `evaluate` on `env` itself."""
     import json
 
@@ -132,7 +133,7 @@ def evaluate_actor(policy: Any, env: RLEnv, seeds: Sequence[int], num_envs: int 
         policy.eval()
         try:
             report = evaluate_policy(policy, env.task, len(seeds), seed=seeds[0], num_envs=num_envs,
-                                     task_overrides=overrides, progress=False)
+                                     task_overrides=overrides, progress=False, backend=backend)
         finally:
             policy.train(was)
         return [{"seed": int(r["seed"]), "return": float(r["return"]), "success": bool(r["success"]),

@@ -148,17 +148,35 @@ def transitions_from_store(store: Any, obs_key: str = "obs/state", episodes: Seq
 
 
 class ReplayBuffer:
-    """Online FIFO ring buffer of transitions (numpy), sampled uniformly with a seeded generator."""
+    """Online FIFO ring buffer of transitions, sampled uniformly with a seeded (numpy) generator.
 
-    def __init__(self, obs_dim: int, action_dim: int, capacity: int, seed: int = 0) -> None:
+    Storage is numpy on the host (default), or torch tensors on `device` (`robolearn finetune
+    --backend gpu|warp-cpu`): `add_batch` then writes a batch of device tensors in place and
+    `sample` gathers on the device, so nothing of a transition crosses to the host (only the
+    sampled row indices go the other way). Both keep the same counters, generator stream and
+    checkpoint format."""
+
+    _ARRAYS = ("obs", "next_obs", "action", "reward", "terminal")
+
+    def __init__(self, obs_dim: int, action_dim: int, capacity: int, seed: int = 0,
+                 device: torch.device | str | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self.obs = np.zeros((capacity, obs_dim), np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
-        self.action = np.zeros((capacity, action_dim), np.float32)
-        self.reward = np.zeros(capacity, np.float32)
-        self.terminal = np.zeros(capacity, bool)
+        self.device = None if device is None else torch.device(device)
+        if self.device is None:
+            self.obs = np.zeros((capacity, obs_dim), np.float32)
+            self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+            self.action = np.zeros((capacity, action_dim), np.float32)
+            self.reward = np.zeros(capacity, np.float32)
+            self.terminal = np.zeros(capacity, bool)
+        else:
+            z = dict(device=self.device)
+            self.obs = torch.zeros(capacity, obs_dim, dtype=torch.float32, **z)
+            self.next_obs = torch.zeros(capacity, obs_dim, dtype=torch.float32, **z)
+            self.action = torch.zeros(capacity, action_dim, dtype=torch.float32, **z)
+            self.reward = torch.zeros(capacity, dtype=torch.float32, **z)
+            self.terminal = torch.zeros(capacity, dtype=torch.bool, **z)
         self.size = 0
         self.pos = 0
         self.added = 0  # total transitions ever added
@@ -175,12 +193,37 @@ class ReplayBuffer:
         self.size = min(self.size + 1, self.capacity)
         self.added += 1
 
-    _ARRAYS = ("obs", "next_obs", "action", "reward", "terminal")
+    def add_batch(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminal: Any) -> None:
+        """K transitions at once (rows in order, as K `add` calls would store them): numpy arrays
+        for a host buffer, tensors (moved to the buffer's device) for a device buffer."""
+        k = len(reward)
+        if k > self.capacity:  # only the newest `capacity` rows survive, as with K adds
+            obs, action, reward, next_obs, terminal = (x[k - self.capacity:] for x in (obs, action, reward, next_obs, terminal))
+            self.added += k - self.capacity
+            self.pos = (self.pos + k - self.capacity) % self.capacity
+            k = self.capacity
+        rows = (self.pos + np.arange(k)) % self.capacity
+        if self.device is not None:
+            rows = torch.as_tensor(rows, device=self.device)
+            cols = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminal": terminal}
+            for name, v in cols.items():
+                dst = getattr(self, name)
+                dst.index_copy_(0, rows, torch.as_tensor(v).to(self.device, dst.dtype).reshape(k, *dst.shape[1:]))
+        else:
+            self.obs[rows], self.action[rows], self.reward[rows] = obs, action, reward
+            self.next_obs[rows], self.terminal[rows] = next_obs, terminal
+        self.pos = (self.pos + k) % self.capacity
+        self.size = min(self.size + k, self.capacity)
+        self.added += k
+
+    def _host(self, name: str) -> np.ndarray:
+        v = getattr(self, name)
+        return v[: self.size].cpu().numpy() if torch.is_tensor(v) else v[: self.size].copy()
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors of the filled rows, JSON-able counters + generator state): checkpointed as
         safetensors + JSON, so restoring a buffer never unpickles anything."""
-        tensors = {k: torch.from_numpy(getattr(self, k)[: self.size].copy()) for k in self._ARRAYS}
+        tensors = {k: torch.from_numpy(self._host(k)) for k in self._ARRAYS}
         meta = {"capacity": self.capacity, "size": self.size, "pos": self.pos, "added": self.added,
                 "rng": self.rng.bit_generator.state}
         return tensors, meta
@@ -191,10 +234,13 @@ class ReplayBuffer:
             raise ValueError(f"replay buffer capacity {meta['capacity']} in the checkpoint, {self.capacity} configured")
         for k in self._ARRAYS:
             dst = getattr(self, k)
-            src = tensors[k].numpy()
-            if src.shape != (size, *dst.shape[1:]):
+            src = tensors[k]
+            if tuple(src.shape) != (size, *dst.shape[1:]):
                 raise ValueError(f"replay buffer {k!r}: checkpoint holds shape {tuple(src.shape)}, expected {(size, *dst.shape[1:])}")
-            dst[:size] = src
+            if torch.is_tensor(dst):
+                dst[:size] = src.to(dst.device, dst.dtype)
+            else:
+                dst[:size] = src.numpy()
         self.size, self.pos, self.added = size, int(meta["pos"]), int(meta["added"])
         self.rng.bit_generator.state = meta["rng"]
 
@@ -202,7 +248,11 @@ class ReplayBuffer:
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         idx = self.rng.integers(0, self.size, size=batch_size)
-        return transition_batch(self, idx, device)
+        if self.device is None:
+            return transition_batch(self, idx, device)
+        rows = torch.as_tensor(idx, device=self.device)
+        return {"obs": self.obs[rows].to(device), "action": self.action[rows].to(device), "reward": self.reward[rows].to(device),
+                "next_obs": self.next_obs[rows].to(device), "terminal": self.terminal[rows].to(device, torch.float32)}
 
 
 def concat_batches(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -57,6 +57,16 @@ def _init_from(agent: Any, src: Any) -> None:
             agent.log_alpha.copy_(src.log_alpha)
 
 
+def _backend_device(backend: str) -> torch.device:
+    """The torch device of a MuJoCo Warp backend: the agent, its replay and its action draws live
+    there (a clear error, before anything loads, when `gpu` has no CUDA device)."""
+    if backend == "warp-cpu":
+        return torch.device("cpu")
+    from robolearn.tasks.warp_backend import resolve_device as warp_device
+
+    return torch.device(warp_device("cuda"))
+
+
 def finetune(
     checkpoint: str | Path | None,
     task: str | None = None,
@@ -71,8 +81,11 @@ def finetune(
     config_path: str | Path | None = None,
     progress: bool = True,
     resume: str | Path | None = None,
+    backend: str | None = None,
+    num_envs: int | None = None,
 ) -> Path:
-    """Fine-tune online (or continue the run in `resume` exactly where it stopped); returns the run directory."""
+    """Fine-tune online (or continue the run in `resume` exactly where it stopped); returns the run directory.
+    backend / num_envs: `finetune.backend` / `finetune.num_envs` (see robolearn.rl.vector)."""
     from tqdm import tqdm
 
     from robolearn.checkpoint import CheckpointError, load_tensors
@@ -85,6 +98,9 @@ def finetune(
     from robolearn.training import MetricLogger, resolve_device
 
     overrides = list(overrides or [])
+    for key, value in (("backend", backend), ("num_envs", num_envs)):  # also on --resume: a run may move to another backend
+        if value is not None:
+            overrides.append(f"finetune.{key}={value}")
     state: dict[str, Any] | None = None  # loop state of the checkpoint being resumed
     if resume is not None:
         given = [flag for flag, v in (("--checkpoint", checkpoint), ("--task", task), ("--warmup", warmup), ("--retain-offline", retain_offline),
@@ -107,7 +123,8 @@ def finetune(
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     fcfg = cfg.finetune
     torch.set_num_threads(fcfg.threads)
-    device = resolve_device(fcfg.device)
+    vector = fcfg.backend != "cpu" or fcfg.num_envs > 1  # the rollout engine over many envs (robolearn.rl.vector)
+    device = resolve_device(fcfg.device) if fcfg.backend == "cpu" else _backend_device(fcfg.backend)
     torch.manual_seed(fcfg.seed)
     np.random.seed(fcfg.seed)
 
@@ -132,7 +149,10 @@ def finetune(
         if not task:
             raise ValueError("no task: pass --task (the checkpoint records none)")
         env_kwargs = dict(meta.get("env_kwargs") or {}) if task == meta.get("task") else {}
-    env = make_env(task, **env_kwargs)
+    if vector and not is_own_task(task):
+        raise ValueError(f"finetune.num_envs > 1 and --backend gpu|warp-cpu run robolearn tasks; {task!r} is a gymnasium "
+                         "env (fine-tune it with one env on --backend cpu)")
+    env = make_env(task, **env_kwargs)  # the vector path uses it only for its dimensions
     eval_env = make_env(task, **env_kwargs)
     if resume is not None:
         if (agent.name, agent.obs_dim, agent.action_dim) != ("sac", env.obs_dim, env.action_dim):
@@ -170,8 +190,9 @@ def finetune(
     n_off = int(round(fcfg.batch_size * fcfg.retain_offline))
     n_on = fcfg.batch_size - n_off
     off_rng = np.random.default_rng(fcfg.seed + 7)
-    buffer = ReplayBuffer(env.obs_dim, env.action_dim, fcfg.buffer_capacity, seed=fcfg.seed)
-    act_gen = torch.Generator().manual_seed(fcfg.seed)
+    on_device = fcfg.backend != "cpu"  # replay, agent and action draws on the env's device
+    buffer = ReplayBuffer(env.obs_dim, env.action_dim, fcfg.buffer_capacity, seed=fcfg.seed, device=device if on_device else None)
+    act_gen = torch.Generator(device).manual_seed(fcfg.seed) if vector else torch.Generator().manual_seed(fcfg.seed)
     act_rng = np.random.default_rng(fcfg.seed)
 
     if resume is None:
@@ -192,7 +213,7 @@ def finetune(
     def evaluate_now(step: int) -> dict[str, float]:
         from robolearn.rl.envs import evaluate_actor
 
-        recs = evaluate_actor(agent.policy, eval_env, eval_seeds, num_envs=fcfg.eval_num_envs)
+        recs = evaluate_actor(agent.policy, eval_env, eval_seeds, num_envs=fcfg.eval_num_envs, backend=fcfg.backend)
         rec = {"step": step, "success": float(np.mean([r["success"] for r in recs])),
                "return": float(np.mean([r["return"] for r in recs])),
                "per_seed_success": [bool(r["success"]) for r in recs], "per_seed_return": [r["return"] for r in recs]}
@@ -207,8 +228,10 @@ def finetune(
     episode = 0
     ep_ret, ep_returns, ep_actions = 0.0, [], []
     running: dict[str, list[float]] = {}
+    obs = np.zeros(0, np.float32)  # the one env's observation (the vector path keeps its own)
     if state is None:
-        obs = env.reset(seed=env_seed(episode))
+        if not vector:
+            obs = env.reset(seed=env_seed(episode))
         if fcfg.eval_episodes > 0:
             logger.log(0, evaluate_now(0))
     else:
@@ -218,12 +241,19 @@ def finetune(
         running = {k: list(v) for k, v in state["running"].items()}
         stats_log.update(state["stats"])
         history.extend(state["history"])
-        # the env: reset with the episode's seed and replay its actions so far
-        obs = env.reset(seed=env_seed(episode))
-        for a in load_tensors(last, "episode", meta)["actions"].numpy():
-            obs = env.step(a)[0]
-            ep_actions.append(a)
-        if not np.array_equal(obs, np.asarray(state["obs"], np.float32)):
+        if vector or state.get("vector"):
+            # many envs: they start fresh episodes, with the seeds after the ones handed out (the
+            # episodes that were running are cut; their transitions are in the restored replay)
+            ep_ret = 0.0
+            if not vector:
+                obs = env.reset(seed=env_seed(episode))
+        else:
+            # the env: reset with the episode's seed and replay its actions so far
+            obs = env.reset(seed=env_seed(episode))
+            for a in load_tensors(last, "episode", meta)["actions"].numpy():
+                obs = env.step(a)[0]
+                ep_actions.append(a)
+        if not vector and not state.get("vector") and not np.array_equal(obs, np.asarray(state["obs"], np.float32)):
             warnings.warn(f"{task}: replaying the current episode did not reproduce the checkpoint's observation "
                           "(non-deterministic env); the resumed run continues but will not match an uninterrupted one")
         # generators last: nothing above may shift them
@@ -234,13 +264,24 @@ def finetune(
         act_gen.set_state(rng_tensors["act_gen"])
         torch.set_rng_state(rng_tensors["torch"])
 
+    interaction = None
+    if vector:
+        from robolearn.rl.vector import VectorInteraction
+
+        def next_seed() -> int:  # episodes of all envs take consecutive seeds, in the order they are handed out
+            nonlocal episode
+            episode += 1
+            return env_seed(episode - 1)
+
+        interaction = VectorInteraction(task, env_kwargs, fcfg.backend, fcfg.num_envs, agent, buffer, act_gen, next_seed)
+
     def save_last(step: int) -> None:
         replay_tensors, replay_meta = buffer.state_dict()
         np_state = np.random.get_state()
         rng = {"torch": torch.get_rng_state(), "act_gen": act_gen.get_state(),
                "np_global": torch.from_numpy(np_state[1].astype(np.int64))}
         loop = {"episode": episode, "ep_return": ep_ret, "ep_returns": ep_returns[-10:], "obs": obs.tolist(),
-                "running": running, "stats": stats_log, "history": history, "random_warmup": random_warmup,
+                "vector": vector, "running": running, "stats": stats_log, "history": history, "random_warmup": random_warmup,
                 "replay": replay_meta, "act_rng": act_rng.bit_generator.state, "off_rng": off_rng.bit_generator.state,
                 "np_global": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
         actions = np.asarray(ep_actions, np.float32).reshape(len(ep_actions), env.action_dim)
@@ -248,54 +289,72 @@ def finetune(
                    extra_groups={"replay": replay_tensors, "episode": {"actions": torch.from_numpy(actions)}},
                    extra_meta={"data": str(data) if data else None, "env_kwargs": env_kwargs, "finetune_state": loop})
 
-    bar = tqdm(range(start, fcfg.steps), initial=start, total=fcfg.steps, disable=not progress,
-               desc=f"finetune {algo} {task}", dynamic_ncols=True)
-    for t in bar:
+    K = fcfg.num_envs if vector else 1  # transitions per loop step
+    bar = tqdm(total=fcfg.steps, initial=start, disable=not progress, desc=f"finetune {algo} {task}", dynamic_ncols=True)
+    t = start
+    while t < fcfg.steps:
         in_warmup = t < fcfg.warmup
-        if in_warmup and random_warmup:
-            action = act_rng.uniform(-1.0, 1.0, env.action_dim).astype(np.float32)
+        if interaction is not None:  # every env steps once: K transitions into the replay
+            interaction.step(random_actions=in_warmup and random_warmup)
         else:
-            action = agent.act(obs, deterministic=False, generator=act_gen)
-        next_obs, reward, term, trunc, _ = env.step(action)
-        buffer.add(obs, action, reward * acfg.reward_scale + acfg.reward_bias, next_obs, term)
-        ep_actions.append(np.asarray(action, np.float32).reshape(-1))
-        ep_ret += reward
-        obs = next_obs
-        if term or trunc:
-            ep_returns.append(ep_ret)
-            episode += 1
-            obs, ep_ret, ep_actions = env.reset(seed=env_seed(episode)), 0.0, []
+            if in_warmup and random_warmup:
+                action = act_rng.uniform(-1.0, 1.0, env.action_dim).astype(np.float32)
+            else:
+                action = agent.act(obs, deterministic=False, generator=act_gen)
+            next_obs, reward, term, trunc, _ = env.step(action)
+            buffer.add(obs, action, reward * acfg.reward_scale + acfg.reward_bias, next_obs, term)
+            ep_actions.append(np.asarray(action, np.float32).reshape(-1))
+            ep_ret += reward
+            obs = next_obs
+            if term or trunc:
+                ep_returns.append(ep_ret)
+                episode += 1
+                obs, ep_ret, ep_actions = env.reset(seed=env_seed(episode)), 0.0, []
+        prev, t = t, t + K
+        bar.update(K)
         if not in_warmup and len(buffer) >= n_on:
-            batches = []
-            for _ in range(acfg.utd):
-                b = buffer.sample(n_on, device)
-                if offline is not None and n_off > 0:
-                    b = concat_batches(b, offline.batch(off_rng.integers(0, len(offline), n_off), device))
-                    stats_log["offline_samples"] += n_off
-                batches.append(b)
-            info = agent.update(batches)
-            stats_log["grad_updates"] += len(batches)
-            for k, v in info.items():
-                running.setdefault(k, []).append(v)
-        done = t + 1
+            for _ in range(K):  # UTD per transition: `utd` critic updates (+ one actor update) per env step
+                batches = []
+                for _ in range(acfg.utd):
+                    b = buffer.sample(n_on, device)
+                    if offline is not None and n_off > 0:
+                        b = concat_batches(b, offline.batch(off_rng.integers(0, len(offline), n_off), device))
+                        stats_log["offline_samples"] += n_off
+                    batches.append(b)
+                info = agent.update(batches)
+                stats_log["grad_updates"] += len(batches)
+                for k, v in info.items():
+                    running.setdefault(k, []).append(v)
+        done = t
+
+        def crossed(every: int) -> bool:  # a multiple of `every` env steps was reached in this loop step
+            return done // every > prev // every
+
         record: dict[str, Any] = {}
-        if done % fcfg.log_every == 0 or done == fcfg.steps:
+        if crossed(fcfg.log_every) or done >= fcfg.steps:
             record.update({k: float(np.mean(v)) for k, v in running.items()})
             running = {}
-            if ep_returns:
+            if interaction is not None:  # mean return of the episodes finished since the last log
+                total, count = interaction.hook.take_returns()
+                if count:
+                    record["train_episode_return"] = total / count
+            elif ep_returns:
                 record["train_episode_return"] = float(np.mean(ep_returns[-10:]))
             record.update(grad_updates=stats_log["grad_updates"], buffer_size=len(buffer), warmup=int(in_warmup))
-        if fcfg.eval_episodes > 0 and (done % fcfg.eval_every == 0 or done == fcfg.steps):
+        if fcfg.eval_episodes > 0 and (crossed(fcfg.eval_every) or done >= fcfg.steps):
             record.update(evaluate_now(done))
             bar.set_postfix(score=f"{history[-1]['score']:.3g}")
         if record:
             logger.log(done, record)
-        if done == fcfg.warmup:
+        if prev < fcfg.warmup <= done:
             stats_log["warmup_grad_updates"] = stats_log["grad_updates"]
-        if done % fcfg.save_every == 0 and done < fcfg.steps:
+        if crossed(fcfg.save_every) and done < fcfg.steps:
             save_last(done)
+    bar.close()
+    if interaction is not None:
+        interaction.close()
     extra = {"data": str(data) if data else meta.get("data"), "env_kwargs": env_kwargs, "finetune": {"algo": algo, **stats_log}}
-    save_agent(agent, run_dir / "policy", step=fcfg.steps, task=task, extra_meta=extra)
+    save_agent(agent, run_dir / "policy", step=max(t, fcfg.steps), task=task, extra_meta=extra)
     summary = continual_record(history, window=max(fcfg.eval_every * 3, 1), score_name="success rate" if own else "mean return",
                                task=task, algo=algo, warmup=fcfg.warmup, retain_offline=fcfg.retain_offline, **stats_log,
                                online_transitions=buffer.added)

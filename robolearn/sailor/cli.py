@@ -12,7 +12,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         extra = [name for name, value in (("--base", args.base), ("--demos", args.demos), ("--task", args.task),
-                                          ("--out", args.out), ("--config", args.config), ("--perturb", args.perturb))
+                                          ("--out", args.out), ("--config", args.config), ("--perturb", args.perturb),
+                                          ("--backend", args.backend))
                  if value is not None] + (["--set"] if args.task_set else []) + (["overrides"] if args.overrides else [])
         if extra:
             raise ConfigError(f"--resume continues a run with its recorded settings; drop {', '.join(extra)}")
@@ -25,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
         run_dir = run_sailor(
             args.base, args.demos, args.task, args.env_steps, out=args.out, overrides=args.overrides,
             config_path=args.config, perturb=args.perturb, task_overrides=args.task_set, wandb_mode=args.wandb,
-            progress=not args.no_progress,
+            progress=not args.no_progress, backend=args.backend or "cpu",
         )
     print(f"run directory: {run_dir}")
     print(f"planner-augmented policy: {run_dir / 'policy'}  (robolearn eval --checkpoint {run_dir / 'policy'})")
@@ -47,6 +48,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="task_set", action="append", default=[], metavar="KEY=VALUE",
                         help="task config override, e.g. --set horizon=50 (repeatable)")
     parser.add_argument("--task-set", dest="task_set", action="append", help=argparse.SUPPRESS)  # deprecated name of --set
+    parser.add_argument("--backend", choices=["cpu", "gpu", "warp-cpu"], default=None,
+                        help="where the training envs run: cpu: MuJoCo C (default); gpu: MuJoCo Warp on CUDA, steps kept on the "
+                             "device (extra 'gpu'); warp-cpu: MuJoCo Warp on its CPU device (tests); --resume keeps the run's")
     parser.add_argument("--wandb", default="offline", choices=["off", "offline", "online"])
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. agent.planner.num_samples=64 loop.num_envs=4")

@@ -20,6 +20,15 @@ state by following the rest of that chunk; the demos are labelled with the base 
 at the same decision steps. Each model update uses a batch of sequences, half demos (minus the
 held-out ones) and half replay.
 
+Collection runs on MuJoCo C (`--backend cpu`) or on MuJoCo Warp (`--backend gpu|warp-cpu`): there
+the training envs are a DeviceVectorEnv on the same rollout engine, observations, actions and the
+agent's chunk / offset / residual stay device tensors, and `DeviceReplayRecorder` moves the steps
+to the host in chunks (every `max_episode_steps` steps and at the end of each collection phase),
+where they become the same replay episodes and store records as on the host. A checkpoint taken
+while device envs run keeps their unfinished episodes' steps; `--resume` commits those as cut
+episodes (done, not successful) and starts fresh envs (MuJoCo Warp's solver state is not
+checkpointed), so only host runs resume bit-exactly.
+
 Run directory: config.yaml, run.json, metrics.jsonl (+ wandb), diagnostics.json (the latest
 world-model / reward-model / planner diagnostics), replay.zarr (source=policy; mask `replay` =
 the trimmed buffer), checkpoints/last (everything `robolearn sailor --resume RUN` needs: models,
@@ -51,6 +60,7 @@ from robolearn.sailor.agent import SailorPolicy
 from robolearn.sailor.configuration import SailorRunConfig, load_sailor_config
 from robolearn.sailor.critic import CriticTrainer
 from robolearn.sailor.world_model import flatten_state
+from robolearn.tasks.rollout import Hook
 
 # per-step arrays of a training episode as the collector records them
 STEP_KEYS = ("action", "base_action", "chunk_offset", "residual", "reward", "done", "stage", "failure_event")
@@ -215,17 +225,81 @@ class _SailorActor:
     def observe(self, obs: dict[str, np.ndarray]) -> None:
         self.history.push(obs)
 
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+    def act(self, obs: dict[str, Any]) -> Any:
         t, agent = self.trainer, self.trainer.agent
         action = agent.select_action(self.history.torch(t.device), generator=t.gen)
         if self.mode == "noisy_base":
-            noise = t.loop.data_collect_noise_std * torch.randn(action.shape, generator=t.gen).to(action)
+            noise = t.loop.data_collect_noise_std * torch.randn(action.shape, generator=t.gen, device=t.gen.device).to(action)
             action = (action + noise).clamp(-1, 1)
             agent.set_executed(action)
+        if any(torch.is_tensor(v) for v in obs.values()):  # device env: everything stays on the device
+            self.chunk, self.offset = agent.current_chunk.clone(), agent.current_offset.clone()
+            self.residual = agent.current_residual.clone()
+            return action
         self.chunk = agent.current_chunk.cpu().numpy().copy()
         self.offset = agent.current_offset.cpu().numpy().copy()
         self.residual = agent.current_residual.cpu().numpy().copy()
         return action.cpu().numpy().astype(np.float64)
+
+
+class DeviceReplayRecorder(Hook):
+    """The device counterpart of SailorTrainer._record_step / _finish_episode (a rollout hook):
+    per step the same columns as the host collector, kept as device tensors, moved to the host as
+    one chunk per column by `flush()` and handed to the trainer step by step, env by env (the host
+    collector's order), so the replay episodes and store records are the host path's."""
+
+    device_ok = True
+
+    def __init__(self, trainer: Any, flush_every: int) -> None:
+        self.trainer, self.flush_every = trainer, max(1, int(flush_every))
+        self.chunk: dict[str, list[torch.Tensor]] = {}
+        self.env_steps: list[int] = []  # the trainer's env-step count after each buffered step
+
+    def on_step(self, engine: Any, step: Any, pre: dict[str, torch.Tensor], act: torch.Tensor, pre_state: Any) -> None:
+        t, actor, info = self.trainer, self.trainer._actor, step.info
+        cols = {f"obs/{k}": pre[k].to(torch.float32) for k in t.acfg.base.state_keys}
+        cols.update({"action": act.to(torch.float32), "base_action": actor.chunk.to(torch.float32),
+                     "chunk_offset": actor.offset.to(torch.int64), "residual": actor.residual.to(torch.float32),
+                     "reward": step.reward.to(torch.float32), "done": step.terminated | step.truncated,
+                     "stage": info["stage"].to(torch.int32), "failure_event": info["failure_event"].to(torch.int32),
+                     "_episode": step.episode, "_ended": step.done, "_success": info["success"]})
+        for k, v in cols.items():
+            self.chunk.setdefault(k, []).append(v)
+        n = t.loop.num_envs
+        t.env_step += n
+        t._round["steps"] += n
+        self.env_steps.append(t.env_step)
+        if t._round["bar"] is not None:
+            t._round["bar"].update(n)
+
+    def on_restart(self, engine: Any, step: Any, obs: Any) -> None:
+        if len(self.env_steps) >= self.flush_every:
+            self.flush()
+
+    def on_close(self, engine: Any) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Buffered steps -> the trainer's per-env step lists; finished episodes are committed."""
+        if not self.env_steps:
+            return
+        t = self.trainer
+        host = {k: torch.stack(v).cpu().numpy() for k, v in self.chunk.items()}
+        env_steps, self.chunk, self.env_steps = self.env_steps, {}, []
+        seeds = t._sim.episode_seeds
+        keys = [k for k in host if not k.startswith("_")]
+        now = t.env_step
+        try:
+            for j, at in enumerate(env_steps):
+                t.env_step = at  # as the host collector sees it when this step's episodes end
+                for i in range(t.loop.num_envs):
+                    b = t._bufs[i]
+                    for k in keys:
+                        b.setdefault(k, []).append(host[k][j, i])
+                for i in np.flatnonzero(host["_ended"][j]):
+                    t._finish_episode(int(i), int(seeds[int(host["_episode"][j, i])]), bool(host["_success"][j, i]))
+        finally:
+            t.env_step = now
 
 
 # ----------------------------------------------------------------------------------- trainer
@@ -234,7 +308,7 @@ class SailorTrainer:
 
     def __init__(self, run_cfg: SailorRunConfig, base_dir: str | Path, demos: str | Path, task: str,
                  env_steps: int, out: Path, perturb: float | None = None, task_overrides: list[str] | None = None,
-                 wandb_mode: str = "offline", progress: bool = True, resume: bool = False) -> None:
+                 wandb_mode: str = "offline", progress: bool = True, resume: bool = False, backend: str = "cpu") -> None:
         from robolearn.checkpoint import load_policy
         from robolearn.data.store import EpisodeStore
         from robolearn.evaluation import resolve_checkpoint
@@ -249,10 +323,18 @@ class SailorTrainer:
         self.env_steps = int(env_steps)
         self.out = Path(out)
         self.progress = progress
+        if backend not in ("cpu", "gpu", "warp-cpu"):
+            raise ValueError(f"--backend must be cpu, gpu or warp-cpu, got {backend!r}")
+        self.backend = backend
+        if backend == "gpu":  # a clear error before anything loads when Warp sees no CUDA device
+            from robolearn.tasks.warp_backend import resolve_device as warp_device
+
+            warp_device("cuda")
         self.device = resolve_device(run_cfg.device)
         torch.manual_seed(run_cfg.seed)
         self.rng = np.random.default_rng(run_cfg.seed)
-        self.gen = torch.Generator().manual_seed(run_cfg.seed)
+        # the generators live where the agent samples (a CPU generator cannot drive CUDA sampling)
+        self.gen = torch.Generator(self.device).manual_seed(run_cfg.seed)
 
         if not Path(demos).exists():
             raise FileNotFoundError(f"demo store {demos} does not exist")
@@ -275,6 +357,8 @@ class SailorTrainer:
             self.agent.base.load_state_dict(base.state_dict())
             self.base_ckpt = base_ckpt
         self.agent.to(self.device)
+        if self.agent.generator.device != self.device:
+            self.agent.generator = torch.Generator(self.device).manual_seed(self.agent.config.planner_seed)
         self.acfg = self.agent.config
         overrides = list(task_overrides or [])
         if perturb is not None:
@@ -283,6 +367,8 @@ class SailorTrainer:
         self.task_cfg = load_task_config(task, overrides)
         if self.task_cfg.image:
             raise ConfigError("SAILOR here uses state observations: run the task with obs_mode=state")
+        if backend != "cpu" and self.task_cfg.perturb_rate > 0:
+            raise ValueError(f"--backend {backend} does not inject perturbations (drawn per env on the host); use --backend cpu")
         self.max_len = self.loop.max_episode_steps or self.task_cfg.horizon
 
         To = self.acfg.n_obs_steps
@@ -307,6 +393,7 @@ class SailorTrainer:
                                       "metrics_lines": 0, "wall_s": 0.0}
         self._sim = None
         self._collector = None
+        self._recorder: DeviceReplayRecorder | None = None
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.replay_store = EpisodeStore.open(self.out / "replay.zarr", mode="a")
@@ -315,7 +402,7 @@ class SailorTrainer:
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(run_cfg), sort_keys=False))
             (self.out / "run.json").write_text(json.dumps({
                 "base": str(self.base_ckpt.resolve()), "demos": str(Path(demos).resolve()), "task": task,
-                "env_steps": self.env_steps, "perturb": perturb, "task_overrides": list(task_overrides or []),
+                "env_steps": self.env_steps, "perturb": perturb, "task_overrides": list(task_overrides or []), "backend": backend,
                 "overrides_applied": overrides, "command": " ".join(sys.argv),
                 "started": dt.datetime.now().isoformat(timespec="seconds"),
             }, indent=1))
@@ -484,18 +571,27 @@ class SailorTrainer:
         from robolearn.tasks.sim import TaskSim
 
         n = self.loop.num_envs
-        self._sim = sim if sim is not None else TaskSim(self.task, cfg=self.task_cfg, num_envs=n)
         self._bufs: list[dict[str, list]] = [{} for _ in range(n)]
         self._actor = _SailorActor(self)
-        self._collector = persistent_rollout(self._sim, self._actor, self._next_seed,
-                                             [CallbackHook(self._record_step, self._finish_episode)],
-                                             max_episode_steps=self.max_len)
+        if self.backend != "cpu":  # MuJoCo Warp: steps recorded on the device, flushed in chunks
+            from robolearn.tasks.device_env import DeviceVectorEnv
+
+            self._sim = DeviceVectorEnv(self.task, n, backend=self.backend, cfg=self.task_cfg, max_episode_steps=self.max_len)
+            self._recorder = DeviceReplayRecorder(self, self.max_len)
+            hooks: list[Any] = [self._recorder]
+        else:
+            self._sim = sim if sim is not None else TaskSim(self.task, cfg=self.task_cfg, num_envs=n)
+            self._recorder = None
+            hooks = [CallbackHook(self._record_step, self._finish_episode)]
+        self._collector = persistent_rollout(self._sim, self._actor, self._next_seed, hooks, max_episode_steps=self.max_len)
         if sim is None:
             self._collector.start()  # seeds, resets, observation history and agent reset
 
     # the collector's state, as the checkpoint code reads it
     @property
     def _seeds(self) -> list[int]:
+        if self._recorder is not None:  # device env: the seed of each slot's episode (a host read)
+            return [int(self._sim.episode_seeds[int(e)]) for e in self._sim.slot_episode.cpu()]
         return [int(s) for s in self._collector.env.slot_seed]
 
     @property
@@ -552,6 +648,8 @@ class SailorTrainer:
         self._actor.mode = mode
         self._round = {"mode": mode, "steps": 0, "episodes": 0, "successes": 0, "bar": bar}
         self._collector.run(max_steps=-(-n_steps // n_envs))  # every env steps ceil(n_steps / num_envs) times
+        if self._recorder is not None:  # the round's steps reach the replay before training
+            self._recorder.flush()
         bar.close()
         steps, done_eps, successes = self._round["steps"], self._round["episodes"], self._round["successes"]
         out = {"collect_steps": steps, "collect_episodes": done_eps, "collect_success_rate": successes / max(done_eps, 1)}
@@ -575,6 +673,8 @@ class SailorTrainer:
         """Commit the episodes still running (cut short: done, not successful); returns how many."""
         if self._sim is None:
             return 0
+        if self._recorder is not None:
+            self._recorder.flush()
         cut = 0
         for i, b in enumerate(self._bufs):
             if b:
@@ -584,6 +684,7 @@ class SailorTrainer:
         self._sim.close()
         self._sim = None
         self._collector = None
+        self._recorder = None
         return cut
 
     def _commit(self, buf: dict[str, list], success: bool, seed: int, mode: str) -> None:
@@ -708,7 +809,7 @@ class SailorTrainer:
         copy.load_state_dict(self.agent.state_dict())
         copy.eval()
         kw = dict(episodes=episodes, seed=seed, num_envs=min(episodes, self.loop.num_envs), progress=False,
-                  task_overrides=self.task_overrides)
+                  task_overrides=self.task_overrides, backend=self.backend)
         with torch.random.fork_rng(devices=[]):
             planner = evaluate_policy(copy, self.task, **kw)
             base = evaluate_policy(copy.base, self.task, **kw)
@@ -765,8 +866,18 @@ class SailorTrainer:
         if self.dp_buffer:
             groups["dp_buffer"] = {"windows": torch.from_numpy(np.concatenate([w for _, w, _ in self.dp_buffer])),
                                    "targets": torch.from_numpy(np.concatenate([c for _, _, c in self.dp_buffer]))}
-        collector: dict[str, Any] = {"running": self._sim is not None}
-        if self._sim is not None:
+        collector: dict[str, Any] = {"running": self._sim is not None, "backend": self.backend}
+        if self._sim is not None and self._recorder is not None:
+            # device envs: their unfinished episodes' steps (resume commits them as cut episodes)
+            self._recorder.flush()
+            lens = [len(b.get("action", [])) for b in self._bufs]
+            keys = sorted({k for b in self._bufs for k in b})
+            g = {f"buf.{k}": torch.from_numpy(np.ascontiguousarray(np.concatenate([np.asarray(b[k]) for b in self._bufs if b])))
+                 for k in keys}
+            if g:
+                groups["collector"] = g
+            collector.update({"seeds": self._seeds, "buf_lens": lens, "buf_keys": keys})
+        elif self._sim is not None:
             sim = self._sim
             g: dict[str, torch.Tensor] = {
                 "sim_state": torch.from_numpy(np.asarray(sim.get_state(), np.float64).copy()),
@@ -858,7 +969,19 @@ class SailorTrainer:
                 self.dp_buffer.append((i, windows[pos : pos + n], targets[pos : pos + n]))
                 pos += n
         col = st["collector"]
-        if col["running"]:
+        if col["running"] and col.get("backend", "cpu") != "cpu":
+            # device envs are not restored: their unfinished episodes go to the replay as cut episodes
+            if col["buf_keys"]:
+                g = load_tensors(ckpt, "collector", meta)
+                arrays = {k: g[f"buf.{k}"].numpy() for k in col["buf_keys"]}
+                pos = 0
+                for i, length in enumerate(col["buf_lens"]):
+                    if length:
+                        buf = {k: list(arrays[k][pos : pos + length]) for k in col["buf_keys"]}
+                        buf["done"][-1] = True
+                        self._commit(buf, False, int(col["seeds"][i]), "cut")
+                        pos += length
+        elif col["running"]:
             g = load_tensors(ckpt, "collector", meta)
             n = self.loop.num_envs
             sim = TaskSim(self.task, cfg=self.task_cfg, num_envs=n)
@@ -980,8 +1103,9 @@ def _prepare_out(out: Path) -> None:
 def run_sailor(base: str | Path, demos: str | Path, task: str, env_steps: int, out: str | Path | None = None,
                overrides: list[str] | None = None, config_path: str | Path | None = None, perturb: float | None = None,
                task_overrides: list[str] | None = None, wandb_mode: str = "offline", progress: bool = True,
-               stop_after_checkpoints: int | None = None) -> Path:
-    """`robolearn sailor`: returns the run directory."""
+               stop_after_checkpoints: int | None = None, backend: str = "cpu") -> Path:
+    """`robolearn sailor`: returns the run directory. backend: where the training envs run (cpu:
+    MuJoCo C; gpu / warp-cpu: MuJoCo Warp, see the module doc)."""
     from robolearn.tasks.registry import check_task
 
     check_task(task)
@@ -991,7 +1115,7 @@ def run_sailor(base: str | Path, demos: str | Path, task: str, env_steps: int, o
     out = Path(out)
     _prepare_out(out)
     trainer = SailorTrainer(cfg, base, demos, task, env_steps, out, perturb=perturb, task_overrides=task_overrides,
-                            wandb_mode=wandb_mode, progress=progress)
+                            wandb_mode=wandb_mode, progress=progress, backend=backend)
     return trainer.run(stop_after_checkpoints)
 
 
@@ -1014,5 +1138,5 @@ def resume_sailor(run_dir: str | Path, env_steps: int | None = None, wandb_mode:
     cfg = load_config(SailorRunConfig, run_dir / "config.yaml", [])
     trainer = SailorTrainer(cfg, info["base"], info["demos"], info["task"], env_steps or info["env_steps"], run_dir,
                             perturb=info.get("perturb"), task_overrides=info.get("task_overrides"), wandb_mode=wandb_mode,
-                            progress=progress, resume=True)
+                            progress=progress, resume=True, backend=info.get("backend", "cpu"))
     return trainer.run(stop_after_checkpoints)

@@ -8,6 +8,13 @@ does (so the same seeds give the same initial states on every backend), and copi
 as a pool; a finished env takes the next pool entry inside the step (SAME_STEP autoreset: the
 returned obs is the new episode's first, `info` holds the finished step's success/episode).
 
+Learners that collect without end (`robolearn finetune` and `robolearn sailor` with `--backend
+gpu|warp-cpu`) give it an endless episode source instead (`set_episode_source`): the pool is then
+a ring of initial states that the host tops up every few steps (`top_up`, one read of a counter),
+so a step still never waits for the host. With `final_obs=True` the step's `info["final_obs"]`
+holds every env's observation before the in-step reset (the true next state of a finished
+episode, which off-policy learners bootstrap from on a time limit).
+
 `robolearn eval --backend gpu|warp-cpu` runs it through the rollout engine
 (robolearn.tasks.rollout.DeviceBatch): the same seeds and report as the host evaluation, with
 per-episode results scattered into device arrays and the host consulted only every `sync_every`
@@ -26,8 +33,11 @@ from robolearn.tasks.base import SimState, Task, TaskConfig
 class DeviceVectorEnv:
     """`num_envs` envs of one task on one backend; every per-step tensor stays on its device."""
 
+    on_device = True  # persistent_rollout drives it through DeviceBatch
+
     def __init__(self, task_name: str, num_envs: int, backend: Any = "gpu", cfg: TaskConfig | None = None,
-                 overrides: list[str] | dict[str, Any] | None = None, **backend_kwargs: Any):
+                 overrides: list[str] | dict[str, Any] | None = None, max_episode_steps: int | None = None,
+                 final_obs: bool = False, **backend_kwargs: Any):
         from robolearn.tasks.registry import build_model, load_task_config
         from robolearn.tasks.warp_backend import make_backend
 
@@ -50,6 +60,12 @@ class DeviceVectorEnv:
         self._cycle = False
         self._prev: SimState | None = None
         self._bad_action = torch.zeros(N, dtype=torch.bool, device=dev)
+        # episodes end at the task's horizon, or earlier at max_episode_steps (SAILOR's loop.max_episode_steps)
+        self.horizon = int(self.cfg.horizon if max_episode_steps is None else min(self.cfg.horizon, max_episode_steps))
+        self.final_obs = bool(final_obs)
+        self._next_seed: Any = None  # endless episode source (set_episode_source)
+        self.episode_seeds: list[int] = []  # seed of every episode index handed out so far (endless source)
+        self._filled = 0  # endless source: pool entries exist for episodes < _filled
 
     @property
     def obs_dim(self) -> int:
@@ -67,9 +83,45 @@ class DeviceVectorEnv:
         """Initial states of episodes with these seeds (cycle=True: reuse them forever, for benchmarks)."""
         if not seeds:
             raise ValueError("need at least one episode seed")
-        states = torch.cat([self.task.sample_init(torch.Generator().manual_seed(int(s)), 1) for s in seeds])
-        self._pool = states.to(self.device)
+        self._pool = self._initial_states(seeds).to(self.device)
         self._cycle = cycle
+        self._next_seed = None
+
+    def _initial_states(self, seeds: list[int]) -> torch.Tensor:
+        """Initial states of these episode seeds, sampled on the host exactly as TaskSim.reset(seeds=) does."""
+        return torch.cat([self.task.sample_init(torch.Generator().manual_seed(int(s)), 1) for s in seeds])
+
+    def set_episode_source(self, next_seed: Any, refill_every: int) -> None:
+        """Endless episodes: episode k (k = 0, 1, ... in the order envs start them) has the k-th
+        seed `next_seed()` returns. The pool is a ring of `num_envs * (refill_every + 1)` initial
+        states; `top_up()` must run at least every `refill_every` steps (it reads one counter from
+        the device), which is what keeps every episode that can start before the next top-up
+        sampled in advance."""
+        if refill_every < 1:
+            raise ValueError(f"refill_every must be >= 1, got {refill_every}")
+        self._next_seed = next_seed
+        self._cycle = True
+        self.episode_seeds = []
+        self._filled = 0
+        size = self.num_envs * (int(refill_every) + 1)
+        self._pool = torch.zeros(size, self.backend.layout.state_size, dtype=torch.float64, device=self.device)
+        self._next = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.top_up()
+
+    def top_up(self) -> None:
+        """Endless source: sample the episodes up to (next episode + pool size) into the ring (host
+        sync: reads the next-episode counter)."""
+        if self._next_seed is None:
+            return
+        size = self._pool.shape[0]
+        target = int(self._next) + size
+        if target <= self._filled:
+            return
+        seeds = [int(self._next_seed()) for _ in range(target - self._filled)]
+        rows = torch.arange(self._filled, target, device=self.device) % size
+        self._pool[rows] = self._initial_states(seeds).to(self.device, self._pool.dtype)
+        self.episode_seeds.extend(seeds)
+        self._filled = target
 
     def reset(self) -> torch.Tensor:
         """Every env starts the next episode of the pool (envs beyond the pool stay idle, episode -1)."""
@@ -100,10 +152,12 @@ class DeviceVectorEnv:
         s = self.backend.read()
         success, reward, stage, events = task.evaluate(self._prev, s)
         terminated = success if cfg.terminate_on_success else torch.zeros_like(success)
-        truncated = (self.t >= cfg.horizon) & ~terminated
+        truncated = (self.t >= self.horizon) & ~terminated
         done = terminated | truncated
         info = {"success": success, "stage": stage, "failure_event": events, "episode": self.slot_episode.clone(),
                 "done": done}
+        if self.final_obs:  # the observation a finished env's episode ended in (before its reset below)
+            info["final_obs"] = self.task.observe(s).to(torch.float32, copy=True)
         # Automatic reset: done envs take the next episodes of the pool, in env order.
         E = self.num_episodes
         new_ep = self._next + torch.cumsum(done.to(torch.int64), 0) - 1

@@ -231,27 +231,43 @@ class SingleEnv:
 
 
 class DeviceBatch:
-    """A DeviceVectorEnv (every per-step tensor on its device) over a FixedSeeds schedule; finished
-    slots are reset inside its step, so `restart` only reports which."""
+    """A DeviceVectorEnv (every per-step tensor on its device) over a FixedSeeds schedule, or an
+    EndlessSeeds one (online learners: episode k takes the schedule's k-th seed; every
+    `refill_every` steps the adapter tops up the env's ring of initial states and checks it for
+    NaN actions and simulator errors, its only host reads); finished slots are reset inside its
+    step, so `restart` only reports which."""
 
     on_device = True
 
-    def __init__(self, env: Any, schedule: FixedSeeds) -> None:
-        if not isinstance(schedule, FixedSeeds):
-            raise ValueError("the device env runs a fixed list of episode seeds")
+    def __init__(self, env: Any, schedule: FixedSeeds | EndlessSeeds, refill_every: int = 16) -> None:
+        if not isinstance(schedule, (FixedSeeds, EndlessSeeds)):
+            raise ValueError("the device env runs a FixedSeeds or EndlessSeeds schedule")
         self.env = env
         self.schedule = schedule
+        self.endless = isinstance(schedule, EndlessSeeds)
+        self.refill_every = max(1, int(refill_every))
+        self._since_refill = 0
         self.num_envs = env.num_envs
         self.device = env.device
 
     def start(self) -> dict[str, torch.Tensor]:
-        self.env.set_episodes(self.schedule.seeds)
-        self.schedule.next = len(self.schedule.seeds)
+        if self.endless:
+            self.env.set_episode_source(lambda: self.schedule.take()[1], self.refill_every)
+        else:
+            self.env.set_episodes(self.schedule.seeds)
+            self.schedule.next = len(self.schedule.seeds)
+        self._since_refill = 0
         return {"state": self.env.reset()}
 
     def step(self, action: torch.Tensor) -> Step:
         obs, reward, term, trunc, info = self.env.step(action)
         episode = info["episode"]
+        if self.endless:
+            self._since_refill += 1
+            if self._since_refill >= self.refill_every:
+                self.env.top_up()
+                self.env.check()
+                self._since_refill = 0
         return Step({"state": obs}, reward, term, trunc, info, episode, done=info["done"] & (episode >= 0))
 
     def restart(self, step: Step) -> dict[str, torch.Tensor]:
@@ -563,13 +579,17 @@ class CallbackHook(Hook):
 
 
 def persistent_rollout(sim: Any, actor: Any, next_seed: Callable[[], int], hooks: Sequence[Hook] = (),
-                       max_episode_steps: int | None = None) -> RolloutEngine:
+                       max_episode_steps: int | None = None, refill_every: int = 16) -> RolloutEngine:
     """The narrow entry point for data collection whose envs persist across calls (SAILOR, online
     RL): `engine.run(max_steps=k)` advances every env k steps; a finished episode restarts at once
     with the seed `next_seed()` gives (slots in order), its actor rows reset; episodes are also
     truncated at `max_episode_steps`. Checkpointing reads `engine.obs`, the actor's history,
     `engine.env.slot_seed` / `.length` and the simulator state; `engine.resume(...)` puts them
-    back (see RolloutEngine.resume)."""
+    back (see RolloutEngine.resume). `sim` may also be a DeviceVectorEnv (`robolearn finetune` /
+    `sailor --backend gpu|warp-cpu`): episode seeds are then drawn ahead, `refill_every` steps'
+    worth at a time (DeviceBatch), and hooks must be `device_ok`."""
+    if getattr(sim, "on_device", False):  # a DeviceVectorEnv: truncation is its own max_episode_steps
+        return RolloutEngine(DeviceBatch(sim, EndlessSeeds(next_seed), refill_every), actor, hooks)
     return RolloutEngine(HostBatch(sim, EndlessSeeds(next_seed), max_episode_steps), actor, hooks)
 
 

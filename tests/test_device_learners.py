@@ -1,0 +1,238 @@
+"""Online learners on the device vector env (MuJoCo Warp on Warp's CPU device): `robolearn
+finetune --backend warp-cpu --num-envs K` and SAILOR's collector with `backend="warp-cpu"`, each
+against its host counterpart (MuJoCo C) on the same seeds and action draws.
+
+Kernels come from Warp's kernel cache (~/.cache/warp/<version>); a cold cache adds ~1-2 min.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robolearn.checkpoint import load_tensors
+
+try:
+    import mujoco_warp  # noqa: F401
+    import warp  # noqa: F401
+
+    HAVE_WARP = True
+except ImportError:
+    HAVE_WARP = False
+
+pytestmark = pytest.mark.skipif(not HAVE_WARP, reason="MuJoCo Warp not installed (extra 'gpu')")
+
+K = 3  # envs
+ITERS = 62  # loop steps in the checkpoint: every env passes push_cube's 60-step horizon once
+
+
+def _finetune(tmp_path, backend: str, name: str):
+    from robolearn.rl.wsrl import finetune
+
+    # from scratch: a random-action warm-up over the whole run (the actions are the generator's draws,
+    # independent of the observations, so host and device get the same ones), a few SAC updates at the end
+    ov = ["finetune.init=scratch", "agent.hidden_dims=[16,16]", "agent.num_qs=2", "agent.utd=1", "finetune.batch_size=8",
+          f"finetune.warmup={K * (ITERS + 1)}", "finetune.eval_episodes=0", f"finetune.log_every={K * 16}",
+          f"finetune.save_every={K * ITERS}", "finetune.buffer_capacity=1000"]
+    return finetune(None, task="push_cube", algo="sac", steps=K * (ITERS + 2), overrides=ov, out=tmp_path / name,
+                    wandb_mode="off", progress=False, backend=backend, num_envs=K)
+
+
+@pytest.fixture(scope="module")
+def finetune_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    return {b: _finetune(root, b, b) for b in ("warp-cpu", "cpu")}
+
+
+def test_finetune_on_device_stores_k_transitions_per_step_with_timeouts(finetune_runs):
+    """K envs x N loop steps = K*N transitions; each env's rows chain (s' of step i is s of step
+    i+1) except at its time limit (step 60): there s' is the episode's true last state, not the
+    next episode's first, and the transition is not terminal (a time limit is bootstrapped)."""
+    run = finetune_runs["warp-cpu"]
+    summary = json.loads((run / "continual.json").read_text())
+    assert summary["online_transitions"] == K * (ITERS + 2)
+    assert summary["grad_updates"] == K * 1  # the last loop step is past the warm-up: K x utd updates
+    cfg = (run / "config.yaml").read_text()
+    assert "backend: warp-cpu" in cfg and f"num_envs: {K}" in cfg
+    replay = load_tensors(run / "checkpoints" / "last", "replay")
+    obs, nxt, term = replay["obs"].numpy(), replay["next_obs"].numpy(), replay["terminal"].numpy()
+    assert len(obs) == K * ITERS
+    assert not term.any()  # random pushes never reach the goal in 62 steps
+    horizon = 60
+    for e in range(K):
+        o, n = obs[e::K], nxt[e::K]  # env e's rows, in step order
+        chained = np.all(n[:-1] == o[1:], axis=1)
+        assert np.flatnonzero(~chained).tolist() == [horizon - 1], e
+        # the timeout's s' continues the episode (a small move), the next row starts a new one
+        assert np.abs(n[horizon - 1] - o[horizon - 1]).max() < np.abs(o[horizon] - o[horizon - 1]).max()
+    assert (run / "policy" / "checkpoint.json").is_file()
+
+
+def test_finetune_device_replay_matches_host_vector_env(finetune_runs):
+    """The same K envs on MuJoCo C (finetune.num_envs=K, host vector path) and MuJoCo Warp: same
+    actions (same generator stream), the same episode boundaries, and states / rewards within
+    float32 physics tolerance for the whole 62-step segment."""
+    dev = load_tensors(finetune_runs["warp-cpu"] / "checkpoints" / "last", "replay")
+    host = load_tensors(finetune_runs["cpu"] / "checkpoints" / "last", "replay")
+    assert set(dev) == set(host)
+    torch.testing.assert_close(dev["action"], host["action"], rtol=0, atol=0)
+    torch.testing.assert_close(dev["terminal"], host["terminal"], rtol=0, atol=0)
+    torch.testing.assert_close(dev["obs"], host["obs"], rtol=0, atol=5e-4)
+    torch.testing.assert_close(dev["next_obs"], host["next_obs"], rtol=0, atol=5e-4)
+    torch.testing.assert_close(dev["reward"], host["reward"], rtol=0, atol=5e-4)
+
+
+def test_finetune_device_cli_and_resume(tmp_path, capsys):
+    """`robolearn finetune --backend warp-cpu --num-envs 2` from the command line; `--resume --steps N`
+    continues it from checkpoints/last with the restored replay (fresh episodes in every env)."""
+    from robolearn.cli import main
+
+    out = tmp_path / "cli"
+    args = ["finetune", "--task", "push_cube", "--algo", "sac", "--backend", "warp-cpu", "--num-envs", "2", "--steps", "12",
+            "--out", str(out), "--wandb", "off", "--json", "finetune.init=scratch", "finetune.eval_episodes=0",
+            "agent.hidden_dims=[8,8]", "agent.num_qs=2", "agent.utd=1", "finetune.batch_size=4", "finetune.warmup=6",
+            "finetune.save_every=8", "finetune.log_every=4"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["online_transitions"] == 12 and summary["grad_updates"] == 6  # steps 6..11: 3 loop steps x 2 envs x utd 1
+    state = json.loads((out / "checkpoints" / "last" / "checkpoint.json").read_text())
+    assert state["step"] == 8
+    assert main(["finetune", "--resume", str(out), "--steps", "16", "--wandb", "off", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["online_transitions"] == 16  # 8 restored from the checkpoint + 4 loop steps x 2 envs
+    assert summary["grad_updates"] == 2 + 8  # 1 loop step (6..7) before the checkpoint, 4 after it
+
+
+def test_finetune_vector_path_refuses_gym_tasks(tmp_path):
+    from robolearn.rl.wsrl import finetune
+
+    with pytest.raises(ValueError, match="gymnasium"):
+        finetune(None, task="gym:Pendulum-v1", algo="sac", steps=4, overrides=["finetune.init=scratch"], out=tmp_path / "g",
+                 wandb_mode="off", progress=False, num_envs=2)
+
+
+def test_replay_buffer_on_device_matches_host_buffer():
+    """add_batch on a device buffer and on a host buffer (and K single adds) keep the same rows,
+    wrap-around and samples; the checkpoint state round-trips."""
+    from robolearn.rl.replay import ReplayBuffer
+
+    rng = np.random.default_rng(0)
+    host, dev, single = (ReplayBuffer(3, 2, 10, seed=1, device=d) for d in (None, "cpu", None))
+    for k in (4, 4, 5, 13):
+        o, a, r = rng.normal(size=(k, 3)).astype(np.float32), rng.normal(size=(k, 2)).astype(np.float32), rng.normal(size=k)
+        n, t = rng.normal(size=(k, 3)).astype(np.float32), rng.random(k) < 0.3
+        host.add_batch(o, a, r.astype(np.float32), n, t)
+        dev.add_batch(torch.from_numpy(o), torch.from_numpy(a), torch.from_numpy(r), torch.from_numpy(n), torch.from_numpy(t))
+        for j in range(k):
+            single.add(o[j], a[j], r[j], n[j], t[j])
+    for b in (host, dev):
+        assert (b.size, b.pos, b.added) == (single.size, single.pos, single.added)
+    for name in ("obs", "next_obs", "action", "reward", "terminal"):
+        np.testing.assert_array_equal(np.asarray(getattr(dev, name)), getattr(single, name))
+        np.testing.assert_array_equal(getattr(host, name), getattr(single, name))
+    x, y = host.sample(6), dev.sample(6)
+    for name in x:
+        torch.testing.assert_close(x[name], y[name])
+    tensors, meta = dev.state_dict()
+    again = ReplayBuffer(3, 2, 10, device="cpu")
+    again.load_state_dict(tensors, meta)
+    torch.testing.assert_close(again.sample(6), dev.sample(6))
+
+
+# ----------------------------------------------------------------------------------- SAILOR
+TINY = [
+    "agent.world_model.deter=32", "agent.world_model.stoch=4", "agent.world_model.classes=4", "agent.world_model.hidden=32",
+    "agent.world_model.units=32", "agent.world_model.batch_size=8", "agent.world_model.batch_length=8",
+    "agent.reward.units=32", "agent.critic.units=32", "agent.critic.num_models=3", "agent.planner.horizon=6",
+    "agent.critic.imag_horizon=5", "loop.num_envs=2", "loop.max_episode_steps=9", "loop.eval_episodes=0",
+    "loop.holdout_demo_fraction=0", "loop.data_collect_noise_std=0.1",
+]
+
+
+@pytest.fixture(scope="module")
+def sailor_base(tmp_path_factory):
+    from robolearn.tasks.collect import collect
+    from robolearn.training import train
+
+    root = tmp_path_factory.mktemp("sailor_dev")
+    collect("push_cube", 4, root / "demos.zarr", num_envs=2, progress=False)
+    train("diffusion", root / "demos.zarr", out=root / "dp", wandb_mode="off", progress=False,
+          overrides=["train.steps=4", "train.batch_size=8", "policy.down_dims=[16,32]", "policy.diffusion_step_embed_dim=16",
+                     "train.lr_warmup_steps=1", "train.val_ratio=0", "policy.horizon=12", "policy.n_action_steps=4"])
+    return root
+
+
+def _sailor_collect(root, backend: str):
+    from robolearn.data.store import EpisodeStore
+    from robolearn.sailor.configuration import load_sailor_config
+    from robolearn.sailor.loop import SailorTrainer
+
+    cfg = load_sailor_config(None, TINY + ["device=cpu"])
+    out = root / f"run_{backend}"
+    trainer = SailorTrainer(cfg, root / "dp", root / "demos.zarr", "push_cube", 100, out, wandb_mode="off",
+                            progress=False, backend=backend)
+    m = trainer.collect(40, "noisy_base")  # 20 steps per env: two 9-step episodes each, a third one running
+    pending = trainer._pending_episodes()
+    cut = trainer.close_collector()
+    trainer.replay_store.close()
+    return m, pending, cut, trainer, EpisodeStore.open(out / "replay.zarr")
+
+
+def test_sailor_device_collector_writes_the_host_collectors_records(sailor_base):
+    """SAILOR's collector on MuJoCo Warp produces the replay the host one does: the same episodes
+    (order, lengths, seeds, success, collector, metadata incl. env_step), the same per-step columns
+    and dtypes, the same chunk offsets / labels, and states, actions and base chunks within float32
+    tolerance; the unfinished episodes are pending for training, then committed as cut ones."""
+    mh, ph, ch, th, host = _sailor_collect(sailor_base, "cpu")
+    md, pd, cd, td, dev = _sailor_collect(sailor_base, "warp-cpu")
+    assert mh == md
+    assert mh["collect_steps"] == 40 and mh["collect_episodes"] == 4
+    assert ch == cd == 2 and [len(e.action) for e in ph] == [len(e.action) for e in pd] == [2, 2]
+    assert td.env_step == th.env_step == 40
+    assert set(host.features) == set(dev.features)
+    for k in host.features:
+        assert (host.features[k].shape, host.features[k].dtype) == (dev.features[k].shape, dev.features[k].dtype), k
+    np.testing.assert_array_equal(host.episode_lengths, dev.episode_lengths)
+    assert host.num_episodes == 6
+    a, b = host.episode_table(), dev.episode_table()
+    for col in ("seed", "success", "collector"):
+        np.testing.assert_array_equal(a[col], b[col])
+    for i in range(host.num_episodes):
+        assert host.episode_metadata(i) == dev.episode_metadata(i)
+        ea, eb = host.get_episode(i), dev.get_episode(i)
+        for k in ("chunk_offset", "done", "stage", "failure_event", "source"):
+            np.testing.assert_array_equal(ea[k], eb[k], err_msg=k)
+        for k in ("obs/state", "action", "base_action", "residual", "reward"):
+            np.testing.assert_allclose(ea[k], eb[k], atol=5e-3, err_msg=k)
+    # the in-memory replay the models train on holds the same episodes
+    assert [len(e.action) for e in th.replay.episodes] == [len(e.action) for e in td.replay.episodes]
+
+
+def test_sailor_device_checkpoint_resumes_with_cut_episodes(sailor_base):
+    """A checkpoint taken while device envs run keeps their unfinished episodes' steps; resuming
+    commits them as cut episodes (done, not successful) and collects on fresh envs."""
+    from robolearn.sailor.configuration import load_sailor_config
+    from robolearn.sailor.loop import SailorTrainer
+
+    cfg = load_sailor_config(None, TINY + ["device=cpu"])
+    out = sailor_base / "run_resume"
+    kw = dict(wandb_mode="off", progress=False, backend="warp-cpu")
+    trainer = SailorTrainer(cfg, sailor_base / "dp", sailor_base / "demos.zarr", "push_cube", 100, out, **kw)
+    trainer.collect(24, "noisy_base")  # 12 steps per env: one 9-step episode each, 3 steps of the next
+    trainer.checkpoint()
+    trainer.replay_store.close()
+    assert trainer.replay_store.num_episodes == 2
+    again = SailorTrainer(cfg, sailor_base / "dp", sailor_base / "demos.zarr", "push_cube", 100, out, resume=True, **kw)
+    store = again.replay_store
+    assert store.num_episodes == 4 and again.env_step == 24
+    cut = [store.episode_metadata(i)["mode"] for i in range(4)]
+    assert cut == ["noisy_base", "noisy_base", "cut", "cut"]
+    assert store.episode_lengths.tolist() == [9, 9, 3, 3] and not store.column("success")[2:].any()
+    assert store.get_episode(2)["done"].tolist() == [False, False, True]
+    m = again.collect(4, "noisy_base")
+    assert m["collect_steps"] == 4 and again.env_step == 28
+    again.close_collector()
+    again.replay_store.close()
