@@ -14,7 +14,12 @@
 #                       solver vs CG (--compare-solver cg), and profile.jsonl:
 #                       the graphed device step split into physics / reset / task functions + solver
 #                       iterations over the worlds;
-#   5. bench.md/.json   scripts/bench_gpu.py for push_t (exact coverage) and sort at 32k / 16k worlds,
+#   5. learners.jsonl   scripts/bench_learners.py: env steps/s of `finetune`'s interaction (SAC actor +
+#                       step + device replay, no gradient updates) at 4096 / 16384 envs on CUDA vs the
+#                       host vector loop (16 envs) and today's one-env loop, and of SAILOR's collector
+#                       (noisy base and planner) at 1024 envs on CUDA vs 16 host envs, on the diffusion
+#                       policy of step 3;
+#   6. bench.md/.json   scripts/bench_gpu.py for push_t (exact coverage) and sort at 32k / 16k worlds,
 #                       with whatever time is left (it starts no measurement after its deadline).
 #
 #   bash scripts/gpu_checks.sh [TOTAL_SECONDS] [COMMIT]      # CUDA machine, wheels staged, OUT set
@@ -35,9 +40,11 @@ if [ "${SMALL:-0}" = 1 ]; then
   parity_worlds=4; collect_eps=8; parity_eps=4; demos=8; train_steps=20; eval_eps=8; sort_worlds=8
   bench=(--worlds 8 --steps 2 --dp-steps 8 --warmup 1 --cpu-steps 1 --modes mlp --cpu-modes mlp)
   parity_tasks=(--tasks push_cube); profile_steps=2
+  learners=(--envs 8 --host-envs 2 --steps 4 --warmup 1 --one-env-steps 40 --sailor-envs 2 --sailor-steps 2)
 else
   parity_worlds=512; collect_eps=10240; parity_eps=64; demos=200; train_steps=3000; eval_eps=500; sort_worlds=32768
   bench=(--worlds 32768 16384 --cpu-modes mlp); parity_tasks=(); profile_steps=10
+  learners=(--envs 4096 16384 --host-envs 16 --steps 50 --warmup 5 --one-env-steps 600 --sailor-envs 1024 --sailor-steps 16)
 fi
 left() { echo $(( total - SECONDS )); }
 {
@@ -97,9 +104,13 @@ EOF
   timeout 60 $py scripts/profile_device_step.py --task sort --set num_cubes=3 --worlds $sort_worlds --device "$bench_device" \
       --steps $profile_steps --graph --out "$out/profile.jsonl"
 
+  echo "== [$SECONDS s] 5. online learners: finetune interaction and SAILOR collection, device vs host"
+  timeout 180 $py scripts/bench_learners.py --backend "$backend" --task push_cube --base $data/dp --demos $data/pc.zarr \
+      --deadline-s 120 --commit "$commit" --out "$out/learners.jsonl" "${learners[@]}"
+
   l=$(( $(left) - 40 ))
   [ $l -lt 30 ] && l=30  # at least the first measurement
-  echo "== [$SECONDS s] 5. benchmark push_t + sort (start no measurement after $l s)"
+  echo "== [$SECONDS s] 6. benchmark push_t + sort (start no measurement after $l s)"
   timeout $(( l + 60 )) $py scripts/bench_gpu.py --device "$bench_device" --tasks push_t sort --deadline-s $l \
       --commit "$commit" --out "$out/bench.md" "${bench[@]}"
   echo "== done [$SECONDS s]"

@@ -202,14 +202,15 @@ class ReplayBuffer:
             self.added += k - self.capacity
             self.pos = (self.pos + k - self.capacity) % self.capacity
             k = self.capacity
-        rows = (self.pos + np.arange(k)) % self.capacity
         if self.device is not None:
-            rows = torch.as_tensor(rows, device=self.device)
+            # row indices made on the device: no host-to-device copy (which would wait for the device)
+            rows = (torch.arange(k, device=self.device) + self.pos) % self.capacity
             cols = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminal": terminal}
             for name, v in cols.items():
                 dst = getattr(self, name)
                 dst.index_copy_(0, rows, torch.as_tensor(v).to(self.device, dst.dtype).reshape(k, *dst.shape[1:]))
         else:
+            rows = (self.pos + np.arange(k)) % self.capacity
             self.obs[rows], self.action[rows], self.reward[rows] = obs, action, reward
             self.next_obs[rows], self.terminal[rows] = next_obs, terminal
         self.pos = (self.pos + k) % self.capacity

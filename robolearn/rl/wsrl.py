@@ -15,6 +15,16 @@ pre-trained policy); the curve and its continual-evaluation metrics (robolearn.r
 written to `continual.json` and `continual.png` in the run directory. Env steps count from the
 start of fine-tuning and include the warm-up, so every method gets the same number of samples.
 
+Many envs (`--num-envs K` / `finetune.num_envs`, our tasks) and MuJoCo Warp (`--backend gpu|warp-cpu`
+/ `finetune.backend`): every env steps once per loop step through the project's rollout engine
+(robolearn.rl.vector), adding K transitions, so env-step counts (steps, warm-up, log/eval/save
+intervals) advance by K and the run ends at the first multiple of K >= steps; each loop step then
+does K x `utd` critic updates (the same updates per transition as one env). On MuJoCo Warp the
+agent, the replay buffer and the action draws live on the backend's device and evaluation runs
+there too. A resumed many-env run restores the agent, replay, counters and generators exactly, but
+its envs start fresh episodes (the ones running at the checkpoint are cut; their transitions are
+in the replay), so it is not bit-identical to an uninterrupted run; one env resumes exactly.
+
 Checkpoints like `robolearn offline` (robolearn.rl.algos.save_agent / load_resume):
 `<run>/checkpoints/last` every `save_every` env steps holds the agent, its optimizers, the online
 replay buffer (safetensors arrays, nothing pickled), the env-step / episode / warm-up counters, the

@@ -88,6 +88,15 @@ class SailorPolicy(nn.Module):
         self.current_residual: torch.Tensor | None = None  # (B, H, A) its executed residual (zeros if rejected)
         self.current_offset: torch.Tensor | None = None  # (B,) index of this step's action within the chunk
 
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "SailorPolicy":
+        """Module moves (`.to(device)`) also move the planner's generator: a CPU generator cannot
+        drive sampling on CUDA (moved, it is re-seeded with planner_seed, as `reset()` does)."""
+        out = super()._apply(fn, *args, **kwargs)
+        device = self.device
+        if self.generator.device != device:
+            self.generator = torch.Generator(device).manual_seed(self.config.planner_seed)
+        return out
+
     @classmethod
     def from_stats(cls, config: SailorConfig, stats: dict[str, dict[str, Any]]) -> "SailorPolicy":
         modes = config.normalizer_modes()

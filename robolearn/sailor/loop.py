@@ -356,9 +356,7 @@ class SailorTrainer:
             self.agent = SailorPolicy(agent_cfg, base.normalizer)
             self.agent.base.load_state_dict(base.state_dict())
             self.base_ckpt = base_ckpt
-        self.agent.to(self.device)
-        if self.agent.generator.device != self.device:
-            self.agent.generator = torch.Generator(self.device).manual_seed(self.agent.config.planner_seed)
+        self.agent.to(self.device)  # also moves the planner's generator (SailorPolicy._apply)
         self.acfg = self.agent.config
         overrides = list(task_overrides or [])
         if perturb is not None:
