@@ -92,18 +92,22 @@ def test_finetune_device_cli_and_resume(tmp_path, capsys):
 
     out = tmp_path / "cli"
     args = ["finetune", "--task", "push_cube", "--algo", "sac", "--backend", "warp-cpu", "--num-envs", "2", "--steps", "12",
-            "--out", str(out), "--wandb", "off", "--json", "finetune.init=scratch", "finetune.eval_episodes=0",
+            "--out", str(out), "--wandb", "off", "--json", "finetune.init=scratch", "finetune.eval_episodes=2",
+            "finetune.eval_num_envs=2", "finetune.eval_every=8",
             "agent.hidden_dims=[8,8]", "agent.num_qs=2", "agent.utd=1", "finetune.batch_size=4", "finetune.warmup=6",
             "finetune.save_every=8", "finetune.log_every=4"]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["online_transitions"] == 12 and summary["grad_updates"] == 6  # steps 6..11: 3 loop steps x 2 envs x utd 1
+    assert [h["step"] for h in summary["history"]] == [0, 8, 12]  # evaluated on warp-cpu too
+    assert all(len(h["per_seed_return"]) == 2 for h in summary["history"])
     state = json.loads((out / "checkpoints" / "last" / "checkpoint.json").read_text())
     assert state["step"] == 8
     assert main(["finetune", "--resume", str(out), "--steps", "16", "--wandb", "off", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["online_transitions"] == 16  # 8 restored from the checkpoint + 4 loop steps x 2 envs
     assert summary["grad_updates"] == 2 + 8  # 1 loop step (6..7) before the checkpoint, 4 after it
+    assert [h["step"] for h in summary["history"]] == [0, 8, 16]
 
 
 def _expert_replay(backend: str, num_envs: int, steps: int):
