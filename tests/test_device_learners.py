@@ -169,6 +169,38 @@ def test_device_replay_terminations_match_host():
         assert total == pytest.approx(expect, abs=1e-4)
 
 
+def test_endless_episode_ring_gives_every_episode_its_seed():
+    """The device env's endless source at its fastest turnover (every env ends an episode every
+    step, the ring topped up every 2 steps): every episode starts from the initial state of its
+    own seed (as TaskSim.reset(seeds=) samples it on the host), seeds in the order handed out."""
+    from robolearn.tasks.device_env import DeviceVectorEnv
+    from robolearn.tasks.rollout import DeviceBatch, EndlessSeeds
+    from robolearn.tasks.sim import TaskSim
+
+    n, steps = 3, 9
+    env = DeviceVectorEnv("push_cube", n, backend="warp-cpu", max_episode_steps=1)
+    counter = iter(range(500, 10_000, 7))
+    batch = DeviceBatch(env, EndlessSeeds(lambda: next(counter)), refill_every=2)
+    host = TaskSim("push_cube", num_envs=1)
+    try:
+        obs = batch.start()["state"]
+        seen = []
+        for _ in range(steps):
+            for e in range(n):
+                k = int(env.slot_episode[e])
+                seen.append(k)
+                want = host.reset(seeds=[env.episode_seeds[k]])["state"][0]
+                np.testing.assert_allclose(obs[e].numpy(), want, atol=1e-5, err_msg=f"episode {k}")
+            step = batch.step(torch.zeros(n, env.action_dim))
+            assert bool(step.done.all())  # one-step episodes
+            obs = step.obs["state"]
+        assert seen == list(range(n * steps))
+        assert env.episode_seeds[: n * steps] == list(range(500, 500 + 7 * n * steps, 7))
+    finally:
+        batch.close()
+        host.close()
+
+
 def test_gpu_backend_without_cuda_is_a_one_line_error(tmp_path, capsys):
     from robolearn.cli import main
     from robolearn.tasks.warp_backend import cuda_available
