@@ -423,7 +423,7 @@ def _rollout_eval(policy: nn.Module, task: str, tcfg: Any, step: int, task_overr
         report = evaluate_policy(policy, task, episodes=tcfg.eval_episodes, seed=10_000, num_envs=min(tcfg.eval_episodes, 10),
                                  progress=False, task_overrides=task_overrides)
         policy.train(was_training)
-    return {"eval_success_rate": report["success_rate"], "eval_mean_return": report["mean_return"]}
+    return {"eval_success_rate": report["success_rate"], "eval_mean_return": report["mean_return"], "eval_score": report["score"]}
 
 
 def check_out_dir(run_dir: Path, overwrite: bool = False) -> None:
