@@ -288,16 +288,22 @@ class DeviceReplayRecorder(Hook):
         env_steps, self.chunk, self.env_steps = self.env_steps, {}, []
         seeds = t._sim.episode_seeds
         keys = [k for k in host if not k.startswith("_")]
-        now = t.env_step
+        now, T = t.env_step, len(env_steps)
+        taken = np.zeros(t.loop.num_envs, np.int64)  # per env: rows of this chunk already in its buffer
+
+        def take(i: int, end: int) -> None:  # env i's rows taken[i]..end-1 into its step lists
+            b = t._bufs[i]
+            for k in keys:
+                b.setdefault(k, []).extend(host[k][taken[i]:end, i])
+            taken[i] = end
+
         try:
-            for j, at in enumerate(env_steps):
-                t.env_step = at  # as the host collector sees it when this step's episodes end
-                for i in range(t.loop.num_envs):
-                    b = t._bufs[i]
-                    for k in keys:
-                        b.setdefault(k, []).append(host[k][j, i])
-                for i in np.flatnonzero(host["_ended"][j]):
-                    t._finish_episode(int(i), int(seeds[int(host["_episode"][j, i])]), bool(host["_success"][j, i]))
+            for j, i in np.argwhere(host["_ended"]):  # by step, then env: the host collector's commit order
+                take(int(i), int(j) + 1)
+                t.env_step = env_steps[j]  # as the host collector sees it when this step's episodes end
+                t._finish_episode(int(i), int(seeds[int(host["_episode"][j, i])]), bool(host["_success"][j, i]))
+            for i in range(t.loop.num_envs):
+                take(i, T)
         finally:
             t.env_step = now
 
