@@ -282,6 +282,9 @@ def _sailor_collect(root, backend: str):
     trainer = SailorTrainer(cfg, root / "dp", root / "demos.zarr", "push_cube", 100, out, wandb_mode="off",
                             progress=False, backend=backend)
     m = trainer.collect(40, "noisy_base")  # 20 steps per env: two 9-step episodes each, a third one running
+    trainer.agent.planner_ready.fill_(True)  # the planner's path on the device too (untrained: it keeps the base plan)
+    planned = trainer.collect(8, "planner")  # 4 more steps per env: the third episodes reach 6 steps
+    m.update({k: planned[k] for k in ("collect_steps", "planner_decisions", "planner_accept_frac")})
     pending = trainer._pending_episodes()
     cut = trainer.close_collector()
     trainer.replay_store.close()
@@ -292,13 +295,14 @@ def test_sailor_device_collector_writes_the_host_collectors_records(sailor_base)
     """SAILOR's collector on MuJoCo Warp produces the replay the host one does: the same episodes
     (order, lengths, seeds, success, collector, metadata incl. env_step), the same per-step columns
     and dtypes, the same chunk offsets / labels, and states, actions and base chunks within float32
-    tolerance; the unfinished episodes are pending for training, then committed as cut ones."""
+    tolerance; the planner (forced ready) decides at the same steps; the unfinished episodes are
+    pending for training, then committed as cut ones."""
     mh, ph, ch, th, host = _sailor_collect(sailor_base, "cpu")
     md, pd, cd, td, dev = _sailor_collect(sailor_base, "warp-cpu")
     assert mh == md
-    assert mh["collect_steps"] == 40 and mh["collect_episodes"] == 4
-    assert ch == cd == 2 and [len(e.action) for e in ph] == [len(e.action) for e in pd] == [2, 2]
-    assert td.env_step == th.env_step == 40
+    assert mh["collect_steps"] == 8 and mh["collect_episodes"] == 4 and mh["planner_decisions"] == 2
+    assert ch == cd == 2 and [len(e.action) for e in ph] == [len(e.action) for e in pd] == [6, 6]
+    assert td.env_step == th.env_step == 48
     assert set(host.features) == set(dev.features)
     for k in host.features:
         assert (host.features[k].shape, host.features[k].dtype) == (dev.features[k].shape, dev.features[k].dtype), k
