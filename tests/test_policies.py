@@ -107,16 +107,15 @@ def test_bc_deterministic_overfits():
 
 
 def test_bc_gmm_overfits():
-    # The initialisation is seeded (it used to take whatever RNG state earlier tests left, and
-    # failed about one run in two). At lr 3e-3 the GMM NLL does not decrease smoothly: it spikes
-    # by >1 nat ~45 times in 1800 steps as the stds shrink, so the mean of the last 10 steps at
-    # step 600 lands on a random phase of that oscillation: 5 of init seeds 0-9 pass (seed 0 does
-    # not: drop 1.32). Seed 4 passes with the widest margin (drop 3.62, mse/var 0.004).
-    torch.manual_seed(4)
+    # At lr 3e-3 the GMM NLL spiked by >1 nat many times as the stds shrank, so the last-10-step mean
+    # landed on a random phase of that oscillation and only 5 of init seeds 0-9 passed. At lr 1e-3
+    # all of seeds 0-9 pass with margin (NLL drop 2.23-3.89 nats after 600 steps, mse/var <= 0.042),
+    # so any seed is a fair test; 0 is used.
+    torch.manual_seed(0)
     batch = chunk_batch(2, 4)
     policy = build("bc", tiny_bc(head="gmm", gmm_num_modes=2, gmm_inference="mode", hidden_dims=[128, 128]), batch)
-    first, last = train(policy, batch, steps=600, lr=3e-3)
-    assert last < first - 2.5  # NLL per dimension (goes negative as stds shrink)
+    first, last = train(policy, batch, steps=600, lr=1e-3)
+    assert last < first - 1.5  # NLL per dimension (goes negative as stds shrink)
     mse = ((policy.predict_action(batch["obs"]) - batch["action"]) ** 2).mean()
     assert mse < 0.1 * batch["action"].var()
 
