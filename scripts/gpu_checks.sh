@@ -14,7 +14,9 @@
 #                       solver vs CG (--compare-solver cg), and profile.jsonl:
 #                       the graphed device step split into physics / reset / task functions + solver
 #                       iterations over the worlds;
-#   5. learners.jsonl   scripts/bench_learners.py: env steps/s of `finetune`'s interaction (SAC actor +
+#   5. learners_tests.txt  tests/test_device_learners.py on the CUDA backend (finetune / SAILOR device
+#                       paths against MuJoCo C; needs pytest staged), then
+#      learners.jsonl   scripts/bench_learners.py: env steps/s of `finetune`'s interaction (SAC actor +
 #                       step + device replay, no gradient updates) at 4096 / 16384 envs on CUDA vs the
 #                       host vector loop (16 envs) and today's one-env loop, and of SAILOR's collector
 #                       (noisy base and planner) at 1024 envs on CUDA vs 16 host envs, on the diffusion
@@ -104,9 +106,15 @@ EOF
   timeout 60 $py scripts/profile_device_step.py --task sort --set num_cubes=3 --worlds $sort_worlds --device "$bench_device" \
       --steps $profile_steps --graph --out "$out/profile.jsonl"
 
-  echo "== [$SECONDS s] 5. online learners: finetune interaction and SAILOR collection, device vs host"
-  timeout 180 $py scripts/bench_learners.py --backend "$backend" --task push_cube --base $data/dp --demos $data/pc.zarr \
-      --deadline-s 120 --commit "$commit" --out "$out/learners.jsonl" "${learners[@]}"
+  echo "== [$SECONDS s] 5. online learners: their device tests on $backend, then finetune / SAILOR env steps/s, device vs host"
+  if $py -c "import pytest" 2>/dev/null; then
+    ROBOLEARN_TEST_DEVICE_BACKEND="$backend" timeout 150 $py -m pytest -q -p no:cacheprovider tests/test_device_learners.py \
+        > "$out/learners_tests.txt" 2>&1; tail -15 "$out/learners_tests.txt"
+  else
+    echo "no pytest here (stage it: ../shared/gpu/stage.sh pytest==9.0.3 pluggy==1.6.0 iniconfig==2.3.0): device learner tests not run"
+  fi
+  timeout 150 $py scripts/bench_learners.py --backend "$backend" --task push_cube --base $data/dp --demos $data/pc.zarr \
+      --deadline-s 100 --commit "$commit" --out "$out/learners.jsonl" "${learners[@]}"
 
   l=$(( $(left) - 40 ))
   [ $l -lt 30 ] && l=30  # at least the first measurement

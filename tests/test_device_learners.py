@@ -3,11 +3,13 @@ finetune --backend warp-cpu --num-envs K` and SAILOR's collector with `backend="
 against its host counterpart (MuJoCo C) on the same seeds and action draws.
 
 Kernels come from Warp's kernel cache (~/.cache/warp/<version>); a cold cache adds ~1-2 min.
+`ROBOLEARN_TEST_DEVICE_BACKEND=gpu` runs the same tests on CUDA (scripts/gpu_checks.sh does).
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ except ImportError:
     HAVE_WARP = False
 
 pytestmark = pytest.mark.skipif(not HAVE_WARP, reason="MuJoCo Warp not installed (extra 'gpu')")
+DEVICE = os.environ.get("ROBOLEARN_TEST_DEVICE_BACKEND", "warp-cpu")  # the device backend under test
 
 K = 3  # envs
 ITERS = 62  # loop steps in the checkpoint: every env passes push_cube's 60-step horizon once
@@ -44,19 +47,19 @@ def _finetune(tmp_path, backend: str, name: str):
 @pytest.fixture(scope="module")
 def finetune_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
-    return {b: _finetune(root, b, b) for b in ("warp-cpu", "cpu")}
+    return {b: _finetune(root, b, b) for b in (DEVICE, "cpu")}
 
 
 def test_finetune_on_device_stores_k_transitions_per_step_with_timeouts(finetune_runs):
     """K envs x N loop steps = K*N transitions; each env's rows chain (s' of step i is s of step
     i+1) except at its time limit (step 60): there s' is the episode's true last state, not the
     next episode's first, and the transition is not terminal (a time limit is bootstrapped)."""
-    run = finetune_runs["warp-cpu"]
+    run = finetune_runs[DEVICE]
     summary = json.loads((run / "continual.json").read_text())
     assert summary["online_transitions"] == K * (ITERS + 2)
     assert summary["grad_updates"] == K * 1  # the last loop step is past the warm-up: K x utd updates
     cfg = (run / "config.yaml").read_text()
-    assert "backend: warp-cpu" in cfg and f"num_envs: {K}" in cfg
+    assert f"backend: {DEVICE}" in cfg and f"num_envs: {K}" in cfg
     replay = load_tensors(run / "checkpoints" / "last", "replay")
     obs, nxt, term = replay["obs"].numpy(), replay["next_obs"].numpy(), replay["terminal"].numpy()
     assert len(obs) == K * ITERS
@@ -71,11 +74,37 @@ def test_finetune_on_device_stores_k_transitions_per_step_with_timeouts(finetune
     assert (run / "policy" / "checkpoint.json").is_file()
 
 
+def test_finetune_device_transitions_replayed_on_mujoco_c(finetune_runs):
+    """The device run's actions, replayed on K MuJoCo C envs with the same episode seeds through the
+    same engine and ReplayHook, give the same transitions: episode boundaries, terminal flags, and
+    states / rewards within float32 physics tolerance for the whole 62-step segment (any device)."""
+    from robolearn.rl.replay import ReplayBuffer
+    from robolearn.rl.vector import ReplayHook
+    from robolearn.tasks.rollout import FunctionActor, persistent_rollout
+    from robolearn.tasks.sim import TaskSim
+
+    dev = load_tensors(finetune_runs[DEVICE] / "checkpoints" / "last", "replay")
+    actions = iter(dev["action"].numpy().reshape(ITERS, K, -1))
+    sim = TaskSim("push_cube", num_envs=K)
+    buffer = ReplayBuffer(sim.obs_dim, sim.action_dim, 1000)
+    seeds = iter(range(10_000))  # finetune.seed=0: episode k has seed k (env_seed)
+    engine = persistent_rollout(sim, FunctionActor(lambda s: next(actions)), lambda: next(seeds),
+                                [ReplayHook(buffer, 1.0, 0.0)])  # sac.yaml: reward scale 1, bias 0
+    engine.run(max_steps=ITERS)
+    engine.close()
+    assert len(buffer) == len(dev["obs"])
+    n = len(buffer)
+    np.testing.assert_array_equal(buffer.terminal[:n], dev["terminal"].numpy())
+    for k in ("obs", "next_obs", "reward"):
+        np.testing.assert_allclose(getattr(buffer, k)[:n], dev[k].numpy(), rtol=0, atol=5e-4, err_msg=k)
+
+
+@pytest.mark.skipif(DEVICE != "warp-cpu", reason="compares action draws: the same generator only on a CPU device")
 def test_finetune_device_replay_matches_host_vector_env(finetune_runs):
     """The same K envs on MuJoCo C (finetune.num_envs=K, host vector path) and MuJoCo Warp: same
     actions (same generator stream), the same episode boundaries, and states / rewards within
     float32 physics tolerance for the whole 62-step segment."""
-    dev = load_tensors(finetune_runs["warp-cpu"] / "checkpoints" / "last", "replay")
+    dev = load_tensors(finetune_runs[DEVICE] / "checkpoints" / "last", "replay")
     host = load_tensors(finetune_runs["cpu"] / "checkpoints" / "last", "replay")
     assert set(dev) == set(host)
     torch.testing.assert_close(dev["action"], host["action"], rtol=0, atol=0)
@@ -91,7 +120,7 @@ def test_finetune_device_cli_and_resume(tmp_path, capsys):
     from robolearn.cli import main
 
     out = tmp_path / "cli"
-    args = ["finetune", "--task", "push_cube", "--algo", "sac", "--backend", "warp-cpu", "--num-envs", "2", "--steps", "12",
+    args = ["finetune", "--task", "push_cube", "--algo", "sac", "--backend", DEVICE, "--num-envs", "2", "--steps", "12",
             "--out", str(out), "--wandb", "off", "--json", "finetune.init=scratch", "finetune.eval_episodes=2",
             "finetune.eval_num_envs=2", "finetune.eval_every=8",
             "agent.hidden_dims=[8,8]", "agent.num_qs=2", "agent.utd=1", "finetune.batch_size=4", "finetune.warmup=6",
@@ -137,7 +166,7 @@ def _expert_replay(backend: str, num_envs: int, steps: int):
     engine.run(max_steps=steps)
     returns = hook.take_returns()
     engine.close()
-    return {k: np.asarray(getattr(buffer, k)[: len(buffer)]) for k in ("obs", "next_obs", "action", "reward", "terminal")}, returns
+    return {k: np.asarray(torch.as_tensor(getattr(buffer, k)[: len(buffer)]).cpu()) for k in ("obs", "next_obs", "action", "reward", "terminal")}, returns
 
 
 def test_device_replay_terminations_match_host():
@@ -145,7 +174,7 @@ def test_device_replay_terminations_match_host():
     (not the next episode's first), its reward the success reward (scaled: 2 * 1 - 1); MuJoCo Warp
     and MuJoCo C end the same episodes at the same steps, with the same finished-episode returns."""
     n, steps = 3, 40
-    dev, dev_ret = _expert_replay("warp-cpu", n, steps)
+    dev, dev_ret = _expert_replay(DEVICE, n, steps)
     host, host_ret = _expert_replay("cpu", n, steps)
     assert len(dev["reward"]) == n * steps
     term = dev["terminal"].reshape(steps, n)
@@ -178,7 +207,7 @@ def test_endless_episode_ring_gives_every_episode_its_seed():
     from robolearn.tasks.sim import TaskSim
 
     n, steps = 3, 9
-    env = DeviceVectorEnv("push_cube", n, backend="warp-cpu", max_episode_steps=1)
+    env = DeviceVectorEnv("push_cube", n, backend=DEVICE, max_episode_steps=1)
     counter = iter(range(500, 10_000, 7))
     batch = DeviceBatch(env, EndlessSeeds(lambda: next(counter)), refill_every=2)
     host = TaskSim("push_cube", num_envs=1)
@@ -190,7 +219,7 @@ def test_endless_episode_ring_gives_every_episode_its_seed():
                 k = int(env.slot_episode[e])
                 seen.append(k)
                 want = host.reset(seeds=[env.episode_seeds[k]])["state"][0]
-                np.testing.assert_allclose(obs[e].numpy(), want, atol=1e-5, err_msg=f"episode {k}")
+                np.testing.assert_allclose(obs[e].cpu().numpy(), want, atol=1e-5, err_msg=f"episode {k}")
             step = batch.step(torch.zeros(n, env.action_dim))
             assert bool(step.done.all())  # one-step episodes
             obs = step.obs["state"]
@@ -298,7 +327,7 @@ def test_sailor_device_collector_writes_the_host_collectors_records(sailor_base)
     tolerance; the planner (forced ready) decides at the same steps; the unfinished episodes are
     pending for training, then committed as cut ones."""
     mh, ph, ch, th, host = _sailor_collect(sailor_base, "cpu")
-    md, pd, cd, td, dev = _sailor_collect(sailor_base, "warp-cpu")
+    md, pd, cd, td, dev = _sailor_collect(sailor_base, DEVICE)
     assert mh == md
     assert mh["collect_steps"] == 8 and mh["collect_episodes"] == 4 and mh["planner_decisions"] == 2
     assert ch == cd == 2 and [len(e.action) for e in ph] == [len(e.action) for e in pd] == [6, 6]
@@ -330,7 +359,7 @@ def test_sailor_device_checkpoint_resumes_with_cut_episodes(sailor_base):
 
     cfg = load_sailor_config(None, TINY + ["device=cpu"])
     out = sailor_base / "run_resume"
-    kw = dict(wandb_mode="off", progress=False, backend="warp-cpu")
+    kw = dict(wandb_mode="off", progress=False, backend=DEVICE)
     trainer = SailorTrainer(cfg, sailor_base / "dp", sailor_base / "demos.zarr", "push_cube", 100, out, **kw)
     trainer.collect(24, "noisy_base")  # 12 steps per env: one 9-step episode each, 3 steps of the next
     trainer.checkpoint()
