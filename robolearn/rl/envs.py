@@ -92,7 +92,8 @@ def make_env(task: str, **overrides: Any) -> RLEnv:
 
 def evaluate(act: Callable[[np.ndarray], np.ndarray], env: RLEnv | str, seeds: Sequence[int]) -> list[dict[str, Any]]:
     """One episode per seed with `act(obs (D,)) -> action (A,)`, on one env through the rollout
-    engine (robolearn.tasks.rollout); per-episode records (success: at any step)."""
+    engine (robolearn.tasks.rollout); per-episode records (success: at any step, the same definition
+    as robolearn.evaluation's reports)."""
     from robolearn.tasks.rollout import EpisodeStats, FixedSeeds, FunctionActor, HostBatch, RolloutEngine, SingleEnv
 
     own = isinstance(env, str)
@@ -108,7 +109,7 @@ def evaluate(act: Callable[[np.ndarray], np.ndarray], env: RLEnv | str, seeds: S
     finally:
         if own:
             env.close()
-    return [{"seed": r["seed"], "return": r["return"], "success": r["success_once"], "length": r["length"]}
+    return [{"seed": r["seed"], "return": r["return"], "success": r["success"], "length": r["length"]}
             for r in records]
 
 

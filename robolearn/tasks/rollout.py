@@ -459,8 +459,8 @@ class EpisodeStats(Hook):
         acc["success_once"] |= active & success
         self.ep["success"].scatter_(0, target, success)
         self.ep["done"].scatter_(0, target, done)
-        if self.score_fn is None:
-            acc["score"] = success.to(torch.float64)
+        if self.score_fn is None:  # without a step score an episode's score is its success
+            acc["score"] = acc["success_once"].to(torch.float64)
         for k in acc:
             self.ep[k].scatter_(0, target, acc[k])
         ended = t(step.info["done"], dev) if engine.env.on_device else done
@@ -476,8 +476,12 @@ class EpisodeStats(Hook):
         for i in range(self.E):
             if not bool(host["done"][i]):
                 continue
-            success, events = bool(host["success"][i]), int(host["events"][i])
-            rec = {"episode": i, "seed": self.seeds[i], "success": success, "return": float(host["return"][i]),
+            # One success definition everywhere (eval, training evals, RL evaluation): the task's success
+            # held at some step. It equals success at the last step when the task terminates on success
+            # (every built-in task's default); `success_at_end` keeps the last step's flag.
+            success, events = bool(host["success_once"][i]), int(host["events"][i])
+            rec = {"episode": i, "seed": self.seeds[i], "success": success, "success_at_end": bool(host["success"][i]),
+                   "return": float(host["return"][i]),
                    "length": int(host["length"][i]), "failure_events": events, "recoveries": events if success else 0,
                    "max_stage": int(host["max_stage"][i]), "score": float(host["score"][i]),
                    "success_once": bool(host["success_once"][i])}
