@@ -18,6 +18,11 @@ Episodes restart at once in the env that finished them, with the seeds the loop 
 `next_obs` (the host's pre-restart observation; on the device the env's `final_obs`), and only a
 termination (success) is a terminal transition, a time limit is bootstrapped, exactly as the
 one-env loop does.
+
+Checkpoints (`state_dict` / `load_state_dict`): on the host the envs' physics, generators, step
+counters, observations and episode seeds are saved, so a resumed run continues them exactly; the
+device envs are not saved (MuJoCo Warp's solver state is not part of the state vector): a resumed
+device run starts fresh episodes.
 """
 
 from __future__ import annotations
@@ -129,6 +134,46 @@ class VectorInteraction:
     def step(self, random_actions: bool) -> None:
         self.actor.random = random_actions
         self.engine.run(max_steps=1)
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, JSON meta) of where the envs are: the returns being summed and, on the host,
+        everything `load_state_dict` needs to continue the running episodes exactly."""
+        hook = self.hook
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {"exact": False, "backend": "cpu" if not self.engine.env.on_device else "device",
+                                "num_envs": self.num_envs}
+        if not self.engine.started:
+            return tensors, meta
+        tensors.update(running=hook.running.cpu().clone(), finished_sum=hook.finished_sum.cpu().reshape(1),
+                       finished_count=hook.finished_count.cpu().reshape(1))
+        if not self.engine.env.on_device:
+            sim, env = self.sim, self.engine.env
+            tensors.update(sim_state=torch.from_numpy(np.asarray(sim.get_state(), np.float64).copy()),
+                           sim_gens=torch.stack([g.get_state() for g in sim.gens]), sim_t=sim.t.clone())
+            for k, v in self.engine.obs.items():
+                tensors[f"obs.{k}"] = torch.from_numpy(np.ascontiguousarray(v))
+            meta.update(exact=True, seeds=[int(x) for x in env.slot_seed], sim_seeds=[int(x) for x in sim.seeds],
+                        lengths=[int(x) for x in env.length])
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bool:
+        """Continue the checkpoint's envs (host envs of the same count: exactly; returns True), or
+        leave them to start fresh episodes at the first step (returns False)."""
+        if not (meta.get("exact") and not self.engine.env.on_device and meta.get("num_envs") == self.num_envs):
+            return False
+        sim = self.sim
+        sim.reset(seeds=meta["sim_seeds"])
+        sim.set_state(tensors["sim_state"].numpy())
+        sim.t[:] = tensors["sim_t"]
+        for gen, state in zip(sim.gens, tensors["sim_gens"]):
+            gen.set_state(state.clone())
+        obs = {k[4:]: v.numpy().copy() for k, v in tensors.items() if k.startswith("obs.")}
+        self.engine.resume(obs, meta["seeds"], lengths=meta["lengths"])  # (re)starts the hook's sums
+        hook = self.hook
+        hook.running = tensors["running"].to(hook.running.device, hook.running.dtype).clone()
+        hook.finished_sum.fill_(float(tensors["finished_sum"][0]))
+        hook.finished_count.fill_(int(tensors["finished_count"][0]))
+        return True
 
     def close(self) -> None:
         self.engine.close()

@@ -21,9 +21,10 @@ Many envs (`--num-envs K` / `finetune.num_envs`, our tasks) and MuJoCo Warp (`--
 intervals) advance by K and the run ends at the first multiple of K >= steps; each loop step then
 does K x `utd` critic updates (the same updates per transition as one env). On MuJoCo Warp the
 agent, the replay buffer and the action draws live on the backend's device and evaluation runs
-there too. A resumed many-env run restores the agent, replay, counters and generators exactly, but
-its envs start fresh episodes (the ones running at the checkpoint are cut; their transitions are
-in the replay), so it is not bit-identical to an uninterrupted run; one env resumes exactly.
+there too. A resumed many-env run restores the agent, replay, counters and generators exactly;
+host envs (MuJoCo C) continue their running episodes exactly, so the run resumes bit-identically
+as with one env; device envs start fresh episodes (the ones running at the checkpoint are cut;
+their transitions are in the replay), so a device run is not bit-identical to an uninterrupted one.
 
 Checkpoints like `robolearn offline` (robolearn.rl.algos.save_agent / load_resume):
 `<run>/checkpoints/last` every `save_every` env steps holds the agent, its optimizers, the online
@@ -252,8 +253,9 @@ def finetune(
         stats_log.update(state["stats"])
         history.extend(state["history"])
         if vector or state.get("vector"):
-            # many envs: they start fresh episodes, with the seeds after the ones handed out (the
-            # episodes that were running are cut; their transitions are in the restored replay)
+            # many envs: host envs continue exactly (robolearn.rl.vector restores them below); device
+            # envs start fresh episodes with the seeds after the ones handed out (the running ones are
+            # cut; their transitions are in the restored replay)
             ep_ret = 0.0
             if not vector:
                 obs = env.reset(seed=env_seed(episode))
@@ -284,6 +286,10 @@ def finetune(
             return env_seed(episode - 1)
 
         interaction = VectorInteraction(task, env_kwargs, fcfg.backend, fcfg.num_envs, agent, buffer, act_gen, next_seed)
+        if state is not None and isinstance(state.get("envs"), dict):
+            last = run_dir / "checkpoints" / "last"
+            envs_tensors = load_tensors(last, "envs", meta) if state["envs"].get("exact") else {}
+            interaction.load_state_dict(envs_tensors, state["envs"])
 
     def save_last(step: int) -> None:
         replay_tensors, replay_meta = buffer.state_dict()
@@ -295,8 +301,13 @@ def finetune(
                 "replay": replay_meta, "act_rng": act_rng.bit_generator.state, "off_rng": off_rng.bit_generator.state,
                 "np_global": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
         actions = np.asarray(ep_actions, np.float32).reshape(len(ep_actions), env.action_dim)
+        groups = {"replay": replay_tensors, "episode": {"actions": torch.from_numpy(actions)}}
+        if interaction is not None:
+            envs_tensors, loop["envs"] = interaction.state_dict()
+            if envs_tensors:
+                groups["envs"] = envs_tensors
         save_agent(agent, run_dir / "checkpoints" / "last", step=step, task=task, train_state=True, rng=rng,
-                   extra_groups={"replay": replay_tensors, "episode": {"actions": torch.from_numpy(actions)}},
+                   extra_groups=groups,
                    extra_meta={"data": str(data) if data else None, "env_kwargs": env_kwargs, "finetune_state": loop})
 
     K = fcfg.num_envs if vector else 1  # transitions per loop step
