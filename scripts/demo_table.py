@@ -2,7 +2,10 @@
 
 Reads DIR/demo.json + DIR/eval.json (what the demo writes), DIR/presets.json
 (scripts/bench_presets.py) and, if present, DIR/notes.md (what the records cannot say, e.g. a
-session killed before it could record itself), and prints the page.
+session killed before it could record itself); every further measured demo in DIR/quiet_*/ (its own
+demo.json, eval.json and notes.md, whose `<!-- table -->` line receives the result table); and the
+README-loop timings, DIR/readme_loop.json through scripts/bench_readme_loop.py's table, placed at
+the `<!-- table: ... -->` line of DIR/readme_loop_notes.md. Prints the page.
 
     python scripts/demo_table.py docs/results/demo > docs/results/demo.md
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from robolearn.demo import report_markdown
@@ -33,6 +37,45 @@ def presets_table(presets: dict) -> str:
     return "\n".join(lines)
 
 
+def extra_measurement(directory: Path) -> list[str]:
+    """A further measured demo (e.g. on an idle box): heading, settings and result table from its
+    records, then its notes with the table at their `<!-- table -->` line."""
+    state = json.loads((directory / "demo.json").read_text())
+    report = json.loads((directory / "eval.json").read_text())
+    s, st, m = state["settings"], state["stages"], state["machine"]
+    lo, hi = report["ci95"]
+    total = sum(v["seconds"] for v in st.values())
+    load0, load1 = st["collect"]["sessions"][0]["loadavg_start"][0], st["evaluate"]["sessions"][-1]["loadavg_end"][0]
+    first = state["started"]
+    last = st["evaluate"]["sessions"][-1]["ended"]
+    table = [f"- machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']}, "
+             f"{m['torch_threads']} torch threads (OMP_NUM_THREADS={m['OMP_NUM_THREADS']})",
+             f"- demos: {s['episodes']} scripted, collection seeds {s['seed']}..{s['seed'] + s['episodes'] - 1}; policy "
+             f"`policies/{s['preset']}.yaml`, overrides `{' '.join(s['train_overrides'])}`; evaluation seeds "
+             f"{report['seeds'][0]}..{report['seeds'][-1]}", "",
+             "| n | success rate | 95% CI (Wilson) | collect | train | evaluate | total | load average (1 min) start -> end |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| {report['n']} | {report['success_rate']:.3f} ({report['successes']}/{report['n']}) | [{lo:.3f}, {hi:.3f}] | "
+             f"{st['collect']['seconds']:.1f} s | {st['train']['seconds']:.1f} s | {st['evaluate']['seconds']:.1f} s | "
+             f"**{total:.1f} s** | {load0:.2f} -> {load1:.2f} |"]
+    notes = (directory / "notes.md").read_text().strip() if (directory / "notes.md").exists() else "<!-- table -->"
+    body = notes.replace("<!-- table -->", "\n".join(table))
+    return [f"## Measurement `demo/{directory.name}` ({first} .. {last})", "", body, ""]
+
+
+def readme_loop_section(root: Path) -> list[str]:
+    """The README-loop timings: DIR/readme_loop_notes.md with the table of DIR/readme_loop.json."""
+    notes, records = root / "readme_loop_notes.md", root / "readme_loop.json"
+    if not (notes.exists() and records.exists()):
+        return []
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_readme_loop import table  # noqa: E402
+
+    text = notes.read_text().strip()
+    marker = next(ln for ln in text.splitlines() if ln.startswith("<!-- table:"))
+    return ["", text.replace(marker, table(json.loads(records.read_text())).strip()), ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("directory", help="holds demo.json, eval.json, presets.json (and optionally notes.md)")
@@ -50,7 +93,10 @@ def main() -> None:
            "evaluates on 50 seeds disjoint from the collection seeds and writes a report with success, its Wilson "
            "interval, and the seconds and load average of each stage. Each finished stage is recorded in `demo.json` "
            "and training checkpoints every 500 steps: `robolearn demo --resume [DIR]` continues an interrupted demo.",
-           "", "## This measurement", ""]
+           ""]
+    for directory in sorted(root.glob("quiet_*")):
+        out += extra_measurement(directory)
+    out += ["## Measurement under load (`demo/demo.json`)", ""]
     if report is not None:  # the demo's own report, its figure and video paths made relative to docs/results/
         body = report_markdown(state, report).replace("](learning_curve.png)", f"]({root.name}/learning_curve.png)")
         out += [ln for ln in body.splitlines()[2:] if not ln.startswith("Video of episode")]
@@ -63,6 +109,7 @@ def main() -> None:
             "Measured through the training code path (`scripts/bench_presets.py`, same sampler, prefetcher, loss and "
             "AdamW as `robolearn train`) on 20 push_cube demos; raw: `demo/presets.json`.", "",
             presets_table(presets), ""]
+    out += readme_loop_section(root)
     print("\n".join(out))
 
 
