@@ -84,14 +84,14 @@ def add_task_options(parser: argparse.ArgumentParser, required: bool = False, ta
     parser.set_defaults(runs_task=True)
 
 
-def policy_choices() -> list[str]:
-    """Registered policies, then the presets in policies/ (YAMLs naming a registered policy)."""
+def policy_presets() -> dict[str, str]:
+    """Presets in policies/: file stem -> the registered policy its YAML names."""
     import yaml
 
     from robolearn.config import project_root
     from robolearn.policies import POLICIES
 
-    presets = []
+    presets = {}
     for path in sorted((project_root() / "policies").glob("*.yaml")):
         if path.stem in POLICIES:
             continue
@@ -100,12 +100,27 @@ def policy_choices() -> list[str]:
         except yaml.YAMLError:
             continue
         if isinstance(data, dict) and data.get("name") in POLICIES:
-            presets.append(path.stem)
-    return [*POLICIES, *presets]
+            presets[path.stem] = data["name"]
+    return presets
+
+
+def policy_choices() -> list[str]:
+    """What `train --policy` accepts: registered policies, then the presets in policies/, except
+    those trained by their own command (robolearn.policies.TRAINED_ELSEWHERE)."""
+    from robolearn.policies import POLICIES, TRAINED_ELSEWHERE
+
+    return [*(p for p in POLICIES if p not in TRAINED_ELSEWHERE),
+            *(stem for stem, name in policy_presets().items() if name not in TRAINED_ELSEWHERE)]
 
 
 def policy_name(text: str) -> str:
-    """argparse type: a registered policy or preset (the error lists them)."""
+    """argparse type: a registered policy or preset (the error lists them, or names the command
+    that trains a policy `robolearn train` does not)."""
+    from robolearn.policies import TRAINED_ELSEWHERE
+
+    name = policy_presets().get(text, text)
+    if name in TRAINED_ELSEWHERE:
+        raise argparse.ArgumentTypeError(f"policy {text!r} is trained by `{TRAINED_ELSEWHERE[name]}`, not `robolearn train`")
     choices = policy_choices()
     if text not in choices:
         raise argparse.ArgumentTypeError(f"unknown policy {text!r} (choose from {', '.join(choices)})")

@@ -126,3 +126,17 @@ def test_bench_table_from_records(tmp_path: Path):
     assert "~8 min" in text and "extrapolated from 100 steps" in text
     seq = [(0.0, 0, 10), (1.0, 2, 10), (3.0, 6, 10)]
     assert mod.rate_over(seq, 2) == (0.5, [2, 6])
+
+
+def test_train_refuses_policies_trained_by_their_own_command():
+    import subprocess
+    import sys
+
+    for name, command in (("sailor", "robolearn sailor"), ("sailor_small", "robolearn sailor"), ("rl_actor", "robolearn offline")):
+        out = subprocess.run([sys.executable, "-m", "robolearn", "train", "--policy", name, "--data", "x.zarr"],
+                             capture_output=True, text=True)
+        assert out.returncode == 2 and command in out.stderr, out.stderr
+    from robolearn.cli import policy_choices
+
+    assert {"bc", "diffusion", "hierarchical", "diffusion_small"} <= set(policy_choices())
+    assert not {"sailor", "sailor_small", "rl_actor"} & set(policy_choices())

@@ -23,6 +23,10 @@ POLICIES: dict[str, tuple[str, str]] = {
     "rl_actor": ("robolearn.policies.rl_actor.configuration:RLActorConfig", "robolearn.policies.rl_actor.modeling:RLActorPolicy"),
 }
 
+# Registered policies that `robolearn train` does not train (their own commands do): they are
+# loadable and evaluable like any policy, but `train --policy` refuses them with the right command.
+TRAINED_ELSEWHERE: dict[str, str] = {"sailor": "robolearn sailor", "rl_actor": "robolearn offline / robolearn finetune"}
+
 
 def resolve_entry(target: str) -> Any:
     """Import the object a registry names as "module:attribute" (registries stay import-free)."""
