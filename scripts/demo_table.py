@@ -38,29 +38,16 @@ def presets_table(presets: dict) -> str:
 
 
 def extra_measurement(directory: Path) -> list[str]:
-    """A further measured demo (e.g. on an idle box): heading, settings and result table from its
-    records, then its notes with the table at their `<!-- table -->` line."""
+    """A further measured demo (e.g. on an idle box): its report from its records, placed at the
+    `<!-- table -->` line of its notes."""
     state = json.loads((directory / "demo.json").read_text())
     report = json.loads((directory / "eval.json").read_text())
-    s, st, m = state["settings"], state["stages"], state["machine"]
-    lo, hi = report["ci95"]
-    total = sum(v["seconds"] for v in st.values())
-    load0, load1 = st["collect"]["sessions"][0]["loadavg_start"][0], st["evaluate"]["sessions"][-1]["loadavg_end"][0]
-    first = state["started"]
-    last = st["evaluate"]["sessions"][-1]["ended"]
-    table = [f"- machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']}, "
-             f"{m['torch_threads']} torch threads (OMP_NUM_THREADS={m['OMP_NUM_THREADS']})",
-             f"- demos: {s['episodes']} scripted, collection seeds {s['seed']}..{s['seed'] + s['episodes'] - 1}; policy "
-             f"`policies/{s['preset']}.yaml`, overrides `{' '.join(s['train_overrides'])}`; evaluation seeds "
-             f"{report['seeds'][0]}..{report['seeds'][-1]}", "",
-             "| n | success rate | 95% CI (Wilson) | collect | train | evaluate | total | load average (1 min) start -> end |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| {report['n']} | {report['success_rate']:.3f} ({report['successes']}/{report['n']}) | [{lo:.3f}, {hi:.3f}] | "
-             f"{st['collect']['seconds']:.1f} s | {st['train']['seconds']:.1f} s | {st['evaluate']['seconds']:.1f} s | "
-             f"**{total:.1f} s** | {load0:.2f} -> {load1:.2f} |"]
+    body = report_markdown(state, report)
+    lines = [ln for ln in body.splitlines()[2:] if not ln.startswith(("Video of episode", "![learning curve]"))]
     notes = (directory / "notes.md").read_text().strip() if (directory / "notes.md").exists() else "<!-- table -->"
-    body = notes.replace("<!-- table -->", "\n".join(table))
-    return [f"## Measurement `demo/{directory.name}` ({first} .. {last})", "", body, ""]
+    last = state["stages"]["evaluate"]["sessions"][-1]["ended"]
+    return [f"## Measurement `demo/{directory.name}` ({state['started']} .. {last})", "",
+            notes.replace("<!-- table -->", "\n".join(lines).strip()), ""]
 
 
 def readme_loop_section(root: Path) -> list[str]:

@@ -483,8 +483,7 @@ class EpisodeStats(Hook):
             rec = {"episode": i, "seed": self.seeds[i], "success": success, "success_at_end": bool(host["success"][i]),
                    "return": float(host["return"][i]),
                    "length": int(host["length"][i]), "failure_events": events, "recoveries": events if success else 0,
-                   "max_stage": int(host["max_stage"][i]), "score": float(host["score"][i]),
-                   "success_once": bool(host["success_once"][i])}
+                   "max_stage": int(host["max_stage"][i]), "score": float(host["score"][i])}
             rec.update(self.extra.get(i, {}))
             out.append(rec)
         return out
