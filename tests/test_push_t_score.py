@@ -80,3 +80,31 @@ def test_score_is_the_max_over_the_episode_of_clipped_coverage():
     np.testing.assert_allclose(np.max(expected, 0), start, atol=0.02)
     assert report["score"] == pytest.approx(np.mean(np.max(expected, 0)))
     sim.close()
+
+
+def _script(name: str):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    sys.path.insert(0, str(scripts))
+    spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_tables_keep_variants_and_candidates_apart():
+    """push_t_results: state and image records pool separately (records without `variant` are state);
+    demo_recipe: one pooled row per candidate."""
+    push_t = _script("push_t_results")
+    rec = dict(action_steps=8, n=10, successes=5, success_rate=0.5, score=0.9)
+    rows = push_t.table([{**rec, "seed": 0}, {**rec, "seed": 1, "successes": 7, "success_rate": 0.7},
+                         {**rec, "seed": 0, "variant": "image+proprio", "successes": 1, "success_rate": 0.1, "score": 0.4}]).splitlines()
+    assert rows[2].startswith("| state | 8 | 2 | 20 | 0.600 |") and rows[3].startswith("| image+proprio | 8 | 1 | 10 | 0.100 |")
+    recipe = _script("demo_recipe")
+    base = dict(candidate="unet32", n=100, train_s=300.0, load_train_start=[1.0, 1.0, 1.0])
+    rows = recipe.table([{**base, "seed": s, "successes": k, "success_rate": k / 100} for s, k in ((0, 95), (1, 97), (2, 90))]).splitlines()
+    assert rows[2].startswith("| unet32 | `policy.down_dims=[32,64,128]") and "| 3 | 300 | 0.940 |" in rows[2]
+    assert recipe.selection_seed(2) == 202_000 and recipe.selection_seed(0) > 100_049  # not the demo's own eval seeds

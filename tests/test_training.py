@@ -144,3 +144,12 @@ def test_demo_reports_stages_and_resumes(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "robolearn.cli", "demo", "--resume", str(out), "--steps", "9"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--resume continues" in bad.stderr
+
+
+@pytest.mark.parametrize("preset", ["diffusion_small", "hierarchical_small"])
+def test_train_by_preset_name(toy, tmp_path, preset):
+    """`train --policy diffusion_small` (the README's CPU preset) trains the policy its YAML names."""
+    tiny = TINY_DIFFUSION if preset == "diffusion_small" else ["train.batch_size=16"]
+    run = train(preset, toy, out=tmp_path / preset, overrides=["train.steps=2", *tiny], wandb_mode="off", progress=False)
+    assert (run / "policy" / "model.safetensors").is_file()
+    assert load_policy(run / "policy").__class__.__name__.lower().startswith(preset.removesuffix("_small"))

@@ -49,19 +49,40 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Fold the current weights of `model` (same architecture as the copy) into the average."""
+        """Fold the current weights of `model` (same architecture as the copy) into the average.
+
+        One fused `_foreach_lerp_` over all averaged tensors: a per-tensor Python loop cost ~10% of a
+        small diffusion policy's training step on CPU.
+        """
         decay = self.decay()
-        source_params = dict(model.named_parameters())
-        for name, averaged in self.model.named_parameters():
-            current = source_params[name]
-            if current.requires_grad and averaged.dtype.is_floating_point:
-                averaged.lerp_(current.detach(), 1.0 - decay)
-            else:
-                averaged.copy_(current.detach())
-        source_buffers = dict(model.named_buffers())
+        averaged, current, copied_to, copied_from = self._pairs(model)
+        if averaged:
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        for dst, src in zip(copied_to, copied_from):
+            dst.copy_(src)
+        source_buffers = dict(model.named_buffers())  # not cached: a buffer may be re-assigned
         for name, buffer in self.model.named_buffers():
             buffer.copy_(source_buffers[name])
         self.num_updates += 1
+
+    def _pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], ...]:
+        """(averaged parameters, their sources, copied parameters, their sources), cached per source model and its set of
+        trainable parameters: parameters keep their identity across optimizer steps and load_state_dict."""
+        key = (model, tuple(p.requires_grad for p in model.parameters()))
+        if getattr(self, "_pairs_key", None) != key:
+            source_params = dict(model.named_parameters())
+            averaged, current, copied_to, copied_from = [], [], [], []
+            for name, target in self.model.named_parameters():
+                source = source_params[name]
+                if source.requires_grad and target.dtype.is_floating_point:
+                    averaged.append(target)
+                    current.append(source)
+                else:
+                    copied_to.append(target)
+                    copied_from.append(source)
+            self._cached_pairs = (averaged, current, copied_to, copied_from)
+            self._pairs_key = key
+        return self._cached_pairs
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The averaged weights (what a checkpoint stores as the policy's weights)."""
