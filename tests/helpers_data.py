@@ -38,3 +38,17 @@ def make_store(path: Path, lengths: list[int], task: str = "toy") -> EpisodeStor
     for i, n in enumerate(lengths):
         store.append_episode(make_episode(i, n), success=i % 2 == 0, collector="scripted", seed=i)
     return store
+
+
+def make_sailor_base(root: Path, task: str, episodes: int, num_envs: int, steps: int, batch_size: int, warmup: int) -> Path:
+    """Scripted demos in root/demos.zarr and a tiny chunked diffusion base policy in root/dp (what
+    SAILOR tests wrap): horizon 12, 4 executed actions, a [16, 32] U-Net."""
+    from robolearn.tasks.collect import collect
+    from robolearn.training import train
+
+    collect(task, episodes, root / "demos.zarr", num_envs=num_envs, progress=False)
+    train("diffusion", root / "demos.zarr", out=root / "dp", wandb_mode="off", progress=False,
+          overrides=[f"train.steps={steps}", f"train.batch_size={batch_size}", "policy.down_dims=[16,32]",
+                     "policy.diffusion_step_embed_dim=16", f"train.lr_warmup_steps={warmup}", "train.val_ratio=0",
+                     "policy.horizon=12", "policy.n_action_steps=4"])
+    return root

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,15 +242,11 @@ def test_gpu_backend_without_cuda_is_a_one_line_error(tmp_path, capsys):
     assert "needs a CUDA device" in err and not (tmp_path / "f").exists()
 
 
-class _Interrupted(Exception):
-    pass
-
-
 def test_finetune_host_vector_resume_is_exact(tmp_path, monkeypatch):
     """`finetune.num_envs=2` on MuJoCo C, interrupted right after its checkpoint (mid-episode in both
     envs, mid-log-window) and resumed, reproduces the uninterrupted run: metrics (incl. the finished
     episodes' mean return), continual-evaluation history, final weights."""
-    import robolearn.rl.algos as algos
+    from helpers_resume import assert_same_run, interrupt_after_checkpoint
     from robolearn.rl.wsrl import finetune
 
     ov = ["finetune.init=scratch", "agent.hidden_dims=[16,16]", "agent.num_qs=2", "agent.utd=1", "finetune.batch_size=8",
@@ -259,25 +254,12 @@ def test_finetune_host_vector_resume_is_exact(tmp_path, monkeypatch):
           "finetune.log_every=30", "finetune.steps=140"]
     kw = dict(task="push_cube", algo="sac", wandb_mode="off", progress=False, num_envs=2)
     full = finetune(None, overrides=[*ov, "finetune.save_every=1000"], out=tmp_path / "full", **kw)
-    real_save = algos.save_agent
-
-    def save_then_die(agent, directory, **k):
-        real_save(agent, directory, **k)
-        if Path(directory).name == "last":
-            raise _Interrupted
-
-    monkeypatch.setattr(algos, "save_agent", save_then_die)
-    with pytest.raises(_Interrupted):  # step 80: 40 steps into both envs' first 60-step episodes
-        finetune(None, overrides=[*ov, "finetune.save_every=80"], out=tmp_path / "part", **kw)
-    monkeypatch.setattr(algos, "save_agent", real_save)
+    # step 80: 40 steps into both envs' first 60-step episodes
+    interrupt_after_checkpoint(monkeypatch, lambda: finetune(None, overrides=[*ov, "finetune.save_every=80"],
+                                                             out=tmp_path / "part", **kw))
     part = finetune(None, resume=tmp_path / "part", wandb_mode="off", progress=False)
-    assert (full / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()
     assert "train_episode_return" in (full / "metrics.jsonl").read_text()  # episodes finished after the resume
-    a, b = json.loads((full / "continual.json").read_text()), json.loads((part / "continual.json").read_text())
-    assert a == b and a["online_transitions"] == 140
-    x, y = load_tensors(full / "policy", "agent"), load_tensors(part / "policy", "agent")
-    for k in x:
-        torch.testing.assert_close(x[k], y[k], rtol=0, atol=0, msg=k)
+    assert assert_same_run(full, part)["online_transitions"] == 140
 
 
 def test_finetune_vector_path_refuses_gym_tasks(tmp_path):
@@ -328,15 +310,10 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def sailor_base(tmp_path_factory):
-    from robolearn.tasks.collect import collect
-    from robolearn.training import train
+    from helpers_data import make_sailor_base
 
-    root = tmp_path_factory.mktemp("sailor_dev")
-    collect("push_cube", 4, root / "demos.zarr", num_envs=2, progress=False)
-    train("diffusion", root / "demos.zarr", out=root / "dp", wandb_mode="off", progress=False,
-          overrides=["train.steps=4", "train.batch_size=8", "policy.down_dims=[16,32]", "policy.diffusion_step_embed_dim=16",
-                     "train.lr_warmup_steps=1", "train.val_ratio=0", "policy.horizon=12", "policy.n_action_steps=4"])
-    return root
+    return make_sailor_base(tmp_path_factory.mktemp("sailor_dev"), "push_cube", episodes=4, num_envs=2, steps=4,
+                            batch_size=8, warmup=1)
 
 
 def _sailor_collect(root, backend: str):

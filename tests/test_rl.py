@@ -287,10 +287,6 @@ def test_wsrl_warmup_no_updates_no_offline_data(point_data, tmp_path, point_env)
     assert (run / "continual.png").is_file()
 
 
-class _Interrupted(Exception):
-    pass
-
-
 @pytest.mark.parametrize("algo, extra", [("wsrl", ["finetune.warmup=30"]),  # warm-up with the pre-trained policy
                                          # 50/50 retention, from scratch with a random-action warm-up
                                          ("sac", ["finetune.retain_offline=0.5", "finetune.init=scratch", "finetune.warmup=30",
@@ -298,8 +294,7 @@ class _Interrupted(Exception):
 def test_finetune_resume_is_exact(point_data, tmp_path, point_env, monkeypatch, algo, extra):
     """Interrupted right after its checkpoint (mid-episode, mid-log-window) and resumed, a fine-tuning run
     reproduces the uninterrupted run: metrics, continual-evaluation history, final weights."""
-    import robolearn.rl.algos as algos
-    from robolearn.checkpoint import load_tensors
+    from helpers_resume import assert_same_run, interrupt_after_checkpoint
     from robolearn.rl.offline import train_offline
     from robolearn.rl.wsrl import finetune
 
@@ -309,30 +304,15 @@ def test_finetune_resume_is_exact(point_data, tmp_path, point_env, monkeypatch, 
     ov = ["agent.utd=2", "finetune.batch_size=16", "finetune.eval_every=50", "finetune.eval_episodes=2", "finetune.log_every=25", *extra]
     kw = dict(task="point", algo=algo, data=point_data if "sac" == algo else None, wandb_mode="off", progress=False)
     full = finetune(ckpt, overrides=[*ov, "finetune.steps=200", "finetune.save_every=1000"], out=tmp_path / "full", **kw)
-
-    real_save = algos.save_agent
-
-    def save_then_die(agent, directory, **k):
-        real_save(agent, directory, **k)
-        if Path(directory).name == "last":
-            raise _Interrupted
-
-    monkeypatch.setattr(algos, "save_agent", save_then_die)
-    with pytest.raises(_Interrupted):  # episodes last 20 steps: 110 is mid-episode and mid-log-window
-        finetune(ckpt, overrides=[*ov, "finetune.steps=200", "finetune.save_every=110"], out=tmp_path / "part", **kw)
-    monkeypatch.setattr(algos, "save_agent", real_save)
+    # episodes last 20 steps: 110 is mid-episode and mid-log-window
+    interrupt_after_checkpoint(monkeypatch, lambda: finetune(ckpt, overrides=[*ov, "finetune.steps=200", "finetune.save_every=110"],
+                                                             out=tmp_path / "part", **kw))
     part = finetune(None, resume=tmp_path / "part", wandb_mode="off", progress=False)
     assert part == tmp_path / "part"
     with pytest.raises(ValueError, match="already finished"):
         finetune(None, resume=full, wandb_mode="off", progress=False)
-
-    assert (full / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()
-    a, b = json.loads((full / "continual.json").read_text()), json.loads((part / "continual.json").read_text())
-    assert a == b and len(a["history"]) == 5 and a["online_transitions"] == 200
-    x, y = load_tensors(full / "policy", "agent"), load_tensors(part / "policy", "agent")
-    assert set(x) == set(y)
-    for k in x:
-        torch.testing.assert_close(x[k], y[k], rtol=0, atol=0, msg=k)
+    continual = assert_same_run(full, part)
+    assert len(continual["history"]) == 5 and continual["online_transitions"] == 200
 
 
 def test_finetune_resume_bad_input(point_data, tmp_path, capsys):

@@ -33,15 +33,10 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from robolearn.tasks.collect import collect
-    from robolearn.training import train
+    from helpers_data import make_sailor_base
 
-    root = tmp_path_factory.mktemp("sailor")
-    collect("pick_place", 6, root / "demos.zarr", num_envs=3, progress=False)
-    train("diffusion", root / "demos.zarr", out=root / "dp", wandb_mode="off", progress=False,
-          overrides=["train.steps=20", "train.batch_size=16", "policy.down_dims=[16,32]", "policy.diffusion_step_embed_dim=16",
-                     "train.lr_warmup_steps=2", "train.val_ratio=0", "policy.horizon=12", "policy.n_action_steps=4"])
-    return root
+    return make_sailor_base(tmp_path_factory.mktemp("sailor"), "pick_place", episodes=6, num_envs=3, steps=20,
+                            batch_size=16, warmup=2)
 
 
 class Recorder(nn.Module):
