@@ -1,7 +1,7 @@
 """Choose `robolearn demo`'s training recipe: candidate diffusion_small variants, 3 training seeds each.
 
-Every candidate trains on the demo's own data (200 scripted push_cube demos, object-relative state,
-collection seeds 0..199, collected once into --workdir) with policies/diffusion_small.yaml plus the
+Every candidate trains on the demo's own data (its number of scripted push_cube demos, object-relative
+state, collection seeds 0..N-1 as `robolearn demo --episodes N` collects them, once per N into --workdir) with policies/diffusion_small.yaml plus the
 candidate's overrides, and is evaluated on 100 *selection* episodes (seeds 200000 + 1000 x train_seed
 + i): disjoint from the collection seeds and from the demo's own evaluation seeds (100000..100049),
 which stay untouched by this choice. One record per (candidate, seed) is appended to --records as it
@@ -24,11 +24,14 @@ import time
 from pathlib import Path
 
 RECORDS = "docs/results/demo/recipe_selection.jsonl"
-# name -> training overrides on top of policies/diffusion_small.yaml (whose own values are "unet64")
+UNET32 = ["policy.down_dims=[32,64,128]", "policy.diffusion_step_embed_dim=32"]
+# name -> (scripted demos, training overrides on top of policies/diffusion_small.yaml, whose own
+# U-Net is 64-128-256: "unet64")
 CANDIDATES = {
-    "unet64": [],
-    "unet32": ["policy.down_dims=[32,64,128]", "policy.diffusion_step_embed_dim=32"],
-    "unet32-6k": ["policy.down_dims=[32,64,128]", "policy.diffusion_step_embed_dim=32", "train.steps=6000"],
+    "unet64": (200, []),
+    "unet32": (200, UNET32),
+    "unet32-1000demos": (1000, UNET32),
+    "unet64-1000demos": (1000, []),
 }
 FIRST_SELECTION_SEED = 200_000
 
@@ -49,14 +52,15 @@ def run(args: argparse.Namespace, name: str, seed: int) -> dict:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     task = DEFAULTS["task"]
-    demos = work / "demos.zarr"
+    episodes, candidate_overrides = CANDIDATES[name]
+    demos = work / f"demos{episodes}.zarr"  # collection seeds 0..episodes-1, as `robolearn demo --episodes N`
     if not (demos / "zarr.json").exists():
-        collect(task, episodes=DEFAULTS["episodes"], out=demos, num_envs=DEFAULTS["num_envs"], seed=DEFAULTS["seed"],
+        collect(task, episodes=episodes, out=demos, num_envs=DEFAULTS["num_envs"], seed=DEFAULTS["seed"],
                 overrides=DEMO_TASK_OVERRIDES, progress=True)
     out = work / f"{name}-s{seed}"
     if out.exists():
         shutil.rmtree(out)  # an interrupted run of this script: train it again from the start
-    overrides = [f"train.steps={DEFAULTS['steps']}", f"train.seed={seed}", "train.eval_every=1000000", *CANDIDATES[name]]
+    overrides = [f"train.steps={DEFAULTS['steps']}", f"train.seed={seed}", "train.eval_every=1000000", *candidate_overrides]
     load_start = load_average()
     t0 = time.time()
     train("diffusion", demos, task=task, out=out, overrides=overrides,
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace, name: str, seed: int) -> dict:
     t0 = time.time()
     report = evaluate_policy(policy, task, args.eval_episodes, seed=selection_seed(seed), num_envs=DEFAULTS["num_envs"],
                              task_overrides=task_overrides_from_meta(meta, task), progress=False)
-    return {"candidate": name, "seed": seed, "overrides": overrides, "n": report["n"], "successes": report["successes"],
+    return {"candidate": name, "seed": seed, "demos": episodes, "overrides": overrides, "n": report["n"], "successes": report["successes"],
             "success_rate": report["success_rate"], "eval_seeds": [report["seeds"][0], report["seeds"][-1]],
             "train_s": round(train_s, 1), "eval_s": round(time.time() - t0, 1), "load_train_start": load_start,
             "load_end": load_average(), "torch_threads": torch.get_num_threads(),
@@ -77,15 +81,15 @@ def run(args: argparse.Namespace, name: str, seed: int) -> dict:
 def table(records: list[dict]) -> str:
     from robolearn.evaluation import pool_evaluations
 
-    lines = ["| candidate | overrides on diffusion_small | seeds | n (pooled) | success | 95% CI (Wilson) | per seed | train s/run (median) | load at start |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| candidate | demos | overrides on diffusion_small | seeds | n (pooled) | success | 95% CI (Wilson) | per seed | train s/run (median) | load at start |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["candidate"] for r in records):
         cell = sorted((r for r in records if r["candidate"] == name), key=lambda r: r["seed"])
         k, n, (lo, hi) = pool_evaluations(cell)
         per = ", ".join(f"s{r['seed']}: {r['success_rate']:.2f}" for r in cell)
         times = sorted(r["train_s"] for r in cell)
         loads = ", ".join(f"{r['load_train_start'][0]:.1f}" for r in cell)
-        lines.append(f"| {name} | `{' '.join(CANDIDATES.get(name, [])) or '(none)'}` | {len(cell)} | {n} | {k / n:.3f} | "
+        lines.append(f"| {name} | {cell[0].get('demos', 200)} | `{' '.join(CANDIDATES[name][1]) or '(none)'}` | {len(cell)} | {n} | {k / n:.3f} | "
                      f"[{lo:.3f}, {hi:.3f}] | {per} | {times[len(times) // 2]:.0f} | {loads} |")
     return "\n".join(lines)
 

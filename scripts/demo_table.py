@@ -50,6 +50,19 @@ def extra_measurement(directory: Path) -> list[str]:
             notes.replace("<!-- table -->", "\n".join(lines).strip()), ""]
 
 
+def recipe_section(root: Path) -> list[str]:
+    """How the demo's recipe was chosen: DIR/recipe_notes.md with scripts/demo_recipe.py's table of
+    DIR/recipe_selection.jsonl at its `<!-- table -->` line."""
+    notes, records = root / "recipe_notes.md", root / "recipe_selection.jsonl"
+    if not (notes.exists() and records.exists()):
+        return []
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from demo_recipe import table  # noqa: E402
+
+    rows = [json.loads(ln) for ln in records.read_text().splitlines() if ln.strip()]
+    return [notes.read_text().strip().replace("<!-- table -->", table(rows)), ""]
+
+
 def readme_loop_section(root: Path) -> list[str]:
     """The README-loop timings: DIR/readme_loop_notes.md with the table of DIR/readme_loop.json."""
     notes, records = root / "readme_loop_notes.md", root / "readme_loop.json"
@@ -72,17 +85,19 @@ def main() -> None:
     report = json.loads((root / "eval.json").read_text()) if (root / "eval.json").exists() else None
     presets = json.loads((root / "presets.json").read_text())
     notes = (root / "notes.md").read_text() if (root / "notes.md").exists() else ""
-    s = state["settings"]
+    from robolearn.demo import DEFAULTS, DEMO_PRESET, DEMO_TASK_OVERRIDES, DEMO_TRAIN_OVERRIDES
+
     out = ["# `robolearn demo` (the README quickstart's main job)", "",
-           f"`robolearn demo` collects {s['episodes']} scripted push_cube demos with object-relative state "
-           f"({', '.join(s['task_overrides'])}), trains `policies/{s['preset']}.yaml` (the recipe of `imitation.md`, "
-           "\"push_cube reaches 0.9\": U-Net 64-128-256, batch 64, lr 1e-3, 8000 steps, re-planning every step), "
-           "evaluates on 50 seeds disjoint from the collection seeds and writes a report with success, its Wilson "
-           "interval, and the seconds and load average of each stage. Each finished stage is recorded in `demo.json` "
-           "and training checkpoints every 500 steps: `robolearn demo --resume [DIR]` continues an interrupted demo.",
-           ""]
-    for directory in sorted(root.glob("quiet_*")):
+           f"`robolearn demo` collects {DEFAULTS['episodes']} scripted {DEFAULTS['task']} demos with object-relative state "
+           f"({', '.join(DEMO_TASK_OVERRIDES)}), trains `policies/{DEMO_PRESET}.yaml` with `{' '.join(DEMO_TRAIN_OVERRIDES)}` "
+           f"(batch 64, lr 1e-3, {DEFAULTS['steps']} steps, re-planning every step), evaluates on "
+           f"{DEFAULTS['eval_episodes']} seeds disjoint from the collection seeds and writes a report with success, its "
+           "Wilson interval, and the seconds and load average of each stage. Each finished stage is recorded in "
+           "`demo.json` and training checkpoints every 500 steps: `robolearn demo --resume [DIR]` continues an "
+           "interrupted demo. Measurements below, newest first; each states the settings it ran with.", ""]
+    for directory in sorted(root.glob("quiet_*"), reverse=True):
         out += extra_measurement(directory)
+    out += recipe_section(root)
     out += ["## Measurement under load (`demo/demo.json`)", ""]
     if report is not None:  # the demo's own report, its figure and video paths made relative to docs/results/
         body = report_markdown(state, report).replace("](learning_curve.png)", f"]({root.name}/learning_curve.png)")
