@@ -66,8 +66,9 @@ class EMA:
         self.num_updates += 1
 
     def _pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], ...]:
-        """(averaged parameters, their sources, copied parameters, their sources), cached per source model and its set of
-        trainable parameters: parameters keep their identity across optimizer steps and load_state_dict."""
+        """(averaged parameters, their sources, copied parameters, their sources), cached per source
+        model and its set of trainable parameters: parameters keep their identity across optimizer
+        steps, load_state_dict and .to()."""
         key = (model, tuple(p.requires_grad for p in model.parameters()))
         if getattr(self, "_pairs_key", None) != key:
             source_params = dict(model.named_parameters())
