@@ -12,6 +12,7 @@ is appended as one JSON line to OUT/records.jsonl as it lands (a rerun skips wha
     python scripts/sailor_experiment.py --out runs/sailor_pp50 --demos 50 --seeds 0 --env-steps 20000 \\
         --only base sailor        # stages to run now (default: all)
     python scripts/sailor_experiment.py --table runs/sailor_pp50/records.jsonl [more.jsonl]   # the table
+    python scripts/sailor_experiment.py --progress runs/sailor_pp50/sailor_seed0/metrics.jsonl   # a run so far
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def main() -> int:
     p.add_argument("--dp-set", nargs="*", default=[], metavar="KEY=VALUE", help="diffusion overrides after CPU_DP")
     p.add_argument("--sailor-set", nargs="*", default=[], metavar="KEY=VALUE", help="SAILOR overrides after CPU_SAILOR")
     p.add_argument("--table", nargs="+", type=Path, default=None, metavar="RECORDS", help="only print the table of these records.jsonl")
+    p.add_argument("--progress", type=Path, default=None, metavar="METRICS",
+                   help="only print a SAILOR run's per-phase table from its metrics.jsonl (a run in progress)")
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="OUT_DIR",
                    help="pool the results.json of runs made by the earlier version of this script (the 2026-11-26 table)")
     p.add_argument("--threads", type=int, default=1)
@@ -107,6 +110,9 @@ def main() -> int:
         return 0
     if args.merge:
         print(merge_legacy(args.merge))
+        return 0
+    if args.progress:
+        print(progress_table([json.loads(ln) for ln in args.progress.read_text().splitlines() if ln.strip()]))
         return 0
     torch.set_num_threads(args.threads)
 
@@ -254,6 +260,30 @@ def merge_legacy(dirs: list[Path]) -> str:
                      f"{np.mean([r['mean_return'] for _, r in rs]):.2f} |")
     if aurocs:
         lines.append(f"\nreward-model AUROC per seed: {', '.join(f'{a:.3f}' for a in aurocs)}")
+    return "\n".join(lines)
+
+
+def progress_table(metrics: list[dict]) -> str:
+    """One row per phase of a SAILOR run (its metrics.jsonl): collection, the planner's guard
+    statistics, the readiness check, and the in-loop evaluation (planner vs base, few episodes)."""
+    def f(x, spec=".3f"):
+        return "-" if x is None else format(x, spec)
+
+    lines = ["| phase (env steps) | model updates | collection episodes | collection success | planner decisions | "
+             "residual accepted | predicted gain | re-scored gain | its s.e. | WM / constant error | reward AUROC | "
+             "in-loop eval: planner / base success |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    previous = 0
+    for m in metrics:
+        name = "warm start" if m.get("phase") == "warmstart" else f"round {m.get('round')}"
+        evaluation = "-"
+        if "eval_planner_success_rate" in m:
+            evaluation = f"{m['eval_planner_success_rate']:.2f} / {m['eval_base_success_rate']:.2f}"
+        lines.append(f"| {name} ({previous:,}-{m['env_step']:,}) | {m.get('model_updates', 0):,} | {m.get('collect_episodes', '-')} | "
+                     f"{f(m.get('collect_success_rate'))} | {m.get('planner_decisions', '-')} | {f(m.get('planner_accept_frac'))} | "
+                     f"{f(m.get('planner_predicted_gain'))} | {f(m.get('planner_rescored_gain'))} | {f(m.get('planner_gain_se'))} | "
+                     f"{f(m.get('wm_err_ratio'))} | {f(m.get('rm_auroc'))} | {evaluation} |")
+        previous = m["env_step"]
     return "\n".join(lines)
 
 

@@ -234,3 +234,22 @@ def test_experiment_table_pools_records_and_bench_table(tmp_path):
     proc = subprocess.run([sys.executable, str(root / "scripts" / "bench_sailor.py"), "--table", str(tmp_path / "bench.json")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "| decision | - | 12.3 [10.0, 15.0] |" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_progress_table_from_run_metrics():
+    """scripts/sailor_experiment.py --progress: one row per phase, in-loop evaluations where they ran."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "sailor_experiment.py"
+    spec = importlib.util.spec_from_file_location("sailor_experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.progress_table([
+        {"phase": "warmstart", "env_step": 4000, "model_updates": 6000, "collect_episodes": 58, "collect_success_rate": 0.379,
+         "wm_err_ratio": 0.17, "rm_auroc": 0.962},
+        {"phase": "round", "round": 0, "env_step": 6000, "model_updates": 9000, "planner_accept_frac": 0.317,
+         "eval_planner_success_rate": 0.45, "eval_base_success_rate": 0.4},
+    ]).splitlines()
+    assert rows[2].startswith("| warm start (0-4,000) | 6,000 | 58 | 0.379 |") and rows[2].endswith("| 0.170 | 0.962 | - |")
+    assert rows[3].startswith("| round 0 (4,000-6,000) | 9,000 |") and "| 0.317 |" in rows[3] and rows[3].endswith("| 0.45 / 0.40 |")
