@@ -191,6 +191,7 @@ def train(
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
     resume_dir: Path | None = None
+    preset: str | None = None  # the policies/ preset named instead of a registered policy
     if resume is not None:
         resume_dir = Path(resume)
         saved = resume_dir / "config.yaml"
@@ -207,6 +208,7 @@ def train(
         # a preset (policies/diffusion_small.yaml) configures the registered policy its YAML names
         from robolearn.cli import policy_presets
 
+        preset = policy_name if policy_name in policy_presets() else None
         policy_name = policy_presets().get(policy_name, policy_name)
         run_cfg = load_run_config(path, overrides, name=policy_name)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -302,6 +304,7 @@ def train(
                         "data": data if "://" in str(data) else str(Path(data).resolve()),  # URLs as given
                         "task": task,
                         "policy": policy_name,
+                        **({"preset": preset} if preset else {}),  # e.g. diffusion_small (train --policy PRESET)
                         "command": " ".join(sys.argv),
                         "world_size": world,
                         **({"init_from": str(init_from)} if init_from is not None else {}),

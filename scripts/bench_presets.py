@@ -37,7 +37,8 @@ def bench_preset(preset: str, store_path: Path, steps: int, warmup: int) -> dict
     pcfg = cfg.policy.with_features(store.features)
     stats = compute_stats(store, list(pcfg.normalizer_modes()))
     policy = make_policy(cfg.name, pcfg, stats)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay,
+                            fused=True)  # as robolearn train on CPU since 2026-12-05
     ds = SequenceDataset(store, pcfg.obs_keys, n_obs_steps=pcfg.n_obs_steps, horizon=pcfg.horizon)
     batches = BatchPrefetcher(ds, WeightedWindowSampler(np.ones(len(ds)), seed=0), cfg.train.batch_size, cfg.train.num_workers)
     times = []

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 RECORDS = "docs/results/demo/recipe_selection.jsonl"
 UNET32 = ["policy.down_dims=[32,64,128]", "policy.diffusion_step_embed_dim=32"]
 # name -> (scripted demos, training overrides on top of policies/diffusion_small.yaml, whose own
@@ -87,10 +89,11 @@ def table(records: list[dict]) -> str:
         cell = sorted((r for r in records if r["candidate"] == name), key=lambda r: r["seed"])
         k, n, (lo, hi) = pool_evaluations(cell)
         per = ", ".join(f"s{r['seed']}: {r['success_rate']:.2f}" for r in cell)
-        times = sorted(r["train_s"] for r in cell)
+        times = [r["train_s"] for r in cell]
         loads = ", ".join(f"{r['load_train_start'][0]:.1f}" for r in cell)
-        lines.append(f"| {name} | {cell[0].get('demos', 200)} | `{' '.join(CANDIDATES[name][1]) or '(none)'}` | {len(cell)} | {n} | {k / n:.3f} | "
-                     f"[{lo:.3f}, {hi:.3f}] | {per} | {times[len(times) // 2]:.0f} | {loads} |")
+        extra = [o for o in cell[0]["overrides"] if not o.startswith(("train.seed=", "train.steps=", "train.eval_every="))]
+        lines.append(f"| {name} | {cell[0].get('demos', CANDIDATES[name][0])} | `{' '.join(extra) or '(none)'}` | {len(cell)} | {n} | {k / n:.3f} | "
+                     f"[{lo:.3f}, {hi:.3f}] | {per} | {np.median(times):.0f} | {loads} |")
     return "\n".join(lines)
 
 

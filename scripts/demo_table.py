@@ -59,8 +59,13 @@ def recipe_section(root: Path) -> list[str]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from demo_recipe import table  # noqa: E402
 
+    from bench_unet_widths import table as widths_table  # noqa: E402
+
     rows = [json.loads(ln) for ln in records.read_text().splitlines() if ln.strip()]
-    return [notes.read_text().strip().replace("<!-- table -->", table(rows)), ""]
+    text = notes.read_text().strip().replace("<!-- table -->", table(rows))
+    if (root / "unet_widths.json").exists():
+        text = text.replace("<!-- widths -->", widths_table(json.loads((root / "unet_widths.json").read_text())))
+    return [text, ""]
 
 
 def readme_loop_section(root: Path) -> list[str]:
@@ -95,7 +100,8 @@ def main() -> None:
            "Wilson interval, and the seconds and load average of each stage. Each finished stage is recorded in "
            "`demo.json` and training checkpoints every 500 steps: `robolearn demo --resume [DIR]` continues an "
            "interrupted demo. Measurements below, newest first; each states the settings it ran with.", ""]
-    for directory in sorted(root.glob("quiet_*"), reverse=True):
+    measured = [d for d in root.glob("quiet_*") if (d / "demo.json").exists()]
+    for directory in sorted(measured, key=lambda d: json.loads((d / "demo.json").read_text())["started"], reverse=True):
         out += extra_measurement(directory)
     out += recipe_section(root)
     out += ["## Measurement under load (`demo/demo.json`)", ""]
@@ -109,7 +115,8 @@ def main() -> None:
                 *[f"| {k} | {v['seconds']:.1f} | {len(v['sessions'])} | {v.get('done')} |" for k, v in stages.items()]]
     out += ["", notes.strip(), "", "## Presets: seconds per training step", "",
             "Measured through the training code path (`scripts/bench_presets.py`, same sampler, prefetcher, loss and "
-            "AdamW as `robolearn train`) on 20 push_cube demos; raw: `demo/presets.json`.", "",
+            "AdamW as `robolearn train` had on that date: per-tensor, before the fused AdamW of 2026-12-05, which "
+            "makes small presets' steps ~10% faster) on 20 push_cube demos; raw: `demo/presets.json`.", "",
             presets_table(presets), ""]
     out += readme_loop_section(root)
     print("\n".join(out))

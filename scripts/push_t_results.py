@@ -10,7 +10,7 @@ lands. Seeds with records are skipped, so rerunning the same command continues t
 score = the paper's mean over episodes of max over steps of clip(coverage / 0.95, 0, 1)).
 
     python scripts/push_t_results.py --seeds 0 1 2 --records docs/results/push_t/records.jsonl
-    python scripts/push_t_results.py --image --seeds 0 --extra train.steps=8000 ...   # the image variant
+    python scripts/push_t_results.py --image --seeds 0 --action-steps 8 --extra train.steps=6000 train.save_every=500   # image variant
     python scripts/push_t_results.py --table --records docs/results/push_t/records.jsonl
 """
 

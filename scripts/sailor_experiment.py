@@ -275,7 +275,7 @@ def progress_table(metrics: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     previous = 0
     for m in metrics:
-        name = "warm start" if m.get("phase") == "warmstart" else f"round {m.get('round')}"
+        name = {"warmstart": "warm start", "final": "final"}.get(m.get("phase")) or f"round {m.get('round')}"
         evaluation = "-"
         if "eval_planner_success_rate" in m:
             evaluation = f"{m['eval_planner_success_rate']:.2f} / {m['eval_base_success_rate']:.2f}"

@@ -104,7 +104,8 @@ def test_results_tables_keep_variants_and_candidates_apart():
                          {**rec, "seed": 0, "variant": "image+proprio", "successes": 1, "success_rate": 0.1, "score": 0.4}]).splitlines()
     assert rows[2].startswith("| state | 8 | 2 | 20 | 0.600 |") and rows[3].startswith("| image+proprio | 8 | 1 | 10 | 0.100 |")
     recipe = _script("demo_recipe")
-    base = dict(candidate="unet32", n=100, train_s=300.0, load_train_start=[1.0, 1.0, 1.0])
+    base = dict(candidate="unet32", n=100, train_s=300.0, load_train_start=[1.0, 1.0, 1.0],
+                overrides=["train.steps=8000", "train.seed=0", "train.eval_every=1000000", *recipe.UNET32])
     rows = recipe.table([{**base, "seed": s, "successes": k, "success_rate": k / 100} for s, k in ((0, 95), (1, 97), (2, 90))]).splitlines()
     assert rows[2].startswith("| unet32 | 200 | `policy.down_dims=[32,64,128]") and "| 3 | 300 | 0.940 |" in rows[2]
     assert recipe.selection_seed(2) == 202_000 and recipe.selection_seed(0) > 100_049  # not the demo's own eval seeds

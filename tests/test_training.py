@@ -153,3 +153,5 @@ def test_train_by_preset_name(toy, tmp_path, preset):
     run = train(preset, toy, out=tmp_path / preset, overrides=["train.steps=2", *tiny], wandb_mode="off", progress=False)
     assert (run / "policy" / "model.safetensors").is_file()
     assert load_policy(run / "policy").__class__.__name__.lower().startswith(preset.removesuffix("_small"))
+    run_json = json.loads((run / "run.json").read_text())
+    assert run_json["policy"] == preset.removesuffix("_small") and run_json["preset"] == preset

@@ -69,7 +69,9 @@ class EMA:
         """(averaged parameters, their sources, copied parameters, their sources), cached per source
         model and its set of trainable parameters: parameters keep their identity across optimizer
         steps, load_state_dict and .to()."""
-        key = (model, tuple(p.requires_grad for p in model.parameters()))
+        # identity too: a replaced parameter (assign=True loads, a swapped submodule) invalidates the cache
+        key = (model, tuple((id(p), p.requires_grad) for p in model.parameters()),
+               tuple(id(p) for p in self.model.parameters()))
         if getattr(self, "_pairs_key", None) != key:
             source_params = dict(model.named_parameters())
             averaged, current, copied_to, copied_from = [], [], [], []
