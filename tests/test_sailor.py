@@ -253,3 +253,37 @@ def test_progress_table_from_run_metrics():
     ]).splitlines()
     assert rows[2].startswith("| warm start (0-4,000) | 6,000 | 58 | 0.379 |") and rows[2].endswith("| 0.170 | 0.962 | - |")
     assert rows[3].startswith("| round 0 (4,000-6,000) | 9,000 |") and "| 0.317 |" in rows[3] and rows[3].endswith("| 0.45 / 0.40 |")
+
+
+def test_readiness_statistics_resist_one_bad_window():
+    """world_model_check reports the pooled ratio and the median of per-window ratios: one window
+    whose imagination blows up moves the first past 1, not the second (docs/results/sailor.md)."""
+    from robolearn.sailor.diagnostics import world_model_check
+
+    wm = WorldModel(TINY_WM, state_dim=2, action_dim=2)
+    windows = torch.rand(5, 10, 2)
+    per_model, per_const = wm.open_loop_error(windows, torch.zeros(5, 10, 2), 4, 6, per_window=True)
+    pooled_model, pooled_const = wm.open_loop_error(windows, torch.zeros(5, 10, 2), 4, 6)
+    assert per_model.shape == per_const.shape == (5, 6)
+    torch.testing.assert_close(per_model.mean(dim=0), pooled_model)
+    torch.testing.assert_close(per_const.mean(dim=0), pooled_const)
+
+    class Stub:  # a world model with 9 good windows (ratio 0.1) and one bad one (ratio 30)
+        device = torch.device("cpu")
+
+        class world_model:  # noqa: N801
+            @staticmethod
+            def open_loop_error(state, prev_action, context, horizon, per_window=False):
+                const = torch.full((10, horizon), 0.1)
+                model = torch.full((10, horizon), 0.01)
+                model[3] = 3.0
+                return model, const
+
+    check = world_model_check(Stub(), np.zeros((10, 10, 2), np.float32), np.zeros((10, 10, 2), np.float32), 4, 6, lambda s: s)
+    assert check["wm_err_ratio"] > 1 and check["wm_err_ratio_median"] == pytest.approx(0.1)
+    from robolearn.config import ConfigError
+    from robolearn.sailor.configuration import load_sailor_config
+
+    assert load_sailor_config(None, ["loop.ready_statistic=median"]).loop.ready_statistic == "median"
+    with pytest.raises(ConfigError, match="ready_statistic"):
+        load_sailor_config(None, ["loop.ready_statistic=max"])

@@ -227,12 +227,15 @@ class LoopConfig:
     holdout_demo_fraction: float = 0.1  # demo episodes kept out of model training (readiness test, AUROC)
     require_ready: bool = True  # planner off until the world model beats the constant-state predictor
     ready_ratio: float = 1.0  # ready: mean k-step error (k = 1..planner.horizon) < ratio x the constant predictor's
+    ready_statistic: str = "mean"  # over held-out windows: "mean" (pooled errors) or "median" (of per-window ratios)
     ready_context: int = 8  # posterior steps before the open-loop prediction
     checkpoint_every_updates: int = 1000  # RUN/checkpoints/last during long training phases (and after every phase)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.holdout_demo_fraction < 1.0:
             raise ConfigError(f"loop.holdout_demo_fraction must be in [0, 1), got {self.holdout_demo_fraction}")
+        if self.ready_statistic not in ("mean", "median"):
+            raise ConfigError(f"loop.ready_statistic must be 'mean' or 'median', got {self.ready_statistic!r}")
         if self.ready_ratio <= 0 or self.ready_context < 1 or self.checkpoint_every_updates < 1:
             raise ConfigError("loop.ready_ratio must be > 0, loop.ready_context and loop.checkpoint_every_updates >= 1")
         if self.num_envs < 1 or self.min_env_steps_per_round < 1:

@@ -555,7 +555,8 @@ class SailorTrainer:
         self.agent.eval()
         check = world_model_check(self.agent, states, prev, C, H, self._normalize_multi)
         out.update(check)
-        ready = (not self.loop.require_ready) or bool(check and check["wm_err_ratio"] < self.loop.ready_ratio)
+        statistic = "wm_err_ratio_median" if self.loop.ready_statistic == "median" else "wm_err_ratio"
+        ready = (not self.loop.require_ready) or bool(check and check[statistic] < self.loop.ready_ratio)
         self.agent.planner_ready.fill_(ready)
         out["planner_ready"] = ready
         if self.failed_base:

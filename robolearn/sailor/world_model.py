@@ -198,7 +198,7 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def open_loop_error(self, state: torch.Tensor, prev_action: torch.Tensor, context: int,
-                        horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+                        horizon: int, per_window: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """k-step prediction error on windows, next to the constant-state ("nothing moves") predictor.
 
         state (B, context + horizon, Ds) normalized, prev_action (B, context + horizon, A) (the
@@ -206,7 +206,7 @@ class WorldModel(nn.Module):
         The posterior filters the first `context` states; the model then imagines `horizon` steps
         with the recorded actions (latent mode, no sampling) and decodes them. Returns per-k mean
         squared errors (horizon,) of the model and of repeating the last observed state, both in
-        the decoder's symlog space."""
+        the decoder's symlog space; with `per_window`, (B, horizon) errors, one row per window."""
         b, length = state.shape[:2]
         if length != context + horizon or context < 1:
             raise ValueError(f"windows must hold context + horizon = {context + horizon} steps, got {length}")
@@ -222,9 +222,12 @@ class WorldModel(nn.Module):
         for k in range(horizon):
             latent = self.dynamics.img_step(latent, prev_action[:, context + k], sample=False)
             pred = self.decoder(self.dynamics.feat(latent))
-            model_err.append((pred - target[:, k]).pow(2).mean())
-            const_err.append((last - target[:, k]).pow(2).mean())
-        return torch.stack(model_err), torch.stack(const_err)
+            model_err.append((pred - target[:, k]).pow(2).mean(dim=-1))
+            const_err.append((last - target[:, k]).pow(2).mean(dim=-1))
+        model_err, const_err = torch.stack(model_err, dim=1), torch.stack(const_err, dim=1)
+        if per_window:
+            return model_err, const_err
+        return model_err.mean(dim=0), const_err.mean(dim=0)
 
 
 def flatten_state(state: State) -> State:
