@@ -208,8 +208,9 @@ def train(
         # a preset (policies/diffusion_small.yaml) configures the registered policy its YAML names
         from robolearn.cli import policy_presets
 
-        preset = policy_name if policy_name in policy_presets() else None
-        policy_name = policy_presets().get(policy_name, policy_name)
+        presets = policy_presets()  # globs and parses policies/*.yaml: once
+        preset = policy_name if policy_name in presets else None
+        policy_name = presets.get(policy_name, policy_name)
         run_cfg = load_run_config(path, overrides, name=policy_name)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(out) if out else Path("runs") / f"{policy_name}-{task or Path(data).stem}-{stamp}"

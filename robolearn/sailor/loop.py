@@ -542,18 +542,27 @@ class SailorTrainer:
         return means
 
     # -- diagnostics -------------------------------------------------------------------------------
+    def check_windows(self) -> tuple[str, list[Any], np.ndarray, np.ndarray]:
+        """The readiness check's data: (split, its demo episodes, windows of raw states, their prev
+        actions) of context + horizon steps, from the held-out demos (the training demos if none are held out)."""
+        from robolearn.sailor.diagnostics import windows_for_check
+
+        eps, split = (self.heldout, "heldout") if self.heldout else (self.expert.episodes, "train")
+        length = self.loop.ready_context + self.acfg.planner.horizon
+        states, prev = windows_for_check([e.state for e in eps], [e.action for e in eps], length, stride=4, limit=256)
+        return split, eps, states, prev
+
     def diagnostics(self) -> dict[str, Any]:
         """World-model k-step error vs the constant predictor (held-out demos; the training demos if
         none are held out) and the reward model's AUROC (held-out demo states vs failed warm-start
         states); sets the agent's `planner_ready`."""
-        from robolearn.sailor.diagnostics import auroc, reward_scores, windows_for_check, world_model_check
+        from robolearn.sailor.diagnostics import auroc, reward_scores, world_model_check
 
-        eps, split = (self.heldout, "heldout") if self.heldout else (self.expert.episodes, "train")
-        H, C = self.acfg.planner.horizon, self.loop.ready_context
-        states, prev = windows_for_check([e.state for e in eps], [e.action for e in eps], C + H, stride=4, limit=256)
+        split, eps, states, prev = self.check_windows()
         out: dict[str, Any] = {"wm_check_split": split}
         self.agent.eval()
-        check = world_model_check(self.agent, states, prev, C, H, self._normalize_multi)
+        check = world_model_check(self.agent, states, prev, self.loop.ready_context, self.acfg.planner.horizon,
+                                  self._normalize_multi)
         out.update(check)
         statistic = "wm_err_ratio_median" if self.loop.ready_statistic == "median" else "wm_err_ratio"
         ready = (not self.loop.require_ready) or bool(check and check[statistic] < self.loop.ready_ratio)
