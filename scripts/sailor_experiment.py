@@ -46,7 +46,11 @@ CPU_DP = [
     "train.save_every=500", "train.eval_every=100000", "train.log_every=100",
     "policy.down_dims=[64,128,256]", "policy.diffusion_step_embed_dim=64", "policy.n_action_steps=2",
 ]
-PLANNER_ABLATIONS = {  # test-time: the guarded run's trained models, planner settings changed
+# Test-time rows: the guarded run's trained models with the planner switched on whatever the readiness check
+# said at the end of training (otherwise, with a world model judged not ready, every row would run the
+# distilled DP alone and the ablations would measure nothing), then one planner setting changed per row.
+PLANNER_ABLATIONS = {
+    "planner_on": {},
     "no_guard": {"guard": False},
     "no_crn": {"common_random_numbers": False},
     "no_uncertainty": {"uncertainty_cost": 0.0},
@@ -230,9 +234,11 @@ def main() -> int:
             if "ablations" in args.only:
                 for ab, change in PLANNER_ABLATIONS.items():
                     agent = load_policy(run / "policy")
+                    agent.planner_ready.fill_(True)
                     for key, value in change.items():
                         setattr(agent.config.planner, key, value)
-                    evaluate(f"SAILOR, {ab.replace('_', ' ')} at test time ({n_small} demos)", agent, seed)
+                    label = "planner on" if ab == "planner_on" else f"planner on, {ab.replace('_', ' ')}"
+                    evaluate(f"SAILOR, {label} at test time ({n_small} demos)", agent, seed)
         if "no_warmstart" in args.only:
             run = sailor_run("sailor_no_warmstart", seed, base, demos, ["loop.warmstart=false"])
             evaluate(f"SAILOR, no warm start ({n_small} demos)", load_policy(run / "policy"), seed)
