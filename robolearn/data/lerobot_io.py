@@ -3,11 +3,11 @@
 LeRobot v3.0 layout (as written by lerobot 0.4's `LeRobotDataset`):
 - `meta/info.json`: `codebase_version` "v3.0", `fps`, `features` (name -> dtype, shape, names,
   and for videos the encoding `info`), `total_episodes`, `total_frames`, `data_path`, `video_path`.
-- `data/chunk-XXX/file-YYY.parquet`: one row per frame, many episodes per file, with the
+- `data/chunk-000/file-000.parquet` (numbered on): one row per frame, many episodes per file, with the
   features plus `timestamp`, `frame_index`, `episode_index`, `index` and `task_index`.
-- `videos/<key>/chunk-XXX/file-YYY.mp4`: camera streams, many episodes per file one after another;
+- `videos/<key>/chunk-000/file-000.mp4`: camera streams, many episodes per file one after another;
   an episode's frames start at its `videos/<key>/from_timestamp`.
-- `meta/episodes/chunk-XXX/file-YYY.parquet`: one row per episode (`tasks`, `length`, where its
+- `meta/episodes/chunk-000/file-000.parquet`: one row per episode (`tasks`, `length`, where its
   rows and video frames live, `dataset_from_index`/`dataset_to_index`, per-episode `stats/...`).
 - `meta/tasks.parquet` (task strings as the pandas index, `task_index`), `meta/stats.json`.
 
