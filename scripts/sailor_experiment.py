@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import sys
@@ -293,6 +294,19 @@ def progress_table(metrics: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired(rows: list[dict], reference: list[dict]) -> tuple[int, int, float] | None:
+    """Episodes only `rows` solved, only `reference` solved (same seeds, same evaluation episodes), and the
+    exact two-sided McNemar p-value: a paired comparison, sharper than two overlapping intervals."""
+    ref = {r["seed"]: r["successes_per_episode"] for r in reference}
+    pairs = [(a, b) for r in rows if r["seed"] in ref for a, b in zip(r["successes_per_episode"], ref[r["seed"]], strict=True)]
+    if not pairs:
+        return None
+    wins, losses = sum(a and not b for a, b in pairs), sum(b and not a for a, b in pairs)
+    n = wins + losses
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n) if n else 1.0
+    return wins, losses, p
+
+
 def table(rows: list[dict]) -> str:
     """Per policy: successes pooled over seeds with the Wilson interval, each seed's rate, mean
     return, and the planner's acceptance fraction during evaluation; then the SAILOR runs'
@@ -303,14 +317,26 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         if r["kind"] == "eval":
             evals.setdefault(r["name"], []).append(r)
-    lines = ["| policy | seeds | pooled success | 95% CI (Wilson) | per seed | mean return | residual accepted |",
-             "|---|---|---|---|---|---|---|"]
+    # paired references: the base DP for every row, and for the test-time planner rows also the distilled DP
+    # whose chunks the planner corrects
+    base = next((rs for name, rs in evals.items() if name.startswith("DP (") and "x)" not in name), [])
+    distilled = next((rs for name, rs in evals.items() if name.startswith("SAILOR distilled DP")), [])
+
+    def vs(rs: list[dict], ref: list[dict]) -> str:
+        pr = paired(rs, ref) if ref and rs is not ref else None
+        return "-" if pr is None else f"+{pr[0]} / -{pr[1]} (p {pr[2]:.2g})"
+
+    lines = ["| policy | seeds | pooled success | 95% CI (Wilson) | per seed | mean return | residual accepted | "
+             "paired vs base DP | paired vs distilled DP |", "|---|---|---|---|---|---|---|---|---|"]
     for name, rs in evals.items():
         k, n, (lo, hi) = pool_evaluations(rs)
         per = ", ".join(f"s{r['seed']}: {r['success_rate']:.2f}" for r in sorted(rs, key=lambda r: r["seed"]))
         acc = [r["planner_accept_frac"] for r in rs if "planner_accept_frac" in r]
         lines.append(f"| {name} | {len(rs)} | {k / n:.3f} ({k}/{n}) | [{lo:.2f}, {hi:.2f}] | {per} | "
-                     f"{np.mean([r['mean_return'] for r in rs]):.2f} | {f'{np.mean(acc):.2f}' if acc else '-'} |")
+                     f"{np.mean([r['mean_return'] for r in rs]):.2f} | {f'{np.mean(acc):.2f}' if acc else '-'} | "
+                     f"{vs(rs, base)} | {vs(rs, distilled) if name.startswith('SAILOR, planner on') else '-'} |")
+    lines.append("\npaired: over the same evaluation episodes (seed by seed), +episodes only this row solved / -episodes "
+                 "only the reference solved, exact two-sided McNemar p")
     runs = [r for r in rows if r["kind"] == "run"]
     if runs:
         lines += ["", "| run | seed | env steps | model updates | wall s | WM error / constant (last) | planner ready | "

@@ -72,6 +72,38 @@ def test_sailor_experiment_merge_pools_seeds(tmp_path):
     assert "AUROC per seed: 0.900, 0.900" in proc.stdout
 
 
+def test_sailor_experiment_table_pairs_rows_on_the_same_episodes(tmp_path):
+    """scripts/sailor_experiment.py --table: the paired columns count, seed by seed, the episodes only
+    one side solved, and the McNemar p is the exact two-sided binomial tail (here 2 vs 8: p = 0.109)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def ev(name, seed, ok):
+        return {"kind": "eval", "name": name, "seed": seed, "n": len(ok), "successes": sum(ok), "success_rate": sum(ok) / len(ok),
+                "mean_return": 1.0, "successes_per_episode": ok}
+
+    base = [True] * 5 + [False] * 5
+    distilled = [True] * 9 + [False]  # solves 4 more than the base, loses none
+    planner = [True] * 3 + [False] * 6 + [True]  # vs distilled: +1 (the last), -6; vs base: +1, -2
+    rows = [ev("DP (50 demos)", 0, base), ev("SAILOR distilled DP (50 demos)", 0, distilled),
+            ev("SAILOR, planner on at test time (50 demos)", 0, planner),
+            ev("DP (50 demos)", 1, [False] * 4), ev("SAILOR distilled DP (50 demos)", 1, [True] * 4),
+            ev("SAILOR, planner on at test time (50 demos)", 1, [True, False, False, False])]
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "sailor_experiment.py"), "--table", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = {ln.split(" | ")[0]: ln for ln in proc.stdout.splitlines()}
+    assert lines["| SAILOR distilled DP (50 demos)"].endswith("| +8 / -0 (p 0.0078) | - |"), proc.stdout
+    # vs base: seed 0 +1/-2, seed 1 +1/-0; vs distilled: seed 0 +1/-6, seed 1 +0/-3 -> 1 vs 9: p = 2 * 11 / 1024
+    assert lines["| SAILOR, planner on at test time (50 demos)"].endswith("| +2 / -2 (p 1) | +1 / -9 (p 0.021) |"), proc.stdout
+
+
 def test_sort_perturbed_tables_p_to_the_k_from_recorded_evaluations(tmp_path):
     """scripts/sort_perturbed.py: evaluations already in OUT.jsonl are not rerun; the table pools
     seeds, p is the policy's own K = 1 success, and the verdicts compare K > 1 against p^K."""
