@@ -179,8 +179,13 @@ def test_cli_runs_resumes_and_reports_bad_input(base, tmp_path, capsys):
     assert main([*args, "--env-steps", "40", "--out", str(tmp_path / "cli")]) == 2  # finished runs are not overwritten
     assert "finished" in capsys.readouterr().err
     # a started (killed) run is not restarted over its replay store: it is resumed
-    SailorTrainer(load_sailor_config(None, TINY), base / "dp", base / "demos.zarr", "pick_place", 40,
-                  tmp_path / "started", wandb_mode="off", progress=False).replay_store.close()
+    started = SailorTrainer(load_sailor_config(None, TINY), base / "dp", base / "demos.zarr", "pick_place", 40,
+                            tmp_path / "started", wandb_mode="off", progress=False)
+    # the readiness check reads held-out demos; the same check on the training demos (overfitting) on request
+    held, train = started.check_windows(), started.check_windows("train")
+    assert held[0] == "heldout" and held[1] is started.heldout and train[0] == "train" and train[1] is started.expert.episodes
+    assert len(held[1]) > 0 and len(train[1]) > 0 and held[2].shape[1:] == train[2].shape[1:]
+    started.replay_store.close()
     assert main([*args, "--env-steps", "40", "--out", str(tmp_path / "started"), *TINY]) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(["sailor", "--resume", str(tmp_path / "started"), "--wandb", "off", "--no-progress"]) == 0

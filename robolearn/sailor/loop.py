@@ -542,12 +542,15 @@ class SailorTrainer:
         return means
 
     # -- diagnostics -------------------------------------------------------------------------------
-    def check_windows(self) -> tuple[str, list[Any], np.ndarray, np.ndarray]:
+    def check_windows(self, split: str | None = None) -> tuple[str, list[Any], np.ndarray, np.ndarray]:
         """The readiness check's data: (split, its demo episodes, windows of raw states, their prev
-        actions) of context + horizon steps, from the held-out demos (the training demos if none are held out)."""
+        actions) of context + horizon steps, from the held-out demos (the training demos if none are held
+        out, or if `split="train"`: the same check on data the model trained on tells overfitting apart)."""
         from robolearn.sailor.diagnostics import windows_for_check
 
-        eps, split = (self.heldout, "heldout") if self.heldout else (self.expert.episodes, "train")
+        if split is None:
+            split = "heldout" if self.heldout else "train"
+        eps = self.heldout if split == "heldout" else self.expert.episodes
         length = self.loop.ready_context + self.acfg.planner.horizon
         states, prev = windows_for_check([e.state for e in eps], [e.action for e in eps], length, stride=4, limit=256)
         return split, eps, states, prev
