@@ -296,9 +296,11 @@ def progress_table(metrics: list[dict]) -> str:
 
 def paired(rows: list[dict], reference: list[dict]) -> tuple[int, int, float] | None:
     """Episodes only `rows` solved, only `reference` solved (same seeds, same evaluation episodes), and the
-    exact two-sided McNemar p-value: a paired comparison, sharper than two overlapping intervals."""
-    ref = {r["seed"]: r["successes_per_episode"] for r in reference}
-    pairs = [(a, b) for r in rows if r["seed"] in ref for a, b in zip(r["successes_per_episode"], ref[r["seed"]], strict=True)]
+    exact two-sided McNemar p-value: a paired comparison, sharper than two overlapping intervals. None
+    where no seed has per-episode outcomes on both sides (records written before they were kept)."""
+    ref = {r["seed"]: r["successes_per_episode"] for r in reference if "successes_per_episode" in r}
+    pairs = [(a, b) for r in rows if r["seed"] in ref and "successes_per_episode" in r
+             for a, b in zip(r["successes_per_episode"], ref[r["seed"]], strict=True)]
     if not pairs:
         return None
     wins, losses = sum(a and not b for a, b in pairs), sum(b and not a for a, b in pairs)
