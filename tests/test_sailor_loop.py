@@ -185,6 +185,8 @@ def test_cli_runs_resumes_and_reports_bad_input(base, tmp_path, capsys):
     held, train = started.check_windows(), started.check_windows("train")
     assert held[0] == "heldout" and held[1] is started.heldout and train[0] == "train" and train[1] is started.expert.episodes
     assert len(held[1]) > 0 and len(train[1]) > 0 and held[2].shape[1:] == train[2].shape[1:]
+    with pytest.raises(ValueError, match="split"):
+        started.check_windows("test")
     started.replay_store.close()
     assert main([*args, "--env-steps", "40", "--out", str(tmp_path / "started"), *TINY]) == 2
     assert "--resume" in capsys.readouterr().err

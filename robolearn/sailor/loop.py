@@ -550,6 +550,8 @@ class SailorTrainer:
 
         if split is None:
             split = "heldout" if self.heldout else "train"
+        if split not in ("heldout", "train"):
+            raise ValueError(f"split must be 'heldout' or 'train', got {split!r}")
         eps = self.heldout if split == "heldout" else self.expert.episodes
         length = self.loop.ready_context + self.acfg.planner.horizon
         states, prev = windows_for_check([e.state for e in eps], [e.action for e in eps], length, stride=4, limit=256)
