@@ -74,7 +74,7 @@ def test_sailor_experiment_merge_pools_seeds(tmp_path):
 
 def test_sailor_experiment_table_pairs_rows_on_the_same_episodes(tmp_path):
     """scripts/sailor_experiment.py --table: the paired columns count, seed by seed, the episodes only
-    one side solved, and the McNemar p is the exact two-sided binomial tail (here 2 vs 8: p = 0.109)."""
+    one side solved, and the McNemar p is the exact two-sided binomial tail (e.g. 1 vs 9: p = 0.021)."""
     import json
     import subprocess
     import sys

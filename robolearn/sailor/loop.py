@@ -553,6 +553,8 @@ class SailorTrainer:
         if split not in ("heldout", "train"):
             raise ValueError(f"split must be 'heldout' or 'train', got {split!r}")
         eps = self.heldout if split == "heldout" else self.expert.episodes
+        if split == "heldout" and not eps:
+            raise ValueError("no demos are held out (loop.holdout_demo_fraction = 0): use split='train'")
         length = self.loop.ready_context + self.acfg.planner.horizon
         states, prev = windows_for_check([e.state for e in eps], [e.action for e in eps], length, stride=4, limit=256)
         return split, eps, states, prev
