@@ -10,6 +10,9 @@ task overrides); evaluation always uses the task config plus --task-overrides.
 
     python scripts/imitation_results.py --tasks push_cube --policies bc diffusion --demos 10 50 \
         --seeds 0 --steps 2000 --eval-episodes 100 --out docs/results/imitation.md
+
+Every finished run also appends one JSON line to --records (default docs/results/imitation/records.jsonl,
+committed beside the page), and `--table RECORDS [--label L]` regenerates a section's table from them.
 """
 
 from __future__ import annotations
@@ -98,6 +101,23 @@ def pooled_score(cell: list[dict]) -> str:
     return f"{mean:.3f} ({per_seed})"
 
 
+TABLE_HEADER = ["| task | policy | demos | eval episodes (pooled) | success | 95% CI (Wilson) | score | per seed | train s/run |",
+                "|---|---|---|---|---|---|---|---|---|"]
+
+
+def table_rows(results: list[dict]) -> list[str]:
+    """One row per (task, policy, demos): successes pooled over seeds with the Wilson interval."""
+    rows = []
+    keys = sorted({(r["task"], r["policy"], r["demos"]) for r in results}, key=lambda k: (k[0], k[1], k[2]))
+    for task, pol, n in keys:
+        cell = [r for r in results if (r["task"], r["policy"], r["demos"]) == (task, pol, n)]
+        k, tot, (lo, hi) = pool_evaluations(cell)
+        per_seed = ", ".join(f"s{r['seed']}: {r['rate']:.2f}" for r in cell)
+        rows.append(f"| {task} | {pol} | {n} | {tot} | {k / tot:.3f} | [{lo:.3f}, {hi:.3f}] | {pooled_score(cell)} | {per_seed} | "
+                    f"{sum(r['train_s'] for r in cell) / len(cell):.0f} |")
+    return rows
+
+
 def first_eval_seed(train_seed: int) -> int:
     """Evaluation episodes of training seed s use seeds first_eval_seed(s) + 0..N-1: disjoint from
     the demo-collection seeds (100000 x s + i) and from other training seeds' evaluations."""
@@ -130,12 +150,31 @@ def main() -> None:
                     help="fix the expert's per-episode mode during collection (unimodal demos); default: drawn per episode")
     ap.add_argument("--workdir", default="runs/imitation")
     ap.add_argument("--out", default="docs/results/imitation.md")
+    ap.add_argument("--records", default="docs/results/imitation/records.jsonl",
+                    help="append one JSON line per finished run here (the raw records beside the page)")
+    ap.add_argument("--table", default=None, metavar="RECORDS",
+                    help="print the table of the runs in RECORDS (those with --label, if given) and exit")
     args = ap.parse_args()
+    if args.table:
+        path = Path(args.table)
+        if not path.is_file():
+            sys.exit(f"error: no records file {path}")
+        chosen = [r for r in (json.loads(ln) for ln in path.read_text().splitlines() if ln.strip())
+                  if not args.label or r.get("label") == args.label]
+        if not chosen:
+            sys.exit(f"error: no records{' with label ' + repr(args.label) if args.label else ''} in {path}")
+        print("\n".join([*TABLE_HEADER, *table_rows(chosen)]))
+        return
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     results = []
     demo_stats: dict[str, str] = {}
     started = time.time()
+    records = Path(args.records)
+    records.parent.mkdir(parents=True, exist_ok=True)
+    context = {"label": args.label, "command": "python " + " ".join(sys.argv), "task_overrides": args.task_overrides,
+               "image": args.image, "image_lowdim": args.image_lowdim if args.image else None,
+               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
     for task in args.tasks:
         for seed in args.seeds:
             full = work / (f"{task}{'-' + '-'.join(args.task_overrides) if args.task_overrides else ''}"
@@ -173,16 +212,12 @@ def main() -> None:
                                     "score_name": report.get("score_name", "success"),
                                     "train_s": train_s, "eval_seeds": [report["seeds"][0], report["seeds"][-1]]})
                     print(json.dumps(results[-1]), flush=True)
-                    with (work / "results.jsonl").open("a") as log:  # per run: a crash later keeps it
-                        log.write(json.dumps(results[-1]) + "\n")
-    rows = []
-    keys = sorted({(r["task"], r["policy"], r["demos"]) for r in results}, key=lambda k: (k[0], k[1], k[2]))
-    for task, pol, n in keys:
-        cell = [r for r in results if (r["task"], r["policy"], r["demos"]) == (task, pol, n)]
-        k, tot, (lo, hi) = pool_evaluations(cell)
-        per_seed = ", ".join(f"s{r['seed']}: {r['rate']:.2f}" for r in cell)
-        rows.append(f"| {task} | {pol} | {n} | {tot} | {k / tot:.3f} | [{lo:.3f}, {hi:.3f}] | {pooled_score(cell)} | {per_seed} | "
-                    f"{sum(r['train_s'] for r in cell) / len(cell):.0f} |")
+                    record = {**results[-1], **context, "train_overrides": overrides, "demo_summary": demo_stats[f"{task} s{seed}"],
+                              "loadavg": list(os.getloadavg()), "date": dt.datetime.now().isoformat(timespec="seconds")}
+                    for log_path in (work / "results.jsonl", records):  # per run: a crash later keeps it
+                        with log_path.open("a") as log:
+                            log.write(json.dumps(record) + "\n")
+    rows = table_rows(results)
     cmd = "python " + " ".join(sys.argv)
     obs_desc = "state (the task's full low-dim vector)"
     if args.image:
@@ -206,8 +241,10 @@ def main() -> None:
         + (f"; extra overrides applied after the profile: {args.extra}" if args.extra else ""),
         f"- task overrides: {args.task_overrides or 'none'}; date: {dt.date.today().isoformat()}; wall time {time.time() - started:.0f} s",
         "",
-        "| task | policy | demos | eval episodes (pooled) | success | 95% CI (Wilson) | score | per seed | train s/run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"- raw records: `{args.records}` (label {args.label or '(none)'}); "
+        f"`python scripts/imitation_results.py --table {args.records}{' --label ' + args.label if args.label else ''}` regenerates this table",
+        "",
+        *TABLE_HEADER,
         *rows,
         "",
     ]

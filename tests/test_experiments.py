@@ -131,3 +131,32 @@ def test_sort_perturbed_tables_p_to_the_k_from_recorded_evaluations(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
     bad = subprocess.run(cmd[:-4] + ["--policy", "h=no-placeholders", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode != 0 and "NAME=PATTERN" in bad.stderr
+
+
+def test_imitation_results_records_regenerate_the_section_table(tmp_path):
+    """scripts/imitation_results.py: each finished run appends a raw record (with its label and command)
+    to --records, and --table over those records prints exactly the table of the section it wrote."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = str(root / "scripts" / "imitation_results.py")
+    records, out = tmp_path / "records.jsonl", tmp_path / "page.md"
+    cmd = [sys.executable, script, "--tasks", "push_cube", "--policies", "bc", "--demos", "2", "--seeds", "0", "1",
+           "--steps", "4", "--eval-episodes", "2", "--num-envs", "1", "--label", "tiny", "--workdir", str(tmp_path / "w"),
+           "--out", str(out), "--records", str(records), "--extra", "train.val_ratio=0", "train.log_every=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(ln) for ln in records.read_text().splitlines()]
+    assert [(r["seed"], r["label"], r["n"]) for r in rows] == [(0, "tiny", 2), (1, "tiny", 2)]
+    assert "--label tiny" in rows[0]["command"] and "train.steps=4" in rows[0]["train_overrides"]
+    table = subprocess.run([sys.executable, script, "--table", str(records), "--label", "tiny"],
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.strip() in out.read_text() and "| push_cube | bc | 2 | 4 |" in table.stdout
+    missing = subprocess.run([sys.executable, script, "--table", str(records), "--label", "other"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "no records with label 'other'" in missing.stderr
