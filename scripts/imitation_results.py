@@ -214,9 +214,8 @@ def main() -> None:
                     print(json.dumps(results[-1]), flush=True)
                     record = {**results[-1], **context, "train_overrides": overrides, "demo_summary": demo_stats[f"{task} s{seed}"],
                               "loadavg": list(os.getloadavg()), "date": dt.datetime.now().isoformat(timespec="seconds")}
-                    for log_path in (work / "results.jsonl", records):  # per run: a crash later keeps it
-                        with log_path.open("a") as log:
-                            log.write(json.dumps(record) + "\n")
+                    with records.open("a") as log:  # per run: a crash later keeps it
+                        log.write(json.dumps(record) + "\n")
     rows = table_rows(results)
     cmd = "python " + " ".join(sys.argv)
     obs_desc = "state (the task's full low-dim vector)"
