@@ -14,11 +14,14 @@ a cut-off training run continues with `robolearn train --resume` semantics):
                         then control returns to the policy (RaC's rule); data.mix=rac
              rac_end    the same, but the episode ends with the intervention; data.mix=rac
              hg_dagger  same trigger, correction without the rewind, hand back; data.mix=hg_dagger
-             iwr        hg_dagger's recording, data.mix=iwr
-             sirius     hg_dagger's recording, data.mix=sirius
+             iwr        hg_dagger's protocol, data.mix=iwr
+             sirius     hg_dagger's protocol, data.mix=sirius
              demos      more clean scripted demos, collected exactly like the base's; data.mix=all
-           every method spends the same operator-step budget per round (--budget; demos: episodes
-           until it is reached), then FINE-TUNES the previous round's policy (train --init-from)
+           every method's collections of round r use the same scene seeds (so hg_dagger, iwr and
+           sirius record identical round-1 data and differ by their weighting only), and every
+           method has spent r x --budget operator-labelled steps by the end of round r (each round
+           collects until the cumulative budget is reached, so one round's overshoot, at most one
+           episode, is taken off the next; demos: whole demos), then FINE-TUNES the previous round's policy (train --init-from)
            on everything collected so far, evaluating every --continual-every steps on
            --continual-episodes episodes (min-ACC / WC-ACC from robolearn.rl.metrics), and
            finally on --eval-episodes episodes (the same seeds for every method and round).
@@ -100,7 +103,12 @@ def train_run(args: argparse.Namespace, data: Path, run: Path, mix: str, steps: 
         from robolearn.checkpoint import read_meta
 
         if int(read_meta(last)["step"]) >= steps:  # cut off between the last save and the final policy
-            return last
+            tmp = run / "policy.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            shutil.copytree(last, tmp)
+            os.replace(tmp, run / "policy")
+            return run / "policy"
         train(None, None, resume=run, wandb_mode="off", progress=False)
         if save_every is None:
             for step_dir in (run / "checkpoints").glob("step_*"):
@@ -221,8 +229,8 @@ def takeover_reasons(store: Any, episodes: np.ndarray) -> dict[str, int]:
 
 
 def collect_round(args: argparse.Namespace, method: str, data: Path, ckpt: Path, coll_seed: int, familiarity: Any,
-                  demo_len: float) -> dict[str, Any]:
-    """Spend one round's operator budget on `data` (already a copy of the previous round's store)."""
+                  demo_len: float, budget: int) -> dict[str, Any]:
+    """Spend `budget` operator-labelled steps on `data` (already a copy of the previous round's store)."""
     from robolearn.data.store import EpisodeStore
     from robolearn.evaluation import load_any_policy
     from robolearn.tasks.registry import expert_class
@@ -232,7 +240,7 @@ def collect_round(args: argparse.Namespace, method: str, data: Path, ckpt: Path,
     with EpisodeStore.open(data) as st:
         before = st.num_episodes
     if method == "demos":
-        collect_demos(args, data, max(1, math.ceil(args.budget / demo_len)), coll_seed)
+        collect_demos(args, data, max(1, math.ceil(budget / demo_len)), coll_seed)
     else:
         policy, _ = load_any_policy(ckpt)
         recover = method in ("rac", "rac_end")
@@ -244,7 +252,7 @@ def collect_round(args: argparse.Namespace, method: str, data: Path, ckpt: Path,
 
         record_interventions(policy, args.task, operator, args.max_episodes, data, seed=coll_seed,
                              terminate_after_intervention=method == "rac_end", recovery=recover, perturb=args.perturb,
-                             task_overrides=list(args.task_overrides), max_operator_steps=args.budget, progress=False)
+                             task_overrides=list(args.task_overrides), max_operator_steps=budget, progress=False)
     with EpisodeStore.open(data) as st:
         new = np.arange(before, st.num_episodes)
         m = intervention_metrics(st, new)
@@ -259,17 +267,33 @@ def continual_curve(args: argparse.Namespace, run: Path, start_score: float, see
     from robolearn.rl.metrics import continual_metrics
 
     history = [{"step": 0, "score": start_score}]
+    done_file = run / "continual.jsonl"  # one fsynced line per evaluated step: a rerun after a kill reads them back
+    done = {}
+    if done_file.is_file():
+        for line in done_file.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut off by the kill: that step is evaluated again
+                continue
+            done[row["step"]] = row
     for step_dir in sorted((run / "checkpoints").glob("step_*")):
-        ev = evaluate(args, step_dir, args.continual_episodes, seeds_of(seed)["continual"])
-        history.append({"step": int(step_dir.name.split("_")[1]), "score": ev["success_rate"], "successes": ev["successes"],
-                        "n": ev["n"]})
+        step = int(step_dir.name.split("_")[1])
+        if step not in done:
+            ev = evaluate(args, step_dir, args.continual_episodes, seeds_of(seed)["continual"])
+            done[step] = {"step": step, "score": ev["success_rate"], "successes": ev["successes"], "n": ev["n"]}
+            with done_file.open("a") as fh:
+                fh.write(json.dumps(done[step]) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
         shutil.rmtree(step_dir)  # evaluated: the optimizer state is no longer needed
+    history += [done[k] for k in sorted(done)]
     window = max(1, args.continual_every * 2)
     return {"history": history, "metrics": continual_metrics([h["step"] for h in history], [h["score"] for h in history],
                                                              window, reference=start_score)}
 
 
 def rounds_for_seed(args: argparse.Namespace, records: Records, seed: int) -> None:
+    from robolearn.data.mixtures import mixture_weights
     from robolearn.data.store import EpisodeStore
     from robolearn.teleop.scripted_operator import FamiliarityModel
 
@@ -280,6 +304,7 @@ def rounds_for_seed(args: argparse.Namespace, records: Records, seed: int) -> No
     with EpisodeStore.open(demos) as st:
         demo_len = float(np.mean(st.episode_lengths))
         familiarity = FamiliarityModel.from_store(st)
+        base_labelled = operator_labelled_steps(st)
     # the base's score on the continual-evaluation seeds: every method's curve starts there
     start = records.find(kind="continual_start", seed=seed, base_demos=args.base_demos)
     if start is None:
@@ -289,7 +314,8 @@ def rounds_for_seed(args: argparse.Namespace, records: Records, seed: int) -> No
     for mi, method in enumerate(args.methods):
         prev_data, prev_ckpt, prev_score = demos, base, start["success_rate"]
         for rnd in range(1, args.rounds + 1):
-            key = dict(kind="round", seed=seed, base_demos=args.base_demos, method=method, round=rnd)
+            key = dict(kind="round", seed=seed, base_demos=args.base_demos, method=method, round=rnd, budget=args.budget,
+                       finetune_steps=args.finetune_steps, perturb=args.perturb)
             unit = root / f"{method}_r{rnd}"
             done = records.find(**key)
             if done is not None:
@@ -306,10 +332,16 @@ def rounds_for_seed(args: argparse.Namespace, records: Records, seed: int) -> No
                     shutil.rmtree(unit)
                 unit.mkdir(parents=True)
                 shutil.copytree(prev_data, data)
-                coll_seed = seeds_of(seed)["rounds"] + 20_000 * rnd + 2_000 * METHODS.index(method)
-                m = collect_round(args, method, data, prev_ckpt, coll_seed, familiarity, demo_len)
-                m["collection_seed"] = coll_seed
-                collected_file.write_text(json.dumps(m))
+                coll_seed = seeds_of(seed)["rounds"] + 20_000 * rnd  # the same scenes for every method
+                with EpisodeStore.open(prev_data) as st:
+                    spent = operator_labelled_steps(st) - base_labelled
+                budget = rnd * args.budget - spent  # cumulative: the last round's overshoot is taken off
+                m = collect_round(args, method, data, prev_ckpt, coll_seed, familiarity, demo_len, budget) if budget > 0 \
+                    else {"operator_steps": 0}
+                m.update(collection_seed=coll_seed, round_budget=budget)
+                tmp = collected_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(m))
+                os.replace(tmp, collected_file)
             m = json.loads(collected_file.read_text())
             t1 = time.perf_counter()
             ckpt = train_run(args, data, unit / "run", MIX[method], args.finetune_steps, seed, init_from=prev_ckpt,
@@ -319,7 +351,9 @@ def rounds_for_seed(args: argparse.Namespace, records: Records, seed: int) -> No
             ev = evaluate(args, ckpt, args.eval_episodes, seeds_of(seed)["eval"])
             with EpisodeStore.open(data) as st:
                 labelled, counts = operator_labelled_steps(st), st.source_counts()
+                shares = mixture_weights(st, MIX[method], np.arange(st.num_episodes)).shares
             records.add({**key, "operator_labelled_steps": labelled, "data_sources": counts, "round_collection": m,
+                         "mixture_shares": shares,
                          **ev, "continual": curve, "collect_seconds": t1 - t0, "train_seconds": t2 - t1,
                          "finetune_steps": args.finetune_steps, "policy": args.policy,
                          "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "loadavg": _loadavg()})

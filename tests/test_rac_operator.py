@@ -158,3 +158,37 @@ def test_hg_dagger_corrects_at_the_same_trigger_without_rewinding(tmp_path):
         seqs[recover] = "".join(CODES[c] for c in st.get_episode(0, ["source"])["source"])
     assert "r" not in seqs[False] and "c" in seqs[False]
     assert seqs[True].index("r") == seqs[False].index("c")  # same takeover step
+
+
+class CloseAtOnceHierarchical(CloseAtOnce):
+    """CloseAtOnce reporting the primitive it executes, like the hierarchical policy does."""
+
+    @property
+    def active_primitive(self):
+        return torch.tensor([3])
+
+
+@pytest.mark.parametrize("policy, label", [(CloseAtOnce, -1), (CloseAtOnceHierarchical, 3)])
+def test_policy_steps_carry_the_primitive_the_policy_executes(tmp_path, policy, label):
+    """IWR, Sirius and RaC's autonomous successes train on robot steps: a hierarchical policy's
+    loss skips steps labelled -1, so they must carry its own primitive; flat policies have none."""
+    out = tmp_path / "prim.zarr"
+    record_interventions(policy(), TASK, lambda sim: ScriptedOperator(
+        sim.task, config=OperatorConfig(recover=False, max_interventions=1), seed=0), 1, out, seed=5,
+        recovery=False, progress=False)
+    ep = EpisodeStore.open(out).get_episode(0, ["source", "primitive"])
+    robot = ep["source"] == SOURCE_CODES["policy"]
+    assert robot.any() and (~robot).any()
+    assert set(ep["primitive"][robot].tolist()) == {label}
+    assert (ep["primitive"][~robot] >= 0).all()  # the operator's steps carry the expert's labels
+
+
+def test_a_rewind_while_holding_is_labelled_transport(sim):
+    from robolearn.tasks.base import PRIM
+
+    for held, want in ((False, "reach"), (True, "transport")):
+        op = ScriptedOperator(sim.task, config=OperatorConfig(rewind_steps=0), seed=0)
+        op.visited.append(VisitedPose(robot_pose(sim.task, sim.read()), held, True))
+        op._prev_held = held
+        op.action(ctx_of(sim, grip=1.0 if held else -1.0, mode=Mode.RECOVERY))
+        assert op.last_primitive == PRIM[want]

@@ -51,6 +51,10 @@ def test_scaling_then_rounds_resume_and_tables(tmp_path):
     assert demos["round_collection"]["operator_steps"] >= 30 and demos["data_sources"]["policy"] == 0
     hg = next(r for r in rd if r["method"] == "hg_dagger")
     assert hg["round_collection"]["recovery_steps"] == 0
+    # every method collects on the same scenes and spends the round's budget (at most one episode over)
+    assert len({r["round_collection"]["collection_seed"] for r in rd}) == 1
+    assert all(r["round_collection"]["round_budget"] == 30 and r["round_collection"]["operator_steps"] >= 30 for r in rd)
+    assert hg["mixture_shares"]["intervention"] > 0 and abs(sum(hg["mixture_shares"].values()) - 1) < 1e-6
     # a rerun skips finished units; a cut-off unit (collection done, record missing) is finished
     cut = [x for x in (out / "records.jsonl").read_text().splitlines() if x.strip()]
     (out / "records.jsonl").write_text("\n".join(cut[:-1]) + "\n")
@@ -58,6 +62,8 @@ def test_scaling_then_rounds_resume_and_tables(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     again = records(out)
     assert len(again) == len(rs) and again[-1]["method"] == "demos" and again[-1]["successes"] == demos["successes"]
+    # its step checkpoints were evaluated and deleted before the cut: the curve comes back from continual.jsonl
+    assert again[-1]["continual"]["history"] == demos["continual"]["history"]
     # tables and plots from the records
     p = run("--stage", "table", "--from", str(out), "--out", str(tmp_path / "tables"))
     assert p.returncode == 0, p.stderr[-3000:]

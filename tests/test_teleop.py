@@ -437,3 +437,30 @@ def test_sirius_class_weights(mixed):
     # the 15 robot steps before the takeover at step 20 of episode 3 are steps 5..19
     assert pre[starts[3] + 5] and pre[starts[3] + 19] and not pre[starts[3] + 4]
     assert mix.loss_weights[starts[3] + 5] < mix.loss_weights[starts[3] + 4] < mix.loss_weights[starts[3] + 20]
+
+
+def test_sirius_keeps_the_interventions_half_when_demos_dominate(tmp_path):
+    """A base trained on many demos: the demos' true share (here 0.9) does not fit beside the
+    interventions' 0.5, so demos get what is left and the other robot steps nothing."""
+    path = tmp_path / "many_demos.zarr"
+    store = EpisodeStore.create(path, {"obs/state": Feature("float32", (2,), "obs"), "action": Feature("float32", (2,), "action")})
+    episodes = [(["demo"] * 90, True), (["policy"] * 25 + ["correction"] * 5, True)]
+    for src, ok in episodes:
+        n = len(src)
+        store.append_episode({"obs/state": np.zeros((n, 2), np.float32), "action": np.zeros((n, 2), np.float32), "source": src}, success=ok)
+    store.close()
+    st = EpisodeStore.open(path)
+    mix = mixture_weights(st, "sirius", np.arange(2))
+    src = _names(st)
+    w = mix.loss_weights / mix.loss_weights.sum()
+    assert w[src == "correction"].sum() == pytest.approx(0.5, rel=1e-5)
+    assert w[src == "demo"].sum() == pytest.approx(0.498, rel=1e-5)
+    robot = src == "policy"
+    pre = np.zeros(len(src), bool)
+    pre[90 + 25 - SIRIUS_PRE_INTERVENTION_STEPS:90 + 25] = True
+    assert w[pre].sum() == pytest.approx(0.002, rel=1e-4)
+    assert w[robot & ~pre].sum() == pytest.approx(0.0, abs=1e-9)
+    assert mix.shares == pytest.approx({"demo": 0.498, "intervention": 0.5, "pre_intervention": 0.002, "robot": 0.0}, abs=1e-6)
+    # the rac / hg_dagger / iwr mixtures report their realised sampling shares too
+    iwr = mixture_weights(st, "iwr", np.arange(2)).shares
+    assert iwr["intervention"] == pytest.approx(0.5) and iwr["demo"] + iwr["robot"] == pytest.approx(0.5)

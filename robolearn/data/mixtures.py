@@ -10,9 +10,13 @@ step counts in the loss (loss weights). Every policy's training uses them throug
 - `hg_dagger` (Kelly et al. 2019): only operator-labelled steps (demos, recovery, correction).
 - `iwr` (Mandlekar et al. 2020): every step; intervention steps are sampled to make up half of each
   batch.
-- `sirius` (Liu et al. 2022): every step, uniformly sampled, with class loss weights: demo 1,
-  intervention 0.5/ratio_int, the 15 robot steps before each takeover 0.002/ratio_pre, the other
-  robot steps share the remaining mass. Weights are rescaled to mean 1 over the data.
+- `sirius` (Liu et al. 2022): every step, uniformly sampled, with class loss weights giving the
+  classes these shares of the loss mass: interventions 0.5, the 15 robot steps before each takeover
+  0.002, demos their true share of the data, the other robot steps the rest. When the demos' true
+  share does not fit beside the interventions' half (a base trained on many demos), the demos get
+  what is left (1 - 0.5 - 0.002) and the other robot steps none: the interventions' half is the
+  method's point. Weights are rescaled to mean 1 over the data; `Mixture.shares` holds the
+  realised shares.
 - `retrieval` (Behavior Retrieval, Du et al. 2023): a store written by `robolearn data retrieve`;
   steps are sampled by its per-step `retrieval_weight` column (target demos and retrieved prior
   steps, by default half of each batch each; `--target-share` at retrieval time sets it).
@@ -37,6 +41,7 @@ class Mixture:
     episodes: np.ndarray
     sampling: np.ndarray | None  # (num_steps,) relative sampling weight per anchor step
     loss_weights: np.ndarray | None  # (num_steps,) per-step loss weight (mean 1 over kept steps)
+    shares: dict[str, float] | None = None  # share of the loss mass per step class (demo, intervention, ...)
 
     def window_sampling_weights(self, dataset) -> np.ndarray:
         """Per-window sampling weights for a SequenceDataset built over `episodes`."""
@@ -92,7 +97,7 @@ def mixture_weights(store: EpisodeStore, mix: str, episodes: np.ndarray) -> Mixt
             autonomous = store.column("intervention_count") == 0
             keep |= policy & (success & autonomous)[step_ep]
         sampling = (keep & keep_ep).astype(np.float64)
-        return Mixture(episodes, sampling, None)
+        return Mixture(episodes, sampling, None, _shares(sampling, {"demo": demo, "intervention": intervention, "robot": policy}))
     if mix == "iwr":
         kept = keep_ep
         n_int = int((intervention & kept).sum())
@@ -101,24 +106,29 @@ def mixture_weights(store: EpisodeStore, mix: str, episodes: np.ndarray) -> Mixt
         if n_int and n_other:
             sampling[intervention & kept] = 0.5 / n_int
             sampling[~intervention & kept] = 0.5 / n_other
-        return Mixture(episodes, sampling, None)
+        return Mixture(episodes, sampling, None, _shares(sampling, {"demo": demo, "intervention": intervention, "robot": policy}))
     # sirius
     pre = _pre_intervention(source, store.episode_starts, store.episode_ends, SIRIUS_PRE_INTERVENTION_STEPS)
     robot = policy & ~pre
     kept = keep_ep
     n = max(int(kept.sum()), 1)
     ratio = {name: float((m & kept).sum()) / n for name, m in (("demo", demo), ("int", intervention), ("pre", pre), ("robot", robot))}
+    target = {"int": 0.5 if ratio["int"] else 0.0, "pre": 0.002 if ratio["pre"] else 0.0}
+    target["demo"] = min(ratio["demo"], 1.0 - target["int"] - target["pre"])
+    target["robot"] = max(1.0 - target["int"] - target["pre"] - target["demo"], 0.0) if ratio["robot"] else 0.0
     weights = np.zeros(len(source), np.float64)
-    weights[demo] = 1.0
-    if ratio["int"] > 0:
-        weights[intervention] = 0.5 / ratio["int"]
-    if ratio["pre"] > 0:
-        weights[pre] = 0.002 / ratio["pre"]
-    remainder = 1.0 - ratio["demo"] - (0.5 if ratio["int"] else 0.0) - (0.002 if ratio["pre"] else 0.0)
-    if ratio["robot"] > 0:
-        weights[robot] = max(remainder, 0.0) / ratio["robot"]
+    for name, m in (("demo", demo), ("int", intervention), ("pre", pre), ("robot", robot)):
+        if ratio[name] > 0:
+            weights[m] = target[name] / ratio[name]
     weights[~kept] = 0.0
     mean = weights[kept].mean() if kept.any() else 1.0
     if mean <= 0:
         raise ValueError("sirius weights are all zero for this data")
-    return Mixture(episodes, kept.astype(np.float64), (weights / mean).astype(np.float32))
+    shares = _shares(weights * kept, {"demo": demo, "intervention": intervention, "pre_intervention": pre, "robot": robot})
+    return Mixture(episodes, kept.astype(np.float64), (weights / mean).astype(np.float32), shares)
+
+
+def _shares(mass: np.ndarray, classes: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each class's fraction of the total per-step mass (sampling probability x loss weight)."""
+    total = float(mass.sum())
+    return {name: (float(mass[m].sum()) / total if total > 0 else 0.0) for name, m in classes.items()}

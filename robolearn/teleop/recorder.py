@@ -196,7 +196,7 @@ class OperatorActor:
                 primitive = int(getattr(device, "last_primitive", -1))
             else:
                 action = self.policy.act(obs)[0].astype(np.float32)
-                primitive = -1
+                primitive = _policy_primitive(self.policy.policy)
             if not np.all(np.isfinite(action)):
                 raise RuntimeError(f"{session.mode.value} produced a non-finite action at step {self.t}")
             self.last_source = [session.count_step()]
@@ -454,6 +454,17 @@ def _close_segment(segments: list[dict[str, Any]], clock: Callable[[], float]) -
     included): `seconds`, the operator's time per intervention."""
     if segments and "_wall" in segments[-1]:
         segments[-1]["seconds"] = round(clock() - segments[-1].pop("_wall"), 3)
+
+
+def _policy_primitive(policy: Any) -> int:
+    """The primitive a hierarchical policy is executing in env 0 (-1 for flat policies).
+
+    Stored with the policy's own steps so that mixtures that train on robot steps (IWR, Sirius,
+    RaC's autonomous successes) give them an action loss: the hierarchical loss skips -1 labels."""
+    active = getattr(policy, "active_primitive", None)
+    if active is None or len(active) == 0:
+        return -1
+    return int(active[0])
 
 
 def _change_slowmo(slowmo: float, ev: TeleopEvent, say: Callable[[str], None]) -> float:

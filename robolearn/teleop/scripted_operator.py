@@ -215,9 +215,11 @@ class ScriptedOperator:
     def action(self, ctx: DeviceContext) -> np.ndarray:
         self._phase_steps += 1
         if ctx.mode is Mode.RECOVERY:
+            held = bool(getattr(self, "_prev_held", False))
             if self.rewind_target is None:
-                self.rewind_target = self._choose_rewind(bool(getattr(self, "_prev_held", False)))
-            self.last_primitive = PRIM["reach"]
+                self.rewind_target = self._choose_rewind(held)
+            # carrying the object back is the transport skill (closed fingers), not reach (open)
+            self.last_primitive = PRIM["transport"] if held else PRIM["reach"]
             target = self.rewind_target
             return pose_action(self.task, Pose(rewind_waypoint(ctx.pose.pos, target.pos, self.cfg.safe_z),
                                                target.yaw, target.grip), ctx.pose)
