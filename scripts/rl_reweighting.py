@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -207,8 +208,7 @@ def report(a: argparse.Namespace) -> None:
                      for smp in a.samplers]
             print(f"| {task} | {r:.0%} | " + " | ".join(cells) + " |")
     if a.tag:  # what each sampler trains on: probability mass on successful episodes, effective number of episodes
-        from robolearn.rl.replay import transitions_from_store
-        from robolearn.rl.weighting import DEFAULT_ALPHA, transition_probs
+        from robolearn.rl.weighting import DEFAULT_ALPHA
 
         print(f"\nSampler concentration ({algo0}, alpha {DEFAULT_ALPHA[algo0]}): probability mass on successful episodes / "
               "effective number of episodes 1/sum(p_episode^2):\n")
@@ -217,13 +217,11 @@ def report(a: argparse.Namespace) -> None:
         for task in a.tasks:
             for r in a.ratios:
                 st = EpisodeStore.open(ROOT / "data" / f"{task}_mix{r}.zarr")
-                tr = transitions_from_store(st)
-                good = st.column("success").astype(bool)[tr.store_episode]
+                good = st.column("success").astype(bool)
                 cells = []
                 for smp in a.samplers:
-                    pr = transition_probs(smp, tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA[algo0], 0.1)
-                    pe = np.bincount(tr.episode, weights=pr, minlength=len(tr.episode_return))
-                    cells.append(f"{pe[good].sum():.3f} / {1 / np.sum(pe ** 2):.1f}")
+                    mass, eff = sampler_concentration(st, smp, algo0)
+                    cells.append(f"{mass:.3f} / {eff:.1f}")
                 print(f"| {task} | {r:.0%} | {int(good.sum())} | " + " | ".join(cells) + " |")
     walls = [x["wall_s"] for x in results if x.get("wall_s")]
     if a.tag and walls:
@@ -360,8 +358,34 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
 
 
+_CODE_COMMIT: str | None = None
+
+
 def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    """The commit of the code this process runs (the script's own checkout, not the cwd's), with
+    '+dirty' when tracked files differ from it; fixed at the first call, so every record a long sweep
+    writes names the code it started with even if the checkout moves meanwhile."""
+    global _CODE_COMMIT
+    if _CODE_COMMIT is None:
+        here = str(Path(__file__).resolve().parent)
+        rev = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip()
+        _CODE_COMMIT = (rev or "unknown") + ("+dirty" if dirty else "")
+    return _CODE_COMMIT
+
+
+def sampler_concentration(store: Any, sampler: str, algo: str) -> tuple[float, float]:
+    """(probability mass on successful episodes, effective number of episodes 1 / sum p_episode^2)
+    of `sampler` on `store`: how far the weighting already moves the batches onto the good data."""
+    from robolearn.rl.replay import transitions_from_store
+    from robolearn.rl.weighting import DEFAULT_ALPHA, transition_probs
+
+    tr = transitions_from_store(store)
+    good = store.column("success").astype(bool)[tr.store_episode]
+    pr = transition_probs(sampler, tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA[algo], 0.1)
+    pe = np.bincount(tr.episode, weights=pr, minlength=len(tr.episode_return))
+    return float(pe[good].sum()), float(1 / np.sum(pe ** 2))
 
 
 def _store_ok(path: Path, episodes: int | None = None, mix: bool = False) -> bool:
@@ -455,7 +479,9 @@ def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
     hist = summary["history"]
     final = hist[-1]
     n = a.eval_episodes
-    mix = EpisodeStore.open(data).attrs["mix"]
+    mix_store = EpisodeStore.open(data)
+    mix = mix_store.attrs["mix"]
+    mass_good, effective = sampler_concentration(mix_store, sampler, algo)
     losses = [{k: v for k, v in r.items() if k in ("step", "critic_loss", "actor_loss", "q_mean", "value_loss", "bc_mse")}
               for r in read_metrics(out) if "critic_loss" in r]
     rec = {"task": task, "algo": algo, "ratio": ratio, "sampler": sampler, "seed": seed, "steps": summary["steps"],
@@ -463,6 +489,7 @@ def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
            "final_return": final["return"], "curve": [[h["step"], h["success"], h["return"]] for h in hist],
            "losses": losses, "metrics": summary["metrics"], "reward_scale": summary.get("reward_scale"),
            "mix": {k: mix[k] for k in ("good_episodes", "good_distinct", "good_steps", "bad_episodes", "size")},
+           "sampler_mass_on_successes": round(mass_good, 4), "sampler_effective_episodes": round(effective, 1),
            "wall_s": round(wall, 1), "steps_per_s_incl_eval": round(summary["steps"] / wall, 1) if wall > 60 else None,
            "loadavg_before": load, "loadavg_after": _loadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "commit": _commit(), "run_dir": str(out), "overrides": _o2o_overrides(a, algo, seed)}
@@ -490,6 +517,12 @@ def sweep(a: argparse.Namespace) -> None:
         print(f"[{i + 1}/{len(todo)}] {job} at {time.strftime('%H:%M:%S', time.gmtime())} UTC", flush=True)
         rec = _o2o_one(a, job, results)
         print(f"    success {rec['final_success']:.3f} return {rec['final_return']:.1f} wall {rec['wall_s']:.0f}s", flush=True)
+
+
+def late_score(rec: dict, last: int = 3) -> float:
+    """A run's success averaged over its last `last` evaluations: one evaluation of 50 episodes swings
+    by several points from one checkpoint to the next."""
+    return float(np.mean([c[1] for c in rec["curve"][-last:]]))
 
 
 def table(a: argparse.Namespace) -> None:
@@ -537,6 +570,20 @@ def table(a: argparse.Namespace) -> None:
             lo, hi = wilson_interval(k, n)
             gain = "undefined (uniform 0)" if kb == 0 else f"{(k / n) / (kb / nb) - 1:+.0%}"
             print(f"| {task} | {algo} | {ratio:.0%} | {smp} | {gain} ({k}/{n} vs {kb}/{nb}) | {'yes' if lo > hi_b or hi < lo_b else 'no'} |")
+    print("\nPaired by training seed (the unit of replication; the samplers of one seed share the mix and the "
+          "evaluation episodes): each run scored by the mean success of its last 3 evaluations, sampler minus uniform.\n")
+    print("| task | algo | expert data | sampler | per seed (sampler - uniform) | mean difference | seeds ahead |")
+    print("|---|---|---|---|---|---|---|")
+    for task, algo, ratio in sorted({k[:3] for k in cells}):
+        base = {x["seed"]: late_score(x) for x in cells.get((task, algo, ratio, "uniform"), [])}
+        for smp in [s_ for s_ in samplers if s_ != "uniform"]:
+            other = {x["seed"]: late_score(x) for x in cells.get((task, algo, ratio, smp), [])}
+            seeds = sorted(set(base) & set(other))
+            if not seeds:
+                continue
+            diff = [other[sd] - base[sd] for sd in seeds]
+            print(f"| {task} | {algo} | {ratio:.0%} | {smp} | " + ", ".join(f"s{sd}: {d:+.3f}" for sd, d in zip(seeds, diff))
+                  + f" | {np.mean(diff):+.3f} | {sum(d > 0 for d in diff)} of {len(seeds)} |")
     walls = [x["wall_s"] for x in rows]
     print(f"\nWall time per run (incl. evaluation): median {np.median(walls):.0f} s, {min(walls):.0f}-{max(walls):.0f} s, n={len(walls)}; "
           f"load average before the runs {min(float(x['loadavg_before'][0]) for x in rows):.1f}-"

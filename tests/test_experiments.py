@@ -160,3 +160,31 @@ def test_imitation_results_records_regenerate_the_section_table(tmp_path):
     missing = subprocess.run([sys.executable, script, "--table", str(records), "--label", "other"],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "no records with label 'other'" in missing.stderr
+
+
+def test_rl_reweighting_table_pairs_samplers_by_training_seed(tmp_path):
+    """scripts/rl_reweighting.py table: besides the pooled Wilson table, each sampler is compared with
+    uniform seed by seed on the mean of the last 3 evaluations (a seed is the unit of replication)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def rec(sampler, seed, late):
+        curve = [[0, 0.0, 1.0], [1000, 0.5, 1.0]] + [[2000 + i, v, 1.0] for i, v in enumerate(late)]
+        return {"task": "push_cube", "algo": "td3bc", "ratio": 0.01, "sampler": sampler, "seed": seed, "steps": 5000,
+                "eval_episodes": 50, "final_success": late[-1], "final_successes": int(late[-1] * 50), "final_return": 1.0,
+                "curve": curve, "wall_s": 100.0, "loadavg_before": ["1.0", "1.0", "1.0"]}
+
+    rows = [rec("uniform", 0, [0.10, 0.10, 0.10]), rec("rw", 0, [0.20, 0.20, 0.26]),
+            rec("uniform", 1, [0.30, 0.30, 0.30]), rec("rw", 1, [0.20, 0.20, 0.20]), rec("rw", 2, [0.9, 0.9, 0.9])]
+    out = tmp_path / "docs" / "results" / "offline_to_online"
+    out.mkdir(parents=True)
+    (out / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "rl_reweighting.py"), "table", "--tag", "t"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # seed 2 has no uniform run: left out of the pairing; s0: 0.22 - 0.10, s1: 0.20 - 0.30
+    assert "| push_cube | td3bc | 1% | rw | s0: +0.120, s1: -0.100 | +0.010 | 1 of 2 |" in proc.stdout, proc.stdout

@@ -101,12 +101,15 @@ def test_reward_norm_return_range(point_data, tmp_path, point_env):  # noqa: F81
 
     from robolearn.rl.offline import train_offline
 
-    ret = EpisodeStore.open(point_data).column("return")
+    st = EpisodeStore.open(point_data)
+    ret, longest = st.column("return"), int(st.episode_lengths.max())
     run = train_offline("iql", point_data, out=tmp_path / "r", wandb_mode="off", progress=False,
                         overrides=["agent.hidden_dims=[8,8]", "train.steps=2", "train.batch_size=4", "train.eval_episodes=0",
                                    "train.reward_norm=return_range"])
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["agent"]["reward_scale"] == pytest.approx(1000.0 / (ret.max() - ret.min()))
+    # IQL's 1000 / (max - min) is its datasets' episode length over the return span
+    assert cfg["agent"]["reward_scale"] == pytest.approx(longest / (ret.max() - ret.min()))
+    assert longest < 1000
 
 
 # ----------------------------------------------------------------------------------- data rollout / mix

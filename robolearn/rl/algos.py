@@ -63,8 +63,9 @@ class RLTrainConfig:
     save_every: int = 10_000
     device: str = "cpu"
     threads: int = 1  # torch CPU threads (RL updates are small; 1 keeps shared boxes usable)
-    # none | return_range: rewards times 1000 / (max - min episode return) of the data, IQL's locomotion
-    # recipe (the scale replaces agent.reward_scale and is recorded in the run's config.yaml)
+    # none | return_range: rewards times L / (max - min episode return) of the data, L its longest episode:
+    # IQL's locomotion recipe (L = 1000 there); the scale replaces agent.reward_scale and is recorded in
+    # the run's config.yaml
     reward_norm: str = "none"
 
     def __post_init__(self) -> None:
