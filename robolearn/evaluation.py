@@ -47,6 +47,22 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     return (lo, hi)
 
 
+def paired_outcomes(rows: Iterable[Mapping[str, Any]], reference: Iterable[Mapping[str, Any]]) -> tuple[int, int, float] | None:
+    """Two policies evaluated on the same episodes (same seeds), each row one training seed with
+    `seed` and per-episode `successes_per_episode`: (episodes only `rows` solved, episodes only
+    `reference` solved, exact two-sided McNemar p). A paired comparison, sharper than two overlapping
+    intervals. None where no seed has per-episode outcomes on both sides."""
+    ref = {r["seed"]: r["successes_per_episode"] for r in reference if "successes_per_episode" in r}
+    pairs = [(a, b) for r in rows if r["seed"] in ref and "successes_per_episode" in r
+             for a, b in zip(r["successes_per_episode"], ref[r["seed"]], strict=True)]
+    if not pairs:
+        return None
+    wins, losses = sum(bool(a) and not b for a, b in pairs), sum(bool(b) and not a for a, b in pairs)
+    n = wins + losses
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n) if n else 1.0
+    return wins, losses, p
+
+
 def pool_evaluations(results: Iterable[Mapping[str, Any]]) -> tuple[int, int, tuple[float, float]]:
     """(successes k, episodes n, Wilson interval of k/n) summed over several evaluations, e.g. one
     per training seed: how every results table pools seeds (episodes, not per-seed rates)."""

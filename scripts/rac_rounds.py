@@ -25,6 +25,9 @@ a cut-off training run continues with `robolearn train --resume` semantics):
            on everything collected so far, evaluating every --continual-every steps on
            --continual-episodes episodes (min-ACC / WC-ACC from robolearn.rl.metrics), and
            finally on --eval-episodes episodes (the same seeds for every method and round).
+  episodes for records written before evaluations kept per-episode outcomes: evaluate each recorded
+           checkpoint again on the same episodes and append its outcomes (kind "episodes"; the
+           successes must match the record's, or it says so), so the table can pair methods
   table    regenerate the tables (markdown) and plots from the records of one or more OUT dirs.
 
     python scripts/rac_rounds.py --stage scaling --out runs/rac19 --task sort --set num_cubes=3 --set obs_relative=true \
@@ -148,7 +151,36 @@ def evaluate(args: argparse.Namespace, ckpt: Path, episodes: int, seed: int) -> 
             "recoveries_per_successful_episode": float(np.mean([r["recoveries"] for r in succ])) if succ else 0.0,
             "recoveries_histogram": np.bincount([r["recoveries"] for r in rep["episodes"]]).tolist(),
             "success_by_recoveries": _success_by_recoveries(rep["episodes"]),
+            "successes_per_episode": [bool(r["success"]) for r in rep["episodes"]],
             "eval_seconds": time.perf_counter() - t0}
+
+
+def _episodes_key(r: dict[str, Any]) -> tuple:
+    """Which evaluation a record is: (kind, seed, demos or base demos, method, round)."""
+    demos = r.get("demos") if r.get("demos") is not None else r.get("base_demos")
+    return (r.get("of", r["kind"]), r["seed"], demos, r.get("method"), r.get("round"))
+
+
+def backfill_episodes(args: argparse.Namespace, records: Records) -> int:
+    """Per-episode outcomes for the scaling and round records that lack them (see the docstring)."""
+    have = {_episodes_key(r) for r in records.rows if r["kind"] == "episodes"}
+    todo = [r for r in records.rows if r["kind"] in ("scaling", "round") and "successes_per_episode" not in r
+            and _episodes_key(r) not in have]
+    for r in todo:
+        root = Path(args.out) / f"seed{r['seed']}"
+        ckpt = root / f"scale_n{r['demos']}" / "policy" if r["kind"] == "scaling" else root / f"{r['method']}_r{r['round']}" / "run" / "policy"
+        if not (ckpt / "checkpoint.json").is_file():
+            print(f"no checkpoint for {_episodes_key(r)} at {ckpt}: skipped", flush=True)
+            continue
+        ev = evaluate(args, ckpt, r["n"], seeds_of(r["seed"])["eval"])
+        same = ev["successes"] == r["successes"]
+        records.add({"kind": "episodes", "of": r["kind"], "seed": r["seed"], "demos": r.get("demos"),
+                     "base_demos": r.get("base_demos"), "method": r.get("method"), "round": r.get("round"),
+                     "successes_per_episode": ev["successes_per_episode"], "successes": ev["successes"],
+                     "matches_record": same})
+        print(f"{_episodes_key(r)}: {ev['successes']}/{ev['n']}" + ("" if same else f" -- the record says {r['successes']}: NOT reproduced"),
+              flush=True)
+    return 0
 
 
 def _success_by_recoveries(episodes: list[dict[str, Any]]) -> dict[str, list[int]]:
@@ -379,6 +411,16 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown tables (pooled over seeds: successes over episodes, Wilson interval) of the records."""
     from robolearn.evaluation import pool_evaluations
 
+    from robolearn.evaluation import paired_outcomes
+
+    outcomes = {_episodes_key(r): r["successes_per_episode"] for r in rows if r.get("kind") == "episodes" and r.get("matches_record")}
+    rows = [{**r, "successes_per_episode": outcomes[_episodes_key(r)]} if r.get("kind") in ("scaling", "round")
+            and "successes_per_episode" not in r and _episodes_key(r) in outcomes else r for r in rows]
+
+    def vs(rs: list[dict[str, Any]], ref: list[dict[str, Any]]) -> str:
+        pr = paired_outcomes(rs, ref)
+        return "-" if pr is None else f"+{pr[0]} / -{pr[1]} (p {pr[2]:.2g})"
+
     out: list[str] = []
     scaling = [r for r in rows if r.get("kind") == "scaling"]
     if scaling:
@@ -398,8 +440,9 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
     if rounds:
         out += ["### Rounds (fine-tuning from the previous round's policy)", "",
                 "| base demos | method | round | seeds | mean operator-labelled steps | pooled success | 95% CI (Wilson) | per seed | "
-                "true recoveries / ep | intervention rate | recovery:correction steps | min-ACC (mean) | WC-ACC (mean) |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "true recoveries / ep | intervention rate | recovery:correction steps | min-ACC (mean) | WC-ACC (mean) | "
+                "paired vs base | paired vs demos (same round) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         order = {m: i for i, m in enumerate(METHODS)}
         for key in sorted({(r["base_demos"], r["method"], r["round"]) for r in rounds}, key=lambda k: (k[0], order.get(k[1], 99), k[2])):
             rs = sorted((r for r in rounds if (r["base_demos"], r["method"], r["round"]) == key), key=lambda r: r["seed"])
@@ -411,8 +454,11 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
                        f"{k / tot:.3f} ({k}/{tot}) | [{lo:.2f}, {hi:.2f}] | {per_seed(rs)} | "
                        f"{np.mean([r['recoveries_per_episode'] for r in rs]):.2f} | {f'{np.mean(rate):.2f}' if rate else '-'} | "
                        f"{rec}:{cor} | {np.mean([r['continual']['metrics']['min_acc'] for r in rs]):.2f} | "
-                       f"{np.mean([r['continual']['metrics']['wc_acc'] for r in rs]):.2f} |")
-        out.append("")
+                       f"{np.mean([r['continual']['metrics']['wc_acc'] for r in rs]):.2f} | "
+                       f"{vs(rs, [r for r in scaling if r['demos'] == key[0]])} | "
+                       f"{'-' if key[1] == 'demos' else vs(rs, [r for r in rounds if (r['base_demos'], r['method'], r['round']) == (key[0], 'demos', key[2])])} |")
+        out += ["", "paired: over the same 100 evaluation episodes per seed, +episodes only this row solved / -episodes only "
+                "the reference solved, exact two-sided McNemar p", ""]
     return out
 
 
@@ -588,7 +634,7 @@ def merge(dirs: list[Path], out: Path) -> int:
 # ----------------------------------------------------------------------------------- main
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["scaling", "rounds", "table"], default=None)
+    p.add_argument("--stage", choices=["scaling", "rounds", "episodes", "table"], default=None)
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="RUN_DIR",
                    help="pool the earlier protocol's results.jsonl files into OUT/pooled.md")
     p.add_argument("--from", dest="sources", nargs="+", type=Path, default=None, help="--stage table: run dirs or records files")
@@ -620,7 +666,7 @@ def main() -> int:
     if args.merge:
         return merge(args.merge, Path(args.out or "runs/rac_rounds-pooled"))
     if args.stage is None:
-        p.error("choose --stage scaling|rounds|table (or --merge)")
+        p.error("choose --stage scaling|rounds|episodes|table (or --merge)")
     if args.stage == "table":
         if not args.sources or not args.out:
             p.error("--stage table needs --from RUN_DIR... and --out DIR")
@@ -644,6 +690,8 @@ def main() -> int:
     (out / "command.txt").open("a").write(" ".join(sys.argv) + f"  # {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
                                           f"{platform.machine()}, {os.cpu_count()} cores\n")
     records = Records(out / "records.jsonl")
+    if args.stage == "episodes":
+        return backfill_episodes(args, records)
     for seed in args.seeds:
         if args.stage == "scaling":
             for n in sorted(args.demo_counts):

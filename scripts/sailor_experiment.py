@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import sys
@@ -295,18 +294,10 @@ def progress_table(metrics: list[dict]) -> str:
 
 
 def paired(rows: list[dict], reference: list[dict]) -> tuple[int, int, float] | None:
-    """Episodes only `rows` solved, only `reference` solved (same seeds, same evaluation episodes), and the
-    exact two-sided McNemar p-value: a paired comparison, sharper than two overlapping intervals. None
-    where no seed has per-episode outcomes on both sides (records written before they were kept)."""
-    ref = {r["seed"]: r["successes_per_episode"] for r in reference if "successes_per_episode" in r}
-    pairs = [(a, b) for r in rows if r["seed"] in ref and "successes_per_episode" in r
-             for a, b in zip(r["successes_per_episode"], ref[r["seed"]], strict=True)]
-    if not pairs:
-        return None
-    wins, losses = sum(a and not b for a, b in pairs), sum(b and not a for a, b in pairs)
-    n = wins + losses
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n) if n else 1.0
-    return wins, losses, p
+    """Episodes only `rows` solved, only `reference` solved, McNemar p (robolearn.evaluation.paired_outcomes)."""
+    from robolearn.evaluation import paired_outcomes
+
+    return paired_outcomes(rows, reference)
 
 
 def table(rows: list[dict]) -> str:

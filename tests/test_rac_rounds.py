@@ -64,11 +64,24 @@ def test_scaling_then_rounds_resume_and_tables(tmp_path):
     assert len(again) == len(rs) and again[-1]["method"] == "demos" and again[-1]["successes"] == demos["successes"]
     # its step checkpoints were evaluated and deleted before the cut: the curve comes back from continual.jsonl
     assert again[-1]["continual"]["history"] == demos["continual"]["history"]
+    # records written before evaluations kept per-episode outcomes: --stage episodes re-evaluates the
+    # recorded checkpoints on the same episodes, checks the count and appends the outcomes
+    assert all(len(r["successes_per_episode"]) == r["n"] for r in again if r["kind"] in ("scaling", "round"))
+    old = [{k: v for k, v in r.items() if k != "successes_per_episode"} for r in again]
+    (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    p = run("--stage", "episodes", "--out", str(out), *TOY)
+    assert p.returncode == 0, p.stderr[-3000:]
+    eps = [r for r in records(out) if r["kind"] == "episodes"]
+    assert len(eps) == 5 and all(r["matches_record"] for r in eps), p.stdout
+    by = {(r["of"], r.get("demos"), r.get("method")): r["successes_per_episode"] for r in eps}
+    assert by[("round", None, "hg_dagger")] == next(r for r in again if r.get("method") == "hg_dagger")["successes_per_episode"]
     # tables and plots from the records
     p = run("--stage", "table", "--from", str(out), "--out", str(tmp_path / "tables"))
     assert p.returncode == 0, p.stderr[-3000:]
     text = (tmp_path / "tables" / "tables.md").read_text()
     assert "### Demo-scaling curve" in text and "| 4 | rac | 1 | 1 |" in text
+    rac_row = next(ln for ln in text.splitlines() if ln.startswith("| 4 | rac | 1 |"))
+    assert rac_row.count("(p ") == 2, rac_row  # paired with the base and with the demos of the same round
     for png in ("demo_scaling.png", "success_vs_operator_steps.png", "success_vs_true_recoveries.png"):
         assert (tmp_path / "tables" / png).stat().st_size > 0
 
