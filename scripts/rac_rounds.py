@@ -28,6 +28,10 @@ a cut-off training run continues with `robolearn train --resume` semantics):
   episodes for records written before evaluations kept per-episode outcomes: evaluate each recorded
            checkpoint again on the same episodes and append its outcomes (kind "episodes"; the
            successes must match the record's, or it says so), so the table can pair methods
+  ablation what in RaC's data makes the difference: from the base, fine-tune on RaC's round-1
+           recordings without the recovery segments (data.mix=corrections) and without the robot
+           steps of autonomous successes (data.mix=hg_dagger), the same steps and training seed as
+           RaC's round 1, evaluated on the same episodes (records kind "ablation")
   table    regenerate the tables (markdown) and plots from the records of one or more OUT dirs.
 
     python scripts/rac_rounds.py --stage scaling --out runs/rac19 --task sort --set num_cubes=3 --set obs_relative=true \
@@ -159,6 +163,42 @@ def _episodes_key(r: dict[str, Any]) -> tuple:
     """Which evaluation a record is: (kind, seed, demos or base demos, method, round)."""
     demos = r.get("demos") if r.get("demos") is not None else r.get("base_demos")
     return (r.get("of", r["kind"]), r["seed"], demos, r.get("method"), r.get("round"))
+
+
+RAC_ABLATIONS = {"rac data without recovery": "corrections", "rac data without robot steps": "hg_dagger"}
+
+
+def ablation_for_seed(args: argparse.Namespace, records: Records, seed: int) -> None:
+    """RaC's round-1 recordings trained with parts left out (see the docstring's `ablation`)."""
+    from robolearn.data.mixtures import mixture_weights
+    from robolearn.data.store import EpisodeStore
+
+    root = Path(args.out) / f"seed{seed}"
+    data = root / "rac_r1" / "data.zarr"
+    rac = records.find(kind="round", seed=seed, base_demos=args.base_demos, method="rac", round=1)
+    if rac is None or not data.exists():
+        print(f"seed {seed}: no recorded RaC round 1 in {args.out}; run the rounds first", flush=True)
+        return
+    base = scaling_unit(args, records, seed, args.base_demos)
+    for name, mix in RAC_ABLATIONS.items():
+        key = dict(kind="ablation", seed=seed, base_demos=args.base_demos, name=name, finetune_steps=args.finetune_steps,
+                   perturb=args.perturb)
+        if records.find(**key) is not None:
+            continue
+        if args.stop is not None and dt.datetime.now(dt.timezone.utc) >= args.stop:
+            print(f"--stop-at reached: ablation {name!r} of seed {seed} not started", flush=True)
+            return
+        t0 = time.perf_counter()
+        ckpt = train_run(args, data, root / f"ablation_{mix}", mix, args.finetune_steps, seed, init_from=base)
+        t1 = time.perf_counter()
+        ev = evaluate(args, ckpt, args.eval_episodes, seeds_of(seed)["eval"])
+        with EpisodeStore.open(data) as st:
+            shares = mixture_weights(st, mix, np.arange(st.num_episodes)).shares
+        records.add({**key, "mix": mix, "data": str(data), "mixture_shares": shares, **ev, "train_seconds": t1 - t0,
+                     "policy": args.policy, "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                     "loadavg": _loadavg()})
+        print(f"seed {seed} {name}: success {ev['success_rate']:.2f} [{ev['ci95'][0]:.2f}, {ev['ci95'][1]:.2f}] "
+              f"(rac round 1: {rac['success_rate']:.2f})", flush=True)
 
 
 def backfill_episodes(args: argparse.Namespace, records: Records) -> int:
@@ -459,6 +499,20 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
                        f"{'-' if key[1] == 'demos' else vs(rs, [r for r in rounds if (r['base_demos'], r['method'], r['round']) == (key[0], 'demos', key[2])])} |")
         out += ["", "paired: over the same 100 evaluation episodes per seed, +episodes only this row solved / -episodes only "
                 "the reference solved, exact two-sided McNemar p", ""]
+    ablations = [r for r in rows if r.get("kind") == "ablation"]
+    if ablations:
+        out += ["### What in RaC's round-1 data matters (fine-tuned from the base on RaC's round-1 recordings)", "",
+                "| base demos | training data | seeds | pooled success | 95% CI (Wilson) | per seed | shares demo / intervention / robot | "
+                "paired vs RaC round 1 | paired vs HG-DAgger round 1 |", "|---|---|---|---|---|---|---|---|---|"]
+        for bd, name in sorted({(r["base_demos"], r["name"]) for r in ablations}):
+            rs = sorted((r for r in ablations if (r["base_demos"], r["name"]) == (bd, name)), key=lambda r: r["seed"])
+            k, tot, (lo, hi) = pool_evaluations(rs)
+            sh = [r.get("mixture_shares") or {} for r in rs]
+            shares = " / ".join(f"{np.mean([x.get(c, 0.0) for x in sh]):.3f}" for c in ("demo", "intervention", "robot"))
+            first = {m: [r for r in rounds if (r["base_demos"], r["method"], r["round"]) == (bd, m, 1)] for m in ("rac", "hg_dagger")}
+            out.append(f"| {bd} | {name} | {len(rs)} | {k / tot:.3f} ({k}/{tot}) | [{lo:.2f}, {hi:.2f}] | {per_seed(rs)} | {shares} | "
+                       f"{vs(rs, first['rac'])} | {vs(rs, first['hg_dagger'])} |")
+        out.append("")
     return out
 
 
@@ -634,7 +688,7 @@ def merge(dirs: list[Path], out: Path) -> int:
 # ----------------------------------------------------------------------------------- main
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["scaling", "rounds", "episodes", "table"], default=None)
+    p.add_argument("--stage", choices=["scaling", "rounds", "episodes", "ablation", "table"], default=None)
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="RUN_DIR",
                    help="pool the earlier protocol's results.jsonl files into OUT/pooled.md")
     p.add_argument("--from", dest="sources", nargs="+", type=Path, default=None, help="--stage table: run dirs or records files")
@@ -666,14 +720,14 @@ def main() -> int:
     if args.merge:
         return merge(args.merge, Path(args.out or "runs/rac_rounds-pooled"))
     if args.stage is None:
-        p.error("choose --stage scaling|rounds|episodes|table (or --merge)")
+        p.error("choose --stage scaling|rounds|episodes|ablation|table (or --merge)")
     if args.stage == "table":
         if not args.sources or not args.out:
             p.error("--stage table needs --from RUN_DIR... and --out DIR")
         return table_stage(args.sources, Path(args.out))
     if not args.out:
         p.error("--out is required")
-    if args.stage == "rounds" and args.base_demos is None:
+    if args.stage in ("rounds", "ablation") and args.base_demos is None:
         p.error("--stage rounds needs --base-demos N (a point of the scaling curve)")
     if min(args.demo_counts) < 1 or args.rounds < 1 or args.budget < 1 or args.finetune_steps < 1 or args.continual_every < 1:
         p.error("--demo-counts, --rounds, --budget, --finetune-steps and --continual-every must be >= 1")
@@ -700,6 +754,8 @@ def main() -> int:
                     print(f"--stop-at reached: seed {seed} demos {n} not started", flush=True)
                     return 0
                 scaling_unit(args, records, seed, n)
+        elif args.stage == "ablation":
+            ablation_for_seed(args, records, seed)
         else:
             rounds_for_seed(args, records, seed)
     return 0

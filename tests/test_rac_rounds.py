@@ -75,6 +75,12 @@ def test_scaling_then_rounds_resume_and_tables(tmp_path):
     assert len(eps) == 5 and all(r["matches_record"] for r in eps), p.stdout
     by = {(r["of"], r.get("demos"), r.get("method")): r["successes_per_episode"] for r in eps}
     assert by[("round", None, "hg_dagger")] == next(r for r in again if r.get("method") == "hg_dagger")["successes_per_episode"]
+    # the ablation stage: RaC's round-1 recordings without recovery / without robot steps, from the base
+    p = run(*[a for a in rounds if a != "--stage" and a != "rounds"], "--stage", "ablation")
+    assert p.returncode == 0, p.stderr[-3000:]
+    abl = [r for r in records(out) if r["kind"] == "ablation"]
+    assert sorted(r["mix"] for r in abl) == ["corrections", "hg_dagger"] and all(r["n"] == 4 for r in abl)
+    assert next(r for r in abl if r["mix"] == "corrections")["mixture_shares"]["robot"] == 0
     # tables and plots from the records
     p = run("--stage", "table", "--from", str(out), "--out", str(tmp_path / "tables"))
     assert p.returncode == 0, p.stderr[-3000:]
@@ -82,6 +88,7 @@ def test_scaling_then_rounds_resume_and_tables(tmp_path):
     assert "### Demo-scaling curve" in text and "| 4 | rac | 1 | 1 |" in text
     rac_row = next(ln for ln in text.splitlines() if ln.startswith("| 4 | rac | 1 |"))
     assert rac_row.count("(p ") == 2, rac_row  # paired with the base and with the demos of the same round
+    assert "| 4 | rac data without recovery | 1 |" in text
     for png in ("demo_scaling.png", "success_vs_operator_steps.png", "success_vs_true_recoveries.png"):
         assert (tmp_path / "tables" / png).stat().st_size > 0
 

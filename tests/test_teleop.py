@@ -390,6 +390,8 @@ def test_rac_and_hg_dagger_keep_the_right_steps(mixed):
     np.testing.assert_array_equal(rac, want)
     hg = mixture_weights(mixed, "hg_dagger", np.arange(5)).sampling > 0
     np.testing.assert_array_equal(hg, src != "policy")
+    corr = mixture_weights(mixed, "corrections", np.arange(5)).sampling > 0
+    np.testing.assert_array_equal(corr, np.isin(src, ["demo", "correction"]))
     # restricted to a split: other episodes are never sampled
     part = mixture_weights(mixed, "rac", np.array([0, 3])).sampling > 0
     np.testing.assert_array_equal(part, (np.isin(ep, [0, 3])) & (src != "policy"))

@@ -8,6 +8,8 @@ step counts in the loss (loss weights). Every policy's training uses them throug
 - `rac` (RaC, Hu et al. 2025): demos + recovery + correction segments; the robot's autonomous
   steps only from fully autonomous successes.
 - `hg_dagger` (Kelly et al. 2019): only operator-labelled steps (demos, recovery, correction).
+- `corrections`: demos and correction steps only (no recovery, no robot steps): trained on RaC's
+  recordings it measures what the recovery segments add.
 - `iwr` (Mandlekar et al. 2020): every step; intervention steps are sampled to make up half of each
   batch.
 - `sirius` (Liu et al. 2022): every step, uniformly sampled, with class loss weights giving the
@@ -30,7 +32,7 @@ import numpy as np
 
 from robolearn.data.store import SOURCE_CODES, EpisodeStore
 
-MIXTURES = ("all", "rac", "hg_dagger", "iwr", "sirius", "retrieval")
+MIXTURES = ("all", "rac", "hg_dagger", "corrections", "iwr", "sirius", "retrieval")
 SIRIUS_PRE_INTERVENTION_STEPS = 15
 
 
@@ -90,6 +92,10 @@ def mixture_weights(store: EpisodeStore, mix: str, episodes: np.ndarray) -> Mixt
     demo = source == SOURCE_CODES["demo"]
     policy = source == SOURCE_CODES["policy"]
     intervention = (source == SOURCE_CODES["recovery"]) | (source == SOURCE_CODES["correction"])
+    if mix == "corrections":
+        keep = demo | (source == SOURCE_CODES["correction"])
+        sampling = (keep & keep_ep).astype(np.float64)
+        return Mixture(episodes, sampling, None, _shares(sampling, {"demo": demo, "intervention": intervention, "robot": policy}))
     if mix in ("rac", "hg_dagger"):
         keep = demo | intervention
         if mix == "rac":
