@@ -499,6 +499,25 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
                        f"{'-' if key[1] == 'demos' else vs(rs, [r for r in rounds if (r['base_demos'], r['method'], r['round']) == (key[0], 'demos', key[2])])} |")
         out += ["", "paired: over the same 100 evaluation episodes per seed, +episodes only this row solved / -episodes only "
                 "the reference solved, exact two-sided McNemar p", ""]
+    if len({(r["method"], r["round"]) for r in rounds}) >= 3:  # RaC's test-time scaling claim, across policies
+        cells: dict[tuple, list[dict[str, Any]]] = {}
+        for r in rounds:
+            cells.setdefault((r["base_demos"], r["method"], r["round"]), []).append(r)
+        succ, rec, setb = [], [], []
+        for rs in cells.values():
+            k, tot, _ = pool_evaluations(rs)
+            succ.append(k / tot)
+            rec.append(float(np.mean([r["recoveries_per_episode"] for r in rs])))
+            setb.append(float(np.mean([r["setbacks_per_episode"] for r in rs])))
+        frac = [a / b if b > 0 else 0.0 for a, b in zip(rec, setb)]
+
+        def corr(x: list[float]) -> str:
+            return f"{np.corrcoef(x, succ)[0, 1]:.2f}" if np.std(x) > 0 and np.std(succ) > 0 else "-"
+
+        out += ["### Test-time scaling across policies (every method x round cell, pooled over seeds)", "",
+                f"Pearson r with pooled success over {len(succ)} cells: true recoveries / episode {corr(rec)}; "
+                f"setbacks / episode {corr(setb)}; recovered fraction of setbacks (recoveries / setbacks) {corr(frac)} "
+                f"(range {min(frac):.2f}-{max(frac):.2f}).", ""]
     ablations = [r for r in rows if r.get("kind") == "ablation"]
     if ablations:
         out += ["### What in RaC's round-1 data matters (fine-tuned from the base on RaC's round-1 recordings)", "",
