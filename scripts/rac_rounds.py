@@ -17,6 +17,8 @@ a cut-off training run continues with `robolearn train --resume` semantics):
              iwr        hg_dagger's protocol, data.mix=iwr
              sirius     hg_dagger's protocol, data.mix=sirius
              demos      more clean scripted demos, collected exactly like the base's; data.mix=all
+             no_new_data the control: no collection, the same fine-tuning on the base's own demos
+                        (what the extra training alone does)
            every method's collections of round r use the same scene seeds (so hg_dagger, iwr and
            sirius record identical round-1 data and differ by their weighting only), and every
            method has spent r x --budget operator-labelled steps by the end of round r (each round
@@ -59,8 +61,9 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("rac", "rac_end", "hg_dagger", "iwr", "sirius", "demos")
-MIX = {"rac": "rac", "rac_end": "rac", "hg_dagger": "hg_dagger", "iwr": "iwr", "sirius": "sirius", "demos": "all"}
+METHODS = ("rac", "rac_end", "hg_dagger", "iwr", "sirius", "demos", "no_new_data")
+MIX = {"rac": "rac", "rac_end": "rac", "hg_dagger": "hg_dagger", "iwr": "iwr", "sirius": "sirius", "demos": "all",
+       "no_new_data": "all"}
 LEGACY_METHODS = ("rac", "hg_dagger", "iwr", "sirius", "demos")
 HIERARCHICAL_SORT = ["policy.object_centric=true", "policy.stage_obs_others=true", "policy.stage_sliced_heads=true",
                      "policy.requery_on_stage_change=true", "policy.max_primitive_steps=40",
@@ -165,6 +168,7 @@ def _episodes_key(r: dict[str, Any]) -> tuple:
     return (r.get("of", r["kind"]), r["seed"], demos, r.get("method"), r.get("round"))
 
 
+# record names: the corrections mixture leaves out the robot steps too, hg_dagger only the robot steps
 RAC_ABLATIONS = {"rac data without recovery": "corrections", "rac data without robot steps": "hg_dagger"}
 
 
@@ -407,7 +411,7 @@ def rounds_for_seed(args: argparse.Namespace, records: Records, seed: int) -> No
                 coll_seed = seeds_of(seed)["rounds"] + 20_000 * rnd  # the same scenes for every method
                 with EpisodeStore.open(prev_data) as st:
                     spent = operator_labelled_steps(st) - base_labelled
-                budget = rnd * args.budget - spent  # cumulative: the last round's overshoot is taken off
+                budget = 0 if method == "no_new_data" else rnd * args.budget - spent  # cumulative: an overshoot is taken off
                 m = collect_round(args, method, data, prev_ckpt, coll_seed, familiarity, demo_len, budget) if budget > 0 \
                     else {"operator_steps": 0}
                 m.update(collection_seed=coll_seed, round_budget=budget)
@@ -489,7 +493,7 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
             k, tot, (lo, hi) = pool_evaluations(rs)
             rc = [r["round_collection"] for r in rs]
             rec, cor = sum(c.get("recovery_steps", 0) for c in rc), sum(c.get("correction_steps", 0) for c in rc)
-            rate = [c.get("intervention_rate") for c in rc if key[1] != "demos"]
+            rate = [c["intervention_rate"] for c in rc if c.get("intervention_rate") is not None and key[1] != "demos"]
             out.append(f"| {key[0]} | {key[1]} | {key[2]} | {len(rs)} | {np.mean([r['operator_labelled_steps'] for r in rs]):.0f} | "
                        f"{k / tot:.3f} ({k}/{tot}) | [{lo:.2f}, {hi:.2f}] | {per_seed(rs)} | "
                        f"{np.mean([r['recoveries_per_episode'] for r in rs]):.2f} | {f'{np.mean(rate):.2f}' if rate else '-'} | "
@@ -521,16 +525,22 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
     ablations = [r for r in rows if r.get("kind") == "ablation"]
     if ablations:
         out += ["### What in RaC's round-1 data matters (fine-tuned from the base on RaC's round-1 recordings)", "",
-                "| base demos | training data | seeds | pooled success | 95% CI (Wilson) | per seed | shares demo / intervention / robot | "
-                "paired vs RaC round 1 | paired vs HG-DAgger round 1 |", "|---|---|---|---|---|---|---|---|---|"]
-        for bd, name in sorted({(r["base_demos"], r["name"]) for r in ablations}):
-            rs = sorted((r for r in ablations if (r["base_demos"], r["name"]) == (bd, name)), key=lambda r: r["seed"])
+                "RaC's own round 1 trains on all of it: demos + recovery + corrections + the robot steps of fully autonomous "
+                "successes.", "",
+                "| base demos | training data (RaC's round-1 store) | seeds | pooled success | 95% CI (Wilson) | per seed | "
+                "shares demo / intervention / robot | paired vs RaC round 1 | paired vs HG-DAgger round 1 | "
+                "paired vs demos + corrections |", "|---|---|---|---|---|---|---|---|---|---|"]
+        content = {"corrections": "demos + corrections", "hg_dagger": "demos + recovery + corrections"}
+        for bd, mix in sorted({(r["base_demos"], r["mix"]) for r in ablations}):
+            rs = sorted((r for r in ablations if (r["base_demos"], r["mix"]) == (bd, mix)), key=lambda r: r["seed"])
+            name = content.get(mix, mix)
+            corr = [r for r in ablations if (r["base_demos"], r["mix"]) == (bd, "corrections")]
             k, tot, (lo, hi) = pool_evaluations(rs)
             sh = [r.get("mixture_shares") or {} for r in rs]
             shares = " / ".join(f"{np.mean([x.get(c, 0.0) for x in sh]):.3f}" for c in ("demo", "intervention", "robot"))
             first = {m: [r for r in rounds if (r["base_demos"], r["method"], r["round"]) == (bd, m, 1)] for m in ("rac", "hg_dagger")}
             out.append(f"| {bd} | {name} | {len(rs)} | {k / tot:.3f} ({k}/{tot}) | [{lo:.2f}, {hi:.2f}] | {per_seed(rs)} | {shares} | "
-                       f"{vs(rs, first['rac'])} | {vs(rs, first['hg_dagger'])} |")
+                       f"{vs(rs, first['rac'])} | {vs(rs, first['hg_dagger'])} | {'-' if mix == 'corrections' else vs(rs, corr)} |")
         out.append("")
     return out
 
@@ -561,7 +571,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for method in METHODS:
             rs = [r for r in rounds if r["method"] == method]
-            if not rs:
+            if not rs or method == "no_new_data":  # adds no labelled steps: it is a row of the table
                 continue
             pts = []
             for bd in sorted({r["base_demos"] for r in rs}):
@@ -597,6 +607,20 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         save_plot(fig, ax, out / "success_vs_true_recoveries.png", "true recoveries in the episode (robolearn.metrics_recovery)",
                   "success rate (95% Wilson CI)", "test-time scaling: success by recoveries performed")
         written.append(out / "success_vs_true_recoveries.png")
+    if rounds:  # across policies: one point per method x round, pooled over seeds
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method in METHODS:
+            pts = []
+            for key in sorted({(r["base_demos"], r["round"]) for r in rounds if r["method"] == method}):
+                g = [r for r in rounds if (r["base_demos"], r["method"], r["round"]) == (key[0], method, key[1])]
+                k, n, ci = pool_evaluations(g)
+                pts.append((float(np.mean([r["recoveries_per_episode"] for r in g])), k / n, *ci))
+            if pts:
+                x, y, lo, hi = map(np.array, zip(*pts))
+                ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", linestyle="none", capsize=3, label=method)
+        save_plot(fig, ax, out / "success_vs_recoveries_across_policies.png", "true recoveries per episode (mean over seeds)",
+                  "pooled success (95% Wilson CI)", "test-time scaling across policies (method x round)")
+        written.append(out / "success_vs_recoveries_across_policies.png")
     return written
 
 

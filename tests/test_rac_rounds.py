@@ -64,6 +64,13 @@ def test_scaling_then_rounds_resume_and_tables(tmp_path):
     assert len(again) == len(rs) and again[-1]["method"] == "demos" and again[-1]["successes"] == demos["successes"]
     # its step checkpoints were evaluated and deleted before the cut: the curve comes back from continual.jsonl
     assert again[-1]["continual"]["history"] == demos["continual"]["history"]
+    # the control fine-tunes the base on its own demos: nothing collected, no labelled step added
+    p = run(*rounds, "--methods", "no_new_data")
+    assert p.returncode == 0, p.stderr[-3000:]
+    again = records(out)
+    control = again[-1]
+    assert control["method"] == "no_new_data" and control["round_collection"]["operator_steps"] == 0
+    assert control["operator_labelled_steps"] == rs[1]["demo_steps"] and control["data_sources"]["policy"] == 0
     # records written before evaluations kept per-episode outcomes: --stage episodes re-evaluates the
     # recorded checkpoints on the same episodes, checks the count and appends the outcomes
     assert all(len(r["successes_per_episode"]) == r["n"] for r in again if r["kind"] in ("scaling", "round"))
@@ -72,7 +79,7 @@ def test_scaling_then_rounds_resume_and_tables(tmp_path):
     p = run("--stage", "episodes", "--out", str(out), *TOY)
     assert p.returncode == 0, p.stderr[-3000:]
     eps = [r for r in records(out) if r["kind"] == "episodes"]
-    assert len(eps) == 5 and all(r["matches_record"] for r in eps), p.stdout
+    assert len(eps) == 6 and all(r["matches_record"] for r in eps), p.stdout
     by = {(r["of"], r.get("demos"), r.get("method")): r["successes_per_episode"] for r in eps}
     assert by[("round", None, "hg_dagger")] == next(r for r in again if r.get("method") == "hg_dagger")["successes_per_episode"]
     # the ablation stage: RaC's round-1 recordings without recovery / without robot steps, from the base
@@ -88,8 +95,9 @@ def test_scaling_then_rounds_resume_and_tables(tmp_path):
     assert "### Demo-scaling curve" in text and "| 4 | rac | 1 | 1 |" in text
     rac_row = next(ln for ln in text.splitlines() if ln.startswith("| 4 | rac | 1 |"))
     assert rac_row.count("(p ") == 2, rac_row  # paired with the base and with the demos of the same round
-    assert "| 4 | rac data without recovery | 1 |" in text
-    for png in ("demo_scaling.png", "success_vs_operator_steps.png", "success_vs_true_recoveries.png"):
+    assert "| 4 | demos + corrections | 1 |" in text
+    for png in ("demo_scaling.png", "success_vs_operator_steps.png", "success_vs_true_recoveries.png",
+                "success_vs_recoveries_across_policies.png"):
         assert (tmp_path / "tables" / png).stat().st_size > 0
 
 
