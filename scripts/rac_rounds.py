@@ -485,8 +485,8 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
         out += ["### Rounds (fine-tuning from the previous round's policy)", "",
                 "| base demos | method | round | seeds | mean operator-labelled steps | pooled success | 95% CI (Wilson) | per seed | "
                 "true recoveries / ep | intervention rate | recovery:correction steps | min-ACC (mean) | WC-ACC (mean) | "
-                "paired vs base | paired vs demos (same round) |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "paired vs base | paired vs demos (same round) | paired vs no new data (same round) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         order = {m: i for i, m in enumerate(METHODS)}
         for key in sorted({(r["base_demos"], r["method"], r["round"]) for r in rounds}, key=lambda k: (k[0], order.get(k[1], 99), k[2])):
             rs = sorted((r for r in rounds if (r["base_demos"], r["method"], r["round"]) == key), key=lambda r: r["seed"])
@@ -500,7 +500,8 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
                        f"{rec}:{cor} | {np.mean([r['continual']['metrics']['min_acc'] for r in rs]):.2f} | "
                        f"{np.mean([r['continual']['metrics']['wc_acc'] for r in rs]):.2f} | "
                        f"{vs(rs, [r for r in scaling if r['demos'] == key[0]])} | "
-                       f"{'-' if key[1] == 'demos' else vs(rs, [r for r in rounds if (r['base_demos'], r['method'], r['round']) == (key[0], 'demos', key[2])])} |")
+                       f"{'-' if key[1] == 'demos' else vs(rs, [r for r in rounds if (r['base_demos'], r['method'], r['round']) == (key[0], 'demos', key[2])])} | "
+                       f"{'-' if key[1] == 'no_new_data' else vs(rs, [r for r in rounds if (r['base_demos'], r['method'], r['round']) == (key[0], 'no_new_data', key[2])])} |")
         out += ["", "paired: over the same 100 evaluation episodes per seed, +episodes only this row solved / -episodes only "
                 "the reference solved, exact two-sided McNemar p", ""]
     if len({(r["method"], r["round"]) for r in rounds}) >= 3:  # RaC's test-time scaling claim, across policies

@@ -94,7 +94,7 @@ def test_scaling_then_rounds_resume_and_tables(tmp_path):
     text = (tmp_path / "tables" / "tables.md").read_text()
     assert "### Demo-scaling curve" in text and "| 4 | rac | 1 | 1 |" in text
     rac_row = next(ln for ln in text.splitlines() if ln.startswith("| 4 | rac | 1 |"))
-    assert rac_row.count("(p ") == 2, rac_row  # paired with the base and with the demos of the same round
+    assert rac_row.count("(p ") == 3, rac_row  # paired with the base, the demos and the no-new-data control
     assert "| 4 | demos + corrections | 1 |" in text
     for png in ("demo_scaling.png", "success_vs_operator_steps.png", "success_vs_true_recoveries.png",
                 "success_vs_recoveries_across_policies.png"):
