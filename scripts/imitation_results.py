@@ -217,7 +217,7 @@ def main() -> None:
                     with records.open("a") as log:  # per run: a crash later keeps it
                         log.write(json.dumps(record) + "\n")
     rows = table_rows(results)
-    cmd = "python " + " ".join(sys.argv)
+    cmd = context["command"]
     obs_desc = "state (the task's full low-dim vector)"
     if args.image:
         obs_desc = (f"84x84 front-camera RGB `image` + {IMAGE_LOWDIM[args.image_lowdim]}; "

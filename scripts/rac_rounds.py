@@ -451,11 +451,17 @@ def per_seed(rows: list[dict[str, Any]]) -> str:
     return ", ".join("s{}: {:.2f}".format(r["seed"], r["success_rate"]) for r in rows)
 
 
+def round_cells(rounds: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Round records grouped by (base demos, method, round), each group sorted by seed."""
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for r in sorted(rounds, key=lambda r: r["seed"]):
+        cells.setdefault((r["base_demos"], r["method"], r["round"]), []).append(r)
+    return cells
+
+
 def tables(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown tables (pooled over seeds: successes over episodes, Wilson interval) of the records."""
-    from robolearn.evaluation import pool_evaluations
-
-    from robolearn.evaluation import paired_outcomes
+    from robolearn.evaluation import paired_outcomes, pool_evaluations
 
     outcomes = {_episodes_key(r): r["successes_per_episode"] for r in rows if r.get("kind") == "episodes" and r.get("matches_record")}
     rows = [{**r, "successes_per_episode": outcomes[_episodes_key(r)]} if r.get("kind") in ("scaling", "round")
@@ -481,6 +487,7 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
                        f"{np.mean([r['train_seconds'] for r in rs]) / 60:.1f} |")
         out.append("")
     rounds = [r for r in rows if r.get("kind") == "round"]
+    cells = round_cells(rounds)
     if rounds:
         out += ["### Rounds (fine-tuning from the previous round's policy)", "",
                 "| base demos | method | round | seeds | mean operator-labelled steps | pooled success | 95% CI (Wilson) | per seed | "
@@ -488,8 +495,8 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
                 "paired vs base | paired vs demos (same round) | paired vs no new data (same round) |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         order = {m: i for i, m in enumerate(METHODS)}
-        for key in sorted({(r["base_demos"], r["method"], r["round"]) for r in rounds}, key=lambda k: (k[0], order.get(k[1], 99), k[2])):
-            rs = sorted((r for r in rounds if (r["base_demos"], r["method"], r["round"]) == key), key=lambda r: r["seed"])
+        for key in sorted(cells, key=lambda k: (k[0], order.get(k[1], 99), k[2])):
+            rs = cells[key]
             k, tot, (lo, hi) = pool_evaluations(rs)
             rc = [r["round_collection"] for r in rs]
             rec, cor = sum(c.get("recovery_steps", 0) for c in rc), sum(c.get("correction_steps", 0) for c in rc)
@@ -500,14 +507,11 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
                        f"{rec}:{cor} | {np.mean([r['continual']['metrics']['min_acc'] for r in rs]):.2f} | "
                        f"{np.mean([r['continual']['metrics']['wc_acc'] for r in rs]):.2f} | "
                        f"{vs(rs, [r for r in scaling if r['demos'] == key[0]])} | "
-                       f"{'-' if key[1] == 'demos' else vs(rs, [r for r in rounds if (r['base_demos'], r['method'], r['round']) == (key[0], 'demos', key[2])])} | "
-                       f"{'-' if key[1] == 'no_new_data' else vs(rs, [r for r in rounds if (r['base_demos'], r['method'], r['round']) == (key[0], 'no_new_data', key[2])])} |")
+                       f"{'-' if key[1] == 'demos' else vs(rs, cells.get((key[0], 'demos', key[2]), []))} | "
+                       f"{'-' if key[1] == 'no_new_data' else vs(rs, cells.get((key[0], 'no_new_data', key[2]), []))} |")
         out += ["", "paired: over the same 100 evaluation episodes per seed, +episodes only this row solved / -episodes only "
                 "the reference solved, exact two-sided McNemar p", ""]
-    if len({(r["method"], r["round"]) for r in rounds}) >= 3:  # RaC's test-time scaling claim, across policies
-        cells: dict[tuple, list[dict[str, Any]]] = {}
-        for r in rounds:
-            cells.setdefault((r["base_demos"], r["method"], r["round"]), []).append(r)
+    if len(cells) >= 3:  # RaC's test-time scaling claim, across policies
         succ, rec, setb = [], [], []
         for rs in cells.values():
             k, tot, _ = pool_evaluations(rs)
@@ -535,13 +539,13 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
         for bd, mix in sorted({(r["base_demos"], r["mix"]) for r in ablations}):
             rs = sorted((r for r in ablations if (r["base_demos"], r["mix"]) == (bd, mix)), key=lambda r: r["seed"])
             name = content.get(mix, mix)
-            corr = [r for r in ablations if (r["base_demos"], r["mix"]) == (bd, "corrections")]
+            without_recovery = [r for r in ablations if (r["base_demos"], r["mix"]) == (bd, "corrections")]
             k, tot, (lo, hi) = pool_evaluations(rs)
             sh = [r.get("mixture_shares") or {} for r in rs]
             shares = " / ".join(f"{np.mean([x.get(c, 0.0) for x in sh]):.3f}" for c in ("demo", "intervention", "robot"))
-            first = {m: [r for r in rounds if (r["base_demos"], r["method"], r["round"]) == (bd, m, 1)] for m in ("rac", "hg_dagger")}
             out.append(f"| {bd} | {name} | {len(rs)} | {k / tot:.3f} ({k}/{tot}) | [{lo:.2f}, {hi:.2f}] | {per_seed(rs)} | {shares} | "
-                       f"{vs(rs, first['rac'])} | {vs(rs, first['hg_dagger'])} | {'-' if mix == 'corrections' else vs(rs, corr)} |")
+                       f"{vs(rs, cells.get((bd, 'rac', 1), []))} | {vs(rs, cells.get((bd, 'hg_dagger', 1), []))} | "
+                       f"{'-' if mix == 'corrections' else vs(rs, without_recovery)} |")
         out.append("")
     return out
 
@@ -610,10 +614,11 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         written.append(out / "success_vs_true_recoveries.png")
     if rounds:  # across policies: one point per method x round, pooled over seeds
         fig, ax = plt.subplots(figsize=(6, 4))
+        cells = round_cells(rounds)
         for method in METHODS:
             pts = []
-            for key in sorted({(r["base_demos"], r["round"]) for r in rounds if r["method"] == method}):
-                g = [r for r in rounds if (r["base_demos"], r["method"], r["round"]) == (key[0], method, key[1])]
+            for key in sorted(k for k in cells if k[1] == method):
+                g = cells[key]
                 k, n, ci = pool_evaluations(g)
                 pts.append((float(np.mean([r["recoveries_per_episode"] for r in g])), k / n, *ci))
             if pts:

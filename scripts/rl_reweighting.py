@@ -218,10 +218,8 @@ def report(a: argparse.Namespace) -> None:
             for r in a.ratios:
                 st = EpisodeStore.open(ROOT / "data" / f"{task}_mix{r}.zarr")
                 good = st.column("success").astype(bool)
-                cells = []
-                for smp in a.samplers:
-                    mass, eff = sampler_concentration(st, smp, algo0)
-                    cells.append(f"{mass:.3f} / {eff:.1f}")
+                conc = sampler_concentration(st, a.samplers, algo0)
+                cells = [f"{conc[smp][0]:.3f} / {conc[smp][1]:.1f}" for smp in a.samplers]
                 print(f"| {task} | {r:.0%} | {int(good.sum())} | " + " | ".join(cells) + " |")
     walls = [x["wall_s"] for x in results if x.get("wall_s")]
     if a.tag and walls:
@@ -375,17 +373,21 @@ def _commit() -> str:
     return _CODE_COMMIT
 
 
-def sampler_concentration(store: Any, sampler: str, algo: str) -> tuple[float, float]:
-    """(probability mass on successful episodes, effective number of episodes 1 / sum p_episode^2)
-    of `sampler` on `store`: how far the weighting already moves the batches onto the good data."""
+def sampler_concentration(store: Any, samplers: list[str], algo: str) -> dict[str, tuple[float, float]]:
+    """Per sampler: (probability mass on successful episodes, effective number of episodes
+    1 / sum p_episode^2) on `store`, i.e. how far the weighting already moves the batches onto the good
+    data. The store's transitions are read once for all samplers (the slow part on a 300k mix)."""
     from robolearn.rl.replay import transitions_from_store
     from robolearn.rl.weighting import DEFAULT_ALPHA, transition_probs
 
     tr = transitions_from_store(store)
     good = store.column("success").astype(bool)[tr.store_episode]
-    pr = transition_probs(sampler, tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA[algo], 0.1)
-    pe = np.bincount(tr.episode, weights=pr, minlength=len(tr.episode_return))
-    return float(pe[good].sum()), float(1 / np.sum(pe ** 2))
+    out = {}
+    for sampler in samplers:
+        pr = transition_probs(sampler, tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA[algo], 0.1)
+        pe = np.bincount(tr.episode, weights=pr, minlength=len(tr.episode_return))
+        out[sampler] = (float(pe[good].sum()), float(1 / np.sum(pe ** 2)))
+    return out
 
 
 def _store_ok(path: Path, episodes: int | None = None, mix: bool = False) -> bool:
@@ -481,7 +483,7 @@ def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
     n = a.eval_episodes
     mix_store = EpisodeStore.open(data)
     mix = mix_store.attrs["mix"]
-    mass_good, effective = sampler_concentration(mix_store, sampler, algo)
+    mass_good, effective = sampler_concentration(mix_store, [sampler], algo)[sampler]
     losses = [{k: v for k, v in r.items() if k in ("step", "critic_loss", "actor_loss", "q_mean", "value_loss", "bc_mse")}
               for r in read_metrics(out) if "critic_loss" in r]
     rec = {"task": task, "algo": algo, "ratio": ratio, "sampler": sampler, "seed": seed, "steps": summary["steps"],

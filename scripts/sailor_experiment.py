@@ -293,18 +293,11 @@ def progress_table(metrics: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def paired(rows: list[dict], reference: list[dict]) -> tuple[int, int, float] | None:
-    """Episodes only `rows` solved, only `reference` solved, McNemar p (robolearn.evaluation.paired_outcomes)."""
-    from robolearn.evaluation import paired_outcomes
-
-    return paired_outcomes(rows, reference)
-
-
 def table(rows: list[dict]) -> str:
     """Per policy: successes pooled over seeds with the Wilson interval, each seed's rate, mean
     return, and the planner's acceptance fraction during evaluation; then the SAILOR runs'
     diagnostics and the reward AUROCs."""
-    from robolearn.evaluation import pool_evaluations
+    from robolearn.evaluation import paired_outcomes, pool_evaluations
 
     evals: dict[str, list[dict]] = {}
     for r in rows:
@@ -316,7 +309,7 @@ def table(rows: list[dict]) -> str:
     distilled = next((rs for name, rs in evals.items() if name.startswith("SAILOR distilled DP")), [])
 
     def vs(rs: list[dict], ref: list[dict]) -> str:
-        pr = paired(rs, ref) if ref and rs is not ref else None
+        pr = paired_outcomes(rs, ref) if ref and rs is not ref else None
         return "-" if pr is None else f"+{pr[0]} / -{pr[1]} (p {pr[2]:.2g})"
 
     lines = ["| policy | seeds | pooled success | 95% CI (Wilson) | per seed | mean return | residual accepted | "

@@ -91,19 +91,17 @@ def mixture_weights(store: EpisodeStore, mix: str, episodes: np.ndarray) -> Mixt
         return Mixture(episodes, np.where(keep_ep, store.read("retrieval_weight").astype(np.float64), 0.0), None)
     demo = source == SOURCE_CODES["demo"]
     policy = source == SOURCE_CODES["policy"]
-    intervention = (source == SOURCE_CODES["recovery"]) | (source == SOURCE_CODES["correction"])
-    if mix == "corrections":
-        keep = demo | (source == SOURCE_CODES["correction"])
-        sampling = (keep & keep_ep).astype(np.float64)
-        return Mixture(episodes, sampling, None, _shares(sampling, {"demo": demo, "intervention": intervention, "robot": policy}))
-    if mix in ("rac", "hg_dagger"):
-        keep = demo | intervention
+    correction = source == SOURCE_CODES["correction"]
+    intervention = (source == SOURCE_CODES["recovery"]) | correction
+    classes = {"demo": demo, "intervention": intervention, "robot": policy}
+    if mix in ("rac", "hg_dagger", "corrections"):
+        keep = demo | (correction if mix == "corrections" else intervention)
         if mix == "rac":
             success = store.column("success").astype(bool)
             autonomous = store.column("intervention_count") == 0
             keep |= policy & (success & autonomous)[step_ep]
         sampling = (keep & keep_ep).astype(np.float64)
-        return Mixture(episodes, sampling, None, _shares(sampling, {"demo": demo, "intervention": intervention, "robot": policy}))
+        return Mixture(episodes, sampling, None, _shares(sampling, classes))
     if mix == "iwr":
         kept = keep_ep
         n_int = int((intervention & kept).sum())
@@ -112,7 +110,7 @@ def mixture_weights(store: EpisodeStore, mix: str, episodes: np.ndarray) -> Mixt
         if n_int and n_other:
             sampling[intervention & kept] = 0.5 / n_int
             sampling[~intervention & kept] = 0.5 / n_other
-        return Mixture(episodes, sampling, None, _shares(sampling, {"demo": demo, "intervention": intervention, "robot": policy}))
+        return Mixture(episodes, sampling, None, _shares(sampling, classes))
     # sirius
     pre = _pre_intervention(source, store.episode_starts, store.episode_ends, SIRIUS_PRE_INTERVENTION_STEPS)
     robot = policy & ~pre
@@ -130,7 +128,7 @@ def mixture_weights(store: EpisodeStore, mix: str, episodes: np.ndarray) -> Mixt
     mean = weights[kept].mean() if kept.any() else 1.0
     if mean <= 0:
         raise ValueError("sirius weights are all zero for this data")
-    shares = _shares(weights * kept, {"demo": demo, "intervention": intervention, "pre_intervention": pre, "robot": robot})
+    shares = _shares(weights * kept, {**classes, "pre_intervention": pre, "robot": robot})
     return Mixture(episodes, kept.astype(np.float64), (weights / mean).astype(np.float32), shares)
 
 
