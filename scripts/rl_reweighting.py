@@ -52,6 +52,9 @@ ROOT = Path("runs/rl_study")
 TASKS = ("push_cube", "hopper")
 RATIOS = (0.01, 0.05, 0.5)
 SAMPLERS = ("uniform", "rw", "aw", "topk")
+# The ceiling of reweighting on a scaled mix (sweep only): the same algorithm trained uniformly on the mix's good
+# part alone (the very draws the mix holds), i.e. a weighting that puts all its mass on the expert data.
+GOOD_ONLY = "good_only"
 ALGOS = ("iql", "td3bc")
 SEEDS = (0, 1, 2)
 MIX_SIZE = 10_000  # transitions per mixed dataset
@@ -407,6 +410,35 @@ def o2o_mix_path(task: str, ratio: float) -> Path:
     return O2O_DATA / f"{task}_mix{ratio}.zarr"
 
 
+def o2o_good_path(task: str, ratio: float) -> Path:
+    return O2O_DATA / f"{task}_good{ratio}.zarr"
+
+
+def build_good_part(task: str, ratio: float) -> Path:
+    """The good part of the `ratio` mix as a store of its own: `data mix` draws the good trajectories first
+    from the same generator, so ratio 1 at size int(300k * ratio) with the mix's seed repeats exactly the
+    mix's good draws (checked against the mix's recorded draws)."""
+    from robolearn.data.store import EpisodeStore
+
+    out = o2o_good_path(task, ratio)
+    if _store_ok(out, mix=True):
+        return out
+    cmd = ["data", "mix", "--good", str(O2O_DATA / f"{task}_expert.zarr"), "--bad", str(O2O_DATA / f"{task}_random.zarr"),
+           "--ratio", "1.0", "--size", str(int(O2O_MIX_SIZE * ratio)), "--seed", "0", "--out", str(out), "--overwrite"]
+    load, t0 = _loadavg(), time.time()
+    _sh_checked(*cmd)
+    st, mix = EpisodeStore.open(out), EpisodeStore.open(o2o_mix_path(task, ratio))
+    got = st.attrs["mix"]
+    seeds, mix_seeds = st.episode_table()["seed"], mix.episode_table()["seed"][:mix.attrs["mix"]["good_episodes"]]
+    if len(seeds) != len(mix_seeds) or not np.array_equal(seeds, mix_seeds):
+        raise SystemExit(f"{out}: its episodes are not the good draws of {o2o_mix_path(task, ratio)} (episode seeds differ)")
+    _record(O2O_RESULTS / "datasets.jsonl", {
+        "name": out.name, "command": "robolearn " + " ".join(cmd), "episodes": st.num_episodes, "steps": st.num_steps,
+        "success_rate": float(st.column("success").mean()), "mix": got, "wall_s": round(time.time() - t0, 1),
+        "loadavg_before": load, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit()})
+    return out
+
+
 def build_o2o(tasks: list[str], ratios: list[float]) -> None:
     """Pools then mixes, each skipped when already complete; one record per piece built."""
     from robolearn.data.store import EpisodeStore
@@ -468,13 +500,16 @@ def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
     data = o2o_mix_path(task, ratio)
     if not _store_ok(data, mix=True):
         build_o2o([task], [ratio])
+    train_sampler = sampler
+    if sampler == GOOD_ONLY:
+        data, train_sampler = build_good_part(task, ratio), "uniform"
     out = O2O_RUNS / a.tag / f"{task}_{algo}_{ratio}_{sampler}_s{seed}"
     torch.set_num_threads(1)
     load, t0 = _loadavg(), time.time()
     if (out / "checkpoints" / "last" / "checkpoint.json").exists() and not (out / "policy" / "checkpoint.json").exists():
         train_offline(algo, None, resume=out, wandb_mode="off", progress=a.progress)  # interrupted: continue where it stopped
     elif not (out / "policy" / "checkpoint.json").exists():
-        train_offline(algo, data, task=task, sampler=sampler, out=out, wandb_mode="off", progress=a.progress,
+        train_offline(algo, data, task=task, sampler=train_sampler, out=out, wandb_mode="off", progress=a.progress,
                       overrides=_o2o_overrides(a, algo, seed))
     wall = time.time() - t0
     summary = json.loads((out / "continual.json").read_text())
@@ -483,7 +518,7 @@ def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
     n = a.eval_episodes
     mix_store = EpisodeStore.open(data)
     mix = mix_store.attrs["mix"]
-    mass_good, effective = sampler_concentration(mix_store, [sampler], algo)[sampler]
+    mass_good, effective = sampler_concentration(mix_store, [train_sampler], algo)[train_sampler]
     losses = [{k: v for k, v in r.items() if k in ("step", "critic_loss", "actor_loss", "q_mean", "value_loss", "bc_mse")}
               for r in read_metrics(out) if "critic_loss" in r]
     rec = {"task": task, "algo": algo, "ratio": ratio, "sampler": sampler, "seed": seed, "steps": summary["steps"],
@@ -537,7 +572,7 @@ def table(a: argparse.Namespace) -> None:
     cells: dict[tuple, list[dict]] = {}
     for x in rows:
         cells.setdefault((x["task"], x["algo"], float(x["ratio"]), x["sampler"]), []).append(x)
-    samplers = [s for s in SAMPLERS if any(k[3] == s for k in cells)]
+    samplers = [s for s in (*SAMPLERS, GOOD_ONLY) if any(k[3] == s for k in cells)]
     print(f"Final success of the deterministic actor after {rows[0]['steps']} gradient steps: successes / episodes pooled over "
           "the seeds in the cell, 95% Wilson interval; mean return in brackets.\n")
     print("| task | algo | expert data | " + " | ".join(samplers) + " |")
@@ -555,7 +590,8 @@ def table(a: argparse.Namespace) -> None:
             out.append(f"{k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}] ({np.mean([x['final_return'] for x in xs]):.1f}; seeds {seeds})")
         print(f"| {task} | {algo} | {ratio:.0%} | " + " | ".join(out) + " |")
     print("\nThe hypothesis (RW/AW >> uniform at 1-5%): relative gain in pooled success over uniform, and whether the 95% "
-          "intervals are apart (target: gain >= 50% with intervals apart).\n")
+          f"intervals are apart (target: gain >= 50% with intervals apart). `{GOOD_ONLY}` is the ceiling: the same algorithm "
+          "trained on the mix's good part alone.\n")
     print("| task | algo | expert data | sampler | gain over uniform | intervals apart |")
     print("|---|---|---|---|---|---|")
     for task, algo, ratio in sorted({k[:3] for k in cells}):
@@ -617,9 +653,9 @@ def curves(a: argparse.Namespace) -> None:
     if not panels:
         raise SystemExit("no records")
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6), squeeze=False)
-    colors = dict(zip(SAMPLERS, ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
+    colors = dict(zip((*SAMPLERS, GOOD_ONLY), ("tab:gray", "tab:blue", "tab:orange", "tab:green", "black")))
     for j, (task, algo, ratio) in enumerate(panels):
-        for smp in SAMPLERS:
+        for smp in (*SAMPLERS, GOOD_ONLY):
             xs = [x for x in rows if (x["task"], x["algo"], float(x["ratio"]), x["sampler"]) == (task, algo, ratio, smp)]
             if not xs:
                 continue
@@ -650,7 +686,8 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=sorted(set(TASKS) | set(O2O_TASKS)))
     ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
     ap.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
-    ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=[*SAMPLERS, GOOD_ONLY],
+                    help=f"{GOOD_ONLY} (sweep): the ceiling, trained uniformly on the mix's good part alone")
     ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     ap.add_argument("--steps", type=int, default=STEPS, help="gradient steps per run")
     ap.add_argument("--hidden", nargs="+", type=int, default=[64, 64], help="MLP widths (actor, critics, value)")
@@ -664,6 +701,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=5000, help="sweep: gradient steps between evaluations")
     ap.add_argument("--progress", action="store_true", help="sweep: show each run's progress bar")
     a = ap.parse_args()
+    if GOOD_ONLY in a.samplers and a.action != "sweep":
+        raise SystemExit(f"--samplers {GOOD_ONLY} is a sweep run (the scaled mixes' ceiling), not a {a.action} one")
     if a.action in ("build", "sweep", "table", "curves", "datasets"):
         if a.action in ("build", "sweep"):
             bad = [t for t in a.tasks if t not in O2O_TASKS]

@@ -186,3 +186,29 @@ def test_batched_evaluation_matches_sequential():
     assert [r["seed"] for r in batched] == [r["seed"] for r in one] == list(range(100_000, 100_004))
     np.testing.assert_allclose([r["return"] for r in batched], [r["return"] for r in one], atol=1e-4)
     assert [r["length"] for r in batched] == [r["length"] for r in one] == [60] * 4
+
+
+def test_good_only_ceiling_store_repeats_the_mix_good_draws(tmp_path, monkeypatch):
+    """scripts/rl_reweighting.py's ceiling trains on the mix's good part alone: the store it builds holds
+    exactly the good trajectories the mix drew (same episodes, same order), not a fresh draw."""
+    import importlib.util
+
+    from robolearn.rl.datasets import mix_stores
+
+    spec = importlib.util.spec_from_file_location("rl_reweighting", Path(__file__).resolve().parents[1] / "scripts" / "rl_reweighting.py")
+    rr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rr)
+    monkeypatch.setattr(rr, "O2O_DATA", tmp_path)
+    monkeypatch.setattr(rr, "O2O_RESULTS", tmp_path / "results")
+    monkeypatch.setattr(rr, "O2O_MIX_SIZE", 400)
+    for name, seed in (("expert", 1), ("random", 2), ("failing", 3)):
+        point_store(tmp_path / f"pt_{name}.zarr", episodes=6, seed=seed).close()
+    mix = mix_stores(tmp_path / "pt_expert.zarr", [tmp_path / "pt_random.zarr", tmp_path / "pt_failing.zarr"], 0.25,
+                     rr.o2o_mix_path("pt", 0.25), size=400, seed=0, progress=False)
+    good = EpisodeStore.open(rr.build_good_part("pt", 0.25))
+    n = mix.attrs["mix"]["good_episodes"]
+    assert good.num_episodes == n and good.attrs["mix"]["bad_episodes"] == 0
+    for i in range(n):
+        np.testing.assert_array_equal(good.get_episode(i)["action"], mix.get_episode(i)["action"])
+    rec = json.loads((tmp_path / "results" / "datasets.jsonl").read_text().splitlines()[-1])
+    assert rec["name"] == "pt_good0.25.zarr" and rec["episodes"] == n
