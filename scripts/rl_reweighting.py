@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -406,8 +407,12 @@ def _store_ok(path: Path, episodes: int | None = None, mix: bool = False) -> boo
     return ("mix" in st.attrs) if mix else st.num_episodes == episodes
 
 
-def o2o_mix_path(task: str, ratio: float) -> Path:
-    return O2O_DATA / f"{task}_mix{ratio}.zarr"
+O2O_BAD = ("random", "failing")  # the issue's bad part; ("random",) alone is the harness paper's expert + random mix
+
+
+def o2o_mix_path(task: str, ratio: float, bad: Sequence[str] = O2O_BAD) -> Path:
+    suffix = "" if tuple(bad) == O2O_BAD else "_" + "_".join(bad)
+    return O2O_DATA / f"{task}_mix{ratio}{suffix}.zarr"
 
 
 def o2o_good_path(task: str, ratio: float) -> Path:
@@ -439,8 +444,9 @@ def build_good_part(task: str, ratio: float) -> Path:
     return out
 
 
-def build_o2o(tasks: list[str], ratios: list[float]) -> None:
-    """Pools then mixes, each skipped when already complete; one record per piece built."""
+def build_o2o(tasks: list[str], ratios: list[float], bad: Sequence[str] = O2O_BAD) -> None:
+    """Pools then mixes (bad part from the pools named in `bad`), each skipped when already complete; one
+    record per piece built."""
     from robolearn.data.store import EpisodeStore
 
     log = O2O_RESULTS / "datasets.jsonl"
@@ -461,11 +467,11 @@ def build_o2o(tasks: list[str], ratios: list[float]) -> None:
                           "return_min": float(ret.min()), "return_max": float(ret.max()), "wall_s": round(time.time() - t0, 1),
                           "loadavg_before": load, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit()})
         for r in ratios:
-            out = o2o_mix_path(task, r)
+            out = o2o_mix_path(task, r, bad)
             if _store_ok(out, mix=True):
                 continue
-            cmd = ["data", "mix", "--good", str(O2O_DATA / f"{task}_expert.zarr"), "--bad", str(O2O_DATA / f"{task}_random.zarr"),
-                   str(O2O_DATA / f"{task}_failing.zarr"), "--ratio", str(r), "--size", str(O2O_MIX_SIZE), "--seed", "0",
+            cmd = ["data", "mix", "--good", str(O2O_DATA / f"{task}_expert.zarr"), "--bad",
+                   *(str(O2O_DATA / f"{task}_{b}.zarr") for b in bad), "--ratio", str(r), "--size", str(O2O_MIX_SIZE), "--seed", "0",
                    "--out", str(out), "--overwrite"]
             load, t0 = _loadavg(), time.time()
             _sh_checked(*cmd)
@@ -486,7 +492,13 @@ def _o2o_overrides(a: argparse.Namespace, algo: str, seed: int) -> list[str]:
 
 
 def _o2o_key(x: dict) -> tuple:
-    return x["task"], x["algo"], float(x["ratio"]), x["sampler"], int(x["seed"])
+    return x["task"], x["algo"], float(x["ratio"]), x["sampler"], int(x["seed"]), tuple(x.get("bad_pools", O2O_BAD))
+
+
+def _task_label(x: dict) -> str:
+    """The task, plus the mix's bad part when it is not the default (random + failing) one."""
+    bad = tuple(x.get("bad_pools", O2O_BAD))
+    return x["task"] if bad == O2O_BAD else f"{x['task']} (bad: {' + '.join(bad)})"
 
 
 def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
@@ -497,13 +509,14 @@ def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
     from robolearn.training import read_metrics
 
     task, algo, ratio, sampler, seed = job
-    data = o2o_mix_path(task, ratio)
+    data = o2o_mix_path(task, ratio, a.bad_pools)
     if not _store_ok(data, mix=True):
-        build_o2o([task], [ratio])
+        build_o2o([task], [ratio], a.bad_pools)
     train_sampler = sampler
     if sampler == GOOD_ONLY:
         data, train_sampler = build_good_part(task, ratio), "uniform"
-    out = O2O_RUNS / a.tag / f"{task}_{algo}_{ratio}_{sampler}_s{seed}"
+    bad_suffix = "" if tuple(a.bad_pools) == O2O_BAD else "_bad_" + "_".join(a.bad_pools)
+    out = O2O_RUNS / a.tag / f"{task}_{algo}_{ratio}_{sampler}_s{seed}{bad_suffix}"
     torch.set_num_threads(1)
     load, t0 = _loadavg(), time.time()
     if (out / "checkpoints" / "last" / "checkpoint.json").exists() and not (out / "policy" / "checkpoint.json").exists():
@@ -521,7 +534,8 @@ def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
     mass_good, effective = sampler_concentration(mix_store, [train_sampler], algo)[train_sampler]
     losses = [{k: v for k, v in r.items() if k in ("step", "critic_loss", "actor_loss", "q_mean", "value_loss", "bc_mse")}
               for r in read_metrics(out) if "critic_loss" in r]
-    rec = {"task": task, "algo": algo, "ratio": ratio, "sampler": sampler, "seed": seed, "steps": summary["steps"],
+    rec = {"task": task, "algo": algo, "ratio": ratio, "sampler": sampler, "seed": seed, "bad_pools": list(a.bad_pools),
+           "steps": summary["steps"],
            "eval_episodes": n, "final_success": final["success"], "final_successes": int(round(final["success"] * n)),
            "final_return": final["return"], "curve": [[h["step"], h["success"], h["return"]] for h in hist],
            "losses": losses, "metrics": summary["metrics"], "reward_scale": summary.get("reward_scale"),
@@ -541,7 +555,8 @@ def sweep(a: argparse.Namespace) -> None:
     results = O2O_RESULTS / f"{a.tag}.jsonl"
     done = {_o2o_key(x) for x in _read(results)}
     jobs = [(t, al, r, s, seed) for seed in a.seeds for t in a.tasks for al in a.algos for r in a.ratios for s in a.samplers]
-    todo = [j for j in jobs if _o2o_key(dict(zip(("task", "algo", "ratio", "sampler", "seed"), j))) not in done]
+    todo = [j for j in jobs if _o2o_key({**dict(zip(("task", "algo", "ratio", "sampler", "seed"), j)), "bad_pools": a.bad_pools})
+            not in done]
     stop = stop_time(a.stop_at)
     print(f"{len(jobs)} runs in the grid, {len(jobs) - len(todo)} recorded in {results}, {len(todo)} to run; stop launching at {stop}",
           flush=True)
@@ -571,7 +586,7 @@ def table(a: argparse.Namespace) -> None:
         raise SystemExit(f"no records in {O2O_RESULTS / f'{a.tag}.jsonl'}")
     cells: dict[tuple, list[dict]] = {}
     for x in rows:
-        cells.setdefault((x["task"], x["algo"], float(x["ratio"]), x["sampler"]), []).append(x)
+        cells.setdefault((_task_label(x), x["algo"], float(x["ratio"]), x["sampler"]), []).append(x)
     samplers = [s for s in (*SAMPLERS, GOOD_ONLY) if any(k[3] == s for k in cells)]
     print(f"Final success of the deterministic actor after {rows[0]['steps']} gradient steps: successes / episodes pooled over "
           "the seeds in the cell, 95% Wilson interval; mean return in brackets.\n")
@@ -607,7 +622,7 @@ def table(a: argparse.Namespace) -> None:
             k, n = sum(x["final_successes"] for x in xs), sum(x["eval_episodes"] for x in xs)
             lo, hi = wilson_interval(k, n)
             gain = "undefined (uniform 0)" if kb == 0 else f"{(k / n) / (kb / nb) - 1:+.0%}"
-            print(f"| {task} | {algo} | {ratio:.0%} | {smp} | {gain} ({k}/{n} vs {kb}/{nb}) | {'yes' if lo > hi_b or hi < lo_b else 'no'} |")
+            print(f"| {task} | {algo} | {ratio:.0%} | {smp} | {gain} ({k}/{n} vs {kb}/{nb}) | {'yes, above' if lo > hi_b else 'yes, below' if hi < lo_b else 'no'} |")
     print("\nPaired by training seed (the unit of replication; the samplers of one seed share the mix and the "
           "evaluation episodes): each run scored by the mean success of its last 3 evaluations, sampler minus uniform.\n")
     print("| task | algo | expert data | sampler | per seed (sampler - uniform) | mean difference | seeds ahead |")
@@ -649,14 +664,14 @@ def curves(a: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     rows = _read(O2O_RESULTS / f"{a.tag}.jsonl")
-    panels = sorted({(x["task"], x["algo"], float(x["ratio"])) for x in rows})
+    panels = sorted({(_task_label(x), x["algo"], float(x["ratio"])) for x in rows})
     if not panels:
         raise SystemExit("no records")
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6), squeeze=False)
     colors = dict(zip((*SAMPLERS, GOOD_ONLY), ("tab:gray", "tab:blue", "tab:orange", "tab:green", "black")))
     for j, (task, algo, ratio) in enumerate(panels):
         for smp in (*SAMPLERS, GOOD_ONLY):
-            xs = [x for x in rows if (x["task"], x["algo"], float(x["ratio"]), x["sampler"]) == (task, algo, ratio, smp)]
+            xs = [x for x in rows if (_task_label(x), x["algo"], float(x["ratio"]), x["sampler"]) == (task, algo, ratio, smp)]
             if not xs:
                 continue
             steps = [c[0] for c in xs[0]["curve"]]
@@ -700,6 +715,8 @@ def main() -> None:
     ap.add_argument("--out", default="docs/results/reweighting.png", help="figure written by `plot`")
     ap.add_argument("--eval-every", type=int, default=5000, help="sweep: gradient steps between evaluations")
     ap.add_argument("--progress", action="store_true", help="sweep: show each run's progress bar")
+    ap.add_argument("--bad-pools", nargs="+", default=list(O2O_BAD), choices=list(O2O_BAD),
+                    help="build/sweep: pools the mixes' bad part is drawn from (random alone: the harness paper's expert + random mix)")
     a = ap.parse_args()
     if GOOD_ONLY in a.samplers and a.action != "sweep":
         raise SystemExit(f"--samplers {GOOD_ONLY} is a sweep run (the scaled mixes' ceiling), not a {a.action} one")
@@ -718,7 +735,7 @@ def main() -> None:
                 a.hidden = [256, 256]
             if a.batch_size == 128:
                 a.batch_size = 256
-        {"build": lambda: build_o2o(a.tasks, a.ratios), "sweep": lambda: sweep(a), "table": lambda: table(a),
+        {"build": lambda: build_o2o(a.tasks, a.ratios, a.bad_pools), "sweep": lambda: sweep(a), "table": lambda: table(a),
          "curves": lambda: curves(a), "datasets": lambda: datasets_table(a)}[a.action]()
         return
     if a.action == "data":

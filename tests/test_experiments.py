@@ -179,7 +179,8 @@ def test_rl_reweighting_table_pairs_samplers_by_training_seed(tmp_path):
                 "curve": curve, "wall_s": 100.0, "loadavg_before": ["1.0", "1.0", "1.0"]}
 
     rows = [rec("uniform", 0, [0.10, 0.10, 0.10]), rec("rw", 0, [0.20, 0.20, 0.26]),
-            rec("uniform", 1, [0.30, 0.30, 0.30]), rec("rw", 1, [0.20, 0.20, 0.20]), rec("rw", 2, [0.9, 0.9, 0.9])]
+            rec("uniform", 1, [0.30, 0.30, 0.30]), rec("rw", 1, [0.20, 0.20, 0.20]), rec("rw", 2, [0.9, 0.9, 0.9]),
+            {**rec("uniform", 0, [0.0, 0.0, 0.0]), "bad_pools": ["random"]}]  # another mix: a row of its own
     out = tmp_path / "docs" / "results" / "offline_to_online"
     out.mkdir(parents=True)
     (out / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -188,3 +189,4 @@ def test_rl_reweighting_table_pairs_samplers_by_training_seed(tmp_path):
     assert proc.returncode == 0, proc.stderr
     # seed 2 has no uniform run: left out of the pairing; s0: 0.22 - 0.10, s1: 0.20 - 0.30
     assert "| push_cube | td3bc | 1% | rw | s0: +0.120, s1: -0.100 | +0.010 | 1 of 2 |" in proc.stdout, proc.stdout
+    assert "| push_cube (bad: random) | td3bc | 1% | 0/50 = 0.00" in proc.stdout, proc.stdout
