@@ -394,6 +394,54 @@ def sampler_concentration(store: Any, samplers: list[str], algo: str) -> dict[st
     return out
 
 
+def composition(a: argparse.Namespace) -> None:
+    """Where each sampler's batches come from on the scaled mixes: probability mass per source pool (expert,
+    random, failing; an episode's pool is its collection seed // 1000003, see O2O_POOLS) on every built mix,
+    the issue's (random + failing bad part) and the expert + random ablation, the mass-weighted
+    mean return of the non-expert part, the effective number of episodes. Written to
+    offline_to_online/sampler_composition.json and printed as a table."""
+    from robolearn.data.store import EpisodeStore
+    from robolearn.rl.replay import transitions_from_store
+    from robolearn.rl.weighting import DEFAULT_ALPHA, transition_probs
+
+    out_rows = []
+    for task in a.tasks:
+        pools = {seed: name for name, (*_, seed) in O2O_POOLS[task].items()}
+        for ratio, bad in [(r, b) for r in a.ratios for b in (O2O_BAD, ("random",))]:
+            path = o2o_mix_path(task, ratio, bad)
+            if not _store_ok(path, mix=True):
+                print(f"{path}: not built, skipped", file=sys.stderr)
+                continue
+            st = EpisodeStore.open(path)
+            tr = transitions_from_store(st)
+            t = st.episode_table()
+            pool = np.asarray(t["seed"]) // 1_000_003
+            ret = np.asarray(t["return"], dtype=float)
+            ep_pool, ep_ret = pool[np.asarray(tr.store_episode)], ret[np.asarray(tr.store_episode)]
+            for algo in a.algos:
+                for smp in [s_ for s_ in a.samplers if s_ != GOOD_ONLY]:
+                    pr = transition_probs(smp, tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA[algo], 0.1)
+                    pe = np.bincount(tr.episode, weights=pr, minlength=len(tr.episode_return))
+                    other = ep_pool != O2O_POOLS[task]["expert"][-1]
+                    out_rows.append({"mix": path.name, "task": task, "ratio": ratio, "algo": algo, "sampler": smp,
+                                     "mass": {pools[k]: round(float(pe[ep_pool == k].sum()), 4) for k in sorted(pools)},
+                                     "non_expert_mean_return": round(float((pe[other] * ep_ret[other]).sum() / pe[other].sum()), 2),
+                                     "effective_episodes": round(float(1 / np.sum(pe ** 2)), 1)})
+    if not out_rows:
+        raise SystemExit("no mix built for these tasks / ratios")
+    path = O2O_RESULTS / "sampler_composition.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out_rows, indent=1) + "\n")
+    tmp.replace(path)
+    print("| mix | algo | sampler | mass: expert / random / failing | mean return of the non-expert mass | effective episodes |")
+    print("|---|---|---|---|---|---|")
+    for r in out_rows:
+        m = r["mass"]
+        print(f"| {r['mix']} | {r['algo']} | {r['sampler']} | {m.get('expert', 0):.3f} / {m.get('random', 0):.3f} / {m.get('failing', 0):.3f} | "
+              f"{r['non_expert_mean_return']:.1f} | {r['effective_episodes']:.1f} |")
+    print(f"\nwrote {path}")
+
+
 def _store_ok(path: Path, episodes: int | None = None, mix: bool = False) -> bool:
     """A finished build: the store opens, holds all its episodes (pools) or its `mix` attribute (written last)."""
     from robolearn.data.store import EpisodeStore
@@ -696,7 +744,7 @@ def curves(a: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["data", "grid", "report", "plot", "build", "sweep", "table", "curves", "datasets"])
+    ap.add_argument("action", choices=["data", "grid", "report", "plot", "build", "sweep", "table", "curves", "datasets", "composition"])
     ap.add_argument("--tag", help="name of a separate grid (runs/rl_study/grid_TAG, grid_results_TAG.json); default: the 1k-step study")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=sorted(set(TASKS) | set(O2O_TASKS)))
     ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
@@ -720,8 +768,8 @@ def main() -> None:
     a = ap.parse_args()
     if GOOD_ONLY in a.samplers and a.action != "sweep":
         raise SystemExit(f"--samplers {GOOD_ONLY} is a sweep run (the scaled mixes' ceiling), not a {a.action} one")
-    if a.action in ("build", "sweep", "table", "curves", "datasets"):
-        if a.action in ("build", "sweep"):
+    if a.action in ("build", "sweep", "table", "curves", "datasets", "composition"):
+        if a.action in ("build", "sweep", "composition"):
             bad = [t for t in a.tasks if t not in O2O_TASKS]
             if bad:
                 raise SystemExit(f"{a.action}: tasks must be among {', '.join(O2O_TASKS)}, got {', '.join(bad)}")
@@ -736,7 +784,7 @@ def main() -> None:
             if a.batch_size == 128:
                 a.batch_size = 256
         {"build": lambda: build_o2o(a.tasks, a.ratios, a.bad_pools), "sweep": lambda: sweep(a), "table": lambda: table(a),
-         "curves": lambda: curves(a), "datasets": lambda: datasets_table(a)}[a.action]()
+         "curves": lambda: curves(a), "datasets": lambda: datasets_table(a), "composition": lambda: composition(a)}[a.action]()
         return
     if a.action == "data":
         data()
