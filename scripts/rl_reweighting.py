@@ -382,16 +382,22 @@ def sampler_concentration(store: Any, samplers: list[str], algo: str) -> dict[st
     1 / sum p_episode^2) on `store`, i.e. how far the weighting already moves the batches onto the good
     data. The store's transitions are read once for all samplers (the slow part on a 300k mix)."""
     from robolearn.rl.replay import transitions_from_store
-    from robolearn.rl.weighting import DEFAULT_ALPHA, transition_probs
 
     tr = transitions_from_store(store)
     good = store.column("success").astype(bool)[tr.store_episode]
     out = {}
     for sampler in samplers:
-        pr = transition_probs(sampler, tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA[algo], 0.1)
-        pe = np.bincount(tr.episode, weights=pr, minlength=len(tr.episode_return))
+        pe = _episode_mass(tr, sampler, algo)
         out[sampler] = (float(pe[good].sum()), float(1 / np.sum(pe ** 2)))
     return out
+
+
+def _episode_mass(tr: Any, sampler: str, algo: str) -> np.ndarray:
+    """Probability that a batch transition comes from each episode of `tr` under `sampler` (the training alpha)."""
+    from robolearn.rl.weighting import DEFAULT_ALPHA, transition_probs
+
+    pr = transition_probs(sampler, tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA[algo], 0.1)
+    return np.bincount(tr.episode, weights=pr, minlength=len(tr.episode_return))
 
 
 def composition(a: argparse.Namespace) -> None:
@@ -402,7 +408,6 @@ def composition(a: argparse.Namespace) -> None:
     offline_to_online/sampler_composition.json and printed as a table."""
     from robolearn.data.store import EpisodeStore
     from robolearn.rl.replay import transitions_from_store
-    from robolearn.rl.weighting import DEFAULT_ALPHA, transition_probs
 
     out_rows = []
     for task in a.tasks:
@@ -418,11 +423,10 @@ def composition(a: argparse.Namespace) -> None:
             pool = np.asarray(t["seed"]) // 1_000_003
             ret = np.asarray(t["return"], dtype=float)
             ep_pool, ep_ret = pool[np.asarray(tr.store_episode)], ret[np.asarray(tr.store_episode)]
+            other = ep_pool != O2O_POOLS[task]["expert"][-1]
             for algo in a.algos:
                 for smp in [s_ for s_ in a.samplers if s_ != GOOD_ONLY]:
-                    pr = transition_probs(smp, tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA[algo], 0.1)
-                    pe = np.bincount(tr.episode, weights=pr, minlength=len(tr.episode_return))
-                    other = ep_pool != O2O_POOLS[task]["expert"][-1]
+                    pe = _episode_mass(tr, smp, algo)
                     out_rows.append({"mix": path.name, "task": task, "ratio": ratio, "algo": algo, "sampler": smp,
                                      "mass": {pools[k]: round(float(pe[ep_pool == k].sum()), 4) for k in sorted(pools)},
                                      "non_expert_mean_return": round(float((pe[other] * ep_ret[other]).sum() / pe[other].sum()), 2),
