@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -471,6 +471,28 @@ def o2o_good_path(task: str, ratio: float) -> Path:
     return O2O_DATA / f"{task}_good{ratio}.zarr"
 
 
+def _build_piece(cmd: list[str], out: Path, pool: bool, check: Callable[[Any], None] | None = None) -> None:
+    """Run one `robolearn data rollout|mix` build and append its datasets.jsonl record: the exact command,
+    size, success rate, then the return range (pools) or the `mix` attribute (mixes), wall time and load."""
+    from robolearn.data.store import EpisodeStore
+
+    load, t0 = _loadavg(), time.time()
+    _sh_checked(*cmd)
+    st = EpisodeStore.open(out)
+    if check is not None:
+        check(st)
+    rec = {"name": out.name, "command": "robolearn " + " ".join(cmd), "episodes": st.num_episodes, "steps": st.num_steps,
+           "success_rate": float(st.column("success").mean())}
+    if pool:
+        ret = st.column("return")
+        rec.update(return_mean=float(ret.mean()), return_min=float(ret.min()), return_max=float(ret.max()))
+    else:
+        rec["mix"] = st.attrs["mix"]
+    rec.update(wall_s=round(time.time() - t0, 1), loadavg_before=load,
+               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), commit=_commit())
+    _record(O2O_RESULTS / "datasets.jsonl", rec)
+
+
 def build_good_part(task: str, ratio: float) -> Path:
     """The good part of the `ratio` mix as a store of its own: `data mix` draws the good trajectories first
     from the same generator, so ratio 1 at size int(300k * ratio) with the mix's seed repeats exactly the
@@ -482,26 +504,21 @@ def build_good_part(task: str, ratio: float) -> Path:
         return out
     cmd = ["data", "mix", "--good", str(O2O_DATA / f"{task}_expert.zarr"), "--bad", str(O2O_DATA / f"{task}_random.zarr"),
            "--ratio", "1.0", "--size", str(int(O2O_MIX_SIZE * ratio)), "--seed", "0", "--out", str(out), "--overwrite"]
-    load, t0 = _loadavg(), time.time()
-    _sh_checked(*cmd)
-    st, mix = EpisodeStore.open(out), EpisodeStore.open(o2o_mix_path(task, ratio))
-    got = st.attrs["mix"]
-    seeds, mix_seeds = st.episode_table()["seed"], mix.episode_table()["seed"][:mix.attrs["mix"]["good_episodes"]]
-    if len(seeds) != len(mix_seeds) or not np.array_equal(seeds, mix_seeds):
-        raise SystemExit(f"{out}: its episodes are not the good draws of {o2o_mix_path(task, ratio)} (episode seeds differ)")
-    _record(O2O_RESULTS / "datasets.jsonl", {
-        "name": out.name, "command": "robolearn " + " ".join(cmd), "episodes": st.num_episodes, "steps": st.num_steps,
-        "success_rate": float(st.column("success").mean()), "mix": got, "wall_s": round(time.time() - t0, 1),
-        "loadavg_before": load, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit()})
+    mix = EpisodeStore.open(o2o_mix_path(task, ratio))
+    mix_seeds = mix.episode_table()["seed"][:mix.attrs["mix"]["good_episodes"]]
+
+    def same_draws(st: Any) -> None:
+        seeds = st.episode_table()["seed"]
+        if len(seeds) != len(mix_seeds) or not np.array_equal(seeds, mix_seeds):
+            raise SystemExit(f"{out}: its episodes are not the good draws of {o2o_mix_path(task, ratio)} (episode seeds differ)")
+
+    _build_piece(cmd, out, pool=False, check=same_draws)
     return out
 
 
 def build_o2o(tasks: list[str], ratios: list[float], bad: Sequence[str] = O2O_BAD) -> None:
     """Pools then mixes (bad part from the pools named in `bad`), each skipped when already complete; one
     record per piece built."""
-    from robolearn.data.store import EpisodeStore
-
-    log = O2O_RESULTS / "datasets.jsonl"
     for task in tasks:
         sets = [x for kv in O2O_SET for x in ("--set", kv)]
         for name, (policy, noise, keep, episodes, seed) in O2O_POOLS[task].items():
@@ -510,14 +527,7 @@ def build_o2o(tasks: list[str], ratios: list[float], bad: Sequence[str] = O2O_BA
                 continue
             cmd = ["data", "rollout", "--task", task, *sets, "--policy", policy, "--noise", str(noise), "--keep", keep,
                    "--episodes", str(episodes), "--num-envs", "50", "--seed", str(seed), "--out", str(out), "--overwrite"]
-            load, t0 = _loadavg(), time.time()
-            _sh_checked(*cmd)
-            st = EpisodeStore.open(out)
-            ret = st.column("return")
-            _record(log, {"name": out.name, "command": "robolearn " + " ".join(cmd), "episodes": st.num_episodes, "steps": st.num_steps,
-                          "success_rate": float(st.column("success").mean()), "return_mean": float(ret.mean()),
-                          "return_min": float(ret.min()), "return_max": float(ret.max()), "wall_s": round(time.time() - t0, 1),
-                          "loadavg_before": load, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit()})
+            _build_piece(cmd, out, pool=True)
         for r in ratios:
             out = o2o_mix_path(task, r, bad)
             if _store_ok(out, mix=True):
@@ -525,13 +535,7 @@ def build_o2o(tasks: list[str], ratios: list[float], bad: Sequence[str] = O2O_BA
             cmd = ["data", "mix", "--good", str(O2O_DATA / f"{task}_expert.zarr"), "--bad",
                    *(str(O2O_DATA / f"{task}_{b}.zarr") for b in bad), "--ratio", str(r), "--size", str(O2O_MIX_SIZE), "--seed", "0",
                    "--out", str(out), "--overwrite"]
-            load, t0 = _loadavg(), time.time()
-            _sh_checked(*cmd)
-            st = EpisodeStore.open(out)
-            _record(log, {"name": out.name, "command": "robolearn " + " ".join(cmd), "episodes": st.num_episodes, "steps": st.num_steps,
-                          "success_rate": float(st.column("success").mean()), "mix": st.attrs["mix"],
-                          "wall_s": round(time.time() - t0, 1), "loadavg_before": load,
-                          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit()})
+            _build_piece(cmd, out, pool=False)
 
 
 def _o2o_overrides(a: argparse.Namespace, algo: str, seed: int) -> list[str]:

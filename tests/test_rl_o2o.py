@@ -212,3 +212,29 @@ def test_good_only_ceiling_store_repeats_the_mix_good_draws(tmp_path, monkeypatc
         np.testing.assert_array_equal(good.get_episode(i)["action"], mix.get_episode(i)["action"])
     rec = json.loads((tmp_path / "results" / "datasets.jsonl").read_text().splitlines()[-1])
     assert rec["name"] == "pt_good0.25.zarr" and rec["episodes"] == n
+
+
+def test_build_o2o_records_each_piece_once(tmp_path, monkeypatch):
+    """scripts/rl_reweighting.py `build`: pools by vectorized rollout, then the mix; each piece appends one
+    datasets.jsonl record (pools with their return range, mixes with their `mix` attribute), and a second
+    call finds every piece complete and builds nothing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rl_reweighting", Path(__file__).resolve().parents[1] / "scripts" / "rl_reweighting.py")
+    rr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rr)
+    monkeypatch.setattr(rr, "O2O_DATA", tmp_path)
+    monkeypatch.setattr(rr, "O2O_RESULTS", tmp_path / "results")
+    monkeypatch.setattr(rr, "O2O_MIX_SIZE", 240)
+    monkeypatch.setattr(rr, "O2O_POOLS", {"push_cube": {"expert": ("expert", 0.1, "all", 3, 2), "random": ("random", 0.0, "all", 3, 1)}})
+    rr.build_o2o(["push_cube"], [0.5], bad=("random",))
+    recs = [json.loads(ln) for ln in (tmp_path / "results" / "datasets.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in recs] == ["push_cube_expert.zarr", "push_cube_random.zarr", "push_cube_mix0.5_random.zarr"]
+    expert, random_pool, mix = recs
+    assert expert["episodes"] == random_pool["episodes"] == 3 and expert["steps"] == 180
+    assert expert["return_min"] <= expert["return_mean"] <= expert["return_max"] and "mix" not in expert
+    assert expert["return_mean"] > random_pool["return_mean"]
+    assert mix["steps"] == 240 and mix["mix"]["good_episodes"] == 2 and "return_mean" not in mix
+    assert mix["command"].startswith("robolearn data mix --good") and "--ratio 0.5 --size 240" in mix["command"]
+    rr.build_o2o(["push_cube"], [0.5], bad=("random",))
+    assert len((tmp_path / "results" / "datasets.jsonl").read_text().splitlines()) == 3
