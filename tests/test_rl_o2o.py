@@ -188,18 +188,24 @@ def test_batched_evaluation_matches_sequential():
     assert [r["length"] for r in batched] == [r["length"] for r in one] == [60] * 4
 
 
-def test_good_only_ceiling_store_repeats_the_mix_good_draws(tmp_path, monkeypatch):
-    """scripts/rl_reweighting.py's ceiling trains on the mix's good part alone: the store it builds holds
-    exactly the good trajectories the mix drew (same episodes, same order), not a fresh draw."""
+def _rl_reweighting_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """scripts/rl_reweighting.py loaded as a module, its data and results folders moved under tmp_path."""
     import importlib.util
-
-    from robolearn.rl.datasets import mix_stores
 
     spec = importlib.util.spec_from_file_location("rl_reweighting", Path(__file__).resolve().parents[1] / "scripts" / "rl_reweighting.py")
     rr = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rr)
     monkeypatch.setattr(rr, "O2O_DATA", tmp_path)
     monkeypatch.setattr(rr, "O2O_RESULTS", tmp_path / "results")
+    return rr
+
+
+def test_good_only_ceiling_store_repeats_the_mix_good_draws(tmp_path, monkeypatch):
+    """scripts/rl_reweighting.py's ceiling trains on the mix's good part alone: the store it builds holds
+    exactly the good trajectories the mix drew (same episodes, same order), not a fresh draw."""
+    from robolearn.rl.datasets import mix_stores
+
+    rr = _rl_reweighting_in(tmp_path, monkeypatch)
     monkeypatch.setattr(rr, "O2O_MIX_SIZE", 400)
     for name, seed in (("expert", 1), ("random", 2), ("failing", 3)):
         point_store(tmp_path / f"pt_{name}.zarr", episodes=6, seed=seed).close()
@@ -218,13 +224,7 @@ def test_build_o2o_records_each_piece_once(tmp_path, monkeypatch):
     """scripts/rl_reweighting.py `build`: pools by vectorized rollout, then the mix; each piece appends one
     datasets.jsonl record (pools with their return range, mixes with their `mix` attribute), and a second
     call finds every piece complete and builds nothing."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("rl_reweighting", Path(__file__).resolve().parents[1] / "scripts" / "rl_reweighting.py")
-    rr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rr)
-    monkeypatch.setattr(rr, "O2O_DATA", tmp_path)
-    monkeypatch.setattr(rr, "O2O_RESULTS", tmp_path / "results")
+    rr = _rl_reweighting_in(tmp_path, monkeypatch)
     monkeypatch.setattr(rr, "O2O_MIX_SIZE", 240)
     monkeypatch.setattr(rr, "O2O_POOLS", {"push_cube": {"expert": ("expert", 0.1, "all", 3, 2), "random": ("random", 0.0, "all", 3, 1)}})
     rr.build_o2o(["push_cube"], [0.5], bad=("random",))
