@@ -493,6 +493,12 @@ def _build_piece(cmd: list[str], out: Path, pool: bool, check: Callable[[Any], N
     _record(O2O_RESULTS / "datasets.jsonl", rec)
 
 
+def _mix_cmd(task: str, bad: Sequence[str], ratio: float, size: int, out: Path) -> list[str]:
+    """`robolearn data mix` arguments for one mix of the task's expert pool with the named bad pools (mix seed 0)."""
+    return ["data", "mix", "--good", str(O2O_DATA / f"{task}_expert.zarr"), "--bad", *(str(O2O_DATA / f"{task}_{b}.zarr") for b in bad),
+            "--ratio", str(ratio), "--size", str(size), "--seed", "0", "--out", str(out), "--overwrite"]
+
+
 def build_good_part(task: str, ratio: float) -> Path:
     """The good part of the `ratio` mix as a store of its own: `data mix` draws the good trajectories first
     from the same generator, so ratio 1 at size int(300k * ratio) with the mix's seed repeats exactly the
@@ -502,8 +508,7 @@ def build_good_part(task: str, ratio: float) -> Path:
     out = o2o_good_path(task, ratio)
     if _store_ok(out, mix=True):
         return out
-    cmd = ["data", "mix", "--good", str(O2O_DATA / f"{task}_expert.zarr"), "--bad", str(O2O_DATA / f"{task}_random.zarr"),
-           "--ratio", "1.0", "--size", str(int(O2O_MIX_SIZE * ratio)), "--seed", "0", "--out", str(out), "--overwrite"]
+    cmd = _mix_cmd(task, ("random",), 1.0, int(O2O_MIX_SIZE * ratio), out)
     mix = EpisodeStore.open(o2o_mix_path(task, ratio))
     mix_seeds = mix.episode_table()["seed"][:mix.attrs["mix"]["good_episodes"]]
 
@@ -532,9 +537,7 @@ def build_o2o(tasks: list[str], ratios: list[float], bad: Sequence[str] = O2O_BA
             out = o2o_mix_path(task, r, bad)
             if _store_ok(out, mix=True):
                 continue
-            cmd = ["data", "mix", "--good", str(O2O_DATA / f"{task}_expert.zarr"), "--bad",
-                   *(str(O2O_DATA / f"{task}_{b}.zarr") for b in bad), "--ratio", str(r), "--size", str(O2O_MIX_SIZE), "--seed", "0",
-                   "--out", str(out), "--overwrite"]
+            cmd = _mix_cmd(task, bad, r, O2O_MIX_SIZE, out)
             _build_piece(cmd, out, pool=False)
 
 
