@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -702,17 +703,37 @@ def table(a: argparse.Namespace) -> None:
           f"{max(float(x['loadavg_before'][0]) for x in rows):.1f}.")
 
 
+def same_build(first: dict, later: dict) -> bool:
+    """Whether a later datasets.jsonl record of a store reproduces the first: same command (up to the
+    output path), size, success rate and `mix` draws, and the same returns up to float summation order."""
+    keys = ("episodes", "steps", "success_rate")
+    if first["command"] != later["command"] or any(first[k] != later[k] for k in keys):
+        return False
+    if ("mix" in first) != ("mix" in later) or first.get("mix") != later.get("mix"):
+        return False
+    return all(math.isclose(first[k], later[k], rel_tol=1e-9, abs_tol=1e-9)
+               for k in ("return_mean", "return_min", "return_max") if k in first or k in later)
+
+
 def datasets_table(a: argparse.Namespace) -> None:
-    """Markdown table of every pool and mix built (docs/results/offline_to_online/datasets.jsonl)."""
+    """Markdown table of every pool and mix built (docs/results/offline_to_online/datasets.jsonl): one row per
+    store, its first build; a store built again (e.g. on a fresh machine) is checked against that first
+    build and the last column says whether it came out the same."""
     rows = _read(O2O_RESULTS / "datasets.jsonl")
-    print("| store | episodes | steps | success | return mean (min, max) | expert part: draws / distinct / steps | built in (s) | load avg | date |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    by_name: dict[str, list[dict]] = {}
     for r in rows:
+        by_name.setdefault(r["name"], []).append(r)
+    print("| store | episodes | steps | success | return mean (min, max) | expert part: draws / distinct / steps | built in (s) | load avg | date "
+          "| built again: same size, success, returns? |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, recs in by_name.items():
+        r, later = recs[0], recs[1:]
         mix = r.get("mix")
         ret = f"{r['return_mean']:.1f} ({r['return_min']:.1f}, {r['return_max']:.1f})" if "return_mean" in r else "-"
         part = f"{mix['good_episodes']} / {mix['good_distinct']} / {mix['good_steps']}" if mix else "-"
-        print(f"| {r['name']} | {r['episodes']} | {r['steps']} | {r['success_rate']:.3f} | {ret} | {part} | {r['wall_s']:.0f} | "
-              f"{r['loadavg_before'][0]} | {r['date']} |")
+        again = "; ".join(f"{x['date']}: {'same' if same_build(r, x) else '**differs**'}" for x in later) or "-"
+        print(f"| {name} | {r['episodes']} | {r['steps']} | {r['success_rate']:.3f} | {ret} | {part} | {r['wall_s']:.0f} | "
+              f"{r['loadavg_before'][0]} | {r['date']} | {again} |")
 
 
 def curves(a: argparse.Namespace) -> None:

@@ -238,3 +238,25 @@ def test_build_o2o_records_each_piece_once(tmp_path, monkeypatch):
     assert mix["command"].startswith("robolearn data mix --good") and "--ratio 0.5 --size 240" in mix["command"]
     rr.build_o2o(["push_cube"], [0.5], bad=("random",))
     assert len((tmp_path / "results" / "datasets.jsonl").read_text().splitlines()) == 3
+
+
+def test_datasets_table_checks_a_rebuilt_store_against_its_first_build(tmp_path, monkeypatch, capsys):
+    """A store built again (a fresh machine rebuilds the pools) is one row, and the row says whether the
+    rebuild reproduced the first build: returns may differ in the last bits (summation order), nothing else."""
+    rr = _rl_reweighting_in(tmp_path, monkeypatch)
+    first = {"name": "pc_expert.zarr", "command": "robolearn data rollout --seed 2", "episodes": 10, "steps": 600, "success_rate": 1.0,
+             "return_mean": 43.003072006205734, "return_min": 18.8, "return_max": 55.4, "wall_s": 9.0, "loadavg_before": ["1.0"],
+             "date": "2026-12-05 03:02 UTC"}
+    same = {**first, "return_mean": 43.003072006198007, "wall_s": 5.0, "date": "2026-12-05 21:24 UTC"}
+    other = {**first, "episodes": 11, "date": "2026-12-06 01:00 UTC"}
+    mix = {"name": "pc_mix0.5.zarr", "command": "robolearn data mix --ratio 0.5", "episodes": 20, "steps": 1200, "success_rate": 0.5,
+           "mix": {"good_episodes": 10, "good_distinct": 8, "good_steps": 600}, "wall_s": 3.0, "loadavg_before": ["1.0"],
+           "date": "2026-12-05 04:00 UTC"}
+    for rec in (first, mix, same, other, {**mix, "mix": {**mix["mix"], "good_distinct": 7}, "date": "2026-12-06 02:00 UTC"}):
+        rr._record(tmp_path / "results" / "datasets.jsonl", rec)
+    rr.datasets_table(None)
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| pc_")]
+    assert len(rows) == 2
+    assert rows[0].startswith("| pc_expert.zarr | 10 |") and rows[0].endswith(
+        "2026-12-05 21:24 UTC: same; 2026-12-06 01:00 UTC: **differs** |")
+    assert rows[1].endswith("| 2026-12-06 02:00 UTC: **differs** |")
