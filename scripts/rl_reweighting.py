@@ -31,6 +31,8 @@ steps, learning curves), appending one JSON line per finished run to docs/result
     python scripts/rl_reweighting.py table --tag o2o
     python scripts/rl_reweighting.py curves --tag o2o
     python scripts/rl_reweighting.py datasets          # the pools and mixes built, from datasets.jsonl
+    python scripts/rl_reweighting.py awr-weights --tag o2o --tasks push_cube --ratios 0.5 --samplers uniform rw aw
+                                                       # where trained IQL actors put their regression weight
 """
 
 from __future__ import annotations
@@ -314,6 +316,84 @@ def plot(a: argparse.Namespace) -> None:
     fig.savefig(a.out, dpi=110)
     print(f"wrote {a.out} ({len(rows)} rows x {len(a.algos)} algos)")
 
+
+
+def awr_weight_shares(agent: Any, tr: Any, sampler_probs: np.ndarray, pool: np.ndarray, chunk: int = 50_000) -> dict[str, Any]:
+    """What a trained IQL actor regresses onto: each transition's share of the actor loss is its sampler
+    probability times its advantage weight min(exp(beta A), max). Per pool (`pool`: one label per transition):
+    the share under the sampler alone (the batches) and with the advantage weights (the regression), the
+    mean advantage, and the fraction of weights at the clip."""
+    import torch
+
+    adv, w = [], []
+    for i in range(0, len(tr.obs), chunk):
+        obs = agent.norm(torch.as_tensor(tr.obs[i:i + chunk]))
+        a_, w_ = agent.advantage_weights(obs, torch.as_tensor(tr.action[i:i + chunk]))
+        adv.append(a_.numpy())
+        w.append(w_.numpy())
+    adv, w = np.concatenate(adv).astype(float), np.concatenate(w).astype(float)
+    eff = sampler_probs * w
+    out: dict[str, Any] = {"pools": {}}
+    for name in sorted(set(pool.tolist())):
+        m = pool == name
+        out["pools"][name] = {"batch_share": round(float(sampler_probs[m].sum() / sampler_probs.sum()), 4),
+                              "actor_share": round(float(eff[m].sum() / eff.sum()), 4),
+                              "mean_advantage": round(float(adv[m].mean()), 4),
+                              "clipped": round(float(np.mean(w[m] >= agent.cfg.max_weight)), 4)}
+    out["effective_transitions"] = round(float(eff.sum() ** 2 / np.sum(eff ** 2)), 1)  # Kish: (sum w)^2 / sum w^2
+    out["transitions"] = int(len(eff))
+    return out
+
+
+def awr_weights(a: argparse.Namespace) -> None:
+    """For every IQL run of the grid whose final agent is still on disk (runs/o2o/TAG/...): where its actor's
+    regression weight lands on the mix, pool by pool (awr_weight_shares). Written to
+    offline_to_online/iql_awr_weights.json (one entry per run) and printed as a table."""
+    from robolearn.data.store import EpisodeStore
+    from robolearn.rl.algos import load_agent
+    from robolearn.rl.replay import transitions_from_store
+    from robolearn.rl.weighting import DEFAULT_ALPHA, transition_probs
+
+    recs = [r for r in _read(O2O_RESULTS / f"{a.tag}.jsonl") if r["algo"] == "iql" and r["task"] in a.tasks
+            and float(r["ratio"]) in a.ratios and r["sampler"] in a.samplers]
+    rows, mixes = [], {}
+    for r in sorted(recs, key=_o2o_key):
+        policy = Path(r["run_dir"]) / "policy"
+        if not (policy / "checkpoint.json").exists():
+            print(f"{policy}: not on this machine, skipped", file=sys.stderr)
+            continue
+        path = o2o_mix_path(r["task"], float(r["ratio"]), r.get("bad_pools", O2O_BAD))
+        if path not in mixes:
+            st = EpisodeStore.open(path)
+            tr = transitions_from_store(st)
+            pools = {seed: name for name, (*_, seed) in O2O_POOLS[r["task"]].items()}
+            ep_pool = np.asarray(st.episode_table()["seed"]) // 1_000_003
+            mixes[path] = (tr, np.array([pools[k] for k in ep_pool[np.asarray(tr.store_episode)]])[tr.episode])  # per transition
+        tr, pool = mixes[path]
+        agent, _ = load_agent(policy)
+        probs = transition_probs(r["sampler"], tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA["iql"], 0.1)
+        shares = awr_weight_shares(agent, tr, probs, pool)
+        rows.append({**{k: r[k] for k in ("task", "algo", "ratio", "sampler", "seed", "final_success")}, "mix": path.name,
+                     "beta": agent.cfg.beta, "max_weight": agent.cfg.max_weight, **shares})
+    if not rows:
+        raise SystemExit("no IQL run of these cells has its agent on disk")
+    out = O2O_RESULTS / "iql_awr_weights.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    tmp.replace(out)
+    print("| task | expert data | sampler | seed | final success | expert share: batches -> actor loss | failing | random "
+          "| mean advantage: expert / failing / random | weights at the clip: expert / failing / random | effective transitions |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for x in rows:
+        p = x["pools"]
+        def pair(k: str) -> str:
+            return f"{p[k]['batch_share']:.3f} -> {p[k]['actor_share']:.3f}" if k in p else "-"
+        print(f"| {x['task']} | {x['ratio']:.0%} | {x['sampler']} | {x['seed']} | {x['final_success']:.2f} | {pair('expert')} | "
+              f"{pair('failing')} | {pair('random')} | "
+              + " / ".join(f"{p[k]['mean_advantage']:+.3f}" if k in p else "-" for k in ("expert", "failing", "random"))
+              + " | " + " / ".join(f"{p[k]['clipped']:.3f}" if k in p else "-" for k in ("expert", "failing", "random"))
+              + f" | {x['effective_transitions']:.0f} of {x['transitions']} |")
+    print(f"\nwrote {out}")
 
 
 # ------------------------------------------------------------------------------------ papers' proportions (issue 20)
@@ -776,7 +856,8 @@ def curves(a: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["data", "grid", "report", "plot", "build", "sweep", "table", "curves", "datasets", "composition"])
+    ap.add_argument("action", choices=["data", "grid", "report", "plot", "build", "sweep", "table", "curves", "datasets", "composition",
+                                           "awr-weights"])
     ap.add_argument("--tag", help="name of a separate grid (runs/rl_study/grid_TAG, grid_results_TAG.json); default: the 1k-step study")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=sorted(set(TASKS) | set(O2O_TASKS)))
     ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
@@ -800,7 +881,7 @@ def main() -> None:
     a = ap.parse_args()
     if GOOD_ONLY in a.samplers and a.action != "sweep":
         raise SystemExit(f"--samplers {GOOD_ONLY} is a sweep run (the scaled mixes' ceiling), not a {a.action} one")
-    if a.action in ("build", "sweep", "table", "curves", "datasets", "composition"):
+    if a.action in ("build", "sweep", "table", "curves", "datasets", "composition", "awr-weights"):
         if a.action in ("build", "sweep", "composition"):
             bad = [t for t in a.tasks if t not in O2O_TASKS]
             if bad:
@@ -816,7 +897,8 @@ def main() -> None:
             if a.batch_size == 128:
                 a.batch_size = 256
         {"build": lambda: build_o2o(a.tasks, a.ratios, a.bad_pools), "sweep": lambda: sweep(a), "table": lambda: table(a),
-         "curves": lambda: curves(a), "datasets": lambda: datasets_table(a), "composition": lambda: composition(a)}[a.action]()
+         "curves": lambda: curves(a), "datasets": lambda: datasets_table(a), "composition": lambda: composition(a),
+         "awr-weights": lambda: awr_weights(a)}[a.action]()
         return
     if a.action == "data":
         data()

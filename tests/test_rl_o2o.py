@@ -260,3 +260,42 @@ def test_datasets_table_checks_a_rebuilt_store_against_its_first_build(tmp_path,
     assert rows[0].startswith("| pc_expert.zarr | 10 |") and rows[0].endswith(
         "2026-12-05 21:24 UTC: same; 2026-12-06 01:00 UTC: **differs** |")
     assert rows[1].endswith("| 2026-12-06 02:00 UTC: **differs** |")
+
+
+def test_awr_weight_shares_follow_the_iql_actor_loss(tmp_path, monkeypatch):
+    """`awr-weights` reports what the IQL actor regresses onto: per pool, the sampler's share of the batches
+    and the share of the actor loss's weight, sampler probability x min(exp(beta A), max_weight), with A
+    from the same function the update uses."""
+    import torch
+
+    from types import SimpleNamespace
+
+    from robolearn.rl.algos import algo_classes, build_agent
+
+    rr = _rl_reweighting_in(tmp_path, monkeypatch)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    n, d, k = 40, 3, 2
+    _, cfg_cls = algo_classes("iql")
+    stats = {"obs/state": {"mean": np.zeros(d, np.float32), "std": np.ones(d, np.float32),
+                           "min": -np.ones(d, np.float32), "max": np.ones(d, np.float32)}}
+    agent = build_agent("iql", cfg_cls(hidden_dims=[8, 8], beta=30.0, max_weight=5.0), d, k, stats)
+    obs, act = rng.normal(size=(n, d)).astype(np.float32), rng.uniform(-1, 1, size=(n, k)).astype(np.float32)
+    tr = SimpleNamespace(obs=obs, action=act)  # the two fields a Transitions the function reads
+    probs = rng.uniform(size=n)
+    probs /= probs.sum()
+    pool = np.array(["expert"] * 10 + ["random"] * 30)
+    x = (agent.norm(torch.as_tensor(obs)), torch.as_tensor(act))
+    with torch.no_grad():  # centre the untrained advantages on 0 so that about half the weights reach the clip
+        last = [m for m in agent.value.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.bias += agent.advantage_weights(*x)[0].median()
+    out = rr.awr_weight_shares(agent, tr, probs, pool, chunk=7)
+    adv, w = agent.advantage_weights(agent.norm(torch.as_tensor(obs)), torch.as_tensor(act))
+    w = w.numpy().astype(float)
+    assert w.max() <= 5.0 and 0 < np.mean(w == 5.0) < 1
+    eff = probs * w
+    assert out["pools"]["expert"]["batch_share"] == pytest.approx(probs[:10].sum(), abs=1e-4)
+    assert out["pools"]["expert"]["actor_share"] == pytest.approx(eff[:10].sum() / eff.sum(), abs=1e-4)
+    assert out["pools"]["random"]["clipped"] == pytest.approx(np.mean(w[10:] >= 5.0), abs=1e-4)
+    assert out["pools"]["random"]["mean_advantage"] == pytest.approx(adv.numpy()[10:].mean(), abs=1e-4)
+    assert out["transitions"] == n and 1 <= out["effective_transitions"] <= n

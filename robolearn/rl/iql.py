@@ -55,6 +55,17 @@ class IQL(Agent):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self._opt
 
+    @torch.no_grad()
+    def advantage_weights(self, obs: torch.Tensor, action: torch.Tensor,
+                          q_target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(advantage, regression weight) of dataset pairs, obs already normalized: A = min_e Q_target_e(s, a)
+        - V(s), weight = min(exp(beta A), max_weight). The actor's loss weights each pair by it; exposed so
+        that a trained agent's weighting of a dataset can be inspected (which data the actor imitates)."""
+        if q_target is None:
+            q_target = self.critic_target(obs, action).min(0).values
+        adv = q_target - self.value(obs)
+        return adv, torch.exp(self.cfg.beta * adv).clamp(max=self.cfg.max_weight)
+
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg = self.cfg
         obs, next_obs = self.norm(batch["obs"]), self.norm(batch["next_obs"])
@@ -71,8 +82,7 @@ class IQL(Agent):
 
         # 2) actor: advantage-weighted regression on dataset actions
         with torch.no_grad():
-            adv = q_target - self.value(obs)
-            weight = torch.exp(cfg.beta * adv).clamp(max=cfg.max_weight)
+            adv, weight = self.advantage_weights(obs, action, q_target)
         actor_loss = -(weight * self.actor.mean_log_prob(obs, action)).mean()
         self._opt["actor"].zero_grad(set_to_none=True)
         actor_loss.backward()
