@@ -817,41 +817,54 @@ def datasets_table(a: argparse.Namespace) -> None:
 
 
 def curves(a: argparse.Namespace) -> None:
-    """Learning curves (eval success and return vs gradient steps), one panel per (task, algo, ratio), mean over seeds."""
+    """Learning curves, mean over seeds with the min-max band: one row of panels per (task, algo), one column
+    per expert ratio; evaluation success in TAG_curves.png, evaluation return in TAG_curves_return.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = _read(O2O_RESULTS / f"{a.tag}.jsonl")
-    panels = sorted({(_task_label(x), x["algo"], float(x["ratio"])) for x in rows})
-    if not panels:
+    groups = sorted({(_task_label(x), x["algo"]) for x in rows})
+    ratios = sorted({float(x["ratio"]) for x in rows})
+    if not groups:
         raise SystemExit("no records")
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6), squeeze=False)
     colors = dict(zip((*SAMPLERS, GOOD_ONLY), ("tab:gray", "tab:blue", "tab:orange", "tab:green", "black")))
-    for j, (task, algo, ratio) in enumerate(panels):
-        for smp in (*SAMPLERS, GOOD_ONLY):
-            xs = [x for x in rows if (_task_label(x), x["algo"], float(x["ratio"]), x["sampler"]) == (task, algo, ratio, smp)]
-            if not xs:
-                continue
-            steps = [c[0] for c in xs[0]["curve"]]
-            for i, metric in enumerate((1, 2)):
-                v = np.array([[c[metric] for c in x["curve"]] for x in xs if len(x["curve"]) == len(steps)])
-                axes[i, j].plot(steps, v.mean(0), color=colors[smp], label=f"{smp} (n={len(v)})")
-                if len(v) > 1:
-                    axes[i, j].fill_between(steps, v.min(0), v.max(0), color=colors[smp], alpha=0.15, linewidth=0)
-        axes[0, j].set_title(f"{task} {algo}, {ratio:.0%} expert", fontsize=9)
-        axes[0, j].set_ylabel("eval success")
-        axes[1, j].set_ylabel("eval return")
-        axes[1, j].set_xlabel("gradient steps")
-        axes[0, j].legend(fontsize=7)
-        for i in range(2):
-            axes[i, j].grid(alpha=0.3)
-    fig.suptitle("Offline learning curves, 300k-transition mixes\n(mean over seeds, band min..max)", fontsize=9)
-    fig.tight_layout()
-    out = O2O_RESULTS / f"{a.tag}_curves.png"
-    fig.savefig(out, dpi=100)
-    print(f"wrote {out}")
+    for metric, label, suffix in ((1, "eval success", ""), (2, "eval return", "_return")):
+        fig, axes = plt.subplots(len(groups), len(ratios), figsize=(4.2 * len(ratios), 2.8 * len(groups)), squeeze=False)
+        for i, (task, algo) in enumerate(groups):
+            for j, ratio in enumerate(ratios):
+                ax = axes[i, j]
+                cell = [x for x in rows if (_task_label(x), x["algo"], float(x["ratio"])) == (task, algo, ratio)]
+                ax.set_title(f"{task} {algo}, {ratio:.0%} expert", fontsize=9)
+                if not cell:
+                    ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, color="gray")
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    continue
+                for smp in (*SAMPLERS, GOOD_ONLY):
+                    xs = [x for x in cell if x["sampler"] == smp]
+                    if not xs:
+                        continue
+                    steps = [c[0] for c in xs[0]["curve"]]
+                    v = np.array([[c[metric] for c in x["curve"]] for x in xs if len(x["curve"]) == len(steps)])
+                    ax.plot(steps, v.mean(0), color=colors[smp], label=f"{smp} (n={len(v)})")
+                    if len(v) > 1:
+                        ax.fill_between(steps, v.min(0), v.max(0), color=colors[smp], alpha=0.15, linewidth=0)
+                if metric == 1:
+                    ax.set_ylim(-0.03, 1.03)
+                ax.set_ylabel(label, fontsize=8)
+                ax.set_xlabel("gradient steps", fontsize=8)
+                ax.legend(fontsize=7)
+                ax.grid(alpha=0.3)
+        fig.suptitle(f"Offline learning curves, 300k-transition mixes: {label}\n(mean over seeds, band min..max)", fontsize=10)
+        fig.tight_layout()
+        out = O2O_RESULTS / f"{a.tag}_curves{suffix}.png"
+        tmp = out.with_name(out.stem + ".tmp.png")
+        fig.savefig(tmp, dpi=90)
+        plt.close(fig)
+        tmp.replace(out)
+        print(f"wrote {out}")
 
 
 def main() -> None:
