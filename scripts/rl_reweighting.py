@@ -485,8 +485,9 @@ def composition(a: argparse.Namespace) -> None:
     """Where each sampler's batches come from on the scaled mixes: probability mass per source pool (expert,
     random, failing; an episode's pool is its collection seed // 1000003, see O2O_POOLS) on every built mix,
     the issue's (random + failing bad part) and the expert + random ablation, the mass-weighted
-    mean return of the non-expert part, the effective number of episodes. Written to
-    offline_to_online/sampler_composition.json and printed as a table."""
+    mean return of the non-expert part, the effective number of episodes. Merged into
+    offline_to_online/sampler_composition.json (the rows of a mix that is not built on this machine stay as
+    recorded) and printed as a table."""
     from robolearn.data.store import EpisodeStore
     from robolearn.rl.replay import transitions_from_store
 
@@ -508,13 +509,20 @@ def composition(a: argparse.Namespace) -> None:
             for algo in a.algos:
                 for smp in [s_ for s_ in a.samplers if s_ != GOOD_ONLY]:
                     pe = _episode_mass(tr, smp, algo)
+                    non_expert = float(pe[other].sum())
                     out_rows.append({"mix": path.name, "task": task, "ratio": ratio, "algo": algo, "sampler": smp,
                                      "mass": {pools[k]: round(float(pe[ep_pool == k].sum()), 4) for k in sorted(pools)},
-                                     "non_expert_mean_return": round(float((pe[other] * ep_ret[other]).sum() / pe[other].sum()), 2),
+                                     "non_expert_mean_return": round(float((pe[other] * ep_ret[other]).sum() / non_expert), 2)
+                                     if non_expert > 0 else None,
                                      "effective_episodes": round(float(1 / np.sum(pe ** 2)), 1)})
     if not out_rows:
         raise SystemExit("no mix built for these tasks / ratios")
     path = O2O_RESULTS / "sampler_composition.json"
+    # rows of mixes not on this machine (or samplers not asked for) stay as they were recorded
+    new_keys = {(r["mix"], r["algo"], r["sampler"]) for r in out_rows}
+    kept = [r for r in (json.loads(path.read_text()) if path.exists() else []) if (r["mix"], r["algo"], r["sampler"]) not in new_keys]
+    out_rows = kept + out_rows
+    out_rows.sort(key=lambda r: (r["task"], r["mix"], r["algo"], SAMPLERS.index(r["sampler"])))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(out_rows, indent=1) + "\n")
     tmp.replace(path)
@@ -523,7 +531,7 @@ def composition(a: argparse.Namespace) -> None:
     for r in out_rows:
         m = r["mass"]
         print(f"| {r['mix']} | {r['algo']} | {r['sampler']} | {m.get('expert', 0):.3f} / {m.get('random', 0):.3f} / {m.get('failing', 0):.3f} | "
-              f"{r['non_expert_mean_return']:.1f} | {r['effective_episodes']:.1f} |")
+              f"{'-' if r['non_expert_mean_return'] is None else format(r['non_expert_mean_return'], '.1f')} | {r['effective_episodes']:.1f} |")
     print(f"\nwrote {path}")
 
 

@@ -299,3 +299,26 @@ def test_awr_weight_shares_follow_the_iql_actor_loss(tmp_path, monkeypatch):
     assert out["pools"]["random"]["clipped"] == pytest.approx(np.mean(w[10:] >= 5.0), abs=1e-4)
     assert out["pools"]["random"]["mean_advantage"] == pytest.approx(adv.numpy()[10:].mean(), abs=1e-4)
     assert out["transitions"] == n and 1 <= out["effective_transitions"] <= n
+
+
+def test_composition_keeps_rows_of_mixes_not_on_this_machine(tmp_path, monkeypatch, capsys):
+    """`composition` recomputes the mixes that are built here and keeps the recorded rows of the others
+    (a fresh machine holds only the mixes it rebuilt; the page cites the rest)."""
+    import argparse
+
+    rr = _rl_reweighting_in(tmp_path, monkeypatch)
+    monkeypatch.setattr(rr, "O2O_MIX_SIZE", 240)
+    monkeypatch.setattr(rr, "O2O_POOLS", {"push_cube": {"expert": ("expert", 0.1, "all", 3, 2), "random": ("random", 0.0, "all", 3, 1),
+                                                        "failing": ("expert", 1.0, "all", 3, 3)}})
+    rr.build_o2o(["push_cube"], [0.5])
+    old = {"mix": "pick_place_mix0.01.zarr", "task": "pick_place", "ratio": 0.01, "algo": "td3bc", "sampler": "rw",
+           "mass": {"expert": 0.979, "random": 0.006, "failing": 0.015}, "non_expert_mean_return": 9.1, "effective_episodes": 40.0}
+    stale = {**old, "mix": "push_cube_mix0.5.zarr", "task": "push_cube", "ratio": 0.5, "mass": {"expert": 0.0}}
+    (tmp_path / "results" / "sampler_composition.json").write_text(json.dumps([old, stale]))
+    rr.composition(argparse.Namespace(tasks=["push_cube"], ratios=[0.5], algos=["td3bc"], samplers=["uniform", "rw", "topk"]))
+    rows = json.loads((tmp_path / "results" / "sampler_composition.json").read_text())
+    assert old in rows and stale not in rows
+    here = [r for r in rows if r["mix"] == "push_cube_mix0.5.zarr"]
+    assert [r["sampler"] for r in here] == ["uniform", "rw", "topk"]
+    assert here[0]["mass"]["expert"] == pytest.approx(0.5, abs=0.01) and here[1]["mass"]["expert"] > 0.5
+    assert "| pick_place_mix0.01.zarr | td3bc | rw | 0.979" in capsys.readouterr().out
