@@ -352,7 +352,6 @@ def awr_weights(a: argparse.Namespace) -> None:
     from robolearn.data.store import EpisodeStore
     from robolearn.rl.algos import load_agent
     from robolearn.rl.replay import transitions_from_store
-    from robolearn.rl.weighting import DEFAULT_ALPHA, transition_probs
 
     recs = [r for r in _read(O2O_RESULTS / f"{a.tag}.jsonl") if r["algo"] == "iql" and r["task"] in a.tasks
             and float(r["ratio"]) in a.ratios and r["sampler"] in a.samplers]
@@ -366,13 +365,11 @@ def awr_weights(a: argparse.Namespace) -> None:
         if path not in mixes:
             st = EpisodeStore.open(path)
             tr = transitions_from_store(st)
-            pools = {seed: name for name, (*_, seed) in O2O_POOLS[r["task"]].items()}
-            ep_pool = np.asarray(st.episode_table()["seed"]) // 1_000_003
-            mixes[path] = (tr, np.array([pools[k] for k in ep_pool[np.asarray(tr.store_episode)]])[tr.episode])  # per transition
+            ep_pool = _pool_names(r["task"], np.asarray(st.episode_table()["seed"])[np.asarray(tr.store_episode)])
+            mixes[path] = (tr, ep_pool[tr.episode])  # per transition
         tr, pool = mixes[path]
         agent, _ = load_agent(policy)
-        probs = transition_probs(r["sampler"], tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA["iql"], 0.1)
-        shares = awr_weight_shares(agent, tr, probs, pool)
+        shares = awr_weight_shares(agent, tr, _sampler_probs(tr, r["sampler"], "iql"), pool)
         rows.append({**{k: r[k] for k in ("task", "algo", "ratio", "sampler", "seed", "final_success")}, "mix": path.name,
                      "beta": agent.cfg.beta, "max_weight": agent.cfg.max_weight, **shares})
     if not rows:
@@ -473,12 +470,24 @@ def sampler_concentration(store: Any, samplers: list[str], algo: str) -> dict[st
     return out
 
 
-def _episode_mass(tr: Any, sampler: str, algo: str) -> np.ndarray:
-    """Probability that a batch transition comes from each episode of `tr` under `sampler` (the training alpha)."""
+def _sampler_probs(tr: Any, sampler: str, algo: str) -> np.ndarray:
+    """Probability of each transition of `tr` in a batch under `sampler`, with the alpha (and top-10% cut)
+    the grid trains `algo` with."""
     from robolearn.rl.weighting import DEFAULT_ALPHA, transition_probs
 
-    pr = transition_probs(sampler, tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA[algo], 0.1)
-    return np.bincount(tr.episode, weights=pr, minlength=len(tr.episode_return))
+    return transition_probs(sampler, tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA[algo], 0.1)
+
+
+def _episode_mass(tr: Any, sampler: str, algo: str) -> np.ndarray:
+    """Probability that a batch transition comes from each episode of `tr` under `sampler` (the training alpha)."""
+    return np.bincount(tr.episode, weights=_sampler_probs(tr, sampler, algo), minlength=len(tr.episode_return))
+
+
+def _pool_names(task: str, seeds: Any) -> np.ndarray:
+    """Source pool ('expert', 'random', 'failing') of episodes of a `task` mix from their collection seeds:
+    pool seed * 1_000_003 + k (robolearn.rl.datasets), the pool seeds in O2O_POOLS."""
+    by_seed = {seed: name for name, (*_, seed) in O2O_POOLS[task].items()}
+    return np.array([by_seed[int(s) // 1_000_003] for s in np.asarray(seeds)])
 
 
 def composition(a: argparse.Namespace) -> None:
@@ -493,7 +502,7 @@ def composition(a: argparse.Namespace) -> None:
 
     out_rows = []
     for task in a.tasks:
-        pools = {seed: name for name, (*_, seed) in O2O_POOLS[task].items()}
+        names = sorted(O2O_POOLS[task], key=lambda n: O2O_POOLS[task][n][-1])  # by pool seed: the records' key order
         for ratio, bad in [(r, b) for r in a.ratios for b in (O2O_BAD, ("random",))]:
             path = o2o_mix_path(task, ratio, bad)
             if not _store_ok(path, mix=True):
@@ -502,16 +511,15 @@ def composition(a: argparse.Namespace) -> None:
             st = EpisodeStore.open(path)
             tr = transitions_from_store(st)
             t = st.episode_table()
-            pool = np.asarray(t["seed"]) // 1_000_003
-            ret = np.asarray(t["return"], dtype=float)
-            ep_pool, ep_ret = pool[np.asarray(tr.store_episode)], ret[np.asarray(tr.store_episode)]
-            other = ep_pool != O2O_POOLS[task]["expert"][-1]
+            ep_pool = _pool_names(task, np.asarray(t["seed"])[np.asarray(tr.store_episode)])
+            ep_ret = np.asarray(t["return"], dtype=float)[np.asarray(tr.store_episode)]
+            other = ep_pool != "expert"
             for algo in a.algos:
                 for smp in [s_ for s_ in a.samplers if s_ != GOOD_ONLY]:
                     pe = _episode_mass(tr, smp, algo)
                     non_expert = float(pe[other].sum())
                     out_rows.append({"mix": path.name, "task": task, "ratio": ratio, "algo": algo, "sampler": smp,
-                                     "mass": {pools[k]: round(float(pe[ep_pool == k].sum()), 4) for k in sorted(pools)},
+                                     "mass": {n: round(float(pe[ep_pool == n].sum()), 4) for n in names},
                                      "non_expert_mean_return": round(float((pe[other] * ep_ret[other]).sum() / non_expert), 2)
                                      if non_expert > 0 else None,
                                      "effective_episodes": round(float(1 / np.sum(pe ** 2)), 1)})

@@ -81,8 +81,7 @@ class IQL(Agent):
         self._opt["value"].step()
 
         # 2) actor: advantage-weighted regression on dataset actions
-        with torch.no_grad():
-            adv, weight = self.advantage_weights(obs, action, q_target)
+        adv, weight = self.advantage_weights(obs, action, q_target)  # no grad: the method runs under no_grad
         actor_loss = -(weight * self.actor.mean_log_prob(obs, action)).mean()
         self._opt["actor"].zero_grad(set_to_none=True)
         actor_loss.backward()
