@@ -53,6 +53,8 @@ METHODS = {  # name -> (algo, warm-up or None for the study's --warmup, retained
     "50/50 offline retention": ("sac", 0, 0.5),
 }
 SCRATCH = "SAC from scratch"  # finetune.init=scratch: random weights, the study's --warmup of random actions
+METHOD_KEYS = {"wsrl": "WSRL (warm-up, no retention)", "nowarmup": "no warm-up, no retention",
+               "retain": "50/50 offline retention", "scratch": SCRATCH}  # --methods
 RESULTS = Path("docs/results/offline_to_online")
 WORKERS = int(os.environ.get("RL_WORKERS", "2"))
 
@@ -120,10 +122,13 @@ def _one(job: tuple) -> dict:
     algo, _, retain = METHODS.get(name, ("sac", None, 0.0))
     out = _run_dir(Path(root), name, seed, warmup)
     new_study = a is not None and not (a.task == "hopper" and a.pretrain == "iql")
-    if not (out / "continual.json").exists():
+    finished_now = not (out / "continual.json").exists()
+    if finished_now:
         torch.set_num_threads(1)
         t0 = time.time()
-        ckpt = pretrain(a)
+        # In the studies on our tasks SAC from scratch sees no offline data at all (no checkpoint: random
+        # weights and an identity observation normalizer), as in the paper, so it need not wait for pre-training.
+        ckpt = None if new_study and name == SCRATCH else pretrain(a)
         extra = ["finetune.init=scratch"] if name == SCRATCH else []
         if (out / "checkpoints" / "last" / "checkpoint.json").exists():
             finetune(None, resume=out, wandb_mode="off", progress=False)
@@ -137,7 +142,7 @@ def _one(job: tuple) -> dict:
     wall = out / "wall.txt"
     rec = {"method": name, "seed": seed, "dir": str(out), "wall_s": float(wall.read_text()) if wall.exists() else None,
            **summary["metrics"]}
-    if new_study:
+    if new_study and finished_now:  # a run found finished (a resumed study) is already in the jsonl
         line = {**rec, "task": a.task, "pretrain": a.pretrain, "steps": steps, "warmup": _warmup(name, warmup),
                 "curve": [[h["step"], h["success"], h["return"]] for h in summary["history"]],
                 "grad_updates": summary.get("grad_updates"), "offline_samples": summary.get("offline_samples"),
@@ -167,10 +172,13 @@ def run(a: argparse.Namespace) -> None:
     seeds = sorted(set(a.seeds) | set(old["seeds"] if old else []))
     settings = {**budget, "seeds": seeds}
     (root / "study.json").write_text(json.dumps(settings, indent=1))
-    t0 = time.time()
-    pretrain(a)
-    print(f"pretrained in {time.time() - t0:.0f}s; study {root}: {settings}", flush=True)
     methods = [*METHODS, *([SCRATCH] if a.with_scratch else [])]
+    if a.methods:
+        methods = [METHOD_KEYS[k] for k in a.methods]
+    t0 = time.time()
+    if not (new_study and methods == [SCRATCH]):  # scratch alone can run beside the pre-training
+        pretrain(a)
+    print(f"pretrained in {time.time() - t0:.0f}s; study {root}: {settings}", flush=True)
     jobs = [(m, s, str(root), a.steps, a.warmup, a.eval_every, a) for s in a.seeds for m in methods]  # seed-major
     stop = stop_time(a.stop_at)
     print(f"{len(jobs)} jobs, {a.workers} worker(s), stop launching at {stop}", flush=True)
@@ -234,6 +242,8 @@ def main() -> None:
     ap.add_argument("--num-qs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--with-scratch", action="store_true", help="also run SAC from scratch (random weights, random-action warm-up)")
+    ap.add_argument("--methods", nargs="+", choices=list(METHOD_KEYS),
+                    help="run only these methods (e.g. `--methods scratch` in a second process while the first pre-trains)")
     a = ap.parse_args()
     run(a) if a.action == "run" else report(a)
 

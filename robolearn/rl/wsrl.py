@@ -160,6 +160,10 @@ def finetune(
         if not task:
             raise ValueError("no task: pass --task (the checkpoint records none)")
         env_kwargs = dict(meta.get("env_kwargs") or {}) if task == meta.get("task") else {}
+        if src is None and data is not None:  # from scratch on a store's task: its env settings (e.g. obs_relative)
+            store = EpisodeStore.open(data, mode="r")
+            if store.task == task:
+                env_kwargs = dict(store.env_kwargs)
     if vector and not is_own_task(task):
         raise ValueError(f"finetune.num_envs > 1 and --backend gpu|warp-cpu run robolearn tasks; {task!r} is a gymnasium "
                          "env (fine-tune it with one env on --backend cpu)")
