@@ -187,9 +187,89 @@ def run(a: argparse.Namespace) -> None:
              label=lambda job: job[:2])
 
 
+def _study_record(tag: str) -> dict:
+    """The study's settings and its pre-training curve, committed beside the runs' jsonl
+    (offline_to_online/wsrl_TAG_study.json); refreshed from runs/ when the study is on this machine."""
+    path = RESULTS / f"wsrl_{tag}_study.json"
+    root = _study_dir(tag)
+    if (root / "study.json").exists():
+        rec = {"settings": json.loads((root / "study.json").read_text())}
+        pre = root / f"pretrain_{rec['settings']['pretrain']}" / "continual.json"
+        if pre.exists():
+            summary = json.loads(pre.read_text())
+            rec["pretrain"] = {"history": summary["history"], "metrics": summary.get("metrics")}
+        if not path.exists() or json.loads(path.read_text()) != rec:
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(rec, indent=1))
+            os.replace(tmp, path)
+    if not path.exists():
+        raise SystemExit(f"no study {tag!r}: neither {root / 'study.json'} nor {path}")
+    return json.loads(path.read_text())
+
+
+def _runs_of(tag: str) -> list[dict]:
+    """The study's per-run records (offline_to_online/wsrl_TAG.jsonl), the last line per (method, seed)."""
+    runs: dict[tuple, dict] = {}
+    for line in (RESULTS / f"wsrl_{tag}.jsonl").read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            runs[(r["method"], r["seed"])] = r
+    return list(runs.values())
+
+
+def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None) -> list[str]:
+    """Markdown table of a study on our tasks plus the issue's three hypotheses, from per-run records.
+
+    Success rates pool the final evaluation over seeds (n = episodes x seeds, Wilson 95%); min-ACC is
+    checked per seed against 0.8 x the pre-trained policy's success (`pretrained`, else the run's own
+    step-0 evaluation, which for the methods that start from the checkpoint is that policy)."""
+    from robolearn.evaluation import wilson_interval
+
+    order = [*METHODS, SCRATCH]
+    by = {m: sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"]) for m in order}
+    out = ["| method | seeds | step 0 | final (pooled, 95% CI) | best | min-ACC | min-ACC step | gap depth | "
+           "time to recover | WC-ACC | runs with min-ACC >= 0.8 x pre-trained | wall/run |", "|" + "---|" * 12]
+    pooled = {}
+    ref = lambda r: pretrained if pretrained is not None else r["initial"]  # noqa: E731
+    sd = lambda rows, k: f"{np.mean([r[k] for r in rows]):.2f} ± {np.std([r[k] for r in rows]):.2f}"  # noqa: E731
+    for m in order:
+        rows = by[m]
+        if not rows:
+            continue
+        wins = sum(int(round(r["final"] * episodes)) for r in rows)
+        n = episodes * len(rows)
+        lo, hi = wilson_interval(wins, n)
+        pooled[m] = (wins / n, lo, hi)
+        kept = sum(r["min_acc"] >= 0.8 * ref(r) for r in rows)
+        ttr = [r["time_to_recover"] for r in rows]
+        wall = [r["wall_s"] for r in rows if r.get("wall_s")]
+        out.append(f"| {m} | {[r['seed'] for r in rows]} | {sd(rows, 'initial')} | {wins}/{n} = {wins / n:.2f} "
+                   f"[{lo:.2f}, {hi:.2f}] | {sd(rows, 'best')} | {sd(rows, 'min_acc')} | {[r['min_acc_step'] for r in rows]} | "
+                   f"{sd(rows, 'gap_depth')} | {ttr} | {sd(rows, 'wc_acc')} | {kept}/{len(rows)} | "
+                   f"{(f'{np.mean(wall) / 60:.0f} min' if wall else '-')} |")
+    level = "the pre-trained policy's success" + (f" ({pretrained:.2f})" if pretrained is not None else " (each run's step 0)")
+    verdicts = [f"Reference for min-ACC: {level}."]
+    w, nw, ret = list(METHODS)
+    for m, claim in ((w, "no early collapse with warm-up"), (nw, "collapse without warm-up")):
+        rows = by[m]
+        if rows:
+            kept = sum(r["min_acc"] >= 0.8 * ref(r) for r in rows)
+            holds = kept == len(rows) if m == w else kept == 0
+            verdicts.append(f"- {claim}: min-ACC >= 0.8 x reference on {kept}/{len(rows)} seeds of {m!r} -> "
+                            f"{'holds' if holds else 'does not hold'}")
+    if w in pooled and ret in pooled:
+        (pw, lw, hw), (pr, lr, hr) = pooled[w], pooled[ret]
+        verdict = ("holds" if pw >= pr else "does not hold (intervals apart)" if lr > hw
+                   else "not shown: WSRL lower, intervals overlap")
+        verdicts.append(f"- final success WSRL >= retention: {pw:.2f} [{lw:.2f}, {hw:.2f}] vs {pr:.2f} [{lr:.2f}, {hr:.2f}] -> {verdict}")
+    return out + [""] + verdicts
+
+
 def report(a: argparse.Namespace) -> None:
     from robolearn.rl.metrics import plot_curves
 
+    if a.task != "hopper" or a.pretrain != "iql" or (a.tag and (RESULTS / f"wsrl_{a.tag}.jsonl").exists()):
+        return _report_committed(a.tag)
     root = _study_dir(a.tag)
     results = json.loads((root / "results.json").read_text())
     study = root / "study.json"
@@ -221,6 +301,34 @@ def report(a: argparse.Namespace) -> None:
     plot_curves(curves, _plot_path(a.tag) if task == "hopper" else str(RESULTS / f"wsrl_{a.tag}.png"),
                 "mean return" if task == "hopper" else "success rate", f"{task} fine-tuning from {pre}, {settings['steps']} env steps, "
                 f"mean and min..max of {n_seeds} seeds", warmup=settings["warmup"])
+
+
+def _report_committed(tag: str | None) -> None:
+    """A study on our tasks, from the committed records alone: table, hypotheses and the curves plot."""
+    from robolearn.rl.metrics import plot_curves
+
+    if not tag:
+        raise SystemExit("a study on our tasks needs --tag")
+    study = _study_record(tag)
+    settings, runs = study["settings"], _runs_of(tag)
+    pre = study.get("pretrain")
+    pretrained = pre["history"][-1]["success"] if pre else None
+    if pre:
+        print(f"pre-training ({settings['pretrain']}, {settings['pretrain_steps']} steps) success by step: "
+              + " ".join(f"{h['step']}:{h['success']:.2f}" for h in pre["history"]))
+    print("\n".join(wsrl_table(runs, settings["eval_episodes"], pretrained)))
+    curves = {}
+    for m in [*METHODS, SCRATCH]:
+        rows = sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"])
+        if rows:
+            steps = [c[0] for c in rows[0]["curve"]]
+            scores = np.array([[c[1] for c in r["curve"]] for r in rows])
+            curves[m] = (steps, scores.mean(0), (scores.min(0), scores.max(0)))
+    seeds = sorted({r["seed"] for r in runs})
+    plot = plot_curves(curves, RESULTS / f"wsrl_{tag}.png", "success rate",
+                       f"{settings['task']} fine-tuning from {settings['pretrain']} (UTD {settings['utd']}, {settings['num_qs']} critics), "
+                       f"mean and min..max of seeds {seeds}", warmup=settings["warmup"], reference=pretrained)
+    print(f"plot: {plot}")
 
 
 def main() -> None:

@@ -322,3 +322,34 @@ def test_composition_keeps_rows_of_mixes_not_on_this_machine(tmp_path, monkeypat
     assert [r["sampler"] for r in here] == ["uniform", "rw", "topk"]
     assert here[0]["mass"]["expert"] == pytest.approx(0.5, abs=0.01) and here[1]["mass"]["expert"] > 0.5
     assert "| pick_place_mix0.01.zarr | td3bc | rw | 0.979" in capsys.readouterr().out
+
+
+def test_wsrl_table_pools_final_success_and_checks_the_hypotheses(tmp_path, monkeypatch):
+    """scripts/wsrl_finetune.py's table for a study on our tasks: final success pooled over seeds with a
+    Wilson interval, min-ACC checked per seed against 0.8 x the pre-trained level, and a re-run's
+    record replacing the earlier line of the same (method, seed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("wsrl_finetune", Path(__file__).resolve().parents[1] / "scripts" / "wsrl_finetune.py")
+    wf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wf)
+    monkeypatch.setattr(wf, "RESULTS", tmp_path)
+    wsrl, nowarm, retain = list(wf.METHODS)
+
+    def rec(method, seed, initial, min_acc, final):
+        return {"method": method, "seed": seed, "initial": initial, "final": final, "best": max(initial, final),
+                "min_acc": min_acc, "min_acc_step": 5000, "gap_depth": max(0.0, initial - min_acc), "time_to_recover": None,
+                "wc_acc": 0.5 * final + 0.5 * min_acc, "wall_s": 600.0, "curve": [[0, initial, 1.0], [2500, final, 2.0]]}
+
+    lines = [rec(wsrl, s, 0.5, 0.45, 0.6) for s in range(3)] + [rec(nowarm, s, 0.5, 0.1, 0.3) for s in range(3)]
+    lines += [rec(retain, s, 0.5, 0.3, 0.9) for s in range(3)] + [rec(wsrl, 2, 0.5, 0.2, 0.6)]  # seed 2 re-run: collapses
+    (tmp_path / "wsrl_t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    runs = wf._runs_of("t")
+    assert len(runs) == 9 and next(r for r in runs if r["method"] == wsrl and r["seed"] == 2)["min_acc"] == 0.2
+    text = "\n".join(wf.wsrl_table(runs, episodes=50, pretrained=0.5))
+    assert "90/150 = 0.60" in text and "135/150 = 0.90" in text  # pooled over 3 seeds x 50 episodes
+    assert "on 2/3 seeds of 'WSRL (warm-up, no retention)' -> does not hold" in text
+    assert "on 0/3 seeds of 'no warm-up, no retention' -> holds" in text
+    assert "WSRL >= retention: 0.60" in text and "does not hold (intervals apart)" in text
+    # without a pre-training record each run's own step-0 level is the reference
+    assert "Reference for min-ACC: the pre-trained policy's success (each run's step 0)" in "\n".join(wf.wsrl_table(runs, 50, None))
