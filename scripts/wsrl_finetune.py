@@ -73,7 +73,12 @@ def _ft_overrides(steps: int, eval_every: int, a: argparse.Namespace | None = No
                 f"finetune.eval_episodes={EVAL_EPISODES}", "finetune.log_every=500", f"finetune.save_every={steps}"]
     return [f"agent.utd={a.utd}", f"agent.num_qs={a.num_qs}", "agent.num_min_qs=2", f"finetune.batch_size={a.batch_size}",
             f"finetune.eval_every={eval_every}", f"finetune.eval_episodes={a.eval_episodes}", "finetune.eval_num_envs=25",
-            f"finetune.log_every={eval_every}", f"finetune.save_every={min(steps, 10 * eval_every)}"]
+            f"finetune.log_every={eval_every}", f"finetune.save_every={min(steps, 10 * eval_every)}", *(a.agent_set or [])]
+
+
+def _pretrain_dir(tag: str | None, pretrain_algo: str, pretrain_from: str | None = None) -> Path:
+    """Where a study's offline checkpoint lives: its own folder, or that of the study named by --pretrain-from."""
+    return _study_dir(pretrain_from or tag) / f"pretrain_{pretrain_algo}"
 
 
 def pretrain(a: argparse.Namespace | None = None) -> Path:
@@ -88,7 +93,9 @@ def pretrain(a: argparse.Namespace | None = None) -> Path:
                 "agent.value_lr=0.001", "train.steps=3000", "train.batch_size=128", "train.eval_every=3000",
                 "train.eval_episodes=5", "train.log_every=1000", "train.save_every=3000"])
         return out / "policy"
-    out = _study_dir(a.tag) / f"pretrain_{a.pretrain}"
+    out = _pretrain_dir(a.tag, a.pretrain, a.pretrain_from)
+    if a.pretrain_from and not (out / "policy" / "checkpoint.json").exists():
+        raise SystemExit(f"--pretrain-from {a.pretrain_from}: {out} holds no finished pre-training")
     if (out / "checkpoints" / "last" / "checkpoint.json").exists() and not (out / "policy" / "checkpoint.json").exists():
         train_offline(a.pretrain, None, resume=out, wandb_mode="off", progress=False)
     elif not (out / "policy" / "checkpoint.json").exists():
@@ -146,6 +153,7 @@ def _one(job: tuple) -> dict:
         line = {**rec, "task": a.task, "pretrain": a.pretrain, "steps": steps, "warmup": _warmup(name, warmup),
                 "curve": [[h["step"], h["success"], h["return"]] for h in summary["history"]],
                 "grad_updates": summary.get("grad_updates"), "offline_samples": summary.get("offline_samples"),
+                **({"agent_set": a.agent_set} if a.agent_set else {}),
                 "loadavg": Path("/proc/loadavg").read_text().split()[:3], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         RESULTS.mkdir(parents=True, exist_ok=True)
         with (RESULTS / f"wsrl_{a.tag}.jsonl").open("a") as f:
@@ -163,6 +171,8 @@ def run(a: argparse.Namespace) -> None:
     if new_study:
         budget.update(task=a.task, pretrain=a.pretrain, data=a.data, utd=a.utd, num_qs=a.num_qs, batch_size=a.batch_size,
                       pretrain_steps=a.pretrain_steps)
+        if a.agent_set or a.pretrain_from:  # only when given, so that earlier studies' settings still match
+            budget.update(agent_set=a.agent_set or [], pretrain_from=a.pretrain_from)
     if not a.tag and budget != {"steps": STEPS, "warmup": WARMUP, "eval_every": EVAL_EVERY, "eval_episodes": EVAL_EPISODES}:
         raise SystemExit("a budget other than the 3k-step study's needs --tag (run directories do not encode the budget)")
     old = json.loads((root / "study.json").read_text()) if (root / "study.json").exists() else None
@@ -194,7 +204,8 @@ def _study_record(tag: str) -> dict:
     root = _study_dir(tag)
     if (root / "study.json").exists():
         rec = {"settings": json.loads((root / "study.json").read_text())}
-        pre = root / f"pretrain_{rec['settings']['pretrain']}" / "continual.json"
+        st = rec["settings"]
+        pre = _pretrain_dir(tag, st["pretrain"], st.get("pretrain_from")) / "continual.json"
         if pre.exists():
             summary = json.loads(pre.read_text())
             rec["pretrain"] = {"history": summary["history"], "metrics": summary.get("metrics")}
@@ -325,8 +336,9 @@ def _report_committed(tag: str | None) -> None:
             scores = np.array([[c[1] for c in r["curve"]] for r in rows])
             curves[m] = (steps, scores.mean(0), (scores.min(0), scores.max(0)))
     seeds = sorted({r["seed"] for r in runs})
+    extra = f", {' '.join(settings['agent_set'])}" if settings.get("agent_set") else ""
     plot = plot_curves(curves, RESULTS / f"wsrl_{tag}.png", "success rate",
-                       f"{settings['task']} fine-tuning from {settings['pretrain']} (UTD {settings['utd']}, {settings['num_qs']} critics), "
+                       f"{settings['task']} fine-tuning from {settings['pretrain']} (UTD {settings['utd']}, {settings['num_qs']} critics{extra}), "
                        f"mean and min..max of seeds {seeds}", warmup=settings["warmup"], reference=pretrained)
     print(f"plot: {plot}")
 
@@ -350,6 +362,9 @@ def main() -> None:
     ap.add_argument("--num-qs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--with-scratch", action="store_true", help="also run SAC from scratch (random weights, random-action warm-up)")
+    ap.add_argument("--agent-set", nargs="+", metavar="KEY=VALUE",
+                    help="extra fine-tuning overrides for every method, e.g. agent.actor_q=min (recorded in the study)")
+    ap.add_argument("--pretrain-from", metavar="TAG", help="start from the finished pre-training of study TAG instead of pre-training again")
     ap.add_argument("--methods", nargs="+", choices=list(METHOD_KEYS),
                     help="run only these methods (e.g. `--methods scratch` in a second process while the first pre-trains)")
     a = ap.parse_args()

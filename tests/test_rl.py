@@ -348,3 +348,22 @@ def test_checkpoint_evaluates_with_robolearn_eval(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--episodes", "2", "--num-envs", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 2 and report["task"] == "push_cube"
+
+
+def test_sac_actor_maximises_the_ensemble_mean_or_its_min():
+    """`agent.actor_q`: the actor's objective is the critics' mean (REDQ, default) or their min (WSRL's
+    reference code); with the same draws the two losses differ by exactly mean(Q) - min(Q)."""
+    from robolearn.config import ConfigError
+    from robolearn.rl.agent import state_stats
+    from robolearn.rl.sac import SAC, SACConfig
+
+    losses = {}
+    for kind in ("mean", "min"):
+        torch.manual_seed(0)
+        agent = SAC(SACConfig(hidden_dims=[8], num_qs=2, actor_q=kind), 3, 2, state_stats(None, 3))
+        agent.critic.forward = lambda obs, action: torch.stack([action.sum(-1) * 0 + 1.0, action.sum(-1) * 0 + 4.0])
+        torch.manual_seed(1)
+        losses[kind] = agent.actor_and_temperature_step(torch.zeros(5, 3))["actor_loss"]
+    assert losses["min"] - losses["mean"] == pytest.approx(2.5 - 1.0)
+    with pytest.raises(ConfigError, match="actor_q"):
+        SACConfig(actor_q="max")

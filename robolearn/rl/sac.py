@@ -4,6 +4,7 @@
                          a' ~ pi(s'), M a random subset of `num_min_qs` of the `num_qs` target critics,
                          alpha_b = alpha if `backup_entropy` else 0
   actor (once per step): minimise alpha log pi(a|s) - mean_e Q_e(s, a),  a ~ pi(s)
+                         (`actor_q: min`: min_e Q_e instead of the mean, as WSRL's reference code does)
   temperature:           minimise -log_alpha (log pi(a|s) + target_entropy)
 LayerNorm critics and a high update-to-data ratio (`update(batches)` takes UTD batches: each
 trains the critics, the last one also the actor and temperature) are what WSRL fine-tunes with.
@@ -31,9 +32,12 @@ class SACConfig(AgentConfig):
     target_entropy: float | None = None  # default -action_dim
     backup_entropy: bool = True
     utd: int = 4
+    actor_q: str = "mean"  # the actor maximises the ensemble's mean (REDQ) or its min (more pessimistic)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.actor_q not in ("mean", "min"):
+            raise ConfigError(f"agent.actor_q must be mean or min, got {self.actor_q!r}")
         if not 1 <= self.num_min_qs <= self.num_qs:
             raise ConfigError(f"agent.num_min_qs must be in [1, num_qs={self.num_qs}], got {self.num_min_qs}")
         if self.init_temperature <= 0:
@@ -89,7 +93,8 @@ class SAC(Agent):
 
     def actor_and_temperature_step(self, obs: torch.Tensor) -> dict[str, float]:
         action, logp = self.actor.sample(obs)
-        q_pi = self.critic(obs, action).mean(0)
+        qs = self.critic(obs, action)
+        q_pi = qs.min(0).values if self.cfg.actor_q == "min" else qs.mean(0)
         actor_loss = (self.alpha * logp - q_pi).mean()
         self._opt["actor"].zero_grad(set_to_none=True)
         actor_loss.backward()
