@@ -314,6 +314,35 @@ def report(a: argparse.Namespace) -> None:
                 f"mean and min..max of {n_seeds} seeds", warmup=settings["warmup"])
 
 
+TRAINING_KEYS = ("td_loss", "q_mean", "actor_loss", "temperature", "entropy", "train_episode_return", "grad_updates")
+
+
+def training_stats(a: argparse.Namespace) -> None:
+    """What the learners did around the switch to online updates, per run: the logged training
+    statistics (critic TD loss, mean Q, temperature, entropy, ...) from each run's metrics.jsonl and the
+    pre-training's last log, into offline_to_online/wsrl_TAG_training.json (needs the runs' folders)."""
+    root = _study_dir(a.tag)
+    settings = json.loads((root / "study.json").read_text())
+    out: dict = {"settings": settings, "runs": []}
+    pre = _pretrain_dir(a.tag, settings["pretrain"], settings.get("pretrain_from")) / "metrics.jsonl"
+    if pre.exists():
+        rows = [json.loads(line) for line in pre.read_text().splitlines() if line.strip()]
+        out["pretrain_last_log"] = next(r for r in reversed(rows) if "q_mean" in r)
+    for run in sorted(root.glob("*_s[0-9]*")):
+        metrics = run / "metrics.jsonl"
+        if not (run / "continual.json").exists() or not metrics.exists():
+            continue  # unfinished
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        out["runs"].append({"dir": run.name, "log": [{"step": r["step"], **{k: r[k] for k in TRAINING_KEYS if k in r},
+                                                      **({"eval_success": r["eval_success"]} if "eval_success" in r else {})}
+                                                     for r in rows]})
+    path = RESULTS / f"wsrl_{a.tag}_training.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, path)
+    print(f"wrote {path}: {len(out['runs'])} finished runs")
+
+
 def _report_committed(tag: str | None) -> None:
     """A study on our tasks, from the committed records alone: table, hypotheses and the curves plot."""
     from robolearn.rl.metrics import plot_curves
@@ -345,7 +374,7 @@ def _report_committed(tag: str | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["run", "report"])
+    ap.add_argument("action", choices=["run", "report", "training-stats"])
     ap.add_argument("--tag", help="separate study (runs/rl_study/wsrl_TAG, docs/results/wsrl_hopper_TAG.png); default: the 3k-step study")
     ap.add_argument("--steps", type=int, default=STEPS, help="online env steps per run, warm-up included")
     ap.add_argument("--warmup", type=int, default=WARMUP, help="WSRL warm-up env steps (no updates)")
@@ -368,7 +397,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", choices=list(METHOD_KEYS),
                     help="run only these methods (e.g. `--methods scratch` in a second process while the first pre-trains)")
     a = ap.parse_args()
-    run(a) if a.action == "run" else report(a)
+    {"run": run, "report": report, "training-stats": training_stats}[a.action](a)
 
 
 if __name__ == "__main__":

@@ -353,3 +353,32 @@ def test_wsrl_table_pools_final_success_and_checks_the_hypotheses(tmp_path, monk
     assert "WSRL >= retention: 0.60" in text and "does not hold (intervals apart)" in text
     # without a pre-training record each run's own step-0 level is the reference
     assert "Reference for min-ACC: the pre-trained policy's success (each run's step 0)" in "\n".join(wf.wsrl_table(runs, 50, None))
+
+
+def test_wsrl_training_stats_keep_finished_runs_logs(tmp_path, monkeypatch):
+    """`wsrl_finetune.py training-stats` commits each finished run's logged learner statistics and the
+    pre-training's last log; an unfinished run (no continual.json) is left out."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("wsrl_finetune", Path(__file__).resolve().parents[1] / "scripts" / "wsrl_finetune.py")
+    wf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wf)
+    monkeypatch.setattr(wf, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(wf, "BASE", tmp_path / "rl_study" / "wsrl")
+    (tmp_path / "results").mkdir()
+    root = tmp_path / "rl_study" / "wsrl_t"
+    (root / "pretrain_calql").mkdir(parents=True)
+    (root / "study.json").write_text(json.dumps({"pretrain": "calql", "steps": 10}))
+    (root / "pretrain_calql" / "metrics.jsonl").write_text(json.dumps({"step": 5, "q_mean": 7.0}) + "\n" + json.dumps({"step": 5, "eval_success": 0.5}) + "\n")
+    for name, done in (("wsrl_w5_r0.0_s0", True), ("sac_w0_r0.0_s0", False)):
+        (root / name).mkdir()
+        (root / name / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval_success": 0.5}) + "\n"
+                                                   + json.dumps({"step": 5, "td_loss": 1.0, "q_mean": 9.0, "lr": 3e-4}) + "\n")
+        if done:
+            (root / name / "continual.json").write_text("{}")
+    wf.training_stats(argparse.Namespace(tag="t"))
+    out = json.loads((tmp_path / "results" / "wsrl_t_training.json").read_text())
+    assert out["pretrain_last_log"] == {"step": 5, "q_mean": 7.0}
+    assert [r["dir"] for r in out["runs"]] == ["wsrl_w5_r0.0_s0"]
+    assert out["runs"][0]["log"] == [{"step": 0, "eval_success": 0.5}, {"step": 5, "td_loss": 1.0, "q_mean": 9.0}]
