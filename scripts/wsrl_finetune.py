@@ -53,8 +53,7 @@ METHODS = {  # name -> (algo, warm-up or None for the study's --warmup, retained
     "50/50 offline retention": ("sac", 0, 0.5),
 }
 SCRATCH = "SAC from scratch"  # finetune.init=scratch: random weights, the study's --warmup of random actions
-METHOD_KEYS = {"wsrl": "WSRL (warm-up, no retention)", "nowarmup": "no warm-up, no retention",
-               "retain": "50/50 offline retention", "scratch": SCRATCH}  # --methods
+METHOD_KEYS = {**dict(zip(("wsrl", "nowarmup", "retain"), METHODS)), "scratch": SCRATCH}  # --methods
 RESULTS = Path("docs/results/offline_to_online")
 WORKERS = int(os.environ.get("RL_WORKERS", "2"))
 
@@ -218,14 +217,13 @@ def _study_record(tag: str) -> dict:
     return json.loads(path.read_text())
 
 
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _runs_of(tag: str) -> list[dict]:
     """The study's per-run records (offline_to_online/wsrl_TAG.jsonl), the last line per (method, seed)."""
-    runs: dict[tuple, dict] = {}
-    for line in (RESULTS / f"wsrl_{tag}.jsonl").read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            runs[(r["method"], r["seed"])] = r
-    return list(runs.values())
+    return list({(r["method"], r["seed"]): r for r in _jsonl(RESULTS / f"wsrl_{tag}.jsonl")}.values())
 
 
 def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None) -> list[str]:
@@ -240,7 +238,7 @@ def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None) -> lis
     by = {m: sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"]) for m in order}
     out = ["| method | seeds | step 0 | final (pooled, 95% CI) | best | min-ACC | min-ACC step | gap depth | "
            "time to recover | WC-ACC | runs with min-ACC >= 0.8 x pre-trained | wall/run |", "|" + "---|" * 12]
-    pooled = {}
+    pooled, kept = {}, {}  # per method: (rate, lo, hi); seeds with min-ACC >= 0.8 x reference
     ref = lambda r: pretrained if pretrained is not None else r["initial"]  # noqa: E731
     sd = lambda rows, k: f"{np.mean([r[k] for r in rows]):.2f} ± {np.std([r[k] for r in rows]):.2f}"  # noqa: E731
     for m in order:
@@ -251,22 +249,21 @@ def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None) -> lis
         n = episodes * len(rows)
         lo, hi = wilson_interval(wins, n)
         pooled[m] = (wins / n, lo, hi)
-        kept = sum(r["min_acc"] >= 0.8 * ref(r) for r in rows)
+        kept[m] = sum(r["min_acc"] >= 0.8 * ref(r) for r in rows)
         ttr = [r["time_to_recover"] for r in rows]
         wall = [r["wall_s"] for r in rows if r.get("wall_s")]
         out.append(f"| {m} | {[r['seed'] for r in rows]} | {sd(rows, 'initial')} | {wins}/{n} = {wins / n:.2f} "
                    f"[{lo:.2f}, {hi:.2f}] | {sd(rows, 'best')} | {sd(rows, 'min_acc')} | {[r['min_acc_step'] for r in rows]} | "
-                   f"{sd(rows, 'gap_depth')} | {ttr} | {sd(rows, 'wc_acc')} | {kept}/{len(rows)} | "
+                   f"{sd(rows, 'gap_depth')} | {ttr} | {sd(rows, 'wc_acc')} | {kept[m]}/{len(rows)} | "
                    f"{(f'{np.mean(wall) / 60:.0f} min' if wall else '-')} |")
     level = "the pre-trained policy's success" + (f" ({pretrained:.2f})" if pretrained is not None else " (each run's step 0)")
     verdicts = [f"Reference for min-ACC: {level}."]
     w, nw, ret = list(METHODS)
     for m, claim in ((w, "no early collapse with warm-up"), (nw, "collapse without warm-up")):
-        rows = by[m]
-        if rows:
-            kept = sum(r["min_acc"] >= 0.8 * ref(r) for r in rows)
-            holds = kept == len(rows) if m == w else kept == 0
-            verdicts.append(f"- {claim}: min-ACC >= 0.8 x reference on {kept}/{len(rows)} seeds of {m!r} -> "
+        if m in kept:
+            n_seeds = len(by[m])
+            holds = kept[m] == n_seeds if m == w else kept[m] == 0
+            verdicts.append(f"- {claim}: min-ACC >= 0.8 x reference on {kept[m]}/{n_seeds} seeds of {m!r} -> "
                             f"{'holds' if holds else 'does not hold'}")
     if w in pooled and ret in pooled:
         (pw, lw, hw), (pr, lr, hr) = pooled[w], pooled[ret]
@@ -326,16 +323,14 @@ def training_stats(a: argparse.Namespace) -> None:
     out: dict = {"settings": settings, "runs": []}
     pre = _pretrain_dir(a.tag, settings["pretrain"], settings.get("pretrain_from")) / "metrics.jsonl"
     if pre.exists():
-        rows = [json.loads(line) for line in pre.read_text().splitlines() if line.strip()]
-        out["pretrain_last_log"] = next(r for r in reversed(rows) if "q_mean" in r)
+        out["pretrain_last_log"] = next(r for r in reversed(_jsonl(pre)) if "q_mean" in r)
     for run in sorted(root.glob("*_s[0-9]*")):
         metrics = run / "metrics.jsonl"
         if not (run / "continual.json").exists() or not metrics.exists():
             continue  # unfinished
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         out["runs"].append({"dir": run.name, "log": [{"step": r["step"], **{k: r[k] for k in TRAINING_KEYS if k in r},
                                                       **({"eval_success": r["eval_success"]} if "eval_success" in r else {})}
-                                                     for r in rows]})
+                                                     for r in _jsonl(metrics)]})
     path = RESULTS / f"wsrl_{a.tag}_training.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(out, indent=1))

@@ -324,15 +324,21 @@ def test_composition_keeps_rows_of_mixes_not_on_this_machine(tmp_path, monkeypat
     assert "| pick_place_mix0.01.zarr | td3bc | rw | 0.979" in capsys.readouterr().out
 
 
-def test_wsrl_table_pools_final_success_and_checks_the_hypotheses(tmp_path, monkeypatch):
-    """scripts/wsrl_finetune.py's table for a study on our tasks: final success pooled over seeds with a
-    Wilson interval, min-ACC checked per seed against 0.8 x the pre-trained level, and a re-run's
-    record replacing the earlier line of the same (method, seed)."""
+def _wsrl_finetune():
+    """scripts/wsrl_finetune.py loaded as a module."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("wsrl_finetune", Path(__file__).resolve().parents[1] / "scripts" / "wsrl_finetune.py")
     wf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(wf)
+    return wf
+
+
+def test_wsrl_table_pools_final_success_and_checks_the_hypotheses(tmp_path, monkeypatch):
+    """scripts/wsrl_finetune.py's table for a study on our tasks: final success pooled over seeds with a
+    Wilson interval, min-ACC checked per seed against 0.8 x the pre-trained level, and a re-run's
+    record replacing the earlier line of the same (method, seed)."""
+    wf = _wsrl_finetune()
     monkeypatch.setattr(wf, "RESULTS", tmp_path)
     wsrl, nowarm, retain = list(wf.METHODS)
 
@@ -359,11 +365,8 @@ def test_wsrl_training_stats_keep_finished_runs_logs(tmp_path, monkeypatch):
     """`wsrl_finetune.py training-stats` commits each finished run's logged learner statistics and the
     pre-training's last log; an unfinished run (no continual.json) is left out."""
     import argparse
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("wsrl_finetune", Path(__file__).resolve().parents[1] / "scripts" / "wsrl_finetune.py")
-    wf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wf)
+    wf = _wsrl_finetune()
     monkeypatch.setattr(wf, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(wf, "BASE", tmp_path / "rl_study" / "wsrl")
     (tmp_path / "results").mkdir()
