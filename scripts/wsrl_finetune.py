@@ -75,6 +75,14 @@ def _ft_overrides(steps: int, eval_every: int, a: argparse.Namespace | None = No
             f"finetune.log_every={eval_every}", f"finetune.save_every={min(steps, 10 * eval_every)}", *(a.agent_set or [])]
 
 
+REWARD_KEYS = ("agent.reward_scale", "agent.reward_bias")
+
+
+def _reward_overrides(a: argparse.Namespace) -> list[str]:
+    """The --agent-set entries that change the reward: pre-training must see the same reward as fine-tuning."""
+    return [kv for kv in (a.agent_set or []) if kv.split("=", 1)[0] in REWARD_KEYS]
+
+
 def _pretrain_dir(tag: str | None, pretrain_algo: str, pretrain_from: str | None = None) -> Path:
     """Where a study's offline checkpoint lives: its own folder, or that of the study named by --pretrain-from."""
     return _study_dir(pretrain_from or tag) / f"pretrain_{pretrain_algo}"
@@ -103,6 +111,7 @@ def pretrain(a: argparse.Namespace | None = None) -> Path:
               f"train.log_every={max(1, a.pretrain_steps // 10)}", f"train.batch_size={a.batch_size}"]
         if a.pretrain in ("cql", "calql"):
             ov.append(f"agent.num_qs={a.num_qs}")  # SAC takes the whole ensemble over
+        ov.extend(_reward_overrides(a))
         train_offline(a.pretrain, a.data, task=a.task, out=out, wandb_mode="off", progress=False, overrides=ov)
     return out / "policy"
 
@@ -387,7 +396,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--with-scratch", action="store_true", help="also run SAC from scratch (random weights, random-action warm-up)")
     ap.add_argument("--agent-set", nargs="+", metavar="KEY=VALUE",
-                    help="extra fine-tuning overrides for every method, e.g. agent.actor_q=min (recorded in the study)")
+                    help="extra fine-tuning overrides for every method, e.g. agent.actor_q=min (recorded in the study); "
+                         "agent.reward_scale / agent.reward_bias also apply to the pre-training")
     ap.add_argument("--pretrain-from", metavar="TAG", help="start from the finished pre-training of study TAG instead of pre-training again")
     ap.add_argument("--methods", nargs="+", choices=list(METHOD_KEYS),
                     help="run only these methods (e.g. `--methods scratch` in a second process while the first pre-trains)")

@@ -100,6 +100,7 @@ def finetune(
     from tqdm import tqdm
 
     from robolearn.checkpoint import CheckpointError, load_tensors
+    from robolearn.config import parse_overrides
     from robolearn.data.store import EpisodeStore
     from robolearn.rl.agent import state_stats
     from robolearn.rl.algos import FINETUNE_ALGOS, build_agent, load_agent, load_resume, load_run_config, open_run, save_agent
@@ -180,6 +181,11 @@ def finetune(
             acfg = dataclasses.replace(acfg, hidden_dims=list(s.hidden_dims), activation=s.activation,
                                        critic_layer_norm=s.critic_layer_norm, actor_layer_norm=s.actor_layer_norm,
                                        obs_norm=s.obs_norm, reward_scale=s.reward_scale, reward_bias=s.reward_bias)
+            asked = parse_overrides(overrides).get("agent", {})
+            for key in ("reward_scale", "reward_bias"):  # an explicit override the checkpoint contradicts is an error
+                if key in asked and float(getattr(cfg.agent, key)) != float(getattr(s, key)):
+                    raise ValueError(f"agent.{key}={getattr(cfg.agent, key)} differs from the pre-trained agent's "
+                                     f"{getattr(s, key)}: its critics were trained on that reward; pre-train with it instead")
             if (src.obs_dim, src.action_dim) != (env.obs_dim, env.action_dim):
                 raise ValueError(f"checkpoint dims (obs {src.obs_dim}, action {src.action_dim}) do not fit task {task!r} "
                                  f"(obs {env.obs_dim}, action {env.action_dim})")
