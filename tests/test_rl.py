@@ -287,6 +287,25 @@ def test_wsrl_warmup_no_updates_no_offline_data(point_data, tmp_path, point_env)
     assert (run / "continual.png").is_file()
 
 
+def test_finetune_refuses_a_reward_transform_the_checkpoint_was_not_trained_on(point_data, tmp_path, point_env):
+    """The critics of a pre-trained agent estimate returns of its reward transform: an explicit
+    agent.reward_bias that differs is an error before any env step, the same value is accepted."""
+    from robolearn.rl.offline import train_offline
+    from robolearn.rl.wsrl import finetune
+
+    ckpt = train_offline("iql", point_data, out=tmp_path / "iql", wandb_mode="off", progress=False,
+                         overrides=["agent.hidden_dims=[16,16]", "train.steps=5", "train.batch_size=16", "train.eval_episodes=0",
+                                    "agent.reward_bias=-1"])
+    ov = ["finetune.batch_size=8", "finetune.eval_every=10", "finetune.eval_episodes=1", "finetune.log_every=10"]
+    with pytest.raises(ValueError, match="agent.reward_bias=0.0 differs from the pre-trained agent's -1.0"):
+        finetune(ckpt, task="point", algo="sac", steps=10, overrides=[*ov, "agent.reward_bias=0"], out=tmp_path / "bad",
+                 wandb_mode="off", progress=False)
+    assert not (tmp_path / "bad").exists()
+    run = finetune(ckpt, task="point", algo="sac", steps=10, overrides=[*ov, "agent.reward_bias=-1"], out=tmp_path / "ok",
+                   wandb_mode="off", progress=False)
+    assert (run / "continual.json").is_file()
+
+
 @pytest.mark.parametrize("algo, extra", [("wsrl", ["finetune.warmup=30"]),  # warm-up with the pre-trained policy
                                          # 50/50 retention, from scratch with a random-action warm-up
                                          ("sac", ["finetune.retain_offline=0.5", "finetune.init=scratch", "finetune.warmup=30",

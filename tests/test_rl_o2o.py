@@ -385,3 +385,21 @@ def test_wsrl_training_stats_keep_finished_runs_logs(tmp_path, monkeypatch):
     assert out["pretrain_last_log"] == {"step": 5, "q_mean": 7.0}
     assert [r["dir"] for r in out["runs"]] == ["wsrl_w5_r0.0_s0"]
     assert out["runs"][0]["log"] == [{"step": 0, "eval_success": 0.5}, {"step": 5, "td_loss": 1.0, "q_mean": 9.0}]
+
+
+def test_wsrl_pretraining_gets_the_reward_overrides(tmp_path, monkeypatch):
+    """A study's --agent-set agent.reward_bias must reach the pre-training too (Cal-QL's critics and
+    Monte-Carlo bounds are in that reward's units); other agent overrides stay fine-tuning only."""
+    import argparse
+
+    import robolearn.rl.offline as offline
+
+    wf = _wsrl_finetune()
+    monkeypatch.setattr(wf, "BASE", tmp_path / "rl_study" / "wsrl")
+    seen = {}
+    monkeypatch.setattr(offline, "train_offline", lambda algo, data, **kw: seen.update(algo=algo, overrides=kw["overrides"]))
+    a = argparse.Namespace(task="push_cube", pretrain="calql", tag="t", pretrain_from=None, pretrain_steps=100, eval_episodes=5,
+                           batch_size=32, num_qs=2, data="d.zarr", agent_set=["agent.reward_bias=-1", "agent.actor_q=min"])
+    wf.pretrain(a)
+    assert seen["algo"] == "calql" and "agent.reward_bias=-1" in seen["overrides"]
+    assert "agent.actor_q=min" not in seen["overrides"] and "agent.num_qs=2" in seen["overrides"]
