@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -103,8 +104,17 @@ def pretrain(a: argparse.Namespace | None = None) -> Path:
     out = _pretrain_dir(a.tag, a.pretrain, a.pretrain_from)
     if a.pretrain_from and not (out / "policy" / "checkpoint.json").exists():
         raise SystemExit(f"--pretrain-from {a.pretrain_from}: {out} holds no finished pre-training")
+    extend = getattr(a, "pretrain_extend", None)
+    if extend and not out.exists():  # a copy of study EXTEND's finished pre-training, continued below to --pretrain-steps
+        src = _pretrain_dir(extend, a.pretrain)
+        if not (src / "policy" / "checkpoint.json").exists():
+            raise SystemExit(f"--pretrain-extend {extend}: {src} holds no finished pre-training")
+        tmp = out.with_name(out.name + ".copying")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("policy", "continual.*"))
+        tmp.rename(out)
     if (out / "checkpoints" / "last" / "checkpoint.json").exists() and not (out / "policy" / "checkpoint.json").exists():
-        train_offline(a.pretrain, None, resume=out, wandb_mode="off", progress=False)
+        train_offline(a.pretrain, None, resume=out, wandb_mode="off", progress=False, overrides=[f"train.steps={a.pretrain_steps}"])
     elif not (out / "policy" / "checkpoint.json").exists():
         ov = [f"train.steps={a.pretrain_steps}", f"train.eval_every={max(1, a.pretrain_steps // 10)}",
               f"train.eval_episodes={a.eval_episodes}", "train.eval_num_envs=25", f"train.save_every={max(1, a.pretrain_steps // 10)}",
@@ -181,6 +191,8 @@ def run(a: argparse.Namespace) -> None:
                       pretrain_steps=a.pretrain_steps)
         if a.agent_set or a.pretrain_from:  # only when given, so that earlier studies' settings still match
             budget.update(agent_set=a.agent_set or [], pretrain_from=a.pretrain_from)
+        if a.pretrain_extend:
+            budget.update(pretrain_extend=a.pretrain_extend)
     if not a.tag and budget != {"steps": STEPS, "warmup": WARMUP, "eval_every": EVAL_EVERY, "eval_episodes": EVAL_EPISODES}:
         raise SystemExit("a budget other than the 3k-step study's needs --tag (run directories do not encode the budget)")
     old = json.loads((root / "study.json").read_text()) if (root / "study.json").exists() else None
@@ -399,9 +411,13 @@ def main() -> None:
                     help="extra fine-tuning overrides for every method, e.g. agent.actor_q=min (recorded in the study); "
                          "agent.reward_scale / agent.reward_bias also apply to the pre-training")
     ap.add_argument("--pretrain-from", metavar="TAG", help="start from the finished pre-training of study TAG instead of pre-training again")
+    ap.add_argument("--pretrain-extend", metavar="TAG",
+                    help="continue a copy of study TAG's finished pre-training (same settings) to --pretrain-steps")
     ap.add_argument("--methods", nargs="+", choices=list(METHOD_KEYS),
                     help="run only these methods (e.g. `--methods scratch` in a second process while the first pre-trains)")
     a = ap.parse_args()
+    if a.pretrain_from and a.pretrain_extend:
+        ap.error("--pretrain-from and --pretrain-extend exclude each other")
     {"run": run, "report": report, "training-stats": training_stats}[a.action](a)
 
 

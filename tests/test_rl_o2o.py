@@ -403,3 +403,32 @@ def test_wsrl_pretraining_gets_the_reward_overrides(tmp_path, monkeypatch):
     wf.pretrain(a)
     assert seen["algo"] == "calql" and "agent.reward_bias=-1" in seen["overrides"]
     assert "agent.actor_q=min" not in seen["overrides"] and "agent.num_qs=2" in seen["overrides"]
+
+
+def test_wsrl_pretrain_extend_continues_a_copy(tmp_path, monkeypatch):
+    """--pretrain-extend TAG copies study TAG's finished pre-training (log and last checkpoint, not its
+    final policy) and resumes the copy to --pretrain-steps; the source study is left as it was."""
+    import argparse
+
+    import robolearn.rl.offline as offline
+
+    wf = _wsrl_finetune()
+    monkeypatch.setattr(wf, "BASE", tmp_path / "rl_study" / "wsrl")
+    src = tmp_path / "rl_study" / "wsrl_a" / "pretrain_calql"
+    for f in ("policy/checkpoint.json", "checkpoints/last/checkpoint.json", "metrics.jsonl", "continual.json"):
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        (src / f).write_text("{}")
+    calls = []
+    monkeypatch.setattr(offline, "train_offline", lambda algo, data, **kw: calls.append((algo, data, kw)))
+    a = argparse.Namespace(task="push_cube", pretrain="calql", tag="b", pretrain_from=None, pretrain_extend="a",
+                           pretrain_steps=80, eval_episodes=5, batch_size=32, num_qs=2, data="d.zarr", agent_set=None)
+    wf.pretrain(a)
+    out = tmp_path / "rl_study" / "wsrl_b" / "pretrain_calql"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+        ["checkpoints/last/checkpoint.json", "metrics.jsonl"]
+    assert [(c[0], c[1], c[2]["resume"], c[2]["overrides"]) for c in calls] == [("calql", None, out, ["train.steps=80"])]
+    assert (src / "policy" / "checkpoint.json").exists()
+    a.pretrain_extend = "missing"
+    a.tag = "c"
+    with pytest.raises(SystemExit, match="--pretrain-extend missing"):
+        wf.pretrain(a)
