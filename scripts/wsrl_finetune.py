@@ -333,18 +333,21 @@ def report(a: argparse.Namespace) -> None:
 
 
 TRAINING_KEYS = ("td_loss", "q_mean", "actor_loss", "temperature", "entropy", "train_episode_return", "grad_updates")
+PRETRAIN_KEYS = ("td_loss", "cql_penalty", "q_mean", "calql_bound_rate", "temperature", "entropy")  # Cal-QL's learner, per log
 
 
 def training_stats(a: argparse.Namespace) -> None:
     """What the learners did around the switch to online updates, per run: the logged training
     statistics (critic TD loss, mean Q, temperature, entropy, ...) from each run's metrics.jsonl and the
-    pre-training's last log, into offline_to_online/wsrl_TAG_training.json (needs the runs' folders)."""
+    pre-training's logs (its last in full), into offline_to_online/wsrl_TAG_training.json (needs the runs' folders)."""
     root = _study_dir(a.tag)
     settings = json.loads((root / "study.json").read_text())
     out: dict = {"settings": settings, "runs": []}
     pre = _pretrain_dir(a.tag, settings["pretrain"], settings.get("pretrain_from")) / "metrics.jsonl"
     if pre.exists():
-        out["pretrain_last_log"] = next(r for r in reversed(_jsonl(pre)) if "q_mean" in r)
+        logged = [r for r in _jsonl(pre) if "q_mean" in r]
+        out["pretrain_last_log"] = logged[-1]
+        out["pretrain_log"] = [{"step": r["step"], **{k: r[k] for k in PRETRAIN_KEYS if k in r}} for r in logged]
     for run in sorted(root.glob("*_s[0-9]*")):
         metrics = run / "metrics.jsonl"
         if not (run / "continual.json").exists() or not metrics.exists():

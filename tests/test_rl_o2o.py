@@ -382,7 +382,7 @@ def test_wsrl_training_stats_keep_finished_runs_logs(tmp_path, monkeypatch):
             (root / name / "continual.json").write_text("{}")
     wf.training_stats(argparse.Namespace(tag="t"))
     out = json.loads((tmp_path / "results" / "wsrl_t_training.json").read_text())
-    assert out["pretrain_last_log"] == {"step": 5, "q_mean": 7.0}
+    assert out["pretrain_last_log"] == {"step": 5, "q_mean": 7.0} and out["pretrain_log"] == [{"step": 5, "q_mean": 7.0}]
     assert [r["dir"] for r in out["runs"]] == ["wsrl_w5_r0.0_s0"]
     assert out["runs"][0]["log"] == [{"step": 0, "eval_success": 0.5}, {"step": 5, "td_loss": 1.0, "q_mean": 9.0}]
 
