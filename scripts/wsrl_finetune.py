@@ -332,6 +332,45 @@ def report(a: argparse.Namespace) -> None:
                 f"mean and min..max of {n_seeds} seeds", warmup=settings["warmup"])
 
 
+def _pooled_at(runs: list[dict], step: int, episodes: int) -> str:
+    """Success at one evaluation step pooled over the runs' seeds, with its Wilson interval."""
+    from robolearn.evaluation import wilson_interval
+
+    vals = [next((c[1] for c in r["curve"] if c[0] == step), None) for r in runs]
+    if any(v is None for v in vals):
+        return "-"
+    wins, n = int(round(sum(v * episodes for v in vals))), episodes * len(vals)
+    lo, hi = wilson_interval(wins, n)
+    return f"{wins}/{n} = {wins / n:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def probe_table(tags: list[str], until: int) -> list[str]:
+    """One row per study (WSRL runs only), compared through the same window: the pre-trained level, pooled
+    success 2500 env steps after the warm-up and at `until`, and min-ACC over steps <= `until`."""
+    wsrl = list(METHODS)[0]
+    out = ["| study | changed from pc | pre-training | pre-trained | first evaluation after the warm-up (step: pooled) | "
+           "2500 env steps after the warm-up (pooled) | "
+           f"min-ACC to {until} (per seed) | at {until} (pooled) | seeds with min-ACC >= 0.8 x pre-trained |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for tag in tags:
+        st = _study_record(tag)["settings"]
+        runs = sorted((r for r in _runs_of(tag) if r["method"] == wsrl), key=lambda r: r["seed"])
+        changed = [f"{k} {st[k]}" for k in ("utd", "batch_size") if st[k] != {"utd": 1, "batch_size": 256}[k]]
+        changed += st.get("agent_set") or []
+        pre_from = st.get("pretrain_from") or tag
+        pre = (f"{st['pretrain']} {st['pretrain_steps']} steps" + (f" (study {pre_from}'s)" if pre_from != tag else "")
+               + (f", extending {st['pretrain_extend']}'s" if st.get("pretrain_extend") else ""))
+        level = runs[0]["initial"]
+        mins = [min(c[1] for c in r["curve"] if c[0] <= until) for r in runs]
+        switch = st["warmup"] + 2500
+        first = min(c[0] for c in runs[0]["curve"] if c[0] > st["warmup"])
+        out.append(f"| {tag} | {', '.join(changed) or '-'} | {pre} | {level:.2f} | {first}: {_pooled_at(runs, first, st['eval_episodes'])} | "
+                   f"{_pooled_at(runs, switch, st['eval_episodes'])} | "
+                   f"{' / '.join(f'{m:.2f}' for m in mins)} | {_pooled_at(runs, until, st['eval_episodes'])} | "
+                   f"{sum(m >= 0.8 * level for m in mins)}/{len(runs)} |")
+    return out
+
+
 TRAINING_KEYS = ("td_loss", "q_mean", "actor_loss", "temperature", "entropy", "train_episode_return", "grad_updates")
 PRETRAIN_KEYS = ("td_loss", "cql_penalty", "q_mean", "calql_bound_rate", "temperature", "entropy")  # Cal-QL's learner, per log
 
@@ -393,7 +432,10 @@ def _report_committed(tag: str | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["run", "report", "training-stats"])
+    ap.add_argument("action", choices=["run", "report", "training-stats", "probes"],
+                    help="probes: one table row per study in --tags, WSRL runs compared up to --until env steps")
+    ap.add_argument("--tags", nargs="+", default=["pc", "pc_min", "pc_utd4", "pc_b1024", "pc_pre80k", "pc_rb1", "pc_ref"])
+    ap.add_argument("--until", type=int, default=15000)
     ap.add_argument("--tag", help="separate study (runs/rl_study/wsrl_TAG, docs/results/wsrl_hopper_TAG.png); default: the 3k-step study")
     ap.add_argument("--steps", type=int, default=STEPS, help="online env steps per run, warm-up included")
     ap.add_argument("--warmup", type=int, default=WARMUP, help="WSRL warm-up env steps (no updates)")
@@ -421,6 +463,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.pretrain_from and a.pretrain_extend:
         ap.error("--pretrain-from and --pretrain-extend exclude each other")
+    if a.action == "probes":
+        print("\n".join(probe_table(a.tags, a.until)))
+        return
     {"run": run, "report": report, "training-stats": training_stats}[a.action](a)
 
 
