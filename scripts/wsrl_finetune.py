@@ -89,33 +89,37 @@ def _pretrain_dir(tag: str | None, pretrain_algo: str, pretrain_from: str | None
     return _study_dir(pretrain_from or tag) / f"pretrain_{pretrain_algo}"
 
 
+def _finished(pretrain_dir: Path) -> bool:
+    """A pre-training that ran to its end (its final policy is written last)."""
+    return (pretrain_dir / "policy" / "checkpoint.json").exists()
+
+
 def pretrain(a: argparse.Namespace | None = None) -> Path:
     """The offline checkpoint every method starts from (IQL on Hopper for the old studies, else --pretrain on --data)."""
     from robolearn.rl.offline import train_offline
 
     if a is None or a.task == "hopper" and a.pretrain == "iql":
         out = BASE / "pretrain_iql"
-        if not (out / "policy" / "checkpoint.json").exists():
+        if not _finished(out):
             train_offline("iql", DATA, task="hopper", out=out, wandb_mode="off", progress=False, overrides=[
                 "agent.hidden_dims=[64,64]", "agent.num_qs=5", "agent.actor_lr=0.001", "agent.critic_lr=0.001",
                 "agent.value_lr=0.001", "train.steps=3000", "train.batch_size=128", "train.eval_every=3000",
                 "train.eval_episodes=5", "train.log_every=1000", "train.save_every=3000"])
         return out / "policy"
     out = _pretrain_dir(a.tag, a.pretrain, a.pretrain_from)
-    if a.pretrain_from and not (out / "policy" / "checkpoint.json").exists():
+    if a.pretrain_from and not _finished(out):
         raise SystemExit(f"--pretrain-from {a.pretrain_from}: {out} holds no finished pre-training")
-    extend = getattr(a, "pretrain_extend", None)
-    if extend and not out.exists():  # a copy of study EXTEND's finished pre-training, continued below to --pretrain-steps
-        src = _pretrain_dir(extend, a.pretrain)
-        if not (src / "policy" / "checkpoint.json").exists():
-            raise SystemExit(f"--pretrain-extend {extend}: {src} holds no finished pre-training")
+    if a.pretrain_extend and not out.exists():  # a copy of that study's finished pre-training, continued below to --pretrain-steps
+        src = _pretrain_dir(a.pretrain_extend, a.pretrain)
+        if not _finished(src):
+            raise SystemExit(f"--pretrain-extend {a.pretrain_extend}: {src} holds no finished pre-training")
         tmp = out.with_name(out.name + ".copying")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("policy", "continual.*"))
         tmp.rename(out)
-    if (out / "checkpoints" / "last" / "checkpoint.json").exists() and not (out / "policy" / "checkpoint.json").exists():
+    if (out / "checkpoints" / "last" / "checkpoint.json").exists() and not _finished(out):
         train_offline(a.pretrain, None, resume=out, wandb_mode="off", progress=False, overrides=[f"train.steps={a.pretrain_steps}"])
-    elif not (out / "policy" / "checkpoint.json").exists():
+    elif not _finished(out):
         ov = [f"train.steps={a.pretrain_steps}", f"train.eval_every={max(1, a.pretrain_steps // 10)}",
               f"train.eval_episodes={a.eval_episodes}", "train.eval_num_envs=25", f"train.save_every={max(1, a.pretrain_steps // 10)}",
               f"train.log_every={max(1, a.pretrain_steps // 10)}", f"train.batch_size={a.batch_size}"]
@@ -247,14 +251,24 @@ def _runs_of(tag: str) -> list[dict]:
     return list({(r["method"], r["seed"]): r for r in _jsonl(RESULTS / f"wsrl_{tag}.jsonl")}.values())
 
 
+def _pool(rates: list[float], episodes: int) -> tuple[int, int, float, float]:
+    """Per-seed success rates of `episodes` evaluation episodes each, pooled: (wins, n, Wilson 95% lo, hi)."""
+    from robolearn.evaluation import wilson_interval
+
+    wins, n = sum(int(round(v * episodes)) for v in rates), episodes * len(rates)
+    return (wins, n, *wilson_interval(wins, n))
+
+
+def _pool_cell(wins: int, n: int, lo: float, hi: float) -> str:
+    return f"{wins}/{n} = {wins / n:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None) -> list[str]:
     """Markdown table of a study on our tasks plus the issue's three hypotheses, from per-run records.
 
     Success rates pool the final evaluation over seeds (n = episodes x seeds, Wilson 95%); min-ACC is
     checked per seed against 0.8 x the pre-trained policy's success (`pretrained`, else the run's own
     step-0 evaluation, which for the methods that start from the checkpoint is that policy)."""
-    from robolearn.evaluation import wilson_interval
-
     order = [*METHODS, SCRATCH]
     by = {m: sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"]) for m in order}
     out = ["| method | seeds | step 0 | final (pooled, 95% CI) | best | min-ACC | min-ACC step | gap depth | "
@@ -266,15 +280,13 @@ def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None) -> lis
         rows = by[m]
         if not rows:
             continue
-        wins = sum(int(round(r["final"] * episodes)) for r in rows)
-        n = episodes * len(rows)
-        lo, hi = wilson_interval(wins, n)
+        wins, n, lo, hi = _pool([r["final"] for r in rows], episodes)
         pooled[m] = (wins / n, lo, hi)
         kept[m] = sum(r["min_acc"] >= 0.8 * ref(r) for r in rows)
         ttr = [r["time_to_recover"] for r in rows]
         wall = [r["wall_s"] for r in rows if r.get("wall_s")]
-        out.append(f"| {m} | {[r['seed'] for r in rows]} | {sd(rows, 'initial')} | {wins}/{n} = {wins / n:.2f} "
-                   f"[{lo:.2f}, {hi:.2f}] | {sd(rows, 'best')} | {sd(rows, 'min_acc')} | {[r['min_acc_step'] for r in rows]} | "
+        out.append(f"| {m} | {[r['seed'] for r in rows]} | {sd(rows, 'initial')} | {_pool_cell(wins, n, lo, hi)} "
+                   f"| {sd(rows, 'best')} | {sd(rows, 'min_acc')} | {[r['min_acc_step'] for r in rows]} | "
                    f"{sd(rows, 'gap_depth')} | {ttr} | {sd(rows, 'wc_acc')} | {kept[m]}/{len(rows)} | "
                    f"{(f'{np.mean(wall) / 60:.0f} min' if wall else '-')} |")
     level = "the pre-trained policy's success" + (f" ({pretrained:.2f})" if pretrained is not None else " (each run's step 0)")
@@ -334,14 +346,11 @@ def report(a: argparse.Namespace) -> None:
 
 def _pooled_at(runs: list[dict], step: int, episodes: int) -> str:
     """Success at one evaluation step pooled over the runs' seeds, with its Wilson interval."""
-    from robolearn.evaluation import wilson_interval
-
     vals = [next((c[1] for c in r["curve"] if c[0] == step), None) for r in runs]
-    if any(v is None for v in vals):
-        return "-"
-    wins, n = int(round(sum(v * episodes for v in vals))), episodes * len(vals)
-    lo, hi = wilson_interval(wins, n)
-    return f"{wins}/{n} = {wins / n:.2f} [{lo:.2f}, {hi:.2f}]"
+    return "-" if any(v is None for v in vals) else _pool_cell(*_pool(vals, episodes))
+
+
+PROBE_BASE = {"utd": 1, "batch_size": 256}  # study pc's settings, against which a probe's changes are listed
 
 
 def probe_table(tags: list[str], until: int) -> list[str]:
@@ -355,7 +364,7 @@ def probe_table(tags: list[str], until: int) -> list[str]:
     for tag in tags:
         st = _study_record(tag)["settings"]
         runs = sorted((r for r in _runs_of(tag) if r["method"] == wsrl), key=lambda r: r["seed"])
-        changed = [f"{k} {st[k]}" for k in ("utd", "batch_size") if st[k] != {"utd": 1, "batch_size": 256}[k]]
+        changed = [f"{k} {st[k]}" for k, v in PROBE_BASE.items() if st[k] != v]
         changed += st.get("agent_set") or []
         pre_from = st.get("pretrain_from") or tag
         pre = (f"{st['pretrain']} {st['pretrain_steps']} steps" + (f" (study {pre_from}'s)" if pre_from != tag else "")

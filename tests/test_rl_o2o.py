@@ -398,7 +398,7 @@ def test_wsrl_pretraining_gets_the_reward_overrides(tmp_path, monkeypatch):
     monkeypatch.setattr(wf, "BASE", tmp_path / "rl_study" / "wsrl")
     seen = {}
     monkeypatch.setattr(offline, "train_offline", lambda algo, data, **kw: seen.update(algo=algo, overrides=kw["overrides"]))
-    a = argparse.Namespace(task="push_cube", pretrain="calql", tag="t", pretrain_from=None, pretrain_steps=100, eval_episodes=5,
+    a = argparse.Namespace(task="push_cube", pretrain="calql", tag="t", pretrain_from=None, pretrain_extend=None, pretrain_steps=100, eval_episodes=5,
                            batch_size=32, num_qs=2, data="d.zarr", agent_set=["agent.reward_bias=-1", "agent.actor_q=min"])
     wf.pretrain(a)
     assert seen["algo"] == "calql" and "agent.reward_bias=-1" in seen["overrides"]
