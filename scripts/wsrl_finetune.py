@@ -130,6 +130,18 @@ def pretrain(a: argparse.Namespace | None = None) -> Path:
     return out / "policy"
 
 
+CARRY = "finetune.optimizer_state=checkpoint"  # in --agent-set: fine-tune from the pre-training's final optimizer state
+
+
+def _with_optimizers(policy: Path) -> Path:
+    """The pre-training's checkpoints/last, which holds its optimizers, when it is the same step as its final policy."""
+    last = policy.parent / "checkpoints" / "last"
+    step = {d: json.loads((d / "checkpoint.json").read_text())["step"] for d in (policy, last) if (d / "checkpoint.json").exists()}
+    if step.get(last) != step[policy]:
+        raise SystemExit(f"{CARRY}: {last} is not the final step of {policy} ({step.get(last)} vs {step[policy]})")
+    return last
+
+
 def _warmup(name: str, study_warmup: int) -> int:
     w = METHODS[name][1] if name in METHODS else None
     return study_warmup if w is None else w
@@ -158,6 +170,8 @@ def _one(job: tuple) -> dict:
         # In the studies on our tasks SAC from scratch sees no offline data at all (no checkpoint: random
         # weights and an identity observation normalizer), as in the paper, so it need not wait for pre-training.
         ckpt = None if new_study and name == SCRATCH else pretrain(a)
+        if ckpt is not None and new_study and CARRY in (a.agent_set or []):
+            ckpt = _with_optimizers(ckpt)
         extra = ["finetune.init=scratch"] if name == SCRATCH else []
         if (out / "checkpoints" / "last" / "checkpoint.json").exists():
             finetune(None, resume=out, wandb_mode="off", progress=False)

@@ -386,3 +386,78 @@ def test_sac_actor_maximises_the_ensemble_mean_or_its_min():
     assert losses["min"] - losses["mean"] == pytest.approx(2.5 - 1.0)
     with pytest.raises(ConfigError, match="actor_q"):
         SACConfig(actor_q="max")
+
+
+def test_finetune_continues_the_pretrained_optimizers(point_data, tmp_path, point_env):
+    """`finetune.optimizer_state=checkpoint` starts from the offline agent's Adam moments and step counts
+    (critic moments tiled like the critics), keeps the fine-tuning learning rates, and needs a checkpoint
+    that holds optimizers; `fresh` (default) starts new ones."""
+    from robolearn.checkpoint import CheckpointError
+    from robolearn.rl.algos import load_agent
+    from robolearn.rl.offline import train_offline
+    from robolearn.rl.wsrl import finetune
+
+    pre = train_offline("cql", point_data, out=tmp_path / "cql", wandb_mode="off", progress=False,
+                        overrides=["agent.hidden_dims=[16,16]", "agent.num_qs=2", "train.steps=12", "train.batch_size=16",
+                                   "train.eval_episodes=0", "train.save_every=12"])
+    last = pre / "checkpoints" / "last"
+    ov = ["agent.utd=1", "agent.num_qs=3", "agent.critic_lr=0.001", "finetune.batch_size=8", "finetune.eval_every=40",
+          "finetune.eval_episodes=1", "finetune.log_every=10", "finetune.save_every=30"]
+    steps = {}
+    for mode in ("fresh", "checkpoint"):
+        run = finetune(last, task="point", algo="wsrl", warmup=20, steps=40, overrides=[*ov, f"finetune.optimizer_state={mode}"],
+                       out=tmp_path / mode, wandb_mode="off", progress=False)
+        ft, _ = load_agent(run / "checkpoints" / "last", with_optimizers=True)  # saved at 30: 10 updates after the warm-up
+        steps[mode] = {name: int(next(iter(opt.state.values()))["step"]) for name, opt in ft.optimizers().items()}
+        assert all(g["lr"] == 0.001 for g in ft.optimizers()["critic"].param_groups)
+    assert steps["fresh"] == {"actor": 10, "critic": 10, "temperature": 10}
+    assert steps["checkpoint"] == {"actor": 22, "critic": 22, "temperature": 22}
+    # the moments themselves: member i of the fine-tuned critic starts from member i % 2 of the offline one
+    from robolearn.rl.agent import state_stats
+    from robolearn.rl.sac import SAC, SACConfig
+    from robolearn.rl.wsrl import _carry_optimizers, _init_from
+
+    src, _ = load_agent(last, with_optimizers=True)
+    agent = SAC(SACConfig(hidden_dims=[16, 16], num_qs=3), src.obs_dim, src.action_dim, state_stats(None, 1))
+    _init_from(agent, src)
+    assert _carry_optimizers(agent, src) == ["actor", "critic", "temperature"]
+    for p_dst, p_src in zip(agent.critic.parameters(), src.critic.parameters()):
+        moments, source = agent.optimizers()["critic"].state[p_dst], src.optimizers()["critic"].state[p_src]
+        torch.testing.assert_close(moments["exp_avg_sq"], source["exp_avg_sq"][[0, 1, 0]])
+    for p_dst, p_src in zip(agent.actor.parameters(), src.actor.parameters()):
+        torch.testing.assert_close(agent.optimizers()["actor"].state[p_dst]["exp_avg"], src.optimizers()["actor"].state[p_src]["exp_avg"])
+    # a final policy holds no optimizers; from scratch there is nothing to continue
+    with pytest.raises(CheckpointError, match="holds no optimizer state"):
+        finetune(pre / "policy", task="point", algo="wsrl", warmup=20, steps=40, out=tmp_path / "bad",
+                 overrides=[*ov, "finetune.optimizer_state=checkpoint"], wandb_mode="off", progress=False)
+    with pytest.raises(ValueError, match="needs --checkpoint"):
+        finetune(last, task="point", algo="wsrl", steps=40, out=tmp_path / "bad2", wandb_mode="off", progress=False,
+                 overrides=[*ov, "finetune.optimizer_state=checkpoint", "finetune.init=scratch"])
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
+
+
+def test_finetune_critic_only_steps_hold_the_policy(point_data, tmp_path, point_env):
+    """`finetune.critic_only=N`: for N env steps after the warm-up only the critics learn; the actor and
+    the temperature stay the pre-trained ones, and the actor starts learning after them."""
+    from robolearn.checkpoint import load_tensors
+    from robolearn.config import ConfigError
+    from robolearn.rl.offline import train_offline
+    from robolearn.rl.wsrl import finetune
+
+    pre = train_offline("cql", point_data, out=tmp_path / "cql", wandb_mode="off", progress=False,
+                        overrides=["agent.hidden_dims=[16,16]", "agent.num_qs=2", "train.steps=5", "train.batch_size=16",
+                                   "train.eval_episodes=0"])
+    ov = ["agent.num_qs=2", "agent.utd=1", "finetune.batch_size=8", "finetune.eval_every=40", "finetune.eval_episodes=1", "finetune.log_every=10"]
+    before = load_tensors(pre / "policy", "agent")
+    changed = {}
+    for held in (20, 10):
+        run = finetune(pre / "policy", task="point", algo="wsrl", warmup=20, steps=40, overrides=[*ov, f"finetune.critic_only={held}"],
+                       out=tmp_path / f"held{held}", wandb_mode="off", progress=False)
+        after = load_tensors(run / "policy", "agent")
+        changed[held] = {k for k in before if not torch.equal(before[k], after[k])}
+        assert json.loads((run / "continual.json").read_text())["grad_updates"] == 20
+    assert changed[20] and all(k.startswith(("critic.", "critic_target.")) for k in changed[20])
+    assert any(k.startswith("policy.actor.") for k in changed[10]) and "log_alpha" in changed[10]
+    with pytest.raises(ConfigError, match="critic_only"):
+        finetune(pre / "policy", task="point", algo="wsrl", steps=40, overrides=[*ov, "finetune.critic_only=-1"],
+                 out=tmp_path / "bad", wandb_mode="off", progress=False)

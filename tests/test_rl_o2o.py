@@ -453,3 +453,17 @@ def test_wsrl_probe_table_compares_studies_over_one_window(tmp_path, monkeypatch
     assert rows[2].endswith("| 1/2 |")
     assert rows[3].startswith("| b | utd 4, agent.actor_q=min | calql 100 steps (study a's) | 1.00 | 2505: 17/20 = 0.85")
     assert rows[3].endswith("| 2/2 |")
+
+
+def test_wsrl_carry_uses_the_pretraining_final_optimizer_state(tmp_path):
+    """With finetune.optimizer_state=checkpoint in --agent-set the study fine-tunes from the pre-training's
+    checkpoints/last (which holds the optimizers), and only when it is the same step as the final policy."""
+    wf = _wsrl_finetune()
+    policy, last = tmp_path / "policy", tmp_path / "checkpoints" / "last"
+    for d, step in ((policy, 40), (last, 40)):
+        d.mkdir(parents=True)
+        (d / "checkpoint.json").write_text(json.dumps({"step": step}))
+    assert wf._with_optimizers(policy) == last
+    (last / "checkpoint.json").write_text(json.dumps({"step": 36}))
+    with pytest.raises(SystemExit, match="not the final step"):
+        wf._with_optimizers(policy)

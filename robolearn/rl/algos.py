@@ -121,6 +121,10 @@ class FinetuneConfig:
     threads: int = 1
     num_envs: int = 1  # envs stepped together; each loop step adds num_envs transitions (our tasks when > 1)
     backend: str = "cpu"  # cpu: MuJoCo C; gpu / warp-cpu: MuJoCo Warp, agent + replay on its device
+    # fresh: new Adam moments; checkpoint: continue the pre-trained agent's (a checkpoints/last directory), as
+    # WSRL's reference code does by restoring the whole offline agent; learning rates stay this config's
+    optimizer_state: str = "fresh"
+    critic_only: int = 0  # env steps after the warm-up whose updates train only the critics (actor, temperature held)
 
     def __post_init__(self) -> None:
         if self.eval_num_envs < 1:
@@ -141,6 +145,10 @@ class FinetuneConfig:
             raise ConfigError("finetune.eval_every/save_every/log_every must be >= 1, eval_episodes >= 0")
         if self.buffer_capacity < 1 or self.threads < 1:
             raise ConfigError("finetune.buffer_capacity and finetune.threads must be >= 1")
+        if self.optimizer_state not in ("fresh", "checkpoint"):
+            raise ConfigError(f"finetune.optimizer_state must be 'fresh' or 'checkpoint', got {self.optimizer_state!r}")
+        if self.critic_only < 0:
+            raise ConfigError(f"finetune.critic_only must be >= 0, got {self.critic_only}")
 
 
 @functools.cache

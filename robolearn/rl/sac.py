@@ -106,8 +106,9 @@ class SAC(Agent):
         return {"actor_loss": actor_loss.item(), "temperature": self.alpha.item(), "entropy": -logp.mean().item()}
 
     # -- one update --------------------------------------------------------------------------------
-    def update(self, batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]) -> dict[str, float]:
-        """Critic steps on each batch (UTD = number of batches), then one actor/temperature step."""
+    def update(self, batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]], update_actor: bool = True) -> dict[str, float]:
+        """Critic steps on each batch (UTD = number of batches), then one actor/temperature step
+        (skipped with `update_actor=False`: the critics adapt while the policy is held)."""
         batches = batch if isinstance(batch, list) else [batch]
         info: dict[str, float] = {}
         for b in batches:
@@ -119,5 +120,6 @@ class SAC(Agent):
             self._opt["critic"].step()
             soft_update(self.critic_target, self.critic, self.cfg.tau)
             self.num_updates += 1
-        info.update(self.actor_and_temperature_step(obs))
+        if update_actor:
+            info.update(self.actor_and_temperature_step(obs))
         return info

@@ -15,6 +15,11 @@ pre-trained policy); the curve and its continual-evaluation metrics (robolearn.r
 written to `continual.json` and `continual.png` in the run directory. Env steps count from the
 start of fine-tuning and include the warm-up, so every method gets the same number of samples.
 
+`finetune.critic_only=N` trains only the critics for the first N env steps after the warm-up (the
+policy and temperature held), so the critics adapt to online data before the policy follows them.
+`finetune.optimizer_state=checkpoint` continues the pre-trained agent's Adam moments (from a
+`checkpoints/last` directory) rather than starting fresh ones.
+
 Many envs (`--num-envs K` / `finetune.num_envs`, our tasks) and MuJoCo Warp (`--backend gpu|warp-cpu`
 / `finetune.backend`): every env steps once per loop step through the project's rollout engine
 (robolearn.rl.vector), adding K transitions, so env-step counts (steps, warm-up, log/eval/save
@@ -52,12 +57,17 @@ import yaml
 from robolearn.config import ConfigError, to_dict
 
 
+def _members(src: Any, agent: Any) -> list[int]:
+    """Which source critic each fine-tuned critic starts from: the members, tiled when ensemble sizes differ."""
+    n_src, n = src.critic.num_qs, agent.critic.num_qs
+    return [i % n_src for i in range(n)]
+
+
 def _init_from(agent: Any, src: Any) -> None:
     """Copy actor + normaliser, critics (tiling members when ensemble sizes differ), temperature."""
     agent.policy.load_state_dict(src.policy.state_dict())
     if hasattr(src, "critic"):
-        n_src, n = src.critic.num_qs, agent.critic.num_qs
-        pick = [i % n_src for i in range(n)]
+        pick = _members(src, agent)
         for name in ("critic", "critic_target"):
             s, d = getattr(src, name), getattr(agent, name)
             with torch.no_grad():
@@ -66,6 +76,37 @@ def _init_from(agent: Any, src: Any) -> None:
     if hasattr(src, "log_alpha"):
         with torch.no_grad():
             agent.log_alpha.copy_(src.log_alpha)
+
+
+def _carry_optimizers(agent: Any, src: Any) -> list[str]:
+    """Continue the pre-trained agent's Adam moments and step counts (its optimizers loaded from a
+    checkpoints/last directory) instead of fresh ones: a fresh Adam moves every weight by about the
+    learning rate on its first steps, whatever the gradient's size. Critic moments follow the critics'
+    member tiling; the learning rates stay the fine-tuning config's. Returns the optimizers carried."""
+    pick = _members(src, agent) if hasattr(src, "critic") else None
+    mine, theirs = agent.optimizers(), src.optimizers()
+    carried = []
+    for name, opt in mine.items():
+        if name not in theirs:
+            continue
+        dst_params = [p for g in opt.param_groups for p in g["params"]]
+        src_params = [p for g in theirs[name].param_groups for p in g["params"]]
+        if len(dst_params) != len(src_params):
+            raise ValueError(f"optimizer {name!r}: {len(src_params)} pre-trained parameters, {len(dst_params)} to fine-tune")
+        for d, p in zip(dst_params, src_params):
+            st = theirs[name].state.get(p)
+            if not st:
+                continue
+            new = {}
+            for k, v in st.items():
+                if name == "critic" and pick is not None and v.dim() > 0:  # stacked (members, ...) moments
+                    v = v[pick]
+                if v.dim() > 0 and v.shape != d.shape:
+                    raise ValueError(f"optimizer {name!r}: state {k} of shape {tuple(v.shape)} does not fit a parameter of {tuple(d.shape)}")
+                new[k] = v.detach().clone().to(d.device)
+            opt.state[d] = new
+        carried.append(name)
+    return carried
 
 
 def _backend_device(backend: str) -> torch.device:
@@ -153,8 +194,11 @@ def finetune(
         random_warmup = bool(state["random_warmup"])
     else:
         src, meta = (None, {})
+        if fcfg.optimizer_state == "checkpoint" and (checkpoint is None or fcfg.init == "scratch"):
+            raise ValueError("finetune.optimizer_state=checkpoint continues a pre-trained agent's optimizers: it needs "
+                             "--checkpoint (a checkpoints/last directory) and finetune.init=checkpoint")
         if checkpoint is not None:
-            src, meta = load_agent(checkpoint)
+            src, meta = load_agent(checkpoint, with_optimizers=fcfg.optimizer_state == "checkpoint")
         elif fcfg.init == "checkpoint":
             raise ValueError("finetune needs --checkpoint (or finetune.init=scratch with --task)")
         task = task or meta.get("task")
@@ -195,6 +239,8 @@ def finetune(
         agent = build_agent("sac", acfg, env.obs_dim, env.action_dim, stats).to(device)
         if src is not None and fcfg.init == "checkpoint":
             _init_from(agent, src)
+            if fcfg.optimizer_state == "checkpoint":
+                _carry_optimizers(agent, src)
         random_warmup = fcfg.init == "scratch" or src is None
         cfg = dataclasses.replace(cfg, agent=agent.cfg)  # config.yaml records the agent actually trained
     acfg = agent.cfg
@@ -352,7 +398,7 @@ def finetune(
                         b = concat_batches(b, offline.batch(off_rng.integers(0, len(offline), n_off), device))
                         stats_log["offline_samples"] += n_off
                     batches.append(b)
-                info = agent.update(batches)
+                info = agent.update(batches, update_actor=prev >= fcfg.warmup + fcfg.critic_only)
                 stats_log["grad_updates"] += len(batches)
                 for k, v in info.items():
                     running.setdefault(k, []).append(v)
