@@ -1,0 +1,181 @@
+"""What a critic says about actions around its policy's, before and after online TD (issue 20, WSRL collapse).
+
+WSRL's policy collapses within its first SAC updates on push_cube (docs/results/offline_to_online.md,
+section 5.2); with the critic frozen it does not, and when only the critics learn first (finetune.critic_only)
+the policy is intact until the actor starts following them. This script asks what online TD does to the
+critic's action landscape at the states the pre-trained policy visits:
+
+    python scripts/q_landscape.py run       # critic-only fine-tunes: online-only (WSRL) and 50/50 retention, 3 seeds
+    python scripts/q_landscape.py measure   # statistics per critic -> docs/results/offline_to_online/q_landscape.jsonl
+    python scripts/q_landscape.py table     # the table, from the jsonl alone
+
+For each critic (the pre-trained Cal-QL ensemble, and each run's critics after `critic_only` env steps of
+critic updates with the actor held, so the actor is the pre-trained one throughout) and the states of
+`--episodes` deterministic episodes of the pre-trained policy (seeds disjoint from every evaluation's):
+  q_mode        mean over states of Q(s, mu(s)), Q the ensemble's mean, mu the policy's mode
+  d_sigma       mean over states and draws of Q(s, clip(mu + sigma eps)) - Q(s, mu), eps ~ N(0, I)
+  d_uniform     the same for uniform random actions
+  p_better      share of states where the best of `--draws` uniform actions has a higher Q than mu(s)
+  grad_norm     mean norm of dQ/da at mu(s) over the directions mu can move in (not out past a bound):
+                how hard the actor's gradient pushes away from mu
+  at_bound      share of mu's components at a bound (|mu| > 0.999)
+A critic whose landscape is flat or tilted away from the policy's actions (d ~ 0, p_better large) gives
+the actor a gradient that leaves the demonstrated behaviour; the numbers show whether online TD does that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+PRETRAINED = Path("runs/rl_study/wsrl_pc/pretrain_calql/policy")  # study pc's 40k-step 2-critic Cal-QL (0.86)
+ROOT = Path("runs/rl_study/q_landscape")
+RECORDS = Path("docs/results/offline_to_online/q_landscape.jsonl")
+SEEDS = (0, 1, 2)
+STATE_SEED = 700_000  # episodes for the states: disjoint from evaluation (100_000+) and fine-tuning (seed * 1_000_003 + ep)
+KINDS = {"online only (WSRL)": 0.0, "50/50 retention": 0.5}  # label -> retained offline fraction
+SIGMAS = (0.05, 0.2, 0.5)
+
+
+def _run_dir(kind: str, seed: int, critic_only: int) -> Path:
+    return ROOT / f"{'retain' if KINDS[kind] else 'online'}_c{critic_only}_s{seed}"
+
+
+def run(a: argparse.Namespace) -> None:
+    """Fine-tune with the actor held: the warm-up, then `critic_only` env steps of critic updates only."""
+    from robolearn.rl.wsrl import finetune
+
+    for seed in a.seeds:
+        for kind, retain in KINDS.items():
+            out = _run_dir(kind, seed, a.critic_only)
+            if (out / "policy" / "checkpoint.json").exists():
+                continue
+            finetune(PRETRAINED, task="push_cube", algo="wsrl", warmup=a.warmup, retain_offline=retain,
+                     steps=a.warmup + a.critic_only, data=a.data if retain else None, out=out, wandb_mode="off", progress=False,
+                     overrides=["agent.utd=1", "agent.num_qs=2", "agent.num_min_qs=2", "finetune.batch_size=256",
+                                f"finetune.critic_only={a.critic_only}", f"finetune.eval_every={a.warmup + a.critic_only}",
+                                "finetune.eval_episodes=0", f"finetune.log_every={a.critic_only}", f"finetune.seed={seed}"])
+            print(f"{out} done at {time.strftime('%H:%M UTC', time.gmtime())}", flush=True)
+
+
+def _states(agent, episodes: int) -> np.ndarray:
+    """Observations of deterministic episodes of the agent's (pre-trained) policy on push_cube."""
+    import torch
+
+    from robolearn.rl.algos import load_agent
+    from robolearn.rl.envs import make_env
+
+    _, meta = load_agent(PRETRAINED)
+    env = make_env("push_cube", **dict(meta.get("env_kwargs") or {}))
+    obs_all = []
+    for ep in range(episodes):
+        obs, done = env.reset(seed=STATE_SEED + ep), False
+        while not done:
+            obs_all.append(obs)
+            with torch.no_grad():
+                action = agent.actor.mode(agent.norm(torch.as_tensor(obs[None], dtype=torch.float32)))[0].numpy()
+            obs, _, term, trunc, _ = env.step(action)
+            done = term or trunc
+    env.close()
+    return np.asarray(obs_all, np.float32)
+
+
+def landscape(agent, actor_agent, obs: np.ndarray, draws: int, seed: int = 0) -> dict[str, float]:
+    """The statistics of the docstring for `agent`'s critics around `actor_agent`'s policy mode."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = agent.norm(torch.as_tensor(obs))
+    with torch.no_grad():
+        mu = actor_agent.actor.mode(actor_agent.norm(torch.as_tensor(obs)))
+
+    def q(actions: torch.Tensor) -> torch.Tensor:  # (B, A) -> (B,), ensemble mean
+        return agent.critic(x, actions).mean(0)
+
+    a_mu = mu.clone().requires_grad_(True)
+    q_mu = q(a_mu)
+    (grad,) = torch.autograd.grad(q_mu.sum(), a_mu)
+    q_mu = q_mu.detach()
+    # only directions the actor can move in: a mode at the bound (tanh saturated) cannot go further out
+    pinned = (mu.abs() > 0.999) & (torch.sign(grad) == torch.sign(mu))
+    out = {"states": int(len(obs)), "q_mode": float(q_mu.mean()), "grad_norm": float(grad.masked_fill(pinned, 0).norm(dim=-1).mean()),
+           "at_bound": float((mu.abs() > 0.999).float().mean())}
+    with torch.no_grad():
+        for sigma in SIGMAS:
+            d = [q((mu + sigma * torch.randn(mu.shape, generator=g)).clamp(-1, 1)) - q_mu for _ in range(draws)]
+            out[f"d_sigma{sigma}"] = float(torch.stack(d).mean())
+        uni = torch.stack([q(torch.rand(mu.shape, generator=g) * 2 - 1) for _ in range(draws)])  # (draws, B)
+        out["d_uniform"] = float((uni - q_mu).mean())
+        out["p_better"] = float((uni.max(0).values > q_mu).float().mean())
+    return out
+
+
+def measure(a: argparse.Namespace) -> None:
+    """One record per critic: the pre-trained one, then each finished run's (appended, atomically rewritten)."""
+    import torch
+
+    from robolearn.rl.algos import load_agent
+
+    torch.set_num_threads(1)
+    pre, _ = load_agent(PRETRAINED)
+    obs = _states(pre, a.episodes)
+    rows = [{"critic": "pre-trained Cal-QL", "seed": None, "critic_only": 0, "dir": str(PRETRAINED)}]
+    for seed in a.seeds:
+        for kind in KINDS:
+            d = _run_dir(kind, seed, a.critic_only)
+            if (d / "policy" / "checkpoint.json").exists():
+                rows.append({"critic": kind, "seed": seed, "critic_only": a.critic_only, "dir": str(d / "policy")})
+    records = []
+    for row in rows:
+        agent, _ = load_agent(row["dir"])
+        records.append({**row, **landscape(agent, pre, obs, a.draws), "episodes": a.episodes, "draws": a.draws,
+                        "state_seed": STATE_SEED, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+        print(json.dumps(records[-1]), flush=True)
+    RECORDS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RECORDS.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, RECORDS)
+    print(f"wrote {RECORDS}: {len(records)} critics")
+
+
+def table(a: argparse.Namespace) -> list[str]:
+    """Per critic kind: each statistic as the mean over seeds and (min..max)."""
+    recs = [json.loads(line) for line in RECORDS.read_text().splitlines() if line.strip()]
+    keys = ["q_mode", *[f"d_sigma{s}" for s in SIGMAS], "d_uniform", "p_better", "grad_norm", "at_bound"]
+    lines = ["| critic | seeds | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
+    for kind in dict.fromkeys(r["critic"] for r in recs):
+        rows = [r for r in recs if r["critic"] == kind]
+        seeds = ", ".join(str(r["seed"]) for r in rows if r["seed"] is not None) or "-"
+
+        def cell(k: str) -> str:
+            v = [r[k] for r in rows]
+            return f"{np.mean(v):.3g}" + (f" ({min(v):.3g}..{max(v):.3g})" if len(v) > 1 else "")
+
+        lines.append(f"| {kind} | {seeds} | " + " | ".join(cell(k) for k in keys) + " |")
+    n = recs[0]
+    lines.append(f"\n{n['states']} states from {n['episodes']} episodes of the pre-trained policy (seeds {n['state_seed']}+), "
+                 f"{n['draws']} draws per state; critic-only env steps: {sorted({r['critic_only'] for r in recs if r['seed'] is not None})}")
+    print("\n".join(lines))
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=["run", "measure", "table"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    ap.add_argument("--warmup", type=int, default=5000)
+    ap.add_argument("--critic-only", type=int, default=2500, help="env steps of critic-only updates after the warm-up")
+    ap.add_argument("--data", default="data/o2o/push_cube_mix0.5.zarr", help="offline store the retention runs draw from")
+    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--draws", type=int, default=32)
+    a = ap.parse_args()
+    {"run": run, "measure": measure, "table": table}[a.action](a)
+
+
+if __name__ == "__main__":
+    main()
