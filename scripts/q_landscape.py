@@ -19,8 +19,15 @@ critic updates with the actor held, so the actor is the pre-trained one througho
   grad_norm     mean norm of dQ/da at mu(s) over the directions mu can move in (not out past a bound):
                 how hard the actor's gradient pushes away from mu
   at_bound      share of mu's components at a bound (|mu| > 0.999)
+and against the truth, at a subset of those states where the mode and `TRUTH_DRAWS` uniform actions are each
+rolled out (one action, then the policy's mode to the episode's end; discounted return):
+  d_cand, p_better_cand   d_uniform and p_better over these candidates (the critic's, or the true returns')
+  rank_corr     Spearman correlation of the critic's Q with the true return over the candidates, mean over states
+                (rank_corr_se: its standard error over states)
+  sign_agree    share of (state, candidate) pairs where critic and truth agree on whether it beats the mode
 A critic whose landscape is flat or tilted away from the policy's actions (d ~ 0, p_better large) gives
-the actor a gradient that leaves the demonstrated behaviour; the numbers show whether online TD does that.
+the actor a gradient that leaves the demonstrated behaviour; the truth says whether that is the task's
+own landscape or the critic's error.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ SEEDS = (0, 1, 2)
 STATE_SEED = 700_000  # episodes for the states: disjoint from evaluation (100_000+) and fine-tuning (seed * 1_000_003 + ep)
 KINDS = {"online only (WSRL)": 0.0, "50/50 retention": 0.5}  # label -> retained offline fraction
 SIGMAS = (0.05, 0.2, 0.5)
+TRUTH_STARTS = (0, 15, 30)  # steps into each episode where the true returns of candidate actions are rolled out
+TRUTH_DRAWS = 16  # uniform candidate actions per such state (besides the policy's mode)
 
 
 def _run_dir(kind: str, seed: int, critic_only: int) -> Path:
@@ -85,6 +94,82 @@ def _states(agent, episodes: int) -> np.ndarray:
     return np.asarray(obs_all, np.float32)
 
 
+def _true_returns(agent, episodes: int, starts: tuple[int, ...], draws: int, gamma: float, seed: int = 0) -> dict:
+    """Ground truth for the critics: at the states `starts` steps into each of the deterministic episodes, the
+    discounted return to the episode's end of taking the policy's mode, or one of `draws` uniform actions, and
+    following the policy's mode after it (the env is restored by replaying the episode's actions from its seed)."""
+    import torch
+
+    from robolearn.rl.algos import load_agent
+    from robolearn.rl.envs import make_env
+
+    _, meta = load_agent(PRETRAINED)
+    env = make_env("push_cube", **dict(meta.get("env_kwargs") or {}))  # the episode the states come from
+    sim = make_env("push_cube", **dict(meta.get("env_kwargs") or {}))  # the rollouts from its states
+    g = np.random.default_rng(seed)
+
+    def mode(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return agent.actor.mode(agent.norm(torch.as_tensor(obs[None], dtype=torch.float32)))[0].numpy()
+
+    def rollout(ep: int, prefix: list[np.ndarray], first: np.ndarray, start_obs: np.ndarray) -> float:
+        obs = sim.reset(seed=STATE_SEED + ep)
+        for act in prefix:
+            obs = sim.step(act)[0]
+        if not np.array_equal(obs, start_obs):
+            raise RuntimeError(f"episode {ep}: replaying {len(prefix)} actions did not reproduce the state (non-deterministic env)")
+        ret, k, action, done = 0.0, 0, first, False
+        while not done:
+            obs, r, term, trunc, _ = sim.step(action)
+            ret += gamma**k * r
+            k += 1
+            done = term or trunc
+            action = mode(obs)
+        return ret
+
+    obs_out, cands, returns = [], [], []
+    for ep in range(episodes):
+        obs, actions, done = env.reset(seed=STATE_SEED + ep), [], False
+        while not done and len(actions) <= max(starts):
+            if len(actions) in starts:
+                mu = mode(obs)
+                cand = np.concatenate([mu[None], g.uniform(-1, 1, (draws, mu.shape[0])).astype(np.float32)])
+                obs_out.append(obs)
+                cands.append(cand)
+                returns.append([rollout(ep, actions, a, obs) for a in cand])
+            act = mode(obs)
+            obs, _, term, trunc, _ = env.step(act)
+            actions.append(act)
+            done = term or trunc
+    env.close()
+    sim.close()
+    return {"obs": np.asarray(obs_out, np.float32), "actions": np.asarray(cands, np.float32), "returns": np.asarray(returns)}
+
+
+def agreement(agent, truth: dict) -> dict[str, float]:
+    """How well a critic orders the candidate actions of `truth` at each state: Spearman correlation of Q with the
+    true return over the candidates (mean over states), and the share of (state, uniform action) pairs where
+    Q and the truth agree on whether the action beats the mode."""
+    import torch
+
+    obs, acts, ret = truth["obs"], truth["actions"], truth["returns"]  # (S, D), (S, 1 + draws, A), (S, 1 + draws)
+    s, c, a_dim = acts.shape
+    with torch.no_grad():
+        x = agent.norm(torch.as_tensor(np.repeat(obs, c, 0)))
+        q = agent.critic(x, torch.as_tensor(acts.reshape(s * c, a_dim))).mean(0).reshape(s, c).numpy()
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        return np.argsort(np.argsort(v, 1), 1).astype(float)
+
+    rq, rt = ranks(q), ranks(ret)
+    rq, rt = rq - rq.mean(1, keepdims=True), rt - rt.mean(1, keepdims=True)
+    spearman = (rq * rt).sum(1) / np.sqrt((rq**2).sum(1) * (rt**2).sum(1) + 1e-12)
+    agree = (q[:, 1:] > q[:, :1]) == (ret[:, 1:] > ret[:, :1])
+    return {"d_cand": float((q[:, 1:] - q[:, :1]).mean()), "p_better_cand": float((q[:, 1:].max(1) > q[:, 0]).mean()),
+            "rank_corr": float(spearman.mean()), "rank_corr_se": float(spearman.std(ddof=1) / np.sqrt(len(spearman))),
+            "sign_agree": float(agree.mean())}
+
+
 def landscape(agent, actor_agent, obs: np.ndarray, draws: int, seed: int = 0) -> dict[str, float]:
     """The statistics of the docstring for `agent`'s critics around `actor_agent`'s policy mode."""
     import torch
@@ -124,16 +209,24 @@ def measure(a: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     pre, _ = load_agent(PRETRAINED)
     obs = _states(pre, a.episodes)
+    truth = _true_returns(pre, a.episodes, TRUTH_STARTS, TRUTH_DRAWS, pre.cfg.discount)
+    ret = truth["returns"]
+    true_rec = {"critic": "true returns (rollouts)", "seed": None, "critic_only": 0, "dir": None, "states": int(len(ret)),
+                "d_cand": float((ret[:, 1:] - ret[:, :1]).mean()), "p_better_cand": float((ret[:, 1:].max(1) > ret[:, 0]).mean()),
+                "return_mode": float(ret[:, 0].mean()), "truth_starts": list(TRUTH_STARTS),
+                "truth_draws": TRUTH_DRAWS}
     rows = [{"critic": "pre-trained Cal-QL", "seed": None, "critic_only": 0, "dir": str(PRETRAINED)}]
     for seed in a.seeds:
         for kind in KINDS:
             d = _run_dir(kind, seed, a.critic_only)
             if (d / "policy" / "checkpoint.json").exists():
                 rows.append({"critic": kind, "seed": seed, "critic_only": a.critic_only, "dir": str(d / "policy")})
-    records = []
+    stamp = {"episodes": a.episodes, "state_seed": STATE_SEED, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    records = [{**true_rec, **stamp, "draws": TRUTH_DRAWS}]
+    print(json.dumps(records[-1]), flush=True)
     for row in rows:
         agent, _ = load_agent(row["dir"])
-        records.append({**row, **landscape(agent, pre, obs, a.draws), "episodes": a.episodes, "draws": a.draws,
+        records.append({**row, **landscape(agent, pre, obs, a.draws), **agreement(agent, truth), "episodes": a.episodes, "draws": a.draws,
                         "state_seed": STATE_SEED, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
         print(json.dumps(records[-1]), flush=True)
     RECORDS.parent.mkdir(parents=True, exist_ok=True)
@@ -146,20 +239,27 @@ def measure(a: argparse.Namespace) -> None:
 def table(a: argparse.Namespace) -> list[str]:
     """Per critic kind: each statistic as the mean over seeds and (min..max)."""
     recs = [json.loads(line) for line in RECORDS.read_text().splitlines() if line.strip()]
-    keys = ["q_mode", *[f"d_sigma{s}" for s in SIGMAS], "d_uniform", "p_better", "grad_norm", "at_bound"]
+    keys = ["q_mode", *[f"d_sigma{s}" for s in SIGMAS], "d_uniform", "p_better", "grad_norm", "d_cand", "p_better_cand",
+            "rank_corr", "rank_corr_se", "sign_agree"]
     lines = ["| critic | seeds | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
     for kind in dict.fromkeys(r["critic"] for r in recs):
         rows = [r for r in recs if r["critic"] == kind]
         seeds = ", ".join(str(r["seed"]) for r in rows if r["seed"] is not None) or "-"
 
         def cell(k: str) -> str:
-            v = [r[k] for r in rows]
+            v = [r[k] for r in rows if k in r]
+            if not v:
+                return "-"
             return f"{np.mean(v):.3g}" + (f" ({min(v):.3g}..{max(v):.3g})" if len(v) > 1 else "")
 
         lines.append(f"| {kind} | {seeds} | " + " | ".join(cell(k) for k in keys) + " |")
-    n = recs[0]
-    lines.append(f"\n{n['states']} states from {n['episodes']} episodes of the pre-trained policy (seeds {n['state_seed']}+), "
-                 f"{n['draws']} draws per state; critic-only env steps: {sorted({r['critic_only'] for r in recs if r['seed'] is not None})}")
+    n = next(r for r in recs if r["dir"])
+    t = next(r for r in recs if not r["dir"])
+    lines.append(f"\nColumns q_mode..grad_norm: {n['states']} states from {n['episodes']} episodes of the pre-trained policy (seeds "
+                 f"{n['state_seed']}+), {n['draws']} uniform draws per state. Columns d_cand..sign_agree: {t['states']} of those states "
+                 f"({t['truth_starts']} steps into each episode) with the mode and {t['truth_draws']} uniform candidate actions, "
+                 f"each rolled out with the policy's mode to the episode's end (true discounted return of the mode there: "
+                 f"{t['return_mode']:.3g}). Critic-only env steps: {sorted({r['critic_only'] for r in recs if r['seed'] is not None})}")
     print("\n".join(lines))
     return lines
 
