@@ -213,7 +213,9 @@ def measure(a: argparse.Namespace) -> None:
     ret = truth["returns"]
     true_rec = {"critic": "true returns (rollouts)", "seed": None, "critic_only": 0, "dir": None, "states": int(len(ret)),
                 "d_cand": float((ret[:, 1:] - ret[:, :1]).mean()), "p_better_cand": float((ret[:, 1:].max(1) > ret[:, 0]).mean()),
-                "return_mode": float(ret[:, 0].mean()), "truth_starts": list(TRUTH_STARTS),
+                "return_mode": float(ret[:, 0].mean()), "abs_d_median": float(np.median(np.abs(ret[:, 1:] - ret[:, :1]))),
+                "abs_d_p90": float(np.percentile(np.abs(ret[:, 1:] - ret[:, :1]), 90)),
+                "share_d_zero": float((ret[:, 1:] == ret[:, :1]).mean()), "truth_starts": list(TRUTH_STARTS),
                 "truth_draws": TRUTH_DRAWS}
     rows = [{"critic": "pre-trained Cal-QL", "seed": None, "critic_only": 0, "dir": str(PRETRAINED)}]
     for seed in a.seeds:
@@ -259,7 +261,8 @@ def table(a: argparse.Namespace) -> list[str]:
                  f"{n['state_seed']}+), {n['draws']} uniform draws per state. Columns d_cand..sign_agree: {t['states']} of those states "
                  f"({t['truth_starts']} steps into each episode) with the mode and {t['truth_draws']} uniform candidate actions, "
                  f"each rolled out with the policy's mode to the episode's end (true discounted return of the mode there: "
-                 f"{t['return_mode']:.3g}). Critic-only env steps: {sorted({r['critic_only'] for r in recs if r['seed'] is not None})}")
+                 f"{t['return_mode']:.3g}; |true return of a candidate - the mode's|: median {t['abs_d_median']:.3g}, 90th "
+                 f"percentile {t['abs_d_p90']:.3g}, exactly 0 for {t['share_d_zero']:.0%} of the pairs). Critic-only env steps: {sorted({r['critic_only'] for r in recs if r['seed'] is not None})}")
     print("\n".join(lines))
     return lines
 

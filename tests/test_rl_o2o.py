@@ -467,3 +467,31 @@ def test_wsrl_carry_uses_the_pretraining_final_optimizer_state(tmp_path):
     (last / "checkpoint.json").write_text(json.dumps({"step": 36}))
     with pytest.raises(SystemExit, match="not the final step"):
         wf._with_optimizers(policy)
+
+
+def test_q_landscape_agreement_scores_a_critic_against_rollout_truth():
+    """scripts/q_landscape.py: a critic that orders the candidate actions like the true returns scores rank
+    correlation 1 and full sign agreement, the reversed critic -1 and none; the gaps are the critic's own."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("q_landscape", Path(__file__).resolve().parents[1] / "scripts" / "q_landscape.py")
+    ql = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ql)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(5, 3)).astype(np.float32)
+    acts = rng.uniform(-1, 1, (5, 4, 2)).astype(np.float32)  # the mode first, then 3 candidates
+    w = np.array([1.0, -2.0], np.float32)
+    truth = {"obs": obs, "actions": acts, "returns": acts @ w}
+
+    class Critic:
+        norm = staticmethod(lambda x: x)
+
+        def __init__(self, sign: float) -> None:
+            self.critic = lambda x, a: torch.stack([sign * (a @ torch.as_tensor(w))] * 2)  # two identical members
+
+    good, bad = ql.agreement(Critic(1.0), truth), ql.agreement(Critic(-1.0), truth)
+    assert good["rank_corr"] == pytest.approx(1.0) and good["sign_agree"] == 1.0
+    assert bad["rank_corr"] == pytest.approx(-1.0) and bad["sign_agree"] == 0.0
+    assert good["d_cand"] == pytest.approx(float((truth["returns"][:, 1:] - truth["returns"][:, :1]).mean()), rel=1e-5)
