@@ -54,7 +54,11 @@ METHODS = {  # name -> (algo, warm-up or None for the study's --warmup, retained
     "50/50 offline retention": ("sac", 0, 0.5),
 }
 SCRATCH = "SAC from scratch"  # finetune.init=scratch: random weights, the study's --warmup of random actions
-METHOD_KEYS = {**dict(zip(("wsrl", "nowarmup", "retain"), METHODS)), "scratch": SCRATCH}  # --methods
+# run only when named in --methods: the pre-trained Cal-QL learner continuing online with its penalty (`finetune
+# --algo calql`), the study's warm-up and no retention, i.e. WSRL with the conservative penalty kept
+OPTIONAL = {"Cal-QL penalty kept (warm-up, no retention)": ("calql", None, 0.0)}
+ALL_METHODS = {**METHODS, **OPTIONAL}
+METHOD_KEYS = {**dict(zip(("wsrl", "nowarmup", "retain"), METHODS)), "scratch": SCRATCH, "calql": next(iter(OPTIONAL))}  # --methods
 RESULTS = Path("docs/results/offline_to_online")
 WORKERS = int(os.environ.get("RL_WORKERS", "2"))
 
@@ -143,14 +147,14 @@ def _with_optimizers(policy: Path) -> Path:
 
 
 def _warmup(name: str, study_warmup: int) -> int:
-    w = METHODS[name][1] if name in METHODS else None
+    w = ALL_METHODS[name][1] if name in ALL_METHODS else None
     return study_warmup if w is None else w
 
 
 def _run_dir(root: Path, name: str, seed: int, warmup: int) -> Path:
     if name == SCRATCH:
         return root / f"scratch_w{warmup}_s{seed}"
-    algo, _, retain = METHODS[name]
+    algo, _, retain = ALL_METHODS[name]
     return root / f"{algo}_w{_warmup(name, warmup)}_r{retain}_s{seed}"
 
 
@@ -160,7 +164,7 @@ def _one(job: tuple) -> dict:
     from robolearn.rl.wsrl import finetune
 
     name, seed, root, steps, warmup, eval_every, a = job
-    algo, _, retain = METHODS.get(name, ("sac", None, 0.0))
+    algo, _, retain = ALL_METHODS.get(name, ("sac", None, 0.0))
     out = _run_dir(Path(root), name, seed, warmup)
     new_study = a is not None and not (a.task == "hopper" and a.pretrain == "iql")
     finished_now = not (out / "continual.json").exists()
@@ -283,7 +287,7 @@ def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None) -> lis
     Success rates pool the final evaluation over seeds (n = episodes x seeds, Wilson 95%); min-ACC is
     checked per seed against 0.8 x the pre-trained policy's success (`pretrained`, else the run's own
     step-0 evaluation, which for the methods that start from the checkpoint is that policy)."""
-    order = [*METHODS, SCRATCH]
+    order = [*METHODS, *OPTIONAL, SCRATCH]
     by = {m: sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"]) for m in order}
     out = ["| method | seeds | step 0 | final (pooled, 95% CI) | best | min-ACC | min-ACC step | gap depth | "
            "time to recover | WC-ACC | runs with min-ACC >= 0.8 x pre-trained | wall/run |", "|" + "---|" * 12]
@@ -439,7 +443,7 @@ def _report_committed(tag: str | None) -> None:
               + " ".join(f"{h['step']}:{h['success']:.2f}" for h in pre["history"]))
     print("\n".join(wsrl_table(runs, settings["eval_episodes"], pretrained)))
     curves = {}
-    for m in [*METHODS, SCRATCH]:
+    for m in [*METHODS, *OPTIONAL, SCRATCH]:
         rows = sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"])
         if rows:
             steps = [c[0] for c in rows[0]["curve"]]

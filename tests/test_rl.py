@@ -309,7 +309,9 @@ def test_finetune_refuses_a_reward_transform_the_checkpoint_was_not_trained_on(p
 @pytest.mark.parametrize("algo, extra", [("wsrl", ["finetune.warmup=30"]),  # warm-up with the pre-trained policy
                                          # 50/50 retention, from scratch with a random-action warm-up
                                          ("sac", ["finetune.retain_offline=0.5", "finetune.init=scratch", "finetune.warmup=30",
-                                                  "agent.hidden_dims=[16,16]", "agent.num_qs=3"])])
+                                                  "agent.hidden_dims=[16,16]", "agent.num_qs=3"]),
+                                         # the conservative learner continuing online, penalty included
+                                         ("calql", ["finetune.warmup=30", "finetune.retain_offline=0", "agent.cql_n_actions=2"])])
 def test_finetune_resume_is_exact(point_data, tmp_path, point_env, monkeypatch, algo, extra):
     """Interrupted right after its checkpoint (mid-episode, mid-log-window) and resumed, a fine-tuning run
     reproduces the uninterrupted run: metrics, continual-evaluation history, final weights."""
@@ -461,3 +463,33 @@ def test_finetune_critic_only_steps_hold_the_policy(point_data, tmp_path, point_
     with pytest.raises(ConfigError, match="critic_only"):
         finetune(pre / "policy", task="point", algo="wsrl", steps=40, overrides=[*ov, "finetune.critic_only=-1"],
                  out=tmp_path / "bad", wandb_mode="off", progress=False)
+
+
+def test_calql_finetuning_keeps_its_penalty_online(point_data, tmp_path, point_env, capsys):
+    """`finetune --algo calql`: the pre-trained Cal-QL learner continues online with its conservative penalty
+    (Cal-QL's and CQL's own fine-tuning), by default on 50/50 batches from the checkpoint's data; offline and
+    fine-tuning runs of the same algorithm name are told apart on --resume."""
+    import yaml
+
+    from robolearn.cli import main
+    from robolearn.rl.offline import train_offline
+    from robolearn.rl.wsrl import finetune
+
+    pre = train_offline("calql", point_data, out=tmp_path / "pre", wandb_mode="off", progress=False,
+                        overrides=["agent.hidden_dims=[16,16]", "agent.num_qs=2", "agent.cql_n_actions=2", "train.steps=10",
+                                   "train.batch_size=16", "train.eval_episodes=0"])
+    ov = ["agent.cql_n_actions=2", "finetune.batch_size=8", "finetune.eval_every=40", "finetune.eval_episodes=1", "finetune.log_every=20"]
+    run = finetune(pre / "policy", task="point", algo="calql", steps=40, overrides=ov, out=tmp_path / "ft", wandb_mode="off", progress=False)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["cql_penalty"] > 0 for r in logged if "td_loss" in r) and any("td_loss" in r for r in logged)
+    summary = json.loads((run / "continual.json").read_text())
+    assert summary["warmup"] == 0 and summary["offline_samples"] == 4 * summary["grad_updates"] > 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["agent"]["calql"] is True
+    wsrl = finetune(pre / "policy", task="point", algo="wsrl", warmup=0, steps=20, overrides=ov[1:], out=tmp_path / "w",
+                    wandb_mode="off", progress=False)
+    assert not any("cql_penalty" in json.loads(line) for line in (wsrl / "metrics.jsonl").read_text().splitlines())
+    for argv, msg in ((["finetune", "--resume", str(pre)], "robolearn offline run (algo 'calql')"),
+                      (["offline", "--resume", str(run)], "robolearn finetune run (algo 'calql')")):
+        capsys.readouterr()
+        assert main(argv) == 2
+        assert msg in capsys.readouterr().err

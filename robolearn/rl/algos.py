@@ -28,7 +28,10 @@ ALGOS: dict[str, tuple[str, str]] = {
     "sac": ("robolearn.rl.sac:SAC", "robolearn.rl.sac:SACConfig"),
 }
 OFFLINE_ALGOS = ("iql", "cql", "calql", "td3bc")
-FINETUNE_ALGOS = ("wsrl", "sac")
+FINETUNE_ALGOS = ("wsrl", "sac", "cql", "calql")
+# the learner each fine-tuning algorithm runs online: WSRL and SAC run SAC; CQL / Cal-QL keep their penalty
+# online (Cal-QL's Monte-Carlo bound needs returns-to-go, which online batches do not carry: plain CQL there)
+FINETUNE_LEARNER = {"wsrl": "sac", "sac": "sac", "cql": "cql", "calql": "calql"}
 
 
 def algo_classes(name: str) -> tuple[type, type]:
@@ -154,7 +157,7 @@ class FinetuneConfig:
 @functools.cache
 def run_config_class(name: str, kind: str) -> type:
     """Dataclass of a whole YAML: `name`, `agent:` and `train:`+`sampler:` (offline) or `finetune:`."""
-    _, cfg_cls = algo_classes("sac" if name == "wsrl" else name)
+    _, cfg_cls = algo_classes(FINETUNE_LEARNER[name] if kind == "finetune" else name)
     fields: list[Any] = [("name", str, field(default=name)), ("agent", cfg_cls, field(default_factory=cfg_cls))]
     if kind == "offline":
         fields += [("train", RLTrainConfig, field(default_factory=RLTrainConfig)),
@@ -167,7 +170,9 @@ def run_config_class(name: str, kind: str) -> type:
 def load_run_config(name: str, kind: str, path: str | Path | None, overrides: list[str] | None) -> Any:
     from robolearn.config import load_config, project_root, read_yaml
 
-    path = Path(path) if path else project_root() / "policies" / f"{name}.yaml"
+    # an algorithm that is both offline and fine-tuning (CQL, Cal-QL) has one YAML per kind
+    both = kind == "finetune" and name in OFFLINE_ALGOS
+    path = Path(path) if path else project_root() / "policies" / f"{name}{'_finetune' if both else ''}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no config for {name!r} at {path}")
     in_file = read_yaml(path).get("name")
@@ -252,11 +257,14 @@ def open_run(run_dir: str | Path, kind: str) -> tuple[Path, dict[str, Any]]:
         raise FileNotFoundError(f"--resume {run_dir}: no config.yaml / run.json (not a robolearn {kind} run)")
     run_json = json.loads((run_dir / "run.json").read_text())
     algo = run_json.get("algo") if isinstance(run_json, dict) else None
-    own, other = (OFFLINE_ALGOS, "finetune") if kind == "offline" else (FINETUNE_ALGOS, "offline")
-    if algo not in own:
-        what = f"a robolearn {other} run (algo {algo!r}); resume it with `robolearn {other} --resume`" \
-            if algo in (FINETUNE_ALGOS if kind == "offline" else OFFLINE_ALGOS) else f"a run of algo {algo!r}"
-        raise ConfigError(f"--resume {run_dir}: {what}, not a robolearn {kind} run")
+    # a fine-tuning run records the algorithm of its checkpoint (`source_algo`); CQL / Cal-QL name both kinds
+    run_kind = "finetune" if isinstance(run_json, dict) and "source_algo" in run_json else "offline"
+    other = "finetune" if kind == "offline" else "offline"
+    if algo in (OFFLINE_ALGOS if run_kind == "offline" else FINETUNE_ALGOS) and run_kind != kind:
+        raise ConfigError(f"--resume {run_dir}: a robolearn {other} run (algo {algo!r}); resume it with `robolearn {other} --resume`, "
+                          f"not a robolearn {kind} run")
+    if algo not in (OFFLINE_ALGOS if kind == "offline" else FINETUNE_ALGOS):
+        raise ConfigError(f"--resume {run_dir}: a run of algo {algo!r}, not a robolearn {kind} run")
     return run_dir, run_json
 
 

@@ -64,8 +64,9 @@ def _finetune(args: argparse.Namespace) -> int:
 def register_finetune(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="offline checkpoint or run directory to start from")
     parser.add_argument("--task", help="task (default: the checkpoint's)")
-    parser.add_argument("--algo", default="wsrl", choices=["wsrl", "sac"],
-                        help="wsrl: warm-up then online-only SAC; sac: same SAC, no warm-up by default")
+    parser.add_argument("--algo", default="wsrl", choices=["wsrl", "sac", "cql", "calql"],
+                        help="wsrl: warm-up then online-only SAC; sac: same SAC, no warm-up by default; "
+                             "cql / calql: the pre-trained CQL / Cal-QL learner continues online, penalty included")
     from robolearn import validation
 
     parser.add_argument("--warmup", type=validation.non_negative_int, help="env steps with the pre-trained policy and no updates")

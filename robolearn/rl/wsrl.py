@@ -8,7 +8,9 @@ WSRL (Zhou et al., "Efficient Online RL Fine-Tuning Need Not Retain Offline Data
   3. high-UTD SAC (critic ensemble, LayerNorm) on online data only.
 Baselines through the same loop: `--warmup 0` (no warm-up, no retention), `--retain-offline 0.5`
 (each batch half offline data), `--algo sac` (= no warm-up by default), `finetune.init=scratch`
-(SAC from random weights with a random-action warm-up).
+(SAC from random weights with a random-action warm-up), and `--algo cql|calql`: the offline learner
+itself continues online, conservative penalty included (as CQL's and Cal-QL's own fine-tuning do; Cal-QL's
+Monte-Carlo bound applies only to samples that carry a return-to-go, so online samples get plain CQL).
 
 The deterministic policy is evaluated every `eval_every` env steps on fixed seeds (step 0 = the
 pre-trained policy); the curve and its continual-evaluation metrics (robolearn.rl.metrics) are
@@ -144,7 +146,7 @@ def finetune(
     from robolearn.config import parse_overrides
     from robolearn.data.store import EpisodeStore
     from robolearn.rl.agent import state_stats
-    from robolearn.rl.algos import FINETUNE_ALGOS, build_agent, load_agent, load_resume, load_run_config, open_run, save_agent
+    from robolearn.rl.algos import FINETUNE_ALGOS, FINETUNE_LEARNER, build_agent, load_agent, load_resume, load_run_config, open_run, save_agent
     from robolearn.rl.envs import is_own_task, make_env
     from robolearn.rl.metrics import continual_record, write_continual
     from robolearn.rl.replay import ReplayBuffer, concat_batches, transitions_from_store
@@ -168,7 +170,7 @@ def finetune(
         cfg = load_run_config(algo, "finetune", run_dir / "config.yaml", overrides)
     else:
         if algo not in FINETUNE_ALGOS:
-            raise ValueError(f"--algo must be wsrl or sac, got {algo!r}")
+            raise ValueError(f"--algo must be one of {', '.join(FINETUNE_ALGOS)}, got {algo!r}")
         for key, value in (("warmup", warmup), ("retain_offline", retain_offline), ("steps", steps)):
             if value is not None:
                 overrides.append(f"finetune.{key}={value}")
@@ -215,9 +217,9 @@ def finetune(
     env = make_env(task, **env_kwargs)  # the vector path uses it only for its dimensions
     eval_env = make_env(task, **env_kwargs)
     if resume is not None:
-        if (agent.name, agent.obs_dim, agent.action_dim) != ("sac", env.obs_dim, env.action_dim):
+        if (agent.name, agent.obs_dim, agent.action_dim) != (FINETUNE_LEARNER[algo], env.obs_dim, env.action_dim):
             raise CheckpointError(f"{run_dir}: checkpoint agent {agent.name} (obs {agent.obs_dim}, action {agent.action_dim}) "
-                                  f"does not fit SAC fine-tuning on {task!r}")
+                                  f"does not fit {algo} fine-tuning on {task!r}")
     else:
         acfg = cfg.agent
         if src is not None:  # the network shapes and reward transform are the pre-trained agent's
@@ -236,7 +238,7 @@ def finetune(
             stats = src.policy.normalizer.stats
         else:
             stats = state_stats(None, env.obs_dim)
-        agent = build_agent("sac", acfg, env.obs_dim, env.action_dim, stats).to(device)
+        agent = build_agent(FINETUNE_LEARNER[algo], acfg, env.obs_dim, env.action_dim, stats).to(device)
         if src is not None and fcfg.init == "checkpoint":
             _init_from(agent, src)
             if fcfg.optimizer_state == "checkpoint":
