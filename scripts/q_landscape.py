@@ -159,7 +159,14 @@ def agreement(agent, truth: dict) -> dict[str, float]:
         q = agent.critic(x, torch.as_tensor(acts.reshape(s * c, a_dim))).mean(0).reshape(s, c).numpy()
 
     def ranks(v: np.ndarray) -> np.ndarray:
-        return np.argsort(np.argsort(v, 1), 1).astype(float)
+        """Ranks within each row, tied values sharing their average rank (Spearman's convention)."""
+        out = np.empty(v.shape, float)
+        for i, row in enumerate(v):
+            ordinal = np.empty(len(row))
+            ordinal[np.argsort(row, kind="stable")] = np.arange(len(row))
+            _, group, count = np.unique(row, return_inverse=True, return_counts=True)
+            out[i] = np.bincount(group, weights=ordinal)[group] / count[group]
+        return out
 
     rq, rt = ranks(q), ranks(ret)
     rq, rt = rq - rq.mean(1, keepdims=True), rt - rt.mean(1, keepdims=True)

@@ -495,3 +495,12 @@ def test_q_landscape_agreement_scores_a_critic_against_rollout_truth():
     assert good["rank_corr"] == pytest.approx(1.0) and good["sign_agree"] == 1.0
     assert bad["rank_corr"] == pytest.approx(-1.0) and bad["sign_agree"] == 0.0
     assert good["d_cand"] == pytest.approx(float((truth["returns"][:, 1:] - truth["returns"][:, :1]).mean()), rel=1e-5)
+    # tied true returns share their average rank: when every candidate has the same true return, no critic's
+    # ordering agrees with it (ordinal ranks would reward a critic that happens to follow the index order)
+    flat = {"obs": obs, "actions": acts, "returns": np.ones((5, 4))}
+
+    class ByIndex:
+        norm = staticmethod(lambda x: x)
+        critic = staticmethod(lambda x, a: torch.stack([torch.arange(20, dtype=torch.float32) % 4] * 2))
+
+    assert ql.agreement(ByIndex(), flat)["rank_corr"] == 0.0
