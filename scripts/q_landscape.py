@@ -5,12 +5,13 @@ section 5.2); with the critic frozen it does not, and when only the critics lear
 the policy is intact until the actor starts following them. This script asks what online TD does to the
 critic's action landscape at the states the pre-trained policy visits:
 
-    python scripts/q_landscape.py run       # critic-only fine-tunes: online-only (WSRL) and 50/50 retention, 3 seeds
+    python scripts/q_landscape.py run       # fine-tunes, 3 seeds: critic-only (online-only, 50/50 retention) and WSRL's first joint updates
     python scripts/q_landscape.py measure   # statistics per critic -> docs/results/offline_to_online/q_landscape.jsonl
     python scripts/q_landscape.py table     # the table, from the jsonl alone
 
-For each critic (the pre-trained Cal-QL ensemble, and each run's critics after `critic_only` env steps of
-critic updates with the actor held, so the actor is the pre-trained one throughout) and the states of
+For each critic (the pre-trained Cal-QL ensemble, each run's critics after `critic_only` env steps of
+critic updates with the actor held, and WSRL's critics after its first `joint` updates of both, the
+landscape always measured around the pre-trained actor) and the states of
 `--episodes` deterministic episodes of the pre-trained policy (seeds disjoint from every evaluation's):
   q_mode        mean over states of Q(s, mu(s)), Q the ensemble's mean, mu the policy's mode
   d_sigma       mean over states and draws of Q(s, clip(mu + sigma eps)) - Q(s, mu), eps ~ N(0, I)
@@ -45,30 +46,40 @@ ROOT = Path("runs/rl_study/q_landscape")
 RECORDS = Path("docs/results/offline_to_online/q_landscape.jsonl")
 SEEDS = (0, 1, 2)
 STATE_SEED = 700_000  # episodes for the states: disjoint from evaluation (100_000+) and fine-tuning (seed * 1_000_003 + ep)
-KINDS = {"online only (WSRL)": 0.0, "50/50 retention": 0.5}  # label -> retained offline fraction
+# label -> (retained offline fraction, critic-only phase?): the critics after `--critic-only` env steps of
+# critic-only updates, or (JOINT) after WSRL's first `--joint` updates of critics and actor together
+JOINT = "WSRL, joint updates"
+KINDS = {"online only (WSRL)": (0.0, True), "50/50 retention": (0.5, True), JOINT: (0.0, False)}
 SIGMAS = (0.05, 0.2, 0.5)
 TRUTH_STARTS = (0, 15, 30)  # steps into each episode where the true returns of candidate actions are rolled out
 TRUTH_DRAWS = 16  # uniform candidate actions per such state (besides the policy's mode)
 
 
-def _run_dir(kind: str, seed: int, critic_only: int) -> Path:
-    return ROOT / f"{'retain' if KINDS[kind] else 'online'}_c{critic_only}_s{seed}"
+def _updates(kind: str, a: argparse.Namespace) -> int:
+    """Env steps (= updates at UTD 1) after the warm-up that this kind's critics have had."""
+    return a.critic_only if KINDS[kind][1] else a.joint
+
+
+def _run_dir(kind: str, seed: int, a: argparse.Namespace) -> Path:
+    retain, held = KINDS[kind]
+    return ROOT / (f"{'retain' if retain else 'online'}_c{a.critic_only}_s{seed}" if held else f"joint_u{a.joint}_s{seed}")
 
 
 def run(a: argparse.Namespace) -> None:
-    """Fine-tune with the actor held: the warm-up, then `critic_only` env steps of critic updates only."""
+    """Fine-tune: the warm-up, then `critic_only` env steps of critic-only updates (the actor held), or for the
+    joint kind WSRL's own first `joint` updates of critics and actor."""
     from robolearn.rl.wsrl import finetune
 
     for seed in a.seeds:
-        for kind, retain in KINDS.items():
-            out = _run_dir(kind, seed, a.critic_only)
+        for kind, (retain, held) in KINDS.items():
+            out, n = _run_dir(kind, seed, a), _updates(kind, a)
             if (out / "policy" / "checkpoint.json").exists():
                 continue
             finetune(PRETRAINED, task="push_cube", algo="wsrl", warmup=a.warmup, retain_offline=retain,
-                     steps=a.warmup + a.critic_only, data=a.data if retain else None, out=out, wandb_mode="off", progress=False,
+                     steps=a.warmup + n, data=a.data if retain else None, out=out, wandb_mode="off", progress=False,
                      overrides=["agent.utd=1", "agent.num_qs=2", "agent.num_min_qs=2", "finetune.batch_size=256",
-                                f"finetune.critic_only={a.critic_only}", f"finetune.eval_every={a.warmup + a.critic_only}",
-                                "finetune.eval_episodes=0", f"finetune.log_every={a.critic_only}", f"finetune.seed={seed}"])
+                                f"finetune.critic_only={n if held else 0}", f"finetune.eval_every={a.warmup + n}",
+                                "finetune.eval_episodes=0", f"finetune.log_every={n}", f"finetune.seed={seed}"])
             print(f"{out} done at {time.strftime('%H:%M UTC', time.gmtime())}", flush=True)
 
 
@@ -227,9 +238,10 @@ def measure(a: argparse.Namespace) -> None:
     rows = [{"critic": "pre-trained Cal-QL", "seed": None, "critic_only": 0, "dir": str(PRETRAINED)}]
     for seed in a.seeds:
         for kind in KINDS:
-            d = _run_dir(kind, seed, a.critic_only)
+            d = _run_dir(kind, seed, a)
             if (d / "policy" / "checkpoint.json").exists():
-                rows.append({"critic": kind, "seed": seed, "critic_only": a.critic_only, "dir": str(d / "policy")})
+                rows.append({"critic": kind, "seed": seed, "critic_only": a.critic_only if KINDS[kind][1] else 0,
+                             "joint_updates": 0 if KINDS[kind][1] else a.joint, "dir": str(d / "policy")})
     stamp = {"episodes": a.episodes, "state_seed": STATE_SEED, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     records = [{**true_rec, **stamp, "draws": TRUTH_DRAWS}]
     print(json.dumps(records[-1]), flush=True)
@@ -269,7 +281,10 @@ def table(a: argparse.Namespace) -> list[str]:
                  f"({t['truth_starts']} steps into each episode) with the mode and {t['truth_draws']} uniform candidate actions, "
                  f"each rolled out with the policy's mode to the episode's end (true discounted return of the mode there: "
                  f"{t['return_mode']:.3g}; |true return of a candidate - the mode's|: median {t['abs_d_median']:.3g}, 90th "
-                 f"percentile {t['abs_d_p90']:.3g}, exactly 0 for {t['share_d_zero']:.0%} of the pairs). Critic-only env steps: {sorted({r['critic_only'] for r in recs if r['seed'] is not None})}")
+                 f"percentile {t['abs_d_p90']:.3g}, exactly 0 for {t['share_d_zero']:.0%} of the pairs). Critic-only env steps: {sorted({r['critic_only'] for r in recs if r['critic_only']})}; joint updates: "
+                 f"{sorted({r['joint_updates'] for r in recs if r.get('joint_updates')}) or '-'}. The actor is the pre-trained one "
+                 "for every critic (for the joint kind its own actor has moved; the landscape is still measured around "
+                 "the pre-trained mode)")
     print("\n".join(lines))
     return lines
 
@@ -280,6 +295,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     ap.add_argument("--warmup", type=int, default=5000)
     ap.add_argument("--critic-only", type=int, default=2500, help="env steps of critic-only updates after the warm-up")
+    ap.add_argument("--joint", type=int, default=250, help="WSRL's first updates (critics and actor) for the joint kind")
     ap.add_argument("--data", default="data/o2o/push_cube_mix0.5.zarr", help="offline store the retention runs draw from")
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--draws", type=int, default=32)
