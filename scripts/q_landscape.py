@@ -46,10 +46,11 @@ ROOT = Path("runs/rl_study/q_landscape")
 RECORDS = Path("docs/results/offline_to_online/q_landscape.jsonl")
 SEEDS = (0, 1, 2)
 STATE_SEED = 700_000  # episodes for the states: disjoint from evaluation (100_000+) and fine-tuning (seed * 1_000_003 + ep)
-# label -> (retained offline fraction, critic-only phase?): the critics after `--critic-only` env steps of
-# critic-only updates, or (JOINT) after WSRL's first `--joint` updates of critics and actor together
-JOINT = "WSRL, joint updates"
-KINDS = {"online only (WSRL)": (0.0, True), "50/50 retention": (0.5, True), JOINT: (0.0, False)}
+# label -> (fine-tuning algorithm, retained offline fraction, critic-only phase?): the critics after `--critic-only`
+# env steps of critic-only updates, or after the first `--joint` updates of critics and actor together (WSRL's,
+# and the Cal-QL learner's with its penalty kept online)
+KINDS = {"online only (WSRL)": ("wsrl", 0.0, True), "50/50 retention": ("wsrl", 0.5, True),
+         "WSRL, joint updates": ("wsrl", 0.0, False), "Cal-QL penalty kept, joint updates": ("calql", 0.0, False)}
 SIGMAS = (0.05, 0.2, 0.5)
 TRUTH_STARTS = (0, 15, 30)  # steps into each episode where the true returns of candidate actions are rolled out
 TRUTH_DRAWS = 16  # uniform candidate actions per such state (besides the policy's mode)
@@ -57,12 +58,14 @@ TRUTH_DRAWS = 16  # uniform candidate actions per such state (besides the policy
 
 def _updates(kind: str, a: argparse.Namespace) -> int:
     """Env steps (= updates at UTD 1) after the warm-up that this kind's critics have had."""
-    return a.critic_only if KINDS[kind][1] else a.joint
+    return a.critic_only if KINDS[kind][2] else a.joint
 
 
 def _run_dir(kind: str, seed: int, a: argparse.Namespace) -> Path:
-    retain, held = KINDS[kind]
-    return ROOT / (f"{'retain' if retain else 'online'}_c{a.critic_only}_s{seed}" if held else f"joint_u{a.joint}_s{seed}")
+    algo, retain, held = KINDS[kind]
+    if held:
+        return ROOT / f"{'retain' if retain else 'online'}_c{a.critic_only}_s{seed}"
+    return ROOT / f"{'' if algo == 'wsrl' else algo + '_'}joint_u{a.joint}_s{seed}"
 
 
 def run(a: argparse.Namespace) -> None:
@@ -71,11 +74,11 @@ def run(a: argparse.Namespace) -> None:
     from robolearn.rl.wsrl import finetune
 
     for seed in a.seeds:
-        for kind, (retain, held) in KINDS.items():
+        for kind, (algo, retain, held) in KINDS.items():
             out, n = _run_dir(kind, seed, a), _updates(kind, a)
             if (out / "policy" / "checkpoint.json").exists():
                 continue
-            finetune(PRETRAINED, task="push_cube", algo="wsrl", warmup=a.warmup, retain_offline=retain,
+            finetune(PRETRAINED, task="push_cube", algo=algo, warmup=a.warmup, retain_offline=retain,
                      steps=a.warmup + n, data=a.data if retain else None, out=out, wandb_mode="off", progress=False,
                      overrides=["agent.utd=1", "agent.num_qs=2", "agent.num_min_qs=2", "finetune.batch_size=256",
                                 f"finetune.critic_only={n if held else 0}", f"finetune.eval_every={a.warmup + n}",
@@ -240,8 +243,9 @@ def measure(a: argparse.Namespace) -> None:
         for kind in KINDS:
             d = _run_dir(kind, seed, a)
             if (d / "policy" / "checkpoint.json").exists():
-                rows.append({"critic": kind, "seed": seed, "critic_only": a.critic_only if KINDS[kind][1] else 0,
-                             "joint_updates": 0 if KINDS[kind][1] else a.joint, "dir": str(d / "policy")})
+                held = KINDS[kind][2]
+                rows.append({"critic": kind, "seed": seed, "critic_only": a.critic_only if held else 0,
+                             "joint_updates": 0 if held else a.joint, "dir": str(d / "policy")})
     stamp = {"episodes": a.episodes, "state_seed": STATE_SEED, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     records = [{**true_rec, **stamp, "draws": TRUTH_DRAWS}]
     print(json.dumps(records[-1]), flush=True)
@@ -283,7 +287,7 @@ def table(a: argparse.Namespace) -> list[str]:
                  f"{t['return_mode']:.3g}; |true return of a candidate - the mode's|: median {t['abs_d_median']:.3g}, 90th "
                  f"percentile {t['abs_d_p90']:.3g}, exactly 0 for {t['share_d_zero']:.0%} of the pairs). Critic-only env steps: {sorted({r['critic_only'] for r in recs if r['critic_only']})}; joint updates: "
                  f"{sorted({r['joint_updates'] for r in recs if r.get('joint_updates')}) or '-'}. The actor is the pre-trained one "
-                 "for every critic (for the joint kind its own actor has moved; the landscape is still measured around "
+                 "for every critic (for the joint kinds their own actor has moved; the landscape is still measured around "
                  "the pre-trained mode)")
     print("\n".join(lines))
     return lines
