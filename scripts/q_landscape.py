@@ -10,8 +10,8 @@ critic's action landscape at the states the pre-trained policy visits:
     python scripts/q_landscape.py table     # the table, from the jsonl alone
 
 For each critic (the pre-trained Cal-QL ensemble, each run's critics after `critic_only` env steps of
-critic updates with the actor held, and WSRL's critics after its first `joint` updates of both, the
-landscape always measured around the pre-trained actor) and the states of
+critic updates with the actor held, and the critics after the first `joint` updates of both, WSRL's and
+the Cal-QL learner's with its penalty kept; the landscape always measured around the pre-trained actor) and the states of
 `--episodes` deterministic episodes of the pre-trained policy (seeds disjoint from every evaluation's):
   q_mode        mean over states of Q(s, mu(s)), Q the ensemble's mean, mu the policy's mode
   d_sigma       mean over states and draws of Q(s, clip(mu + sigma eps)) - Q(s, mu), eps ~ N(0, I)
@@ -26,6 +26,8 @@ rolled out (one action, then the policy's mode to the episode's end; discounted 
   rank_corr     Spearman correlation of the critic's Q with the true return over the candidates, mean over states
                 (rank_corr_se: its standard error over states)
   sign_agree    share of (state, candidate) pairs where critic and truth agree on whether it beats the mode
+                (compare it with the base rate: a critic that always prefers the mode scores the truth's
+                share of candidates that do not beat it)
 A critic whose landscape is flat or tilted away from the policy's actions (d ~ 0, p_better large) gives
 the actor a gradient that leaves the demonstrated behaviour; the truth says whether that is the task's
 own landscape or the critic's error.
@@ -70,7 +72,7 @@ def _run_dir(kind: str, seed: int, a: argparse.Namespace) -> Path:
 
 def run(a: argparse.Namespace) -> None:
     """Fine-tune: the warm-up, then `critic_only` env steps of critic-only updates (the actor held), or for the
-    joint kind WSRL's own first `joint` updates of critics and actor."""
+    joint kinds the first `joint` updates of critics and actor (WSRL's, and the Cal-QL learner's)."""
     from robolearn.rl.wsrl import finetune
 
     for seed in a.seeds:
@@ -299,7 +301,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     ap.add_argument("--warmup", type=int, default=5000)
     ap.add_argument("--critic-only", type=int, default=2500, help="env steps of critic-only updates after the warm-up")
-    ap.add_argument("--joint", type=int, default=250, help="WSRL's first updates (critics and actor) for the joint kind")
+    ap.add_argument("--joint", type=int, default=250, help="first updates of critics and actor for the joint kinds (WSRL, Cal-QL penalty kept)")
     ap.add_argument("--data", default="data/o2o/push_cube_mix0.5.zarr", help="offline store the retention runs draw from")
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--draws", type=int, default=32)
