@@ -124,8 +124,8 @@ class FinetuneConfig:
     threads: int = 1
     num_envs: int = 1  # envs stepped together; each loop step adds num_envs transitions (our tasks when > 1)
     backend: str = "cpu"  # cpu: MuJoCo C; gpu / warp-cpu: MuJoCo Warp, agent + replay on its device
-    # fresh: new Adam moments; checkpoint: continue the pre-trained agent's (a checkpoints/last directory), as
-    # we read WSRL's reference code to do by restoring the whole offline agent; learning rates stay this config's
+    # fresh: new Adam moments; checkpoint: continue the pre-trained agent's (from a checkpoints/last directory).
+    # WSRL's reference code, as we read it, restores the whole offline agent. Learning rates stay this config's.
     optimizer_state: str = "fresh"
     critic_only: int = 0  # env steps after the warm-up whose updates train only the critics (actor, temperature held)
 
