@@ -88,45 +88,33 @@ def run(a: argparse.Namespace) -> None:
             print(f"{out} done at {time.strftime('%H:%M UTC', time.gmtime())}", flush=True)
 
 
-def _states(agent, episodes: int) -> np.ndarray:
-    """Observations of deterministic episodes of the agent's (pre-trained) policy on push_cube."""
-    import torch
-
-    from robolearn.rl.algos import load_agent
+def _episodes(agent, episodes: int, env_kwargs: dict) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """(observations, actions) of deterministic episodes of the agent's (pre-trained) policy on push_cube, seeds
+    STATE_SEED + episode: the states every critic is measured at, and the prefixes that restore them."""
     from robolearn.rl.envs import make_env
 
-    _, meta = load_agent(PRETRAINED)
-    env = make_env("push_cube", **dict(meta.get("env_kwargs") or {}))
-    obs_all = []
+    env = make_env("push_cube", **env_kwargs)
+    out = []
     for ep in range(episodes):
-        obs, done = env.reset(seed=STATE_SEED + ep), False
+        obs, done, seen, actions = env.reset(seed=STATE_SEED + ep), False, [], []
         while not done:
-            obs_all.append(obs)
-            with torch.no_grad():
-                action = agent.actor.mode(agent.norm(torch.as_tensor(obs[None], dtype=torch.float32)))[0].numpy()
-            obs, _, term, trunc, _ = env.step(action)
+            seen.append(obs)
+            actions.append(agent.act(obs))
+            obs, _, term, trunc, _ = env.step(actions[-1])
             done = term or trunc
+        out.append((seen, actions))
     env.close()
-    return np.asarray(obs_all, np.float32)
+    return out
 
 
-def _true_returns(agent, episodes: int, starts: tuple[int, ...], draws: int, gamma: float, seed: int = 0) -> dict:
-    """Ground truth for the critics: at the states `starts` steps into each of the deterministic episodes, the
+def _true_returns(agent, episodes: list, env_kwargs: dict, starts: tuple[int, ...], draws: int, gamma: float, seed: int = 0) -> dict:
+    """Ground truth for the critics: at the states `starts` steps into each of the deterministic `episodes`, the
     discounted return to the episode's end of taking the policy's mode, or one of `draws` uniform actions, and
     following the policy's mode after it (the env is restored by replaying the episode's actions from its seed)."""
-    import torch
-
-    from robolearn.rl.algos import load_agent
     from robolearn.rl.envs import make_env
 
-    _, meta = load_agent(PRETRAINED)
-    env = make_env("push_cube", **dict(meta.get("env_kwargs") or {}))  # the episode the states come from
-    sim = make_env("push_cube", **dict(meta.get("env_kwargs") or {}))  # the rollouts from its states
+    sim = make_env("push_cube", **env_kwargs)
     g = np.random.default_rng(seed)
-
-    def mode(obs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return agent.actor.mode(agent.norm(torch.as_tensor(obs[None], dtype=torch.float32)))[0].numpy()
 
     def rollout(ep: int, prefix: list[np.ndarray], first: np.ndarray, start_obs: np.ndarray) -> float:
         obs = sim.reset(seed=STATE_SEED + ep)
@@ -140,24 +128,17 @@ def _true_returns(agent, episodes: int, starts: tuple[int, ...], draws: int, gam
             ret += gamma**k * r
             k += 1
             done = term or trunc
-            action = mode(obs)
+            action = agent.act(obs)
         return ret
 
     obs_out, cands, returns = [], [], []
-    for ep in range(episodes):
-        obs, actions, done = env.reset(seed=STATE_SEED + ep), [], False
-        while not done and len(actions) <= max(starts):
-            if len(actions) in starts:
-                mu = mode(obs)
-                cand = np.concatenate([mu[None], g.uniform(-1, 1, (draws, mu.shape[0])).astype(np.float32)])
-                obs_out.append(obs)
-                cands.append(cand)
-                returns.append([rollout(ep, actions, a, obs) for a in cand])
-            act = mode(obs)
-            obs, _, term, trunc, _ = env.step(act)
-            actions.append(act)
-            done = term or trunc
-    env.close()
+    for ep, (seen, actions) in enumerate(episodes):
+        for t in (t for t in starts if t < len(seen)):
+            mu = actions[t]
+            cand = np.concatenate([mu[None], g.uniform(-1, 1, (draws, mu.shape[0])).astype(np.float32)])
+            obs_out.append(seen[t])
+            cands.append(cand)
+            returns.append([rollout(ep, actions[:t], a, seen[t]) for a in cand])
     sim.close()
     return {"obs": np.asarray(obs_out, np.float32), "actions": np.asarray(cands, np.float32), "returns": np.asarray(returns)}
 
@@ -199,8 +180,7 @@ def landscape(agent, actor_agent, obs: np.ndarray, draws: int, seed: int = 0) ->
 
     g = torch.Generator().manual_seed(seed)
     x = agent.norm(torch.as_tensor(obs))
-    with torch.no_grad():
-        mu = actor_agent.actor.mode(actor_agent.norm(torch.as_tensor(obs)))
+    mu = torch.as_tensor(actor_agent.act(obs))
 
     def q(actions: torch.Tensor) -> torch.Tensor:  # (B, A) -> (B,), ensemble mean
         return agent.critic(x, actions).mean(0)
@@ -230,9 +210,11 @@ def measure(a: argparse.Namespace) -> None:
     from robolearn.rl.algos import load_agent
 
     torch.set_num_threads(1)
-    pre, _ = load_agent(PRETRAINED)
-    obs = _states(pre, a.episodes)
-    truth = _true_returns(pre, a.episodes, TRUTH_STARTS, TRUTH_DRAWS, pre.cfg.discount)
+    pre, meta = load_agent(PRETRAINED)
+    env_kwargs = dict(meta.get("env_kwargs") or {})
+    episodes = _episodes(pre, a.episodes, env_kwargs)
+    obs = np.asarray([o for seen, _ in episodes for o in seen], np.float32)
+    truth = _true_returns(pre, episodes, env_kwargs, TRUTH_STARTS, TRUTH_DRAWS, pre.cfg.discount)
     ret = truth["returns"]
     true_rec = {"critic": "true returns (rollouts)", "seed": None, "critic_only": 0, "dir": None, "states": int(len(ret)),
                 "d_cand": float((ret[:, 1:] - ret[:, :1]).mean()), "p_better_cand": float((ret[:, 1:].max(1) > ret[:, 0]).mean()),
@@ -248,13 +230,14 @@ def measure(a: argparse.Namespace) -> None:
                 held = KINDS[kind][2]
                 rows.append({"critic": kind, "seed": seed, "critic_only": a.critic_only if held else 0,
                              "joint_updates": 0 if held else a.joint, "dir": str(d / "policy")})
-    stamp = {"episodes": a.episodes, "state_seed": STATE_SEED, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    records = [{**true_rec, **stamp, "draws": TRUTH_DRAWS}]
+    def stamp() -> dict:
+        return {"episodes": a.episodes, "state_seed": STATE_SEED, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+    records = [{**true_rec, **stamp(), "draws": TRUTH_DRAWS}]
     print(json.dumps(records[-1]), flush=True)
     for row in rows:
         agent, _ = load_agent(row["dir"])
-        records.append({**row, **landscape(agent, pre, obs, a.draws), **agreement(agent, truth), "episodes": a.episodes, "draws": a.draws,
-                        "state_seed": STATE_SEED, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+        records.append({**row, **landscape(agent, pre, obs, a.draws), **agreement(agent, truth), "draws": a.draws, **stamp()})
         print(json.dumps(records[-1]), flush=True)
     RECORDS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RECORDS.with_suffix(".jsonl.tmp")

@@ -287,7 +287,7 @@ def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None) -> lis
     Success rates pool the final evaluation over seeds (n = episodes x seeds, Wilson 95%); min-ACC is
     checked per seed against 0.8 x the pre-trained policy's success (`pretrained`, else the run's own
     step-0 evaluation, which for the methods that start from the checkpoint is that policy)."""
-    order = [*METHODS, *OPTIONAL, SCRATCH]
+    order = [*ALL_METHODS, SCRATCH]
     by = {m: sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"]) for m in order}
     out = ["| method | seeds | step 0 | final (pooled, 95% CI) | best | min-ACC | min-ACC step | gap depth | "
            "time to recover | WC-ACC | runs with min-ACC >= 0.8 x pre-trained | wall/run |", "|" + "---|" * 12]
@@ -443,7 +443,7 @@ def _report_committed(tag: str | None) -> None:
               + " ".join(f"{h['step']}:{h['success']:.2f}" for h in pre["history"]))
     print("\n".join(wsrl_table(runs, settings["eval_episodes"], pretrained)))
     curves = {}
-    for m in [*METHODS, *OPTIONAL, SCRATCH]:
+    for m in [*ALL_METHODS, SCRATCH]:
         rows = sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"])
         if rows:
             steps = [c[0] for c in rows[0]["curve"]]

@@ -258,12 +258,12 @@ def open_run(run_dir: str | Path, kind: str) -> tuple[Path, dict[str, Any]]:
     run_json = json.loads((run_dir / "run.json").read_text())
     algo = run_json.get("algo") if isinstance(run_json, dict) else None
     # a fine-tuning run records the algorithm of its checkpoint (`source_algo`); CQL / Cal-QL name both kinds
+    algos_of = {"offline": OFFLINE_ALGOS, "finetune": FINETUNE_ALGOS}
     run_kind = "finetune" if isinstance(run_json, dict) and "source_algo" in run_json else "offline"
-    other = "finetune" if kind == "offline" else "offline"
-    if algo in (OFFLINE_ALGOS if run_kind == "offline" else FINETUNE_ALGOS) and run_kind != kind:
-        raise ConfigError(f"--resume {run_dir}: a robolearn {other} run (algo {algo!r}); resume it with `robolearn {other} --resume`, "
+    if algo in algos_of[run_kind] and run_kind != kind:
+        raise ConfigError(f"--resume {run_dir}: a robolearn {run_kind} run (algo {algo!r}); resume it with `robolearn {run_kind} --resume`, "
                           f"not a robolearn {kind} run")
-    if algo not in (OFFLINE_ALGOS if kind == "offline" else FINETUNE_ALGOS):
+    if algo not in algos_of[kind]:
         raise ConfigError(f"--resume {run_dir}: a run of algo {algo!r}, not a robolearn {kind} run")
     return run_dir, run_json
 
