@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from robolearn.checkpoint import load_tensors
+from robolearn.rl.replay import discounted_to_go
 
 try:
     import mujoco_warp  # noqa: F401
@@ -152,27 +153,29 @@ def _expert_replay(backend: str, num_envs: int, steps: int):
 
         sim = TaskSim("push_cube", num_envs=num_envs)
         actor = ExpertActor(expert_class("push_cube")(sim.task, num_envs, noise=0.0, seed=0), sim)
-        buffer = ReplayBuffer(sim.obs_dim, sim.action_dim, 1000)
+        buffer = ReplayBuffer(sim.obs_dim, sim.action_dim, 1000, returns_to_go=True)
     else:
         from robolearn.tasks.device_collect import DeviceExpertActor
         from robolearn.tasks.device_env import DeviceVectorEnv
 
         sim = DeviceVectorEnv("push_cube", num_envs, backend=backend, final_obs=True)
         actor = DeviceExpertActor(expert_class("push_cube")(sim.task, num_envs, noise=0.0, seed=0), sim)
-        buffer = ReplayBuffer(sim.obs_dim, sim.action_dim, 1000, device=sim.device)
+        buffer = ReplayBuffer(sim.obs_dim, sim.action_dim, 1000, device=sim.device, returns_to_go=True)
     seeds = iter(range(100, 10_000))
-    hook = ReplayHook(buffer, reward_scale=2.0, reward_bias=-1.0)
+    hook = ReplayHook(buffer, reward_scale=2.0, reward_bias=-1.0, discount=0.9)
     engine = persistent_rollout(sim, actor, lambda: next(seeds), [hook], refill_every=4)
     engine.run(max_steps=steps)
     returns = hook.take_returns()
     engine.close()
-    return {k: np.asarray(torch.as_tensor(getattr(buffer, k)[: len(buffer)]).cpu()) for k in ("obs", "next_obs", "action", "reward", "terminal")}, returns
+    keys = ("obs", "next_obs", "action", "reward", "terminal", "mc_return")
+    return {k: np.asarray(torch.as_tensor(getattr(buffer, k)[: len(buffer)]).cpu()) for k in keys}, returns
 
 
 def test_device_replay_terminations_match_host():
     """Episodes that end in success: the transition is terminal, its s' is the episode's last state
     (not the next episode's first), its reward the success reward (scaled: 2 * 1 - 1); MuJoCo Warp
-    and MuJoCo C end the same episodes at the same steps, with the same finished-episode returns."""
+    and MuJoCo C end the same episodes at the same steps, with the same finished-episode returns;
+    each finished episode's rows get their Monte-Carlo returns-to-go (Cal-QL's bounds)."""
     n, steps = 3, 40
     dev, dev_ret = _expert_replay(DEVICE, n, steps)
     host, host_ret = _expert_replay("cpu", n, steps)
@@ -196,6 +199,14 @@ def test_device_replay_terminations_match_host():
         ends = replay["terminal"].reshape(steps, n)
         expect = sum(raw[: np.flatnonzero(ends[:, e]).max() + 1, e].sum() for e in range(n))
         assert total == pytest.approx(expect, abs=1e-4)
+        # Cal-QL's returns-to-go, filled per env when its episodes end; the running episodes' rows hold -inf
+        rewards, mc = replay["reward"].reshape(steps, n), replay["mc_return"].reshape(steps, n)
+        for e in range(n):
+            start = 0
+            for end in np.flatnonzero(ends[:, e]).tolist():
+                np.testing.assert_allclose(mc[start:end + 1, e], discounted_to_go(rewards[start:end + 1, e], 0.9), rtol=1e-5)
+                start = end + 1
+            assert np.isneginf(mc[start:, e]).all()
 
 
 def test_endless_episode_ring_gives_every_episode_its_seed():
@@ -242,17 +253,21 @@ def test_gpu_backend_without_cuda_is_a_one_line_error(tmp_path, capsys):
     assert "needs a CUDA device" in err and not (tmp_path / "f").exists()
 
 
-def test_finetune_host_vector_resume_is_exact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("algo", ["sac", "calql"])
+def test_finetune_host_vector_resume_is_exact(tmp_path, monkeypatch, algo):
     """`finetune.num_envs=2` on MuJoCo C, interrupted right after its checkpoint (mid-episode in both
     envs, mid-log-window) and resumed, reproduces the uninterrupted run: metrics (incl. the finished
-    episodes' mean return), continual-evaluation history, final weights."""
+    episodes' mean return), continual-evaluation history, final weights; for Cal-QL also the online
+    rows' returns-to-go of the episodes running at the checkpoint."""
     from helpers_resume import assert_same_run, interrupt_after_checkpoint
     from robolearn.rl.wsrl import finetune
 
     ov = ["finetune.init=scratch", "agent.hidden_dims=[16,16]", "agent.num_qs=2", "agent.utd=1", "finetune.batch_size=8",
           "finetune.warmup=40", "finetune.eval_episodes=2", "finetune.eval_num_envs=2", "finetune.eval_every=60",
           "finetune.log_every=30", "finetune.steps=140"]
-    kw = dict(task="push_cube", algo="sac", wandb_mode="off", progress=False, num_envs=2)
+    if algo == "calql":
+        ov += ["finetune.retain_offline=0", "agent.cql_n_actions=2"]
+    kw = dict(task="push_cube", algo=algo, wandb_mode="off", progress=False, num_envs=2)
     full = finetune(None, overrides=[*ov, "finetune.save_every=1000"], out=tmp_path / "full", **kw)
     # step 80: 40 steps into both envs' first 60-step episodes
     interrupt_after_checkpoint(monkeypatch, lambda: finetune(None, overrides=[*ov, "finetune.save_every=80"],

@@ -233,6 +233,54 @@ def test_sac_online_improves():
     assert after > before + 2.0 and after > 15.0, (before, after)
 
 
+def test_online_returns_to_go_filled_when_episodes_end():
+    """Cal-QL fine-tuning's online buffer: a row's Monte-Carlo return-to-go is unknown (-inf: no bound)
+    while its episode runs and becomes the discounted sum of its episode's stored rewards to the end
+    once `close_episodes` is called; interleaved envs (stride K), the ring's wrap-around, overwritten
+    rows, device storage and the checkpoint state all keep it."""
+    from robolearn.rl.replay import ReplayBuffer
+
+    gamma, rng = 0.9, np.random.default_rng(0)
+    for device in (None, "cpu"):
+        buf = ReplayBuffer(1, 1, 12, device=device, returns_to_go=True)
+        # two envs stepping together (stride 2): env 0 ends after 3 steps, env 1 after 5; 7 steps in all
+        rewards = rng.normal(size=(7, 2)).astype(np.float32)
+        for t in range(7):
+            z = np.zeros((2, 1), np.float32)
+            if device is None:
+                buf.add_batch(z, z, rewards[t], z, np.zeros(2, bool))
+            else:
+                buf.add_batch(*(torch.from_numpy(x) for x in (z, z, rewards[t], z, np.zeros(2, bool))))
+            ends = {2: [0], 4: [1]}.get(t, [])
+            buf.close_episodes([(buf.pos - 2 + e) % 12 for e in ends], [{0: 3, 1: 5}[e] for e in ends], 2, gamma)
+        mc = np.asarray(torch.as_tensor(buf.mc_return))
+        # 14 rows in a ring of 12: step 0's rows (0, 1) were overwritten by step 6's
+        by_step = {t: ((2 * t) % 12, (2 * t + 1) % 12) for t in range(1, 7)}
+        env0 = discounted_to_go(rewards[:3, 0], gamma)
+        np.testing.assert_allclose([mc[by_step[t][0]] for t in (1, 2)], env0[1:], rtol=1e-6)
+        env1 = discounted_to_go(rewards[:5, 1], gamma)
+        np.testing.assert_allclose([mc[by_step[t][1]] for t in (1, 2, 3, 4)], env1[1:], rtol=1e-6)
+        running = [by_step[t][0] for t in (3, 4, 5, 6)] + [by_step[t][1] for t in (5, 6)]
+        assert np.isneginf(mc[running]).all()
+        assert buf.sample(5)["mc_return"].shape == (5,)
+        tensors, meta = buf.state_dict()
+        again = ReplayBuffer(1, 1, 12, device=device, returns_to_go=True)
+        again.load_state_dict(tensors, meta)
+        np.testing.assert_array_equal(np.asarray(torch.as_tensor(again.mc_return)), mc)
+        # a checkpoint from before returns-to-go were kept loads with no bounds
+        old = {k: v for k, v in tensors.items() if k != "mc_return"}
+        again.load_state_dict(old, meta)
+        assert np.isneginf(np.asarray(torch.as_tensor(again.mc_return))).all()
+    # an episode longer than the ring keeps the returns of its newest rows
+    buf = ReplayBuffer(1, 1, 4, returns_to_go=True)
+    r = np.arange(1, 7, dtype=np.float32)
+    for x in r:
+        buf.add(np.zeros(1), np.zeros(1), x, np.zeros(1), False)
+    buf.close_episodes([(buf.pos - 1) % 4], [6], 1, gamma)
+    np.testing.assert_allclose(buf.mc_return[[2, 3, 0, 1]], discounted_to_go(r, gamma)[2:], rtol=1e-6)
+    assert "mc_return" not in ReplayBuffer(1, 1, 4).state_dict()[0]
+
+
 # ----------------------------------------------------------------------------------- offline run, resume, finetune
 @pytest.fixture()
 def point_env(monkeypatch):
@@ -465,9 +513,10 @@ def test_finetune_critic_only_steps_hold_the_policy(point_data, tmp_path, point_
                  out=tmp_path / "bad", wandb_mode="off", progress=False)
 
 
-def test_calql_finetuning_keeps_its_penalty_online(point_data, tmp_path, point_env, capsys):
+def test_calql_finetuning_keeps_its_penalty_online(point_data, tmp_path, point_env, capsys, monkeypatch):
     """`finetune --algo calql`: the pre-trained Cal-QL learner continues online with its conservative penalty
-    (Cal-QL's and CQL's own fine-tuning), by default on 50/50 batches from the checkpoint's data; offline and
+    (Cal-QL's and CQL's own fine-tuning), by default on 50/50 batches from the checkpoint's data, with
+    Monte-Carlo bounds on both halves (online rows get theirs when their episode ends); offline and
     fine-tuning runs of the same algorithm name are told apart on --resume."""
     import yaml
 
@@ -479,7 +528,22 @@ def test_calql_finetuning_keeps_its_penalty_online(point_data, tmp_path, point_e
                         overrides=["agent.hidden_dims=[16,16]", "agent.num_qs=2", "agent.cql_n_actions=2", "train.steps=10",
                                    "train.batch_size=16", "train.eval_episodes=0"])
     ov = ["agent.cql_n_actions=2", "finetune.batch_size=8", "finetune.eval_every=40", "finetune.eval_episodes=1", "finetune.log_every=20"]
-    run = finetune(pre / "policy", task="point", algo="calql", steps=40, overrides=ov, out=tmp_path / "ft", wandb_mode="off", progress=False)
+    from robolearn.rl.cql import CQL
+
+    seen: list[torch.Tensor] = []  # the bounds each critic update gets: offline and online halves both carry one
+    real_loss = CQL.critic_loss
+    monkeypatch.setattr(CQL, "critic_loss", lambda self, o, a, t, batch, n: (seen.append(batch["mc_return"]), real_loss(self, o, a, t, batch, n))[1])
+    run = finetune(pre / "policy", task="point", algo="calql", steps=40, overrides=[*ov, "finetune.save_every=30"], out=tmp_path / "ft",
+                   wandb_mode="off", progress=False)
+    assert len(seen) == 37 and all(len(b) == 8 for b in seen)  # an update per step once 4 online rows exist
+    assert all(torch.isfinite(b[4:]).all() for b in seen)  # offline rows
+    assert torch.isinf(seen[0][:4]).all() and torch.isfinite(seen[-1][:4]).any()  # online rows: bounded once their episode ended
+    # the checkpoint at step 30: the first 20-step episode's rows hold its returns-to-go, the running one's -inf
+    from robolearn.checkpoint import load_tensors
+
+    replay = load_tensors(run / "checkpoints" / "last", "replay")
+    np.testing.assert_allclose(replay["mc_return"][:20].numpy(), discounted_to_go(replay["reward"][:20].numpy(), 0.99), rtol=1e-5)
+    assert torch.isneginf(replay["mc_return"][20:30]).all()
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(r["cql_penalty"] > 0 for r in logged if "td_loss" in r) and any("td_loss" in r for r in logged)
     summary = json.loads((run / "continual.json").read_text())

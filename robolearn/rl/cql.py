@@ -11,7 +11,9 @@ is TD + cql_alpha * mean(penalty_e), summed over members.
 Cal-QL (`calql: true`) calibrates the penalty: the Q-values of policy actions are first lower-
 bounded by the Monte-Carlo return-to-go of the dataset trajectory (`mc_return`), so the critic
 is never pushed below a reference policy's value -- which is what keeps online fine-tuning from
-an initial unlearning dip. Online batches without `mc_return` use no bound (-inf).
+an initial unlearning dip. Online fine-tuning (`robolearn finetune --algo calql`) gives online
+rows their return-to-go once their episode ends (ReplayBuffer `returns_to_go`); rows of running
+episodes carry -inf, i.e. no bound, and so do batches without `mc_return`.
 """
 
 from __future__ import annotations

@@ -150,6 +150,11 @@ def transitions_from_store(store: Any, obs_key: str = "obs/state", episodes: Seq
 class ReplayBuffer:
     """Online FIFO ring buffer of transitions, sampled uniformly with a seeded (numpy) generator.
 
+    With `returns_to_go=True` (Cal-QL fine-tuning) every row also holds its Monte-Carlo return-to-go,
+    known only once its episode ends: rows of running episodes hold -inf (no bound) until the loop
+    calls `close_episodes`, which fills the finished episodes' rows from their stored rewards (the
+    reference code computes it per finished online trajectory the same way).
+
     Storage is numpy on the host (default), or torch tensors on `device` (`robolearn finetune
     --backend gpu|warp-cpu`): `add_batch` then writes a batch of device tensors in place and
     `sample` gathers on the device, so nothing of a transition crosses to the host (only the
@@ -159,7 +164,7 @@ class ReplayBuffer:
     _ARRAYS = ("obs", "next_obs", "action", "reward", "terminal")
 
     def __init__(self, obs_dim: int, action_dim: int, capacity: int, seed: int = 0,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, returns_to_go: bool = False) -> None:
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -177,6 +182,12 @@ class ReplayBuffer:
             self.action = torch.zeros(capacity, action_dim, dtype=torch.float32, **z)
             self.reward = torch.zeros(capacity, dtype=torch.float32, **z)
             self.terminal = torch.zeros(capacity, dtype=torch.bool, **z)
+        self.mc_return: Any = None
+        self.arrays: tuple[str, ...] = self._ARRAYS
+        if returns_to_go:
+            self.mc_return = (np.full(capacity, -np.inf, np.float32) if self.device is None
+                              else torch.full((capacity,), -torch.inf, dtype=torch.float32, device=self.device))
+            self.arrays = (*self._ARRAYS, "mc_return")
         self.size = 0
         self.pos = 0
         self.added = 0  # total transitions ever added
@@ -189,6 +200,8 @@ class ReplayBuffer:
         i = self.pos
         self.obs[i], self.action[i], self.reward[i] = obs, action, reward
         self.next_obs[i], self.terminal[i] = next_obs, terminal
+        if self.mc_return is not None:
+            self.mc_return[i] = -np.inf  # known when the episode ends (close_episodes)
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
         self.added += 1
@@ -213,9 +226,36 @@ class ReplayBuffer:
             rows = (self.pos + np.arange(k)) % self.capacity
             self.obs[rows], self.action[rows], self.reward[rows] = obs, action, reward
             self.next_obs[rows], self.terminal[rows] = next_obs, terminal
+        if self.mc_return is not None:
+            self.mc_return[rows] = -np.inf
         self.pos = (self.pos + k) % self.capacity
         self.size = min(self.size + k, self.capacity)
         self.added += k
+
+    def close_episodes(self, last_rows: Any, lengths: Any, stride: int, gamma: float) -> None:
+        """Fill the Monte-Carlo returns-to-go of episodes that just ended (no-op without
+        `returns_to_go`). Episode j's transitions lie `stride` rows apart (the loop adds one row per
+        env per step), its last at `last_rows[j]`, `lengths[j]` of them; a return-to-go is the
+        discounted sum of the stored rewards to the episode's end, with no bootstrap at a time limit
+        (as for the offline data). Rows the ring has overwritten since are left alone."""
+        if self.mc_return is None:
+            return
+        dev = self.device or torch.device("cpu")
+        last = torch.as_tensor(last_rows, dtype=torch.int64).to(dev).reshape(-1)
+        if last.numel() == 0:
+            return
+        n = torch.as_tensor(lengths, dtype=torch.int64).to(dev).reshape(-1).clamp(max=self.capacity // stride)
+        span = int(n.max())
+        back = torch.arange(span, device=dev)  # 0 = the episode's last transition
+        rows = (last[:, None] - stride * back[None]) % self.capacity
+        valid = back[None] < n[:, None]
+        reward = torch.as_tensor(self.reward).to(dev)[rows].to(torch.float64) * valid
+        # mc[b] = sum over later-or-equal steps b' <= b of gamma^(b - b') r[b']: one matrix product
+        gap = (back[None] - back[:, None]).to(torch.float64)
+        discount = torch.where(gap >= 0, gamma ** gap.clamp(min=0), torch.zeros_like(gap))
+        mc = (reward @ discount).to(torch.float32)
+        dst = torch.from_numpy(self.mc_return) if self.device is None else self.mc_return
+        dst[rows[valid]] = mc[valid]
 
     def _host(self, name: str) -> np.ndarray:
         v = getattr(self, name)
@@ -224,7 +264,7 @@ class ReplayBuffer:
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors of the filled rows, JSON-able counters + generator state): checkpointed as
         safetensors + JSON, so restoring a buffer never unpickles anything."""
-        tensors = {k: torch.from_numpy(self._host(k)) for k in self._ARRAYS}
+        tensors = {k: torch.from_numpy(self._host(k)) for k in self.arrays}
         meta = {"capacity": self.capacity, "size": self.size, "pos": self.pos, "added": self.added,
                 "rng": self.rng.bit_generator.state}
         return tensors, meta
@@ -233,8 +273,11 @@ class ReplayBuffer:
         size = int(meta["size"])
         if int(meta["capacity"]) != self.capacity:
             raise ValueError(f"replay buffer capacity {meta['capacity']} in the checkpoint, {self.capacity} configured")
-        for k in self._ARRAYS:
+        for k in self.arrays:
             dst = getattr(self, k)
+            if k == "mc_return" and k not in tensors:  # a checkpoint from before returns-to-go were kept: no bounds
+                dst[:size] = -np.inf
+                continue
             src = tensors[k]
             if tuple(src.shape) != (size, *dst.shape[1:]):
                 raise ValueError(f"replay buffer {k!r}: checkpoint holds shape {tuple(src.shape)}, expected {(size, *dst.shape[1:])}")
@@ -250,10 +293,16 @@ class ReplayBuffer:
             raise RuntimeError("cannot sample from an empty replay buffer")
         idx = self.rng.integers(0, self.size, size=batch_size)
         if self.device is None:
-            return transition_batch(self, idx, device)
+            out = transition_batch(self, idx, device)
+            if self.mc_return is not None:
+                out["mc_return"] = torch.as_tensor(self.mc_return[idx], device=device)
+            return out
         rows = torch.as_tensor(idx, device=self.device)
-        return {"obs": self.obs[rows].to(device), "action": self.action[rows].to(device), "reward": self.reward[rows].to(device),
-                "next_obs": self.next_obs[rows].to(device), "terminal": self.terminal[rows].to(device, torch.float32)}
+        out = {"obs": self.obs[rows].to(device), "action": self.action[rows].to(device), "reward": self.reward[rows].to(device),
+               "next_obs": self.next_obs[rows].to(device), "terminal": self.terminal[rows].to(device, torch.float32)}
+        if self.mc_return is not None:
+            out["mc_return"] = self.mc_return[rows].to(device)
+        return out
 
 
 def concat_batches(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -65,15 +65,17 @@ class RLActor:
 class ReplayHook(Hook):
     """Every env's (s, a, r * scale + bias, s', terminated) of each step into the replay buffer
     (one `add_batch`), plus the finished episodes' returns summed where the env lives (read by
-    `take_returns`, the only host read)."""
+    `take_returns`). A buffer that keeps returns-to-go (Cal-QL) gets its finished episodes' rows
+    filled at each step where one ends: one more host read per step (whether any env finished)."""
 
     device_ok = True
 
-    def __init__(self, buffer: Any, reward_scale: float, reward_bias: float) -> None:
-        self.buffer, self.scale, self.bias = buffer, float(reward_scale), float(reward_bias)
+    def __init__(self, buffer: Any, reward_scale: float, reward_bias: float, discount: float = 0.99) -> None:
+        self.buffer, self.scale, self.bias, self.discount = buffer, float(reward_scale), float(reward_bias), float(discount)
 
     def on_start(self, engine: RolloutEngine, obs: Any) -> None:
         dev = engine.device
+        self.length = torch.zeros(engine.num_envs, dtype=torch.int64, device=dev)  # steps of each env's running episode
         self.running = torch.zeros(engine.num_envs, dtype=torch.float64, device=dev)
         self.finished_sum = torch.zeros((), dtype=torch.float64, device=dev)
         self.finished_count = torch.zeros((), dtype=torch.int64, device=dev)
@@ -92,6 +94,12 @@ class ReplayHook(Hook):
                               else scaled.numpy().astype(np.float32), next_obs, step.terminated)
         self.running += reward.to(self.running.device)
         done = done.to(self.running.device)
+        self.length += 1
+        if self.buffer.mc_return is not None and bool(done.any()):
+            k, buf = engine.num_envs, self.buffer
+            ended = torch.nonzero(done).reshape(-1)
+            buf.close_episodes((buf.pos - k + ended) % buf.capacity, self.length[ended], k, self.discount)
+        self.length = torch.where(done, torch.zeros_like(self.length), self.length)
         self.finished_sum += torch.where(done, self.running, 0.0).sum()
         self.finished_count += done.sum()
         self.running = torch.where(done, torch.zeros_like(self.running), self.running)
@@ -128,7 +136,7 @@ class VectorInteraction:
         self.obs_dim, self.action_dim = int(self.sim.obs_dim), int(self.sim.action_dim)
         self.device = getattr(self.sim, "device", torch.device("cpu")) if backend != "cpu" else torch.device("cpu")
         self.actor = RLActor(agent, generator)
-        self.hook = ReplayHook(buffer, agent.cfg.reward_scale, agent.cfg.reward_bias)
+        self.hook = ReplayHook(buffer, agent.cfg.reward_scale, agent.cfg.reward_bias, agent.cfg.discount)
         self.engine = persistent_rollout(self.sim, self.actor, next_seed, [self.hook], refill_every=refill_every)
 
     def step(self, random_actions: bool) -> None:
@@ -144,7 +152,7 @@ class VectorInteraction:
                                 "num_envs": self.num_envs}
         if not self.engine.started:
             return tensors, meta
-        tensors.update(running=hook.running.cpu().clone(), finished_sum=hook.finished_sum.cpu().reshape(1),
+        tensors.update(running=hook.running.cpu().clone(), length=hook.length.cpu().clone(), finished_sum=hook.finished_sum.cpu().reshape(1),
                        finished_count=hook.finished_count.cpu().reshape(1))
         if not self.engine.env.on_device:
             sim, env = self.sim, self.engine.env
@@ -171,6 +179,8 @@ class VectorInteraction:
         self.engine.resume(obs, meta["seeds"], lengths=meta["lengths"])  # (re)starts the hook's sums
         hook = self.hook
         hook.running = tensors["running"].to(hook.running.device, hook.running.dtype).clone()
+        lengths = tensors["length"] if "length" in tensors else torch.as_tensor(meta["lengths"])  # older checkpoints: the envs' own count
+        hook.length = lengths.to(hook.length.device, torch.int64).clone()
         hook.finished_sum.fill_(float(tensors["finished_sum"][0]))
         hook.finished_count.fill_(int(tensors["finished_count"][0]))
         return True

@@ -10,7 +10,8 @@ Baselines through the same loop: `--warmup 0` (no warm-up, no retention), `--ret
 (each batch half offline data), `--algo sac` (= no warm-up by default), `finetune.init=scratch`
 (SAC from random weights with a random-action warm-up), and `--algo cql|calql`: the offline learner
 itself continues online, conservative penalty included (as CQL's and Cal-QL's own fine-tuning do; Cal-QL's
-Monte-Carlo bound applies only to samples that carry a return-to-go, so online samples get plain CQL).
+Monte-Carlo bound applies to offline samples and to online ones whose episode has ended, whose
+return-to-go the replay buffer fills in then, as the reference computes it per finished trajectory).
 
 The deterministic policy is evaluated every `eval_every` env steps on fixed seeds (step 0 = the
 pre-trained policy); the curve and its continual-evaluation metrics (robolearn.rl.metrics) are
@@ -260,7 +261,9 @@ def finetune(
     n_on = fcfg.batch_size - n_off
     off_rng = np.random.default_rng(fcfg.seed + 7)
     on_device = fcfg.backend != "cpu"  # replay, agent and action draws on the env's device
-    buffer = ReplayBuffer(env.obs_dim, env.action_dim, fcfg.buffer_capacity, seed=fcfg.seed, device=device if on_device else None)
+    # Cal-QL's bound needs each online transition's return-to-go, filled in when its episode ends
+    buffer = ReplayBuffer(env.obs_dim, env.action_dim, fcfg.buffer_capacity, seed=fcfg.seed, device=device if on_device else None,
+                          returns_to_go=bool(getattr(acfg, "calql", False)))
     act_gen = torch.Generator(device).manual_seed(fcfg.seed) if vector else torch.Generator().manual_seed(fcfg.seed)
     act_rng = np.random.default_rng(fcfg.seed)
 
@@ -386,6 +389,7 @@ def finetune(
             ep_ret += reward
             obs = next_obs
             if term or trunc:
+                buffer.close_episodes([(buffer.pos - 1) % buffer.capacity], [len(ep_actions)], 1, acfg.discount)
                 ep_returns.append(ep_ret)
                 episode += 1
                 obs, ep_ret, ep_actions = env.reset(seed=env_seed(episode)), 0.0, []
