@@ -55,10 +55,13 @@ METHODS = {  # name -> (algo, warm-up or None for the study's --warmup, retained
 }
 SCRATCH = "SAC from scratch"  # finetune.init=scratch: random weights, the study's --warmup of random actions
 # run only when named in --methods: the pre-trained Cal-QL learner continuing online with its penalty (`finetune
-# --algo calql`), the study's warm-up and no retention, i.e. WSRL with the conservative penalty kept
-OPTIONAL = {"Cal-QL penalty kept (warm-up, no retention)": ("calql", None, 0.0)}
+# --algo calql`): with the study's warm-up and no retention (WSRL with the conservative penalty kept), and as the
+# Cal-QL paper fine-tunes (no frozen warm-up, every batch half offline data)
+OPTIONAL = {"Cal-QL penalty kept (warm-up, no retention)": ("calql", None, 0.0),
+            "Cal-QL as published (no warm-up, 50/50 retention)": ("calql", 0, 0.5)}
 ALL_METHODS = {**METHODS, **OPTIONAL}
-METHOD_KEYS = {**dict(zip(("wsrl", "nowarmup", "retain"), METHODS)), "scratch": SCRATCH, "calql": next(iter(OPTIONAL))}  # --methods
+METHOD_KEYS = {**dict(zip(("wsrl", "nowarmup", "retain"), METHODS)), "scratch": SCRATCH,
+               **dict(zip(("calql", "calql_mix"), OPTIONAL))}  # --methods
 RESULTS = Path("docs/results/offline_to_online")
 WORKERS = int(os.environ.get("RL_WORKERS", "2"))
 
