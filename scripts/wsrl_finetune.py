@@ -401,7 +401,8 @@ def probe_table(tags: list[str], until: int) -> list[str]:
     return out
 
 
-TRAINING_KEYS = ("td_loss", "q_mean", "actor_loss", "temperature", "entropy", "train_episode_return", "grad_updates")
+TRAINING_KEYS = ("td_loss", "q_mean", "actor_loss", "temperature", "entropy", "train_episode_return", "grad_updates",
+                 "cql_penalty", "calql_bound_rate")  # the last two: CQL-family learners fine-tuning online
 PRETRAIN_KEYS = ("td_loss", "cql_penalty", "q_mean", "calql_bound_rate", "temperature", "entropy")  # Cal-QL's learner, per log
 
 
@@ -460,10 +461,33 @@ def _report_committed(tag: str | None) -> None:
     print(f"plot: {plot}")
 
 
+def pair_table(tags: list[str], every: int = 1000) -> list[str]:
+    """Two studies' runs of the same method and seed, side by side from their committed training logs
+    (wsrl_TAG_training.json): where their logged statistics first differ, and every `every` env steps
+    the Cal-QL bound rate, mean Q and success of each (e.g. a change that only acts once a bound binds)."""
+    first, second = ({r["dir"]: r["log"] for r in json.loads((RESULTS / f"wsrl_{t}_training.json").read_text())["runs"]} for t in tags)
+    out = []
+    for name in sorted(set(first) & set(second)):
+        a, b = ({r["step"]: r for r in log} for log in (first[name], second[name]))
+        steps = sorted(set(a) & set(b))
+        differ = [s for s in steps if a[s] != b[s]]
+        out += [f"{name}: {tags[0]} and {tags[1]} logged the same values at {len(steps) - len(differ)} of {len(steps)} logged steps; "
+                + (f"first difference at step {differ[0]}" if differ else "no difference"), "",
+                f"| step | bound rate {tags[1]} | mean Q {tags[0]} | mean Q {tags[1]} | success {tags[0]} | success {tags[1]} |",
+                "|---|---|---|---|---|---|"]
+        for s in steps:
+            if s % every == 0 and "q_mean" in b[s]:
+                out.append(f"| {s} | {b[s].get('calql_bound_rate', float('nan')):.4f} | {a[s]['q_mean']:.1f} | {b[s]['q_mean']:.1f} "
+                           f"| {a[s].get('eval_success', float('nan')):.2f} | {b[s].get('eval_success', float('nan')):.2f} |")
+        out.append("")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["run", "report", "training-stats", "probes"],
-                    help="probes: one table row per study in --tags, WSRL runs compared up to --until env steps")
+    ap.add_argument("action", choices=["run", "report", "training-stats", "probes", "pair"],
+                    help="probes: one table row per study in --tags, WSRL runs compared up to --until env steps; "
+                         "pair: two studies' (--tags A B) runs of the same method and seed, from their training logs")
     ap.add_argument("--tags", nargs="+", default=["pc", "pc_min", "pc_utd4", "pc_b1024", "pc_pre80k", "pc_rb1", "pc_ref"])
     ap.add_argument("--until", type=int, default=15000)
     ap.add_argument("--tag", help="separate study (runs/rl_study/wsrl_TAG, docs/results/wsrl_hopper_TAG.png); default: the 3k-step study")
@@ -495,6 +519,11 @@ def main() -> None:
         ap.error("--pretrain-from and --pretrain-extend exclude each other")
     if a.action == "probes":
         print("\n".join(probe_table(a.tags, a.until)))
+        return
+    if a.action == "pair":
+        if len(a.tags) != 2:
+            ap.error("pair compares two studies: --tags A B")
+        print("\n".join(pair_table(a.tags)))
         return
     {"run": run, "report": report, "training-stats": training_stats}[a.action](a)
 

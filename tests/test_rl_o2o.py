@@ -455,6 +455,23 @@ def test_wsrl_probe_table_compares_studies_over_one_window(tmp_path, monkeypatch
     assert rows[3].endswith("| 2/2 |")
 
 
+def test_wsrl_pair_table_finds_where_two_studies_runs_part(tmp_path, monkeypatch):
+    """`wsrl_finetune.py pair --tags A B`: runs of the same folder in two studies, the first logged step at
+    which they differ, and the bound rate / mean Q / success of each every 1000 env steps."""
+    wf = _wsrl_finetune()
+    monkeypatch.setattr(wf, "RESULTS", tmp_path)
+    log = [{"step": s, "q_mean": 90.0 - s / 1000, "calql_bound_rate": 0.0, "eval_success": 0.8} for s in (1000, 1500, 2000, 3000)]
+    moved = [dict(r) for r in log]
+    moved[2].update(q_mean=70.0, calql_bound_rate=0.25)
+    for tag, runs in (("a", [{"dir": "calql_s0", "log": log}]),
+                      ("b", [{"dir": "calql_s0", "log": moved}, {"dir": "calql_s1", "log": log}])):
+        (tmp_path / f"wsrl_{tag}_training.json").write_text(json.dumps({"runs": runs}))
+    rows = wf.pair_table(["a", "b"])
+    assert rows[0] == "calql_s0: a and b logged the same values at 3 of 4 logged steps; first difference at step 2000"
+    assert rows[4:] == ["| 1000 | 0.0000 | 89.0 | 89.0 | 0.80 | 0.80 |", "| 2000 | 0.2500 | 88.0 | 70.0 | 0.80 | 0.80 |",
+                        "| 3000 | 0.0000 | 87.0 | 87.0 | 0.80 | 0.80 |", ""]  # calql_s1 exists in b only
+
+
 def test_wsrl_carry_uses_the_pretraining_final_optimizer_state(tmp_path):
     """With finetune.optimizer_state=checkpoint in --agent-set the study fine-tunes from the pre-training's
     checkpoints/last (which holds the optimizers), and only when it is the same step as the final policy."""
