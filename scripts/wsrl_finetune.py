@@ -401,6 +401,21 @@ def probe_table(tags: list[str], until: int) -> list[str]:
     return out
 
 
+def at_table(tags: list[str], steps: list[int]) -> list[str]:
+    """Every method of the studies in `tags`, pooled success at the same env steps (Wilson intervals):
+    methods of different studies compared step for step, e.g. two fine-tunings with the same data mix."""
+    out = [f"| study | method | seeds | {' | '.join(f'step {s}' for s in steps)} |", "|---|---|---|" + "---|" * len(steps)]
+    for tag in tags:
+        episodes = _study_record(tag)["settings"]["eval_episodes"]
+        runs = _runs_of(tag)
+        for m in [*ALL_METHODS, SCRATCH]:
+            rows = sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"])
+            if rows:
+                out.append(f"| {tag} | {m} | {[r['seed'] for r in rows]} | "
+                           + " | ".join(_pooled_at(rows, s, episodes) for s in steps) + " |")
+    return out
+
+
 TRAINING_KEYS = ("td_loss", "q_mean", "actor_loss", "temperature", "entropy", "train_episode_return", "grad_updates",
                  "cql_penalty", "calql_bound_rate")  # the last two: CQL-family learners fine-tuning online
 PRETRAIN_KEYS = ("td_loss", "cql_penalty", "q_mean", "calql_bound_rate", "temperature", "entropy")  # Cal-QL's learner, per log
@@ -485,11 +500,13 @@ def pair_table(tags: list[str], every: int = 1000) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["run", "report", "training-stats", "probes", "pair"],
+    ap.add_argument("action", choices=["run", "report", "training-stats", "probes", "pair", "at"],
                     help="probes: one table row per study in --tags, WSRL runs compared up to --until env steps; "
-                         "pair: two studies' (--tags A B) runs of the same method and seed, from their training logs")
+                         "pair: two studies' (--tags A B) runs of the same method and seed, from their training logs; "
+                         "at: every method of the studies in --tags, pooled success at --at-steps")
     ap.add_argument("--tags", nargs="+", default=["pc", "pc_min", "pc_utd4", "pc_b1024", "pc_pre80k", "pc_rb1", "pc_ref"])
     ap.add_argument("--until", type=int, default=15000)
+    ap.add_argument("--at-steps", nargs="+", type=int, default=[2500, 5000, 7500, 15000], help="env steps the `at` table shows")
     ap.add_argument("--tag", help="separate study (runs/rl_study/wsrl_TAG, docs/results/wsrl_hopper_TAG.png); default: the 3k-step study")
     ap.add_argument("--steps", type=int, default=STEPS, help="online env steps per run, warm-up included")
     ap.add_argument("--warmup", type=int, default=WARMUP, help="WSRL warm-up env steps (no updates)")
@@ -519,6 +536,9 @@ def main() -> None:
         ap.error("--pretrain-from and --pretrain-extend exclude each other")
     if a.action == "probes":
         print("\n".join(probe_table(a.tags, a.until)))
+        return
+    if a.action == "at":
+        print("\n".join(at_table(a.tags, a.at_steps)))
         return
     if a.action == "pair":
         if len(a.tags) != 2:

@@ -472,6 +472,22 @@ def test_wsrl_pair_table_finds_where_two_studies_runs_part(tmp_path, monkeypatch
                         "| 3000 | 0.0000 | 87.0 | 87.0 | 0.80 | 0.80 |", ""]  # calql_s1 exists in b only
 
 
+def test_wsrl_at_table_pools_each_method_at_the_same_steps(tmp_path, monkeypatch):
+    """`wsrl_finetune.py at --tags A B --at-steps ...`: per study and method, success pooled over seeds at each
+    step (50 episodes per evaluation: 45 + 40 of 100), "-" where a run has no evaluation at that step."""
+    wf = _wsrl_finetune()
+    monkeypatch.setattr(wf, "RESULTS", tmp_path)
+    monkeypatch.setattr(wf, "BASE", tmp_path / "nowhere" / "wsrl")
+    retain, calql_mix = list(wf.METHODS)[2], list(wf.OPTIONAL)[1]
+    for tag, method in (("a", retain), ("b", calql_mix)):
+        (tmp_path / f"wsrl_{tag}_study.json").write_text(json.dumps({"settings": {"eval_episodes": 50}}))
+        lines = [{"method": method, "seed": s, "curve": [[0, 0.9, 0], [100, x, 0]]} for s, x in ((1, 0.8), (0, 0.9))]
+        (tmp_path / f"wsrl_{tag}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rows = wf.at_table(["a", "b"], [100, 200])
+    assert rows[2].startswith(f"| a | {retain} | [0, 1] | 85/100 = 0.85 [")
+    assert rows[2].endswith("| - |") and rows[3].startswith(f"| b | {calql_mix} | [0, 1] | 85/100")
+
+
 def test_wsrl_carry_uses_the_pretraining_final_optimizer_state(tmp_path):
     """With finetune.optimizer_state=checkpoint in --agent-set the study fine-tunes from the pre-training's
     checkpoints/last (which holds the optimizers), and only when it is the same step as the final policy."""
