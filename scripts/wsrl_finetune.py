@@ -417,8 +417,8 @@ def at_table(tags: list[str], steps: list[int]) -> list[str]:
 
 
 TRAINING_KEYS = ("td_loss", "q_mean", "actor_loss", "temperature", "entropy", "train_episode_return", "grad_updates",
-                 "cql_penalty", "calql_bound_rate")  # the last two: CQL-family learners fine-tuning online
-PRETRAIN_KEYS = ("td_loss", "cql_penalty", "q_mean", "calql_bound_rate", "temperature", "entropy")  # Cal-QL's learner, per log
+                 "cql_penalty", "calql_bound_rate", "calql_bound_rate_next")  # the last three: CQL-family learners fine-tuning online
+PRETRAIN_KEYS = ("td_loss", "cql_penalty", "q_mean", "calql_bound_rate", "calql_bound_rate_next", "temperature", "entropy")  # Cal-QL's learner, per log
 
 
 def training_stats(a: argparse.Namespace) -> None:

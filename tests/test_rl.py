@@ -546,6 +546,7 @@ def test_calql_finetuning_keeps_its_penalty_online(point_data, tmp_path, point_e
     assert torch.isneginf(replay["mc_return"][20:30]).all()
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(r["cql_penalty"] > 0 for r in logged if "td_loss" in r) and any("td_loss" in r for r in logged)
+    assert all(0 <= r[k] <= 1 for r in logged if "td_loss" in r for k in ("calql_bound_rate", "calql_bound_rate_next"))
     summary = json.loads((run / "continual.json").read_text())
     assert summary["warmup"] == 0 and summary["offline_samples"] == 4 * summary["grad_updates"] > 0
     assert yaml.safe_load((run / "config.yaml").read_text())["agent"]["calql"] is True

@@ -78,10 +78,11 @@ class CQL(SAC):
         q_rand = self._q_repeated(obs, rand)
         q_cur = self._q_repeated(obs, cur_a)
         q_nxt = self._q_repeated(obs, nxt_a)
-        bound_rate = 0.0
+        bound_rate = bound_rate_next = 0.0  # shares of the policy actions' Q-values (drawn at s, at s') below the bound
         if cfg.calql and "mc_return" in batch:
             lower = batch["mc_return"][None, :, None]
             bound_rate = (q_cur < lower).float().mean().item()
+            bound_rate_next = (q_nxt < lower).float().mean().item()
             q_cur = torch.maximum(q_cur, lower)
             q_nxt = torch.maximum(q_nxt, lower)
         log_density = a_dim * math.log(0.5)
@@ -90,7 +91,7 @@ class CQL(SAC):
         penalty = (ood - q).mean(1).sum()
         loss = td + cfg.cql_alpha * penalty
         return loss, {"td_loss": td.item(), "cql_penalty": penalty.item(), "q_mean": q.mean().item(),
-                      "calql_bound_rate": bound_rate}
+                      "calql_bound_rate": bound_rate, "calql_bound_rate_next": bound_rate_next}
 
 
 class CalQL(CQL):
