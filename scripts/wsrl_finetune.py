@@ -272,6 +272,12 @@ def _runs_of(tag: str) -> list[dict]:
     return list({(r["method"], r["seed"]): r for r in _jsonl(RESULTS / f"wsrl_{tag}.jsonl")}.values())
 
 
+def _by_method(runs: list[dict]) -> dict[str, list[dict]]:
+    """The runs of each method that has any, in the study's method order, each sorted by seed."""
+    by = {m: sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"]) for m in [*ALL_METHODS, SCRATCH]}
+    return {m: rows for m, rows in by.items() if rows}
+
+
 def _pool(rates: list[float], episodes: int) -> tuple[int, int, float, float]:
     """Per-seed success rates of `episodes` evaluation episodes each, pooled: (wins, n, Wilson 95% lo, hi)."""
     from robolearn.evaluation import wilson_interval
@@ -290,17 +296,13 @@ def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None) -> lis
     Success rates pool the final evaluation over seeds (n = episodes x seeds, Wilson 95%); min-ACC is
     checked per seed against 0.8 x the pre-trained policy's success (`pretrained`, else the run's own
     step-0 evaluation, which for the methods that start from the checkpoint is that policy)."""
-    order = [*ALL_METHODS, SCRATCH]
-    by = {m: sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"]) for m in order}
+    by = _by_method(runs)
     out = ["| method | seeds | step 0 | final (pooled, 95% CI) | best | min-ACC | min-ACC step | gap depth | "
            "time to recover | WC-ACC | runs with min-ACC >= 0.8 x pre-trained | wall/run |", "|" + "---|" * 12]
     pooled, kept = {}, {}  # per method: (rate, lo, hi); seeds with min-ACC >= 0.8 x reference
     ref = lambda r: pretrained if pretrained is not None else r["initial"]  # noqa: E731
     sd = lambda rows, k: f"{np.mean([r[k] for r in rows]):.2f} ± {np.std([r[k] for r in rows]):.2f}"  # noqa: E731
-    for m in order:
-        rows = by[m]
-        if not rows:
-            continue
+    for m, rows in by.items():
         wins, n, lo, hi = _pool([r["final"] for r in rows], episodes)
         pooled[m] = (wins / n, lo, hi)
         kept[m] = sum(r["min_acc"] >= 0.8 * ref(r) for r in rows)
@@ -407,12 +409,9 @@ def at_table(tags: list[str], steps: list[int]) -> list[str]:
     out = [f"| study | method | seeds | {' | '.join(f'step {s}' for s in steps)} |", "|---|---|---|" + "---|" * len(steps)]
     for tag in tags:
         episodes = _study_record(tag)["settings"]["eval_episodes"]
-        runs = _runs_of(tag)
-        for m in [*ALL_METHODS, SCRATCH]:
-            rows = sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"])
-            if rows:
-                out.append(f"| {tag} | {m} | {[r['seed'] for r in rows]} | "
-                           + " | ".join(_pooled_at(rows, s, episodes) for s in steps) + " |")
+        for m, rows in _by_method(_runs_of(tag)).items():
+            out.append(f"| {tag} | {m} | {[r['seed'] for r in rows]} | "
+                       + " | ".join(_pooled_at(rows, s, episodes) for s in steps) + " |")
     return out
 
 
@@ -462,12 +461,10 @@ def _report_committed(tag: str | None) -> None:
               + " ".join(f"{h['step']}:{h['success']:.2f}" for h in pre["history"]))
     print("\n".join(wsrl_table(runs, settings["eval_episodes"], pretrained)))
     curves = {}
-    for m in [*ALL_METHODS, SCRATCH]:
-        rows = sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"])
-        if rows:
-            steps = [c[0] for c in rows[0]["curve"]]
-            scores = np.array([[c[1] for c in r["curve"]] for r in rows])
-            curves[m] = (steps, scores.mean(0), (scores.min(0), scores.max(0)))
+    for m, rows in _by_method(runs).items():
+        steps = [c[0] for c in rows[0]["curve"]]
+        scores = np.array([[c[1] for c in r["curve"]] for r in rows])
+        curves[m] = (steps, scores.mean(0), (scores.min(0), scores.max(0)))
     seeds = sorted({r["seed"] for r in runs})
     extra = f", {' '.join(settings['agent_set'])}" if settings.get("agent_set") else ""
     plot = plot_curves(curves, RESULTS / f"wsrl_{tag}.png", "success rate",

@@ -232,16 +232,17 @@ class ReplayBuffer:
         self.size = min(self.size + k, self.capacity)
         self.added += k
 
-    def close_episodes(self, last_rows: Any, lengths: Any, stride: int, gamma: float) -> None:
-        """Fill the Monte-Carlo returns-to-go of episodes that just ended (no-op without
-        `returns_to_go`). Episode j's transitions lie `stride` rows apart (the loop adds one row per
-        env per step), its last at `last_rows[j]`, `lengths[j]` of them; a return-to-go is the
-        discounted sum of the stored rewards to the episode's end, with no bootstrap at a time limit
-        (as for the offline data). Rows the ring has overwritten since are left alone."""
+    def close_episodes(self, envs: Any, lengths: Any, stride: int, gamma: float) -> None:
+        """Fill the Monte-Carlo returns-to-go of episodes that ended with the newest step (no-op
+        without `returns_to_go`). Each step added `stride` rows, one per env in env order, so the
+        episode of env `envs[j]` ends at row `pos - stride + envs[j]` and its `lengths[j]` transitions
+        lie `stride` rows apart; a return-to-go is the discounted sum of the stored rewards to the
+        episode's end, with no bootstrap at a time limit (as for the offline data). Rows the ring has
+        overwritten since are left alone."""
         if self.mc_return is None:
             return
         dev = self.device or torch.device("cpu")
-        last = torch.as_tensor(last_rows, dtype=torch.int64).to(dev).reshape(-1)
+        last = (self.pos - stride + torch.as_tensor(envs, dtype=torch.int64).to(dev).reshape(-1)) % self.capacity
         if last.numel() == 0:
             return
         n = torch.as_tensor(lengths, dtype=torch.int64).to(dev).reshape(-1).clamp(max=self.capacity // stride)

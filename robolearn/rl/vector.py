@@ -96,9 +96,8 @@ class ReplayHook(Hook):
         done = done.to(self.running.device)
         self.length += 1
         if self.buffer.mc_return is not None and bool(done.any()):
-            k, buf = engine.num_envs, self.buffer
             ended = torch.nonzero(done).reshape(-1)
-            buf.close_episodes((buf.pos - k + ended) % buf.capacity, self.length[ended], k, self.discount)
+            self.buffer.close_episodes(ended, self.length[ended], engine.num_envs, self.discount)
         self.length = torch.where(done, torch.zeros_like(self.length), self.length)
         self.finished_sum += torch.where(done, self.running, 0.0).sum()
         self.finished_count += done.sum()

@@ -389,7 +389,7 @@ def finetune(
             ep_ret += reward
             obs = next_obs
             if term or trunc:
-                buffer.close_episodes([(buffer.pos - 1) % buffer.capacity], [len(ep_actions)], 1, acfg.discount)
+                buffer.close_episodes([0], [len(ep_actions)], 1, acfg.discount)
                 ep_returns.append(ep_ret)
                 episode += 1
                 obs, ep_ret, ep_actions = env.reset(seed=env_seed(episode)), 0.0, []
