@@ -9,6 +9,10 @@ critic's action landscape at the states the pre-trained policy visits:
     python scripts/q_landscape.py measure   # statistics per critic -> docs/results/offline_to_online/q_landscape.jsonl
     python scripts/q_landscape.py table     # the table, from the jsonl alone
 
+`--setup pc10` does the same for the 10-critic pre-training (study pc10) with study pc10w's WSRL settings
+(UTD 4, the reference SAC settings; records q_landscape_pc10.jsonl); `--joint` and `--critic-only` count env
+steps, so at UTD 4 the critics have had four times as many updates.
+
 For each critic (the pre-trained Cal-QL ensemble, each run's critics after `critic_only` env steps of
 critic updates with the actor held, and the critics after the first `joint` updates of both, WSRL's and
 the Cal-QL learner's with its penalty kept; the landscape always measured around the pre-trained actor) and the states of
@@ -43,31 +47,52 @@ from pathlib import Path
 
 import numpy as np
 
-PRETRAINED = Path("runs/rl_study/wsrl_pc/pretrain_calql/policy")  # study pc's 40k-step 2-critic Cal-QL (0.86)
-ROOT = Path("runs/rl_study/q_landscape")
-RECORDS = Path("docs/results/offline_to_online/q_landscape.jsonl")
 SEEDS = (0, 1, 2)
 STATE_SEED = 700_000  # episodes for the states: disjoint from evaluation (100_000+) and fine-tuning (seed * 1_000_003 + ep)
 # label -> (fine-tuning algorithm, retained offline fraction, critic-only phase?): the critics after `--critic-only`
-# env steps of critic-only updates, or after the first `--joint` updates of critics and actor together (WSRL's,
-# and the Cal-QL learner's with its penalty kept online)
+# env steps of critic-only updates, or after the first `--joint` env steps of updates of critics and actor together
+# (WSRL's, and the Cal-QL learner's with its penalty kept online)
 KINDS = {"online only (WSRL)": ("wsrl", 0.0, True), "50/50 retention": ("wsrl", 0.5, True),
          "WSRL, joint updates": ("wsrl", 0.0, False), "Cal-QL penalty kept, joint updates": ("calql", 0.0, False)}
+# --setup -> the pre-trained checkpoint, where runs and records go, the fine-tuning settings every kind shares,
+# which kinds it measures, and whether fine-tuning continues the pre-training's optimizers (its checkpoints/last)
+SETUPS = {
+    # study pc's 40k-step 2-critic Cal-QL (0.86), UTD 1 (sections 5.1-5.3)
+    "pc": {"pretrained": "runs/rl_study/wsrl_pc/pretrain_calql/policy", "root": "runs/rl_study/q_landscape",
+           "records": "docs/results/offline_to_online/q_landscape.jsonl", "label": "pre-trained Cal-QL",
+           "overrides": ["agent.utd=1", "agent.num_qs=2", "agent.num_min_qs=2"], "kinds": list(KINDS), "optimizers": False},
+    # study pc10's 40k-step 10-critic Cal-QL with study pc10w's WSRL settings: the paper's ensemble and UTD, and
+    # the reference SAC settings probed together in pc_all (optimizers carried, actor on the critics' min)
+    "pc10": {"pretrained": "runs/rl_study/wsrl_pc10/pretrain_calql/policy", "root": "runs/rl_study/q_landscape_pc10",
+             "records": "docs/results/offline_to_online/q_landscape_pc10.jsonl", "label": "pre-trained Cal-QL (10 critics)",
+             "overrides": ["agent.utd=4", "agent.num_qs=10", "agent.num_min_qs=2", "finetune.optimizer_state=checkpoint",
+                           "agent.actor_lr=0.0001", "agent.temperature_lr=0.0001", "agent.backup_entropy=false",
+                           "agent.actor_q=min"],
+             "kinds": ["online only (WSRL)", "WSRL, joint updates"], "optimizers": True},
+}
 SIGMAS = (0.05, 0.2, 0.5)
 TRUTH_STARTS = (0, 15, 30)  # steps into each episode where the true returns of candidate actions are rolled out
 TRUTH_DRAWS = 16  # uniform candidate actions per such state (besides the policy's mode)
 
 
+def _setup(a: argparse.Namespace) -> dict:
+    """The --setup's settings with its paths as Paths."""
+    st = dict(SETUPS[a.setup])
+    for k in ("pretrained", "root", "records"):
+        st[k] = Path(st[k])
+    return st
+
+
 def _updates(kind: str, a: argparse.Namespace) -> int:
-    """Env steps (= updates at UTD 1) after the warm-up that this kind's critics have had."""
+    """Env steps after the warm-up that this kind's critics have had (updates: that times the setup's UTD)."""
     return a.critic_only if KINDS[kind][2] else a.joint
 
 
 def _run_dir(kind: str, seed: int, a: argparse.Namespace) -> Path:
     algo, retain, held = KINDS[kind]
     if held:
-        return ROOT / f"{'retain' if retain else 'online'}_c{a.critic_only}_s{seed}"
-    return ROOT / f"{'' if algo == 'wsrl' else algo + '_'}joint_u{a.joint}_s{seed}"
+        return _setup(a)["root"] / f"{'retain' if retain else 'online'}_c{a.critic_only}_s{seed}"
+    return _setup(a)["root"] / f"{'' if algo == 'wsrl' else algo + '_'}joint_u{a.joint}_s{seed}"
 
 
 def run(a: argparse.Namespace) -> None:
@@ -75,14 +100,22 @@ def run(a: argparse.Namespace) -> None:
     joint kinds the first `joint` updates of critics and actor (WSRL's, and the Cal-QL learner's)."""
     from robolearn.rl.wsrl import finetune
 
+    st = _setup(a)
+    start = st["pretrained"]
+    if st["optimizers"]:  # the pre-training's final optimizer state lives in its checkpoints/last
+        start = st["pretrained"].parent / "checkpoints" / "last"
+        steps = [json.loads((d / "checkpoint.json").read_text())["step"] for d in (st["pretrained"], start)]
+        if steps[0] != steps[1]:
+            raise SystemExit(f"{start} is step {steps[1]}, not the final policy's {steps[0]}")
     for seed in a.seeds:
-        for kind, (algo, retain, held) in KINDS.items():
+        for kind in st["kinds"]:
+            algo, retain, held = KINDS[kind]
             out, n = _run_dir(kind, seed, a), _updates(kind, a)
             if (out / "policy" / "checkpoint.json").exists():
                 continue
-            finetune(PRETRAINED, task="push_cube", algo=algo, warmup=a.warmup, retain_offline=retain,
+            finetune(start, task="push_cube", algo=algo, warmup=a.warmup, retain_offline=retain,
                      steps=a.warmup + n, data=a.data if retain else None, out=out, wandb_mode="off", progress=False,
-                     overrides=["agent.utd=1", "agent.num_qs=2", "agent.num_min_qs=2", "finetune.batch_size=256",
+                     overrides=[*st["overrides"], "finetune.batch_size=256",
                                 f"finetune.critic_only={n if held else 0}", f"finetune.eval_every={a.warmup + n}",
                                 "finetune.eval_episodes=0", f"finetune.log_every={n}", f"finetune.seed={seed}"])
             print(f"{out} done at {time.strftime('%H:%M UTC', time.gmtime())}", flush=True)
@@ -210,7 +243,8 @@ def measure(a: argparse.Namespace) -> None:
     from robolearn.rl.algos import load_agent
 
     torch.set_num_threads(1)
-    pre, meta = load_agent(PRETRAINED)
+    st = _setup(a)
+    pre, meta = load_agent(st["pretrained"])
     env_kwargs = dict(meta.get("env_kwargs") or {})
     episodes = _episodes(pre, a.episodes, env_kwargs)
     obs = np.asarray([o for seen, _ in episodes for o in seen], np.float32)
@@ -222,9 +256,9 @@ def measure(a: argparse.Namespace) -> None:
                 "abs_d_p90": float(np.percentile(np.abs(ret[:, 1:] - ret[:, :1]), 90)),
                 "share_d_zero": float((ret[:, 1:] == ret[:, :1]).mean()), "truth_starts": list(TRUTH_STARTS),
                 "truth_draws": TRUTH_DRAWS}
-    rows = [{"critic": "pre-trained Cal-QL", "seed": None, "critic_only": 0, "dir": str(PRETRAINED)}]
+    rows = [{"critic": st["label"], "seed": None, "critic_only": 0, "dir": str(st["pretrained"])}]
     for seed in a.seeds:
-        for kind in KINDS:
+        for kind in st["kinds"]:
             d = _run_dir(kind, seed, a)
             if (d / "policy" / "checkpoint.json").exists():
                 held = KINDS[kind][2]
@@ -239,16 +273,17 @@ def measure(a: argparse.Namespace) -> None:
         agent, _ = load_agent(row["dir"])
         records.append({**row, **landscape(agent, pre, obs, a.draws), **agreement(agent, truth), "draws": a.draws, **stamp()})
         print(json.dumps(records[-1]), flush=True)
-    RECORDS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RECORDS.with_suffix(".jsonl.tmp")
+    out = st["records"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, RECORDS)
-    print(f"wrote {RECORDS}: {len(records)} critics")
+    os.replace(tmp, out)
+    print(f"wrote {out}: {len(records)} critics")
 
 
 def table(a: argparse.Namespace) -> list[str]:
     """Per critic kind: each statistic as the mean over seeds and (min..max)."""
-    recs = [json.loads(line) for line in RECORDS.read_text().splitlines() if line.strip()]
+    recs = [json.loads(line) for line in _setup(a)["records"].read_text().splitlines() if line.strip()]
     keys = ["q_mode", *[f"d_sigma{s}" for s in SIGMAS], "d_uniform", "p_better", "grad_norm", "d_cand", "p_better_cand",
             "rank_corr", "rank_corr_se", "sign_agree"]
     lines = ["| critic | seeds | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
@@ -281,6 +316,7 @@ def table(a: argparse.Namespace) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=["run", "measure", "table"])
+    ap.add_argument("--setup", choices=list(SETUPS), default="pc", help="which pre-training and fine-tuning settings (see SETUPS)")
     ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     ap.add_argument("--warmup", type=int, default=5000)
     ap.add_argument("--critic-only", type=int, default=2500, help="env steps of critic-only updates after the warm-up")

@@ -537,3 +537,5 @@ def test_q_landscape_agreement_scores_a_critic_against_rollout_truth():
         critic = staticmethod(lambda x, a: torch.stack([torch.arange(20, dtype=torch.float32) % 4] * 2))
 
     assert ql.agreement(ByIndex(), flat)["rank_corr"] == 0.0
+    for name, setup in ql.SETUPS.items():  # each --setup measures kinds the script knows how to fine-tune
+        assert setup["kinds"] and set(setup["kinds"]) <= set(ql.KINDS), name
