@@ -68,7 +68,7 @@ SETUPS = {
              "overrides": ["agent.utd=4", "agent.num_qs=10", "agent.num_min_qs=2", "finetune.optimizer_state=checkpoint",
                            "agent.actor_lr=0.0001", "agent.temperature_lr=0.0001", "agent.backup_entropy=false",
                            "agent.actor_q=min"],
-             "kinds": ["online only (WSRL)", "WSRL, joint updates"], "optimizers": True},
+             "kinds": ["WSRL, joint updates"], "optimizers": True},
 }
 SIGMAS = (0.05, 0.2, 0.5)
 TRUTH_STARTS = (0, 15, 30)  # steps into each episode where the true returns of candidate actions are rolled out
