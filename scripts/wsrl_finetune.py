@@ -373,7 +373,7 @@ def _pooled_at(runs: list[dict], step: int, episodes: int) -> str:
     return "-" if any(v is None for v in vals) else _pool_cell(*_pool(vals, episodes))
 
 
-PROBE_BASE = {"utd": 1, "batch_size": 256}  # study pc's settings, against which a probe's changes are listed
+PROBE_BASE = {"utd": 1, "batch_size": 256, "num_qs": 2}  # study pc's settings, against which a probe's changes are listed
 
 
 def probe_table(tags: list[str], until: int) -> list[str]:
