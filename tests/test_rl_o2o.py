@@ -442,8 +442,8 @@ def test_wsrl_probe_table_compares_studies_over_one_window(tmp_path, monkeypatch
     monkeypatch.setattr(wf, "BASE", tmp_path / "nowhere" / "wsrl")
     wsrl = list(wf.METHODS)[0]
     base = {"steps": 20, "warmup": 5, "eval_every": 5, "eval_episodes": 10, "task": "push_cube", "pretrain": "calql",
-            "utd": 1, "batch_size": 256, "pretrain_steps": 100}
-    for tag, extra, after in (("a", {}, [0.0, 0.9]), ("b", {"utd": 4, "agent_set": ["agent.actor_q=min"], "pretrain_from": "a"}, [0.8, 0.9])):
+            "utd": 1, "batch_size": 256, "num_qs": 2, "pretrain_steps": 100}
+    for tag, extra, after in (("a", {}, [0.0, 0.9]), ("b", {"utd": 4, "num_qs": 10, "agent_set": ["agent.actor_q=min"], "pretrain_from": "a"}, [0.8, 0.9])):
         (tmp_path / f"wsrl_{tag}_study.json").write_text(json.dumps({"settings": {**base, **extra}}))
         lines = [{"method": wsrl, "seed": s, "initial": 1.0, "curve": [[0, 1.0, 0], [5, 1.0, 0], [2505, x, 0], [2600, 0.0, 0]]}
                  for s, x in enumerate(after)]
@@ -451,7 +451,7 @@ def test_wsrl_probe_table_compares_studies_over_one_window(tmp_path, monkeypatch
     rows = wf.probe_table(["a", "b"], until=2505)  # the drop to 0 at 2600 lies outside the window
     assert rows[2].startswith("| a | - | calql 100 steps | 1.00 | 2505: 9/20 = 0.45") and "| 0.00 / 0.90 |" in rows[2]
     assert rows[2].endswith("| 1/2 |")
-    assert rows[3].startswith("| b | utd 4, agent.actor_q=min | calql 100 steps (study a's) | 1.00 | 2505: 17/20 = 0.85")
+    assert rows[3].startswith("| b | utd 4, num_qs 10, agent.actor_q=min | calql 100 steps (study a's) | 1.00 | 2505: 17/20 = 0.85")
     assert rows[3].endswith("| 2/2 |")
 
 
