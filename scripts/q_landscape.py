@@ -100,13 +100,11 @@ def run(a: argparse.Namespace) -> None:
     joint kinds the first `joint` updates of critics and actor (WSRL's, and the Cal-QL learner's)."""
     from robolearn.rl.wsrl import finetune
 
+    from wsrl_finetune import _with_optimizers  # scripts/ is on the path when this script runs
+
     st = _setup(a)
-    start = st["pretrained"]
-    if st["optimizers"]:  # the pre-training's final optimizer state lives in its checkpoints/last
-        start = st["pretrained"].parent / "checkpoints" / "last"
-        steps = [json.loads((d / "checkpoint.json").read_text())["step"] for d in (st["pretrained"], start)]
-        if steps[0] != steps[1]:
-            raise SystemExit(f"{start} is step {steps[1]}, not the final policy's {steps[0]}")
+    # the pre-training's final optimizer state lives in its checkpoints/last (checked to be the final step)
+    start = _with_optimizers(st["pretrained"]) if st["optimizers"] else st["pretrained"]
     for seed in a.seeds:
         for kind in st["kinds"]:
             algo, retain, held = KINDS[kind]
