@@ -122,6 +122,8 @@ def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float], Sequen
 
     `curves[label] = (steps, mean_scores, spread)` with spread None or (lo, hi) arrays stacked.
     """
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,7 +144,7 @@ def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float], Sequen
         ax.text(warmup, ax.get_ylim()[1], " end of warm-up", va="top", fontsize=7, color="gray")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 90), fontsize=8)  # studies' titles list their overrides: wrap, never crop
     ax.legend(fontsize=8, title="dotted: min-ACC (running min)", title_fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
