@@ -209,6 +209,8 @@ def run(a: argparse.Namespace) -> None:
     new_study = not (a.task == "hopper" and a.pretrain == "iql")
     if new_study and (not a.tag or not a.data):
         raise SystemExit("a study on another task or pre-training algorithm needs --tag and --data")
+    if new_study and not Path(a.data).exists():  # every method reads it (the store's normalizer, retention), scratch too
+        raise SystemExit(f"--data {a.data}: no episode store there")
     budget = {"steps": a.steps, "warmup": a.warmup, "eval_every": a.eval_every,
               "eval_episodes": a.eval_episodes if new_study else EVAL_EPISODES}
     if new_study:

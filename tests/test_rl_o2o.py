@@ -539,3 +539,16 @@ def test_q_landscape_agreement_scores_a_critic_against_rollout_truth():
     assert ql.agreement(ByIndex(), flat)["rank_corr"] == 0.0
     for name, setup in ql.SETUPS.items():  # each --setup measures kinds the script knows how to fine-tune
         assert setup["kinds"] and set(setup["kinds"]) <= set(ql.KINDS), name
+
+
+def test_wsrl_study_without_its_store_stops_before_writing(tmp_path, monkeypatch):
+    """`wsrl_finetune.py run` on a missing --data store exits with one line before it creates the study's
+    directory (SAC from scratch reads the store too, so a scratch-only process must not get further)."""
+    import argparse
+
+    wf = _wsrl_finetune()
+    monkeypatch.setattr(wf, "BASE", tmp_path / "rl_study" / "wsrl")
+    a = argparse.Namespace(task="hopper", pretrain="calql", tag="t", data=str(tmp_path / "missing.zarr"), methods=["scratch"])
+    with pytest.raises(SystemExit, match="no episode store there"):
+        wf.run(a)
+    assert not (tmp_path / "rl_study").exists()
