@@ -292,29 +292,46 @@ def _pool_cell(wins: int, n: int, lo: float, hi: float) -> str:
     return f"{wins}/{n} = {wins / n:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
-def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None) -> list[str]:
-    """Markdown table of a study on our tasks plus the issue's three hypotheses, from per-run records.
+def _scores_are_returns(settings: dict) -> bool:
+    """Gymnasium tasks (Hopper) have no success signal: their runs are scored by mean return."""
+    from robolearn.rl.envs import is_own_task
 
-    Success rates pool the final evaluation over seeds (n = episodes x seeds, Wilson 95%); min-ACC is
-    checked per seed against 0.8 x the pre-trained policy's success (`pretrained`, else the run's own
-    step-0 evaluation, which for the methods that start from the checkpoint is that policy)."""
+    return not is_own_task(settings["task"])
+
+
+def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None, returns: bool = False) -> list[str]:
+    """Markdown table of a study plus the issue's three hypotheses, from per-run records.
+
+    Success rates pool the final evaluation over seeds (n = episodes x seeds, Wilson 95%); returns
+    (`returns`, Hopper) are averaged over seeds (± sd; min..max for the comparison). min-ACC is checked per
+    seed against 0.8 x the pre-trained policy's level (`pretrained`, else the run's own step-0 evaluation,
+    which for the methods that start from the checkpoint is that policy)."""
     by = _by_method(runs)
-    out = ["| method | seeds | step 0 | final (pooled, 95% CI) | best | min-ACC | min-ACC step | gap depth | "
+    final_head = "final (mean ± sd over seeds)" if returns else "final (pooled, 95% CI)"
+    out = [f"| method | seeds | step 0 | {final_head} | best | min-ACC | min-ACC step | gap depth | "
            "time to recover | WC-ACC | runs with min-ACC >= 0.8 x pre-trained | wall/run |", "|" + "---|" * 12]
-    pooled, kept = {}, {}  # per method: (rate, lo, hi); seeds with min-ACC >= 0.8 x reference
+    pooled, kept = {}, {}  # per method: (level, lo, hi) (Wilson interval, or the seeds' min..max for returns); seeds with min-ACC >= 0.8 x reference
     ref = lambda r: pretrained if pretrained is not None else r["initial"]  # noqa: E731
-    sd = lambda rows, k: f"{np.mean([r[k] for r in rows]):.2f} ± {np.std([r[k] for r in rows]):.2f}"  # noqa: E731
+    digits = 0 if returns else 2
+    sd = lambda rows, k: f"{np.mean([r[k] for r in rows]):.{digits}f} ± {np.std([r[k] for r in rows]):.{digits}f}"  # noqa: E731
     for m, rows in by.items():
-        wins, n, lo, hi = _pool([r["final"] for r in rows], episodes)
-        pooled[m] = (wins / n, lo, hi)
+        finals = [r["final"] for r in rows]
+        if returns:
+            pooled[m] = (float(np.mean(finals)), min(finals), max(finals))
+            final_cell = sd(rows, "final")
+        else:
+            wins, n, lo, hi = _pool(finals, episodes)
+            pooled[m] = (wins / n, lo, hi)
+            final_cell = _pool_cell(wins, n, lo, hi)
         kept[m] = sum(r["min_acc"] >= 0.8 * ref(r) for r in rows)
         ttr = [r["time_to_recover"] for r in rows]
         wall = [r["wall_s"] for r in rows if r.get("wall_s")]
-        out.append(f"| {m} | {[r['seed'] for r in rows]} | {sd(rows, 'initial')} | {_pool_cell(wins, n, lo, hi)} "
+        out.append(f"| {m} | {[r['seed'] for r in rows]} | {sd(rows, 'initial')} | {final_cell} "
                    f"| {sd(rows, 'best')} | {sd(rows, 'min_acc')} | {[r['min_acc_step'] for r in rows]} | "
                    f"{sd(rows, 'gap_depth')} | {ttr} | {sd(rows, 'wc_acc')} | {kept[m]}/{len(rows)} | "
                    f"{(f'{np.mean(wall) / 60:.0f} min' if wall else '-')} |")
-    level = "the pre-trained policy's success" + (f" ({pretrained:.2f})" if pretrained is not None else " (each run's step 0)")
+    level = f"the pre-trained policy's {'return' if returns else 'success'}" + (
+        f" ({pretrained:.{digits}f})" if pretrained is not None else " (each run's step 0)")
     verdicts = [f"Reference for min-ACC: {level}."]
     w, nw, ret = list(METHODS)
     for m, claim in ((w, "no early collapse with warm-up"), (nw, "collapse without warm-up")):
@@ -325,16 +342,21 @@ def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None) -> lis
                             f"{'holds' if holds else 'does not hold'}")
     if w in pooled and ret in pooled:
         (pw, lw, hw), (pr, lr, hr) = pooled[w], pooled[ret]
-        verdict = ("holds" if pw >= pr else "does not hold (intervals apart)" if lr > hw
-                   else "not shown: WSRL lower, intervals overlap")
-        verdicts.append(f"- final success WSRL >= retention: {pw:.2f} [{lw:.2f}, {hw:.2f}] vs {pr:.2f} [{lr:.2f}, {hr:.2f}] -> {verdict}")
+        spread = "seeds" if returns else "intervals"
+        verdict = ("holds" if pw >= pr else f"does not hold ({spread} apart)" if lr > hw
+                   else f"not shown: WSRL lower, {spread} overlap")
+        what = "mean return (seeds' min..max)" if returns else "success"
+        verdicts.append(f"- final {what} WSRL >= retention: {pw:.{digits}f} [{lw:.{digits}f}, {hw:.{digits}f}] vs "
+                        f"{pr:.{digits}f} [{lr:.{digits}f}, {hr:.{digits}f}] -> {verdict}")
     return out + [""] + verdicts
 
 
 def report(a: argparse.Namespace) -> None:
     from robolearn.rl.metrics import plot_curves
 
-    if a.task != "hopper" or a.pretrain != "iql" or (a.tag and (RESULTS / f"wsrl_{a.tag}.jsonl").exists()):
+    study = _study_dir(a.tag) / "study.json"  # a study with a "task" setting is a new one, whatever --task says
+    new_study = a.tag and ((RESULTS / f"wsrl_{a.tag}.jsonl").exists() or (study.exists() and "task" in json.loads(study.read_text())))
+    if a.task != "hopper" or a.pretrain != "iql" or new_study:
         return _report_committed(a.tag)
     root = _study_dir(a.tag)
     results = json.loads((root / "results.json").read_text())
@@ -369,6 +391,14 @@ def report(a: argparse.Namespace) -> None:
                 f"mean and min..max of {n_seeds} seeds", warmup=settings["warmup"])
 
 
+def _success_settings(tag: str) -> dict:
+    """A study's settings, for the tables that pool success rates (a Hopper study's returns cannot be)."""
+    settings = _study_record(tag)["settings"]
+    if _scores_are_returns(settings):
+        raise SystemExit(f"study {tag} ({settings['task']}) is scored by returns; this table pools success rates (use `report`)")
+    return settings
+
+
 def _pooled_at(runs: list[dict], step: int, episodes: int) -> str:
     """Success at one evaluation step pooled over the runs' seeds, with its Wilson interval."""
     vals = [next((c[1] for c in r["curve"] if c[0] == step), None) for r in runs]
@@ -387,7 +417,7 @@ def probe_table(tags: list[str], until: int) -> list[str]:
            f"min-ACC to {until} (per seed) | at {until} (pooled) | seeds with min-ACC >= 0.8 x pre-trained |",
            "|---|---|---|---|---|---|---|---|---|"]
     for tag in tags:
-        st = _study_record(tag)["settings"]
+        st = _success_settings(tag)
         runs = sorted((r for r in _runs_of(tag) if r["method"] == wsrl), key=lambda r: r["seed"])
         changed = [f"{k} {st[k]}" for k, v in PROBE_BASE.items() if st[k] != v]
         changed += st.get("agent_set") or []
@@ -410,7 +440,7 @@ def at_table(tags: list[str], steps: list[int]) -> list[str]:
     methods of different studies compared step for step, e.g. two fine-tunings with the same data mix."""
     out = [f"| study | method | seeds | {' | '.join(f'step {s}' for s in steps)} |", "|---|---|---|" + "---|" * len(steps)]
     for tag in tags:
-        episodes = _study_record(tag)["settings"]["eval_episodes"]
+        episodes = _success_settings(tag)["eval_episodes"]
         for m, rows in _by_method(_runs_of(tag)).items():
             out.append(f"| {tag} | {m} | {[r['seed'] for r in rows]} | "
                        + " | ".join(_pooled_at(rows, s, episodes) for s in steps) + " |")
@@ -457,19 +487,21 @@ def _report_committed(tag: str | None) -> None:
     study = _study_record(tag)
     settings, runs = study["settings"], _runs_of(tag)
     pre = study.get("pretrain")
-    pretrained = pre["history"][-1]["success"] if pre else None
+    returns = _scores_are_returns(settings)
+    key, col, digits = ("return", 2, 0) if returns else ("success", 1, 2)  # curve entries: [step, success, return]
+    pretrained = pre["history"][-1][key] if pre else None
     if pre:
-        print(f"pre-training ({settings['pretrain']}, {settings['pretrain_steps']} steps) success by step: "
-              + " ".join(f"{h['step']}:{h['success']:.2f}" for h in pre["history"]))
-    print("\n".join(wsrl_table(runs, settings["eval_episodes"], pretrained)))
+        print(f"pre-training ({settings['pretrain']}, {settings['pretrain_steps']} steps) {key} by step: "
+              + " ".join(f"{h['step']}:{h[key]:.{digits}f}" for h in pre["history"]))
+    print("\n".join(wsrl_table(runs, settings["eval_episodes"], pretrained, returns=returns)))
     curves = {}
     for m, rows in _by_method(runs).items():
         steps = [c[0] for c in rows[0]["curve"]]
-        scores = np.array([[c[1] for c in r["curve"]] for r in rows])
+        scores = np.array([[c[col] for c in r["curve"]] for r in rows])
         curves[m] = (steps, scores.mean(0), (scores.min(0), scores.max(0)))
     seeds = sorted({r["seed"] for r in runs})
     extra = f", {' '.join(settings['agent_set'])}" if settings.get("agent_set") else ""
-    plot = plot_curves(curves, RESULTS / f"wsrl_{tag}.png", "success rate",
+    plot = plot_curves(curves, RESULTS / f"wsrl_{tag}.png", "mean return" if returns else "success rate",
                        f"{settings['task']} fine-tuning from {settings['pretrain']} (UTD {settings['utd']}, {settings['num_qs']} critics{extra}), "
                        f"mean and min..max of seeds {seeds}", warmup=settings["warmup"], reference=pretrained)
     print(f"plot: {plot}")

@@ -480,7 +480,7 @@ def test_wsrl_at_table_pools_each_method_at_the_same_steps(tmp_path, monkeypatch
     monkeypatch.setattr(wf, "BASE", tmp_path / "nowhere" / "wsrl")
     retain, calql_mix = list(wf.METHODS)[2], list(wf.OPTIONAL)[1]
     for tag, method in (("a", retain), ("b", calql_mix)):
-        (tmp_path / f"wsrl_{tag}_study.json").write_text(json.dumps({"settings": {"eval_episodes": 50}}))
+        (tmp_path / f"wsrl_{tag}_study.json").write_text(json.dumps({"settings": {"task": "push_cube", "eval_episodes": 50}}))
         lines = [{"method": method, "seed": s, "curve": [[0, 0.9, 0], [100, x, 0]]} for s, x in ((1, 0.8), (0, 0.9))]
         (tmp_path / f"wsrl_{tag}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     rows = wf.at_table(["a", "b"], [100, 200])
@@ -552,3 +552,29 @@ def test_wsrl_study_without_its_store_stops_before_writing(tmp_path, monkeypatch
     with pytest.raises(SystemExit, match="no episode store there"):
         wf.run(a)
     assert not (tmp_path / "rl_study").exists()
+
+
+def test_wsrl_table_on_returns_averages_seeds(tmp_path, monkeypatch):
+    """A Hopper study (no success signal) is reported in returns: finals averaged over seeds with their sd,
+    min-ACC against 0.8 x the pre-trained return, the retention comparison on the seeds' min..max; the
+    success-pooling tables refuse it with one line."""
+    wf = _wsrl_finetune()
+    monkeypatch.setattr(wf, "RESULTS", tmp_path)
+    monkeypatch.setattr(wf, "BASE", tmp_path / "rl_study" / "wsrl")
+    wsrl, nowarm, retain = list(wf.METHODS)
+
+    def rec(method, seed, min_acc, final):
+        return {"method": method, "seed": seed, "initial": 700.0, "final": final, "best": max(700.0, final), "min_acc": min_acc,
+                "min_acc_step": 5000, "gap_depth": 700.0 - min_acc, "time_to_recover": None, "wc_acc": min_acc, "wall_s": 60.0,
+                "curve": [[0, 0.0, 700.0], [2500, 0.0, final]]}
+
+    runs = [rec(wsrl, s, 600.0, 1000.0 + 100 * s) for s in range(3)] + [rec(nowarm, s, 100.0, 800.0) for s in range(3)]
+    runs += [rec(retain, s, 300.0, 1500.0) for s in range(3)]
+    text = "\n".join(wf.wsrl_table(runs, episodes=10, pretrained=700.0, returns=True))
+    assert "final (mean ± sd over seeds)" in text and "| 1100 ± 82 |" in text
+    assert "Reference for min-ACC: the pre-trained policy's return (700)." in text
+    assert "on 3/3 seeds of 'WSRL (warm-up, no retention)' -> holds" in text  # 600 >= 0.8 x 700
+    assert "final mean return (seeds' min..max) WSRL >= retention: 1100 [1000, 1200] vs 1500 [1500, 1500] -> does not hold (seeds apart)" in text
+    (tmp_path / "wsrl_h_study.json").write_text(json.dumps({"settings": {"task": "hopper", "eval_episodes": 10}}))
+    with pytest.raises(SystemExit, match="scored by returns"):
+        wf.at_table(["h"], [2500])
