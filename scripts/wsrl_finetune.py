@@ -484,6 +484,8 @@ def _report_committed(tag: str | None) -> None:
 
     if not tag:
         raise SystemExit("a study on our tasks needs --tag")
+    if not (RESULTS / f"wsrl_{tag}.jsonl").exists():
+        raise SystemExit(f"study {tag}: no finished run yet ({RESULTS / f'wsrl_{tag}.jsonl'} is written as runs finish)")
     study = _study_record(tag)
     settings, runs = study["settings"], _runs_of(tag)
     pre = study.get("pretrain")
