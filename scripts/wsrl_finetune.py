@@ -354,14 +354,14 @@ def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None, return
 def report(a: argparse.Namespace) -> None:
     from robolearn.rl.metrics import plot_curves
 
-    study = _study_dir(a.tag) / "study.json"  # a study with a "task" setting is a new one, whatever --task says
-    new_study = a.tag and ((RESULTS / f"wsrl_{a.tag}.jsonl").exists() or (study.exists() and "task" in json.loads(study.read_text())))
-    if a.task != "hopper" or a.pretrain != "iql" or new_study:
-        return _report_committed(a.tag)
     root = _study_dir(a.tag)
-    results = json.loads((root / "results.json").read_text())
     study = root / "study.json"
     settings = json.loads(study.read_text()) if study.exists() else {"steps": STEPS, "warmup": WARMUP, "eval_every": EVAL_EVERY}
+    # a study with a "task" setting is a new one, whatever --task says
+    new_study = a.tag and ((RESULTS / f"wsrl_{a.tag}.jsonl").exists() or "task" in settings)
+    if a.task != "hopper" or a.pretrain != "iql" or new_study:
+        return _report_committed(a.tag)
+    results = json.loads((root / "results.json").read_text())
     curves = {}
     print(f"| method | seeds | initial | final | best | min-ACC | min-ACC step | WC-ACC | windowed forgetting (w={3 * settings['eval_every']}) |")
     print("|---|---|---|---|---|---|---|---|---|")
