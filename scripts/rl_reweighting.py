@@ -59,7 +59,8 @@ SAMPLERS = ("uniform", "rw", "aw", "topk")
 # The ceiling of reweighting on a scaled mix (sweep only): the same algorithm trained uniformly on the mix's good
 # part alone (the very draws the mix holds), i.e. a weighting that puts all its mass on the expert data.
 GOOD_ONLY = "good_only"
-ALGOS = ("iql", "td3bc")
+ALGOS = ("iql", "td3bc")  # the default sub-grid; CQL runs when named (`--algos cql`)
+ALGO_CHOICES = (*ALGOS, "cql")
 SEEDS = (0, 1, 2)
 MIX_SIZE = 10_000  # transitions per mixed dataset
 STEPS = 1_000  # gradient steps per offline run (CPU budget: 144 runs on a shared, heavily loaded 2-core box)
@@ -889,7 +890,7 @@ def main() -> None:
                                            "awr-weights"])
     ap.add_argument("--tag", help="name of a separate grid (runs/rl_study/grid_TAG, grid_results_TAG.json); default: the 1k-step study")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=sorted(set(TASKS) | set(O2O_TASKS)))
-    ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
+    ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGO_CHOICES))
     ap.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
     ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=[*SAMPLERS, GOOD_ONLY],
                     help=f"{GOOD_ONLY} (sweep): the ceiling, trained uniformly on the mix's good part alone")
