@@ -240,6 +240,40 @@ def test_build_o2o_records_each_piece_once(tmp_path, monkeypatch):
     assert len((tmp_path / "results" / "datasets.jsonl").read_text().splitlines()) == 3
 
 
+def test_sweep_runs_cql_with_its_own_sampler_alpha_and_tables_it(tmp_path, monkeypatch, capsys):
+    """`sweep --algos cql` (the grid's optional third algorithm): a run trains CQL on the mix with the RW
+    sampler, records its curve and the batch mass on successful episodes at CQL's alpha (0.2, not IQL's and
+    TD3+BC's 0.1), is skipped when swept again, and `table` prints its row."""
+    import argparse
+
+    from robolearn.rl.replay import transitions_from_store
+    from robolearn.rl.weighting import transition_probs
+
+    rr = _rl_reweighting_in(tmp_path, monkeypatch)
+    monkeypatch.setattr(rr, "O2O_RUNS", tmp_path / "runs")
+    monkeypatch.setattr(rr, "O2O_MIX_SIZE", 240)
+    monkeypatch.setattr(rr, "O2O_POOLS", {"push_cube": {"expert": ("expert", 0.1, "all", 3, 2), "random": ("random", 0.0, "all", 3, 1)}})
+    a = argparse.Namespace(tag="t", tasks=["push_cube"], algos=["cql"], ratios=[0.5], samplers=["rw"], seeds=[0],
+                           bad_pools=["random"], stop_at=None, steps=4, eval_every=2, eval_episodes=2, batch_size=16,
+                           hidden=[16, 16], progress=False)
+    rr.sweep(a)
+    (rec,) = [json.loads(ln) for ln in (tmp_path / "results" / "t.jsonl").read_text().splitlines()]
+    assert (rec["algo"], rec["sampler"], rec["steps"]) == ("cql", "rw", 4)
+    assert [c[0] for c in rec["curve"]] == [0, 2, 4]
+    assert (tmp_path / "runs" / "t" / "push_cube_cql_0.5_rw_s0_bad_random" / "policy" / "checkpoint.json").exists()
+    store = EpisodeStore.open(rr.o2o_mix_path("push_cube", 0.5, ("random",)))
+    tr = transitions_from_store(store)
+    success = store.column("success").astype(bool)[tr.store_episode]
+    mass = {alpha: float(np.bincount(tr.episode, weights=transition_probs("rw", tr.episode, tr.episode_return, tr.initial_obs,
+                                                                          alpha, 0.1))[success].sum()) for alpha in (0.1, 0.2)}
+    assert rec["sampler_mass_on_successes"] == pytest.approx(mass[0.2], abs=1e-4) != pytest.approx(mass[0.1], abs=1e-4)
+    rr.sweep(a)  # recorded: skipped, not trained again
+    assert len((tmp_path / "results" / "t.jsonl").read_text().splitlines()) == 1
+    rr.table(a)
+    row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| push_cube (bad: random) | cql |")]
+    assert len(row) == 1 and "/2 = " in row[0], row  # 2 evaluation episodes, one seed
+
+
 def test_datasets_table_checks_a_rebuilt_store_against_its_first_build(tmp_path, monkeypatch, capsys):
     """A store built again (a fresh machine rebuilds the pools) is one row, and the row says whether the
     rebuild reproduced the first build: returns may differ in the last bits (summation order), nothing else."""
