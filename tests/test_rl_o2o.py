@@ -609,6 +609,9 @@ def test_wsrl_table_on_returns_averages_seeds(tmp_path, monkeypatch):
     assert "Reference for min-ACC: the pre-trained policy's return (700)." in text
     assert "on 3/3 seeds of 'WSRL (warm-up, no retention)' -> holds" in text  # 600 >= 0.8 x 700
     assert "final mean return (seeds' min..max) WSRL >= retention: 1100 [1000, 1200] vs 1500 [1500, 1500] -> does not hold (seeds apart)" in text
+    # the last 5 evaluations' mean (here the curves' two points: 700 and the final)
+    assert "| 1100 ± 82 | 900 ± 41 |" in text
+    assert "last 5 evaluations: 900 [850, 950] vs 1100 [1100, 1100] -> does not hold (seeds apart)" in text
     (tmp_path / "wsrl_h_study.json").write_text(json.dumps({"settings": {"task": "hopper", "eval_episodes": 10}}))
     with pytest.raises(SystemExit, match="scored by returns"):
         wf.at_table(["h"], [2500])
