@@ -318,11 +318,13 @@ def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None, return
     pooled, kept = {}, {}  # per method: (level, lo, hi) (Wilson interval, or the seeds' min..max for returns); seeds with min-ACC >= 0.8 x reference
     ref = lambda r: pretrained if pretrained is not None else r["initial"]  # noqa: E731
     digits = 0 if returns else 2
-    sd = lambda rows, k: f"{np.mean([r[k] for r in rows]):.{digits}f} ± {np.std([r[k] for r in rows]):.{digits}f}"  # noqa: E731
+    spread_of = lambda vals: f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"  # noqa: E731
+    sd = lambda rows, k: spread_of([r[k] for r in rows])  # noqa: E731
+    mean_range = lambda vals: (float(np.mean(vals)), min(vals), max(vals))  # noqa: E731  (returns: mean, seeds' min..max)
     for m, rows in by.items():
         finals = [r["final"] for r in rows]
         if returns:
-            pooled[m] = (float(np.mean(finals)), min(finals), max(finals))
+            pooled[m] = mean_range(finals)
             final_cell = sd(rows, "final")
         else:
             wins, n, lo, hi = _pool(finals, episodes)
@@ -331,7 +333,7 @@ def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None, return
         kept[m] = sum(r["min_acc"] >= 0.8 * ref(r) for r in rows)
         ttr = [r["time_to_recover"] for r in rows]
         wall = [r["wall_s"] for r in rows if r.get("wall_s")]
-        late_cell = f" {np.mean(late[m]):.0f} ± {np.std(late[m]):.0f} |" if returns else ""
+        late_cell = f" {spread_of(late[m])} |" if returns else ""
         out.append(f"| {m} | {[r['seed'] for r in rows]} | {sd(rows, 'initial')} | {final_cell} |{late_cell}"
                    f" {sd(rows, 'best')} | {sd(rows, 'min_acc')} | {[r['min_acc_step'] for r in rows]} | "
                    f"{sd(rows, 'gap_depth')} | {ttr} | {sd(rows, 'wc_acc')} | {kept[m]}/{len(rows)} | "
@@ -347,19 +349,21 @@ def wsrl_table(runs: list[dict], episodes: int, pretrained: float | None, return
             verdicts.append(f"- {claim}: min-ACC >= 0.8 x reference on {kept[m]}/{n_seeds} seeds of {m!r} -> "
                             f"{'holds' if holds else 'does not hold'}")
     if w in pooled and ret in pooled:
-        (pw, lw, hw), (pr, lr, hr) = pooled[w], pooled[ret]
         spread = "seeds" if returns else "intervals"
-        verdict = ("holds" if pw >= pr else f"does not hold ({spread} apart)" if lr > hw
-                   else f"not shown: WSRL lower, {spread} overlap")
+
+        def compare(wsrl_level: tuple, ret_level: tuple) -> str:
+            """'A [lo, hi] vs B [lo, hi] -> verdict' for WSRL >= retention."""
+            (pw, lw, hw), (pr, lr, hr) = wsrl_level, ret_level
+            verdict = ("holds" if pw >= pr else f"does not hold ({spread} apart)" if lr > hw
+                       else f"not shown: WSRL lower, {spread} overlap")
+            return (f"{pw:.{digits}f} [{lw:.{digits}f}, {hw:.{digits}f}] vs {pr:.{digits}f} [{lr:.{digits}f}, {hr:.{digits}f}] "
+                    f"-> {verdict}")
+
         what = "mean return (seeds' min..max)" if returns else "success"
-        verdicts.append(f"- final {what} WSRL >= retention: {pw:.{digits}f} [{lw:.{digits}f}, {hw:.{digits}f}] vs "
-                        f"{pr:.{digits}f} [{lr:.{digits}f}, {hr:.{digits}f}] -> {verdict}")
+        verdicts.append(f"- final {what} WSRL >= retention: {compare(pooled[w], pooled[ret])}")
         if returns:
-            (lw, lr) = late[w], late[ret]
-            verdict = ("holds" if np.mean(lw) >= np.mean(lr) else "does not hold (seeds apart)" if min(lr) > max(lw)
-                       else "not shown: WSRL lower, seeds overlap")
-            verdicts.append(f"- the same on the mean of each run's last {LATE} evaluations: {np.mean(lw):.0f} [{min(lw):.0f}, "
-                            f"{max(lw):.0f}] vs {np.mean(lr):.0f} [{min(lr):.0f}, {max(lr):.0f}] -> {verdict}")
+            verdicts.append(f"- the same on the mean of each run's last {LATE} evaluations: "
+                            f"{compare(mean_range(late[w]), mean_range(late[ret]))}")
     return out + [""] + verdicts
 
 
