@@ -53,6 +53,9 @@ import numpy as np
 from robolearn.experiments import run_jobs, stop_time
 
 ROOT = Path("runs/rl_study")
+# Training statistics kept in a run's record, by algorithm: TD3+BC / IQL log `critic_loss`; CQL (SAC family) logs its
+# TD error and penalty separately, so a filter on `critic_loss` alone would record no curve for it.
+LOSS_KEYS = ("critic_loss", "td_loss", "cql_penalty", "actor_loss", "q_mean", "value_loss", "bc_mse", "temperature")
 TASKS = ("push_cube", "hopper")
 RATIOS = (0.01, 0.05, 0.5)
 SAMPLERS = ("uniform", "rw", "aw", "topk")
@@ -689,8 +692,8 @@ def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
     mix_store = EpisodeStore.open(data)
     mix = mix_store.attrs["mix"]
     mass_good, effective = sampler_concentration(mix_store, [train_sampler], algo)[train_sampler]
-    losses = [{k: v for k, v in r.items() if k in ("step", "critic_loss", "actor_loss", "q_mean", "value_loss", "bc_mse")}
-              for r in read_metrics(out) if "critic_loss" in r]
+    losses = [{k: v for k, v in r.items() if k == "step" or k in LOSS_KEYS}
+              for r in read_metrics(out) if any(k in r for k in LOSS_KEYS)]
     rec = {"task": task, "algo": algo, "ratio": ratio, "sampler": sampler, "seed": seed, "bad_pools": list(a.bad_pools),
            "steps": summary["steps"],
            "eval_episodes": n, "final_success": final["success"], "final_successes": int(round(final["success"] * n)),

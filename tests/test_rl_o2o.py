@@ -242,7 +242,7 @@ def test_build_o2o_records_each_piece_once(tmp_path, monkeypatch):
 
 def test_sweep_runs_cql_with_its_own_sampler_alpha_and_tables_it(tmp_path, monkeypatch, capsys):
     """`sweep --algos cql` (the grid's optional third algorithm): a run trains CQL on the mix with the RW
-    sampler, records its curve and the batch mass on successful episodes at CQL's alpha (0.2, not IQL's and
+    sampler, records its curve, its loss curve and the batch mass on successful episodes at CQL's alpha (0.2, not IQL's and
     TD3+BC's 0.1), is skipped when swept again, and `table` prints its row."""
     import argparse
 
@@ -260,6 +260,9 @@ def test_sweep_runs_cql_with_its_own_sampler_alpha_and_tables_it(tmp_path, monke
     (rec,) = [json.loads(ln) for ln in (tmp_path / "results" / "t.jsonl").read_text().splitlines()]
     assert (rec["algo"], rec["sampler"], rec["steps"]) == ("cql", "rw", 4)
     assert [c[0] for c in rec["curve"]] == [0, 2, 4]
+    # CQL's own statistics (it logs td_loss and cql_penalty, no critic_loss) make the record's loss curve
+    assert [x["step"] for x in rec["losses"]] == [2, 4]
+    assert all({"td_loss", "cql_penalty", "actor_loss", "q_mean", "temperature"} <= set(x) for x in rec["losses"])
     assert (tmp_path / "runs" / "t" / "push_cube_cql_0.5_rw_s0_bad_random" / "policy" / "checkpoint.json").exists()
     store = EpisodeStore.open(rr.o2o_mix_path("push_cube", 0.5, ("random",)))
     tr = transitions_from_store(store)
