@@ -63,7 +63,16 @@ SAMPLERS = ("uniform", "rw", "aw", "topk")
 # part alone (the very draws the mix holds), i.e. a weighting that puts all its mass on the expert data.
 GOOD_ONLY = "good_only"
 ALGOS = ("iql", "td3bc")  # the default sub-grid; CQL runs when named (`--algos cql`)
-ALGO_CHOICES = (*ALGOS, "cql")
+# Named configurations run under their own label (their own rows and records): the base algorithm plus overrides.
+# cql_harness is CQL as the trajectory-reweighting paper's code runs it (harness-offline-rl: experiments/d4rl/run_cql.py
+# over JaxCQL): min-Q weight 10 and JaxCQL's policy lr 3e-4, where policies/cql.yaml has 5 and 1e-4 (the CQL paper's).
+ALGO_VARIANTS = {"cql_harness": ("cql", ("agent.cql_alpha=10.0", "agent.actor_lr=0.0003"))}
+ALGO_CHOICES = (*ALGOS, "cql", *ALGO_VARIANTS)
+
+
+def base_algo(algo: str) -> str:
+    """The algorithm a grid label trains (`cql_harness` -> `cql`)."""
+    return ALGO_VARIANTS[algo][0] if algo in ALGO_VARIANTS else algo
 SEEDS = (0, 1, 2)
 MIX_SIZE = 10_000  # transitions per mixed dataset
 STEPS = 1_000  # gradient steps per offline run (CPU budget: 144 runs on a shared, heavily loaded 2-core box)
@@ -221,7 +230,7 @@ def report(a: argparse.Namespace) -> None:
     if a.tag:  # what each sampler trains on: probability mass on successful episodes, effective number of episodes
         from robolearn.rl.weighting import DEFAULT_ALPHA
 
-        print(f"\nSampler concentration ({algo0}, alpha {DEFAULT_ALPHA[algo0]}): probability mass on successful episodes / "
+        print(f"\nSampler concentration ({algo0}, alpha {DEFAULT_ALPHA[base_algo(algo0)]}): probability mass on successful episodes / "
               "effective number of episodes 1/sum(p_episode^2):\n")
         print("| task | good data | good episodes | " + " | ".join(a.samplers) + " |")
         print("|---|---|---|" + "---|" * len(a.samplers))
@@ -479,7 +488,7 @@ def _sampler_probs(tr: Any, sampler: str, algo: str) -> np.ndarray:
     the grid trains `algo` with."""
     from robolearn.rl.weighting import DEFAULT_ALPHA, transition_probs
 
-    return transition_probs(sampler, tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA[algo], 0.1)
+    return transition_probs(sampler, tr.episode, tr.episode_return, tr.initial_obs, DEFAULT_ALPHA[base_algo(algo)], 0.1)
 
 
 def _episode_mass(tr: Any, sampler: str, algo: str) -> np.ndarray:
@@ -648,7 +657,7 @@ def _o2o_overrides(a: argparse.Namespace, algo: str, seed: int) -> list[str]:
           f"agent.hidden_dims=[{','.join(map(str, a.hidden))}]", f"train.seed={seed}", "train.eval_num_envs=25"]
     if algo == "iql":
         ov.append("train.reward_norm=return_range")  # the IQL recipe's reward scaling
-    return ov
+    return ov + list(ALGO_VARIANTS.get(algo, (algo, ()))[1])
 
 
 def _o2o_key(x: dict) -> tuple:
@@ -682,7 +691,7 @@ def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
     if (out / "checkpoints" / "last" / "checkpoint.json").exists() and not (out / "policy" / "checkpoint.json").exists():
         train_offline(algo, None, resume=out, wandb_mode="off", progress=a.progress)  # interrupted: continue where it stopped
     elif not (out / "policy" / "checkpoint.json").exists():
-        train_offline(algo, data, task=task, sampler=train_sampler, out=out, wandb_mode="off", progress=a.progress,
+        train_offline(base_algo(algo), data, task=task, sampler=train_sampler, out=out, wandb_mode="off", progress=a.progress,
                       overrides=_o2o_overrides(a, algo, seed))
     wall = time.time() - t0
     summary = json.loads((out / "continual.json").read_text())

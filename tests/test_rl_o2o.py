@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from robolearn.data.store import EpisodeStore, Feature
 from tests.test_rl import point_env, point_store  # noqa: F401  (fixture + tiny-task store)
@@ -272,9 +273,23 @@ def test_sweep_runs_cql_with_its_own_sampler_alpha_and_tables_it(tmp_path, monke
     assert rec["sampler_mass_on_successes"] == pytest.approx(mass[0.2], abs=1e-4) != pytest.approx(mass[0.1], abs=1e-4)
     rr.sweep(a)  # recorded: skipped, not trained again
     assert len((tmp_path / "results" / "t.jsonl").read_text().splitlines()) == 1
+    # the harness paper's CQL settings are their own label: not taken for done by the cql record, trained with
+    # min-Q weight 10 and actor lr 3e-4 (cql: 5 and 1e-4), the same sampler alpha
+    a.algos = ["cql_harness"]
+    rr.sweep(a)
+    recs = {r["algo"]: r for r in map(json.loads, (tmp_path / "results" / "t.jsonl").read_text().splitlines())}
+    assert set(recs) == {"cql", "cql_harness"}
+    assert recs["cql_harness"]["sampler_mass_on_successes"] == rec["sampler_mass_on_successes"]
+    agent = {al: yaml.safe_load((tmp_path / "runs" / "t" / f"push_cube_{al}_0.5_rw_s0_bad_random" / "config.yaml").read_text())["agent"]
+             for al in recs}
+    assert (agent["cql"]["cql_alpha"], agent["cql"]["actor_lr"]) == (5.0, 1e-4)
+    assert (agent["cql_harness"]["cql_alpha"], agent["cql_harness"]["actor_lr"]) == (10.0, 3e-4)
+    a.algos = ["cql", "cql_harness"]
     rr.table(a)
-    row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| push_cube (bad: random) | cql |")]
-    assert len(row) == 1 and "/2 = " in row[0], row  # 2 evaluation episodes, one seed
+    out = capsys.readouterr().out.splitlines()
+    for al in recs:
+        row = [ln for ln in out if ln.startswith(f"| push_cube (bad: random) | {al} |")]
+        assert len(row) == 1 and "/2 = " in row[0], row  # 2 evaluation episodes, one seed
 
 
 def test_datasets_table_checks_a_rebuilt_store_against_its_first_build(tmp_path, monkeypatch, capsys):
