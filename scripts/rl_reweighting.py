@@ -806,9 +806,10 @@ def table(a: argparse.Namespace) -> None:
             diff = [other[sd] - base[sd] for sd in seeds]
             print(f"| {task} | {algo} | {ratio:.0%} | {smp} | " + ", ".join(f"s{sd}: {d:+.3f}" for sd, d in zip(seeds, diff))
                   + f" | {np.mean(diff):+.3f} | {sum(d > 0 for d in diff)} of {len(seeds)} |")
-    walls = [x["wall_s"] for x in rows]
-    print(f"\nWall time per run (incl. evaluation): median {np.median(walls):.0f} s, {min(walls):.0f}-{max(walls):.0f} s, n={len(walls)}; "
-          f"load average before the runs {min(float(x['loadavg_before'][0]) for x in rows):.1f}-"
+    walls = {al: [x["wall_s"] for x in rows if x["algo"] == al] for al in sorted({x["algo"] for x in rows})}  # per algorithm: CQL is ~15x TD3+BC
+    print("\nWall time per run (incl. evaluation): " + "; ".join(f"{al} median {np.median(w):.0f} s, {min(w):.0f}-{max(w):.0f} s, n={len(w)}"
+                                                                  for al, w in walls.items())
+          + f"; load average before the runs {min(float(x['loadavg_before'][0]) for x in rows):.1f}-"
           f"{max(float(x['loadavg_before'][0]) for x in rows):.1f}.")
 
 

@@ -290,6 +290,8 @@ def test_sweep_runs_cql_with_its_own_sampler_alpha_and_tables_it(tmp_path, monke
     for al in recs:
         row = [ln for ln in out if ln.startswith(f"| push_cube (bad: random) | {al} |")]
         assert len(row) == 1 and "/2 = " in row[0], row  # 2 evaluation episodes, one seed
+    (walls,) = [ln for ln in out if ln.startswith("Wall time per run")]
+    assert "cql median" in walls and "cql_harness median" in walls  # per algorithm, not one range over all
 
 
 def test_datasets_table_checks_a_rebuilt_store_against_its_first_build(tmp_path, monkeypatch, capsys):
