@@ -64,15 +64,11 @@ SAMPLERS = ("uniform", "rw", "aw", "topk")
 GOOD_ONLY = "good_only"
 ALGOS = ("iql", "td3bc")  # the default sub-grid; CQL runs when named (`--algos cql`)
 # Named configurations run under their own label (their own rows and records): the base algorithm plus overrides.
-# cql_harness is CQL as the trajectory-reweighting paper's code runs it (harness-offline-rl: experiments/d4rl/run_cql.py
-# over JaxCQL): min-Q weight 10 and JaxCQL's policy lr 3e-4, where policies/cql.yaml has 5 and 1e-4 (the CQL paper's).
+# cql_harness takes the two CQL settings of the trajectory-reweighting paper's code (harness-offline-rl:
+# experiments/d4rl/run_cql.py over JaxCQL) that policies/cql.yaml does not share: min-Q weight 10 (ours: JaxCQL's 5) and
+# policy lr 3e-4 (ours: Cal-QL's 1e-4). Both keep what the harness code lacks: LayerNorm critics, observation normalisation.
 ALGO_VARIANTS = {"cql_harness": ("cql", ("agent.cql_alpha=10.0", "agent.actor_lr=0.0003"))}
 ALGO_CHOICES = (*ALGOS, "cql", *ALGO_VARIANTS)
-
-
-def base_algo(algo: str) -> str:
-    """The algorithm a grid label trains (`cql_harness` -> `cql`)."""
-    return ALGO_VARIANTS[algo][0] if algo in ALGO_VARIANTS else algo
 SEEDS = (0, 1, 2)
 MIX_SIZE = 10_000  # transitions per mixed dataset
 STEPS = 1_000  # gradient steps per offline run (CPU budget: 144 runs on a shared, heavily loaded 2-core box)
@@ -80,6 +76,16 @@ EVAL_EPISODES = 10
 # lr 1e-3 instead of the papers' 3e-4: with only 1k gradient steps IQL's critic/AWR barely move at 3e-4
 # (the defaults of the --hidden / --lr / --batch-size flags: 2x64 MLPs, lr 1e-3, batch 128)
 WORKERS = int(os.environ.get("RL_WORKERS", "2"))
+
+
+def base_algo(algo: str) -> str:
+    """The algorithm a grid label trains (`cql_harness` -> `cql`)."""
+    return ALGO_VARIANTS[algo][0] if algo in ALGO_VARIANTS else algo
+
+
+def variant_overrides(algo: str) -> list[str]:
+    """The config overrides that make a grid label out of its base algorithm (none for a plain algorithm)."""
+    return list(ALGO_VARIANTS[algo][1]) if algo in ALGO_VARIANTS else []
 
 
 def sh(*args: str) -> None:
@@ -142,9 +148,9 @@ def _one(job: tuple) -> dict:
     if not done.exists():
         t0 = time.time()
         torch.set_num_threads(1)
-        extra = [f"agent.value_lr={lr}"] if algo == "iql" else []
-        train_offline(algo, ROOT / "data" / f"{task}_mix{ratio}.zarr", task=task, sampler=sampler, out=out, wandb_mode="off",
-                      overrides=[*common, *extra, f"train.seed={seed}"], progress=False)
+        extra = [f"agent.value_lr={lr}"] if base_algo(algo) == "iql" else []
+        train_offline(base_algo(algo), ROOT / "data" / f"{task}_mix{ratio}.zarr", task=task, sampler=sampler, out=out,
+                      wandb_mode="off", overrides=[*common, *extra, *variant_overrides(algo), f"train.seed={seed}"], progress=False)
         (out / "wall.txt").write_text(f"{time.time() - t0:.1f}")
     last = read_metrics(out)[-1]
     return {"task": task, "algo": algo, "ratio": ratio, "sampler": sampler, "seed": seed,
@@ -655,9 +661,9 @@ def _o2o_overrides(a: argparse.Namespace, algo: str, seed: int) -> list[str]:
     ov = [f"train.steps={a.steps}", f"train.eval_every={a.eval_every}", f"train.eval_episodes={a.eval_episodes}",
           f"train.log_every={a.eval_every}", f"train.save_every={a.eval_every}", f"train.batch_size={a.batch_size}",
           f"agent.hidden_dims=[{','.join(map(str, a.hidden))}]", f"train.seed={seed}", "train.eval_num_envs=25"]
-    if algo == "iql":
+    if base_algo(algo) == "iql":
         ov.append("train.reward_norm=return_range")  # the IQL recipe's reward scaling
-    return ov + list(ALGO_VARIANTS.get(algo, (algo, ()))[1])
+    return ov + variant_overrides(algo)
 
 
 def _o2o_key(x: dict) -> tuple:
