@@ -23,12 +23,13 @@ CUBE_MINUS_GRIPPER, GOAL_MINUS_CUBE_XY = slice(13, 16), slice(16, 18)
 def starts(path: str, top: float = 0.1) -> list[dict]:
     from robolearn.data.store import EpisodeStore
     from robolearn.rl.replay import transitions_from_store
+    from robolearn.rl.weighting import transition_probs
 
     store = EpisodeStore.open(path)
     tr = transitions_from_store(store)
     ret, s0 = np.asarray(tr.episode_return), np.asarray(tr.initial_obs)
-    success = store.column("success").astype(bool)[np.unique(tr.store_episode)]
-    cut = np.argsort(-ret)[: int(len(ret) * top)]
+    success = store.column("success").astype(bool)[np.asarray(tr.store_episode)]  # per episode of `tr`
+    cut = np.unique(np.asarray(tr.episode)[transition_probs("topk", tr.episode, ret, topk=top) > 0])  # the sampler's own cut
     rest = np.setdiff1d(np.where(success)[0], cut)
     rows = []
     for name, idx in (("top-10% cut", cut), ("successful episodes outside the cut", rest)):
