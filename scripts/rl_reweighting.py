@@ -41,6 +41,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -697,6 +698,8 @@ def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
     if (out / "checkpoints" / "last" / "checkpoint.json").exists() and not (out / "policy" / "checkpoint.json").exists():
         train_offline(algo, None, resume=out, wandb_mode="off", progress=a.progress)  # interrupted: continue where it stopped
     elif not (out / "policy" / "checkpoint.json").exists():
+        if out.exists():  # killed before its first checkpoint: nothing to resume, and a fresh run would append to its metrics
+            shutil.rmtree(out)
         train_offline(base_algo(algo), data, task=task, sampler=train_sampler, out=out, wandb_mode="off", progress=a.progress,
                       overrides=_o2o_overrides(a, algo, seed))
     wall = time.time() - t0

@@ -257,9 +257,15 @@ def test_sweep_runs_cql_with_its_own_sampler_alpha_and_tables_it(tmp_path, monke
     a = argparse.Namespace(tag="t", tasks=["push_cube"], algos=["cql"], ratios=[0.5], samplers=["rw"], seeds=[0],
                            bad_pools=["random"], stop_at=None, steps=4, eval_every=2, eval_episodes=2, batch_size=16,
                            hidden=[16, 16], progress=False)
+    # a run killed before its first checkpoint left its directory: started afresh, not appended to
+    stale = tmp_path / "runs" / "t" / "push_cube_cql_0.5_rw_s0_bad_random"
+    stale.mkdir(parents=True)
+    (stale / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval_success": 0.5, "stale": True}) + "\n")
     rr.sweep(a)
     (rec,) = [json.loads(ln) for ln in (tmp_path / "results" / "t.jsonl").read_text().splitlines()]
     assert (rec["algo"], rec["sampler"], rec["steps"]) == ("cql", "rw", 4)
+    logged = [json.loads(ln) for ln in (stale / "metrics.jsonl").read_text().splitlines()]
+    assert not any(r.get("stale") for r in logged) and [r["step"] for r in logged].count(0) == 1
     assert [c[0] for c in rec["curve"]] == [0, 2, 4]
     # CQL's own statistics (it logs td_loss and cql_penalty, no critic_loss) make the record's loss curve
     assert [x["step"] for x in rec["losses"]] == [2, 4]
