@@ -21,7 +21,11 @@
 #                       host vector loop (16 envs) and today's one-env loop, and of SAILOR's collector
 #                       (noisy base and planner) at 1024 envs on CUDA vs 16 host envs, on the diffusion
 #                       policy of step 3;
-#   6. bench.md/.json   scripts/bench_gpu.py for push_t (exact coverage) and sort at 32k / 16k worlds,
+#   6. rl_updates.jsonl  scripts/bench_rl_updates.py: seconds per update of WSRL's learners (Cal-QL with 10
+#                       and 2 critics, SAC with 10 critics at UTD 4 and 2 at UTD 1) on CUDA, i.e. whether
+#                       the paper's lengths (250k-1M pre-training, 500k online steps; section 5 of
+#                       docs/results/offline_to_online.md, where the one-thread CPU rates are) fit a GPU session;
+#   7. bench.md/.json   scripts/bench_gpu.py for push_t (exact coverage) and sort at 32k / 16k worlds,
 #                       with whatever time is left (it starts no measurement after its deadline).
 #
 #   bash scripts/gpu_checks.sh [TOTAL_SECONDS] [COMMIT]      # CUDA machine, wheels staged, OUT set
@@ -43,10 +47,12 @@ if [ "${SMALL:-0}" = 1 ]; then
   bench=(--worlds 8 --steps 2 --dp-steps 8 --warmup 1 --cpu-steps 1 --modes mlp --cpu-modes mlp)
   parity_tasks=(--tasks push_cube); profile_steps=2
   learners=(--envs 8 --host-envs 2 --steps 4 --warmup 1 --one-env-steps 40 --sailor-envs 2 --sailor-steps 2)
+  rl_updates=(--steps 2 --warmup 1 --repeats 1);
 else
   parity_worlds=512; collect_eps=10240; parity_eps=64; demos=200; train_steps=3000; eval_eps=500; sort_worlds=32768
   bench=(--worlds 32768 16384 --cpu-modes mlp); parity_tasks=(); profile_steps=10
   learners=(--envs 4096 16384 --host-envs 16 --steps 50 --warmup 5 --one-env-steps 600 --sailor-envs 1024 --sailor-steps 16)
+  rl_updates=(--steps 200 --warmup 20 --repeats 3);
 fi
 left() { echo $(( total - SECONDS )); }
 {
@@ -116,9 +122,13 @@ EOF
   timeout 150 $py scripts/bench_learners.py --backend "$backend" --task push_cube --base $data/dp --demos $data/pc.zarr \
       --deadline-s 100 --commit "$commit" --out "$out/learners.jsonl" "${learners[@]}"
 
+  echo "== [$SECONDS s] 6. WSRL's learners: seconds per update on $bench_device"
+  timeout 60 $py scripts/bench_rl_updates.py --device "$bench_device" --deadline-s 40 --commit "$commit" \
+      --out "$out/rl_updates.jsonl" "${rl_updates[@]}" | cut -c1-200
+
   l=$(( $(left) - 40 ))
   [ $l -lt 30 ] && l=30  # at least the first measurement
-  echo "== [$SECONDS s] 6. benchmark push_t + sort (start no measurement after $l s)"
+  echo "== [$SECONDS s] 7. benchmark push_t + sort (start no measurement after $l s)"
   timeout $(( l + 60 )) $py scripts/bench_gpu.py --device "$bench_device" --tasks push_t sort --deadline-s $l \
       --commit "$commit" --out "$out/bench.md" "${bench[@]}"
   echo "== done [$SECONDS s]"

@@ -641,3 +641,24 @@ def test_wsrl_table_on_returns_averages_seeds(tmp_path, monkeypatch):
     (tmp_path / "wsrl_h_study.json").write_text(json.dumps({"settings": {"task": "hopper", "eval_episodes": 10}}))
     with pytest.raises(SystemExit, match="scored by returns"):
         wf.at_table(["h"], [2500])
+
+
+def test_bench_rl_updates_times_each_wsrl_learner_as_configured(tmp_path):
+    """scripts/bench_rl_updates.py builds each learner from our YAMLs with the paper's ensemble and UTD (a
+    10-critic Cal-QL, a 10-critic SAC that takes 4 critic batches per call), times real updates, and the
+    report turns the rate into hours at the paper's lengths."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_rl_updates", Path(__file__).resolve().parents[1] / "scripts" / "bench_rl_updates.py")
+    bru = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bru)
+    agent, batches = bru._agent("sac_q10_utd4", 18, 4, 8, "cpu")
+    assert len(batches) == 4 and agent.cfg.num_qs == 10 and agent.cfg.utd == 4 and agent.cfg.hidden_dims == [256, 256]
+    rec = bru.measure("sac_q10_utd4", "cpu", steps=2, warmup=1, repeats=1, obs_dim=18, act_dim=4, batch=8)
+    assert rec["s_per_update"] > 0 and rec["hours_500k_online_steps"] == pytest.approx(rec["s_per_update"] * 500_000 / 3600)
+    pre = bru.measure("calql_q2", "cpu", steps=1, warmup=0, repeats=1, obs_dim=18, act_dim=4, batch=8)
+    assert set(pre) >= {"hours_250k_pretrain", "hours_1000k_pretrain"}
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps({"date": "d", "loadavg": ["1.0"], **r}) for r in (rec, pre)))
+    table = bru.report(path)
+    assert "| sac_q10_utd4 |" in table and "500k online steps:" in table and "1000k pretrain:" in table
