@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-# (label, algorithm, kind of its YAML, overrides, updates of the paper's protocol that it stands for)
+# label -> (algorithm, kind of its YAML, overrides, what one update call stands for in the paper's protocol)
 SETUPS: dict[str, tuple[str, str, list[str], str]] = {
     "calql_q10": ("calql", "offline", ["agent.num_qs=10", "agent.num_min_qs=2"], "pre-training step (paper: 10 critics)"),
     "calql_q2": ("calql", "offline", ["agent.num_qs=2"], "pre-training step (our reduced study)"),
@@ -85,9 +85,9 @@ def measure(setup: str, device: str, steps: int, warmup: int, repeats: int, obs_
     hours = ({f"hours_{n // 1000}k_pretrain": s * n / 3600 for n in PAPER_PRETRAIN} if is_pretrain
              else {f"hours_{PAPER_ONLINE // 1000}k_online_steps": s * PAPER_ONLINE / 3600})
     return {"setup": setup, "stands_for": SETUPS[setup][3], "device": device,
-            "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu",
+            "device_name": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else platform.processor() or "cpu",
             "threads": torch.get_num_threads(), "batch_size": batch, "obs_dim": obs_dim, "act_dim": act_dim,
-            "steps": steps, "repeats": repeats, "s_per_update": s, "samples": samples, **hours}
+            "steps": steps, "warmup": warmup, "repeats": repeats, "torch": torch.__version__, "s_per_update": s, "samples": samples, **hours}
 
 
 def report(path: Path) -> str:
