@@ -785,8 +785,8 @@ def table(a: argparse.Namespace) -> None:
     print("\nThe hypothesis (RW/AW >> uniform at 1-5%): relative gain in pooled success over uniform, and whether the 95% "
           f"intervals are apart (target: gain >= 50% with intervals apart). `{GOOD_ONLY}` is the ceiling: the same algorithm "
           "trained on the mix's good part alone.\n")
-    print("| task | algo | expert data | sampler | gain over uniform | intervals apart |")
-    print("|---|---|---|---|---|---|")
+    print("| task | algo | expert data | sampler | seeds (sampler / uniform) | gain over uniform | intervals apart |")
+    print("|---|---|---|---|---|---|---|")
     for task, algo, ratio in sorted({k[:3] for k in cells}):
         base = cells.get((task, algo, ratio, "uniform"))
         if not base:
@@ -800,7 +800,8 @@ def table(a: argparse.Namespace) -> None:
             k, n = sum(x["final_successes"] for x in xs), sum(x["eval_episodes"] for x in xs)
             lo, hi = wilson_interval(k, n)
             gain = "undefined (uniform 0)" if kb == 0 else f"{(k / n) / (kb / nb) - 1:+.0%}"
-            print(f"| {task} | {algo} | {ratio:.0%} | {smp} | {gain} ({k}/{n} vs {kb}/{nb}) | {'yes, above' if lo > hi_b else 'yes, below' if hi < lo_b else 'no'} |")
+            print(f"| {task} | {algo} | {ratio:.0%} | {smp} | {len(xs)} / {len(base)} | {gain} ({k}/{n} vs {kb}/{nb}) | "
+                  f"{'yes, above' if lo > hi_b else 'yes, below' if hi < lo_b else 'no'} |")
     print("\nPaired by training seed (the unit of replication; the samplers of one seed share the mix and the "
           "evaluation episodes): each run scored by the mean success of its last 3 evaluations, sampler minus uniform.\n")
     print("| task | algo | expert data | sampler | per seed (sampler - uniform) | mean difference | seeds ahead |")

@@ -298,6 +298,14 @@ def test_sweep_runs_cql_with_its_own_sampler_alpha_and_tables_it(tmp_path, monke
         assert len(row) == 1 and "/2 = " in row[0], row  # 2 evaluation episodes, one seed
     (walls,) = [ln for ln in out if ln.startswith("Wall time per run")]
     assert "cql median" in walls and "cql_harness median" in walls  # per algorithm, not one range over all
+    # the hypothesis table says how many seeds stand behind each side of a comparison
+    results = tmp_path / "results" / "t.jsonl"
+    extra = [{**rec, "sampler": "uniform", "final_successes": 0, "seed": sd} for sd in (0, 1)]
+    results.write_text(results.read_text() + "".join(json.dumps(x) + "\n" for x in extra))
+    rr.table(a)
+    (row,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| push_cube (bad: random) | cql | 50% | rw |")
+              and "vs" in ln]
+    assert "| 1 / 2 |" in row and "uniform 0" in row, row
 
 
 def test_datasets_table_checks_a_rebuilt_store_against_its_first_build(tmp_path, monkeypatch, capsys):
