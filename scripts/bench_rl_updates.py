@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,9 @@ def main() -> None:
     if a.report:
         print(report(Path(a.report)))
         return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_learners import _record  # the same record stamp (date, machine, load) as the other gpu_checks benchmarks
+
     if a.threads:
         torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
@@ -128,13 +131,7 @@ def main() -> None:
             print(f"deadline reached: {setup} not measured", flush=True)
             continue
         rec = measure(setup, a.device, a.steps, a.warmup, a.repeats, a.obs_dim, a.act_dim, a.batch_size)
-        rec = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.node(),
-               "loadavg": open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None,
-               "commit": a.commit, **rec}
-        print(json.dumps(rec), flush=True)
-        if a.out:
-            with open(a.out, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+        _record(a.out, {"commit": a.commit, **rec})
 
 
 if __name__ == "__main__":
