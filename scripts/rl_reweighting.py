@@ -699,7 +699,7 @@ def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
     torch.set_num_threads(1)
     load, t0 = _loadavg(), time.time()
     if (out / "checkpoints" / "last" / "checkpoint.json").exists() and not (out / "policy" / "checkpoint.json").exists():
-        train_offline(algo, None, resume=out, wandb_mode="off", progress=a.progress)  # interrupted: continue where it stopped
+        train_offline(base_algo(algo), None, resume=out, wandb_mode="off", progress=a.progress)  # interrupted: continue where it stopped
     elif not (out / "policy" / "checkpoint.json").exists():
         if out.exists():  # killed before its first checkpoint: nothing to resume, and a fresh run would append to its metrics
             shutil.rmtree(out)
