@@ -826,6 +826,31 @@ def table(a: argparse.Namespace) -> None:
           f"{max(float(x['loadavg_before'][0]) for x in rows):.1f}.")
 
 
+def critic_stats(a: argparse.Namespace) -> None:
+    """Per-run table of the CQL runs' critics (one row per algorithm, sampler and seed): whether a run that
+    learns nothing has critics whose values left the data's return range (every return in the mixes is >= 0)."""
+    rows = [x for x in _read(O2O_RESULTS / f"{a.tag}.jsonl") if base_algo(x["algo"]) == "cql" and x["algo"] in a.algos]
+    if not rows:
+        raise SystemExit(f"no CQL records ({', '.join(a.algos)}) in {O2O_RESULTS / f'{a.tag}.jsonl'}")
+
+    def at(rec: dict, step: int, key: str) -> str:
+        hit = [x for x in rec["losses"] if x["step"] == step and key in x]
+        return f"{hit[0][key]:.1f}" if hit else "-"
+
+    order = {s: i for i, s in enumerate(SAMPLERS)}
+    print("| task | algo | expert data | sampler | seed | final success (episodes) | success at each evaluation | "
+          "critics' mean Q on batch actions at first log / half / end | TD loss at the end (summed over the critics) | "
+          "CQL penalty at first log / end (unweighted, summed) | batch mass on successful episodes | wall |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for x in sorted(rows, key=lambda r: (_task_label(r), r["algo"], float(r["ratio"]), order.get(r["sampler"], 99), r["seed"])):
+        first, half, end = x["losses"][0]["step"], x["steps"] // 2, x["steps"]
+        curve = ", ".join(f"{c[1]:.2f}".replace("0.", ".") if c[1] else "0" for c in x["curve"])
+        print(f"| {_task_label(x)} | {x['algo']} | {float(x['ratio']):.0%} | {x['sampler']} | {x['seed']} | "
+              f"{x['final_successes']}/{x['eval_episodes']} = {x['final_success']:.2f} | {curve} | "
+              f"{at(x, first, 'q_mean')} / {at(x, half, 'q_mean')} / {at(x, end, 'q_mean')} | {at(x, end, 'td_loss')} | "
+              f"{at(x, first, 'cql_penalty')} / {at(x, end, 'cql_penalty')} | {x['sampler_mass_on_successes']:.2f} | {x['wall_s']:.0f} s |")
+
+
 def same_build(first: dict, later: dict) -> bool:
     """Whether a later datasets.jsonl record of a store reproduces the first: same command (up to the
     output path), size, success rate and `mix` draws, and the same returns up to float summation order."""
@@ -913,7 +938,7 @@ def curves(a: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=["data", "grid", "report", "plot", "build", "sweep", "table", "curves", "datasets", "composition",
-                                           "awr-weights"])
+                                           "awr-weights", "critic-stats"])
     ap.add_argument("--tag", help="name of a separate grid (runs/rl_study/grid_TAG, grid_results_TAG.json); default: the 1k-step study")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=sorted(set(TASKS) | set(O2O_TASKS)))
     ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGO_CHOICES))
@@ -937,7 +962,7 @@ def main() -> None:
     a = ap.parse_args()
     if GOOD_ONLY in a.samplers and a.action != "sweep":
         raise SystemExit(f"--samplers {GOOD_ONLY} is a sweep run (the scaled mixes' ceiling), not a {a.action} one")
-    if a.action in ("build", "sweep", "table", "curves", "datasets", "composition", "awr-weights"):
+    if a.action in ("build", "sweep", "table", "curves", "datasets", "composition", "awr-weights", "critic-stats"):
         if a.action in ("build", "sweep", "composition"):
             bad = [t for t in a.tasks if t not in O2O_TASKS]
             if bad:
@@ -954,7 +979,7 @@ def main() -> None:
                 a.batch_size = 256
         {"build": lambda: build_o2o(a.tasks, a.ratios, a.bad_pools), "sweep": lambda: sweep(a), "table": lambda: table(a),
          "curves": lambda: curves(a), "datasets": lambda: datasets_table(a), "composition": lambda: composition(a),
-         "awr-weights": lambda: awr_weights(a)}[a.action]()
+         "awr-weights": lambda: awr_weights(a), "critic-stats": lambda: critic_stats(a)}[a.action]()
         return
     if a.action == "data":
         data()

@@ -306,6 +306,15 @@ def test_sweep_runs_cql_with_its_own_sampler_alpha_and_tables_it(tmp_path, monke
     (row,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| push_cube (bad: random) | cql | 50% | rw |")
               and "vs" in ln]
     assert "| 1 / 2 |" in row and "uniform 0" in row, row
+    # `critic-stats`: one row per CQL run with its critics' values and losses as logged
+    a.algos = ["cql_harness"]
+    rr.critic_stats(a)
+    out = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| push_cube")]
+    h = recs["cql_harness"]
+    assert len(out) == 1 and f"| {h['losses'][-1]['td_loss']:.1f} |" in out[0] and "| cql_harness | 50% | rw | 0 |" in out[0], out
+    a.algos = ["td3bc"]
+    with pytest.raises(SystemExit, match="no CQL records"):
+        rr.critic_stats(a)
 
 
 def test_datasets_table_checks_a_rebuilt_store_against_its_first_build(tmp_path, monkeypatch, capsys):
