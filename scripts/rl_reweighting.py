@@ -698,7 +698,9 @@ def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
     out = O2O_RUNS / a.tag / f"{task}_{algo}_{ratio}_{sampler}_s{seed}{bad_suffix}"
     torch.set_num_threads(1)
     load, t0 = _loadavg(), time.time()
+    resumed_from = None  # a resumed run's wall time covers only the steps trained in this process
     if (out / "checkpoints" / "last" / "checkpoint.json").exists() and not (out / "policy" / "checkpoint.json").exists():
+        resumed_from = int(json.loads((out / "checkpoints" / "last" / "checkpoint.json").read_text())["step"])
         train_offline(base_algo(algo), None, resume=out, wandb_mode="off", progress=a.progress)  # interrupted: continue where it stopped
     elif not (out / "policy" / "checkpoint.json").exists():
         if out.exists():  # killed before its first checkpoint: nothing to resume, and a fresh run would append to its metrics
@@ -722,7 +724,8 @@ def _o2o_one(a: argparse.Namespace, job: tuple, results: Path) -> dict:
            "losses": losses, "metrics": summary["metrics"], "reward_scale": summary.get("reward_scale"),
            "mix": {k: mix[k] for k in ("good_episodes", "good_distinct", "good_steps", "bad_episodes", "size")},
            "sampler_mass_on_successes": round(mass_good, 4), "sampler_effective_episodes": round(effective, 1),
-           "wall_s": round(wall, 1), "steps_per_s_incl_eval": round(summary["steps"] / wall, 1) if wall > 60 else None,
+           "wall_s": round(wall, 1), "resumed_from_step": resumed_from,
+           "steps_per_s_incl_eval": round((summary["steps"] - (resumed_from or 0)) / wall, 1) if wall > 60 else None,
            "loadavg_before": load, "loadavg_after": _loadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "commit": _commit(), "run_dir": str(out), "overrides": _o2o_overrides(a, algo, seed)}
     _record(results, rec)
@@ -819,9 +822,11 @@ def table(a: argparse.Namespace) -> None:
             diff = [other[sd] - base[sd] for sd in seeds]
             print(f"| {task} | {algo} | {ratio:.0%} | {smp} | " + ", ".join(f"s{sd}: {d:+.3f}" for sd, d in zip(seeds, diff))
                   + f" | {np.mean(diff):+.3f} | {sum(d > 0 for d in diff)} of {len(seeds)} |")
-    walls = {al: [x["wall_s"] for x in rows if x["algo"] == al] for al in sorted({x["algo"] for x in rows})}  # per algorithm: CQL is ~15x TD3+BC
-    print("\nWall time per run (incl. evaluation): " + "; ".join(f"{al} median {np.median(w):.0f} s, {min(w):.0f}-{max(w):.0f} s, n={len(w)}"
-                                                                  for al, w in walls.items())
+    whole = [x for x in rows if not x.get("resumed_from_step")]  # a resumed run's wall covers only its last part
+    walls = {al: [x["wall_s"] for x in whole if x["algo"] == al] for al in sorted({x["algo"] for x in whole})}  # per algorithm: CQL is ~15x TD3+BC
+    print("\nWall time per run (incl. evaluation; runs trained in one process): "
+          + "; ".join(f"{al} median {np.median(w):.0f} s, {min(w):.0f}-{max(w):.0f} s, n={len(w)}" for al, w in walls.items())
+          + (f"; {len(rows) - len(whole)} resumed run(s) left out" if len(whole) < len(rows) else "")
           + f"; load average before the runs {min(float(x['loadavg_before'][0]) for x in rows):.1f}-"
           f"{max(float(x['loadavg_before'][0]) for x in rows):.1f}.")
 
@@ -848,7 +853,8 @@ def critic_stats(a: argparse.Namespace) -> None:
         print(f"| {_task_label(x)} | {x['algo']} | {float(x['ratio']):.0%} | {x['sampler']} | {x['seed']} | "
               f"{x['final_successes']}/{x['eval_episodes']} = {x['final_success']:.2f} | {curve} | "
               f"{at(x, first, 'q_mean')} / {at(x, half, 'q_mean')} / {at(x, end, 'q_mean')} | {at(x, end, 'td_loss')} | "
-              f"{at(x, first, 'cql_penalty')} / {at(x, end, 'cql_penalty')} | {x['sampler_mass_on_successes']:.2f} | {x['wall_s']:.0f} s |")
+              f"{at(x, first, 'cql_penalty')} / {at(x, end, 'cql_penalty')} | {x['sampler_mass_on_successes']:.2f} | {x['wall_s']:.0f} s"
+              + (f" (from step {x['resumed_from_step']}, resumed)" if x.get("resumed_from_step") else "") + " |")
 
 
 def same_build(first: dict, later: dict) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +305,16 @@ def test_offline_resume_is_exact(point_data, tmp_path, point_env):
     a, b = load_tensors(full / "policy", "agent"), load_tensors(part / "policy", "agent")
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
+    with pytest.raises(ValueError, match="already finished"):
+        train_offline("td3bc", None, resume=full, wandb_mode="off", progress=False)
+    # stopped after its final checkpoint, before writing policy/: resuming trains nothing and writes the outputs
+    shutil.rmtree(full / "policy")
+    (full / "continual.json").unlink()
+    train_offline("td3bc", None, resume=full, wandb_mode="off", progress=False)
+    again = load_tensors(full / "policy", "agent")
+    for k in a:
+        torch.testing.assert_close(a[k], again[k], msg=k)
+    assert json.loads((full / "continual.json").read_text())["steps"] == 40
 
 
 def test_wsrl_warmup_no_updates_no_offline_data(point_data, tmp_path, point_env):

@@ -4,6 +4,7 @@ in `offline` / `finetune` output, vectorized `data rollout`, harness-style mixes
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +316,18 @@ def test_sweep_runs_cql_with_its_own_sampler_alpha_and_tables_it(tmp_path, monke
     a.algos = ["td3bc"]
     with pytest.raises(SystemExit, match="no CQL records"):
         rr.critic_stats(a)
+    # a run resumed from its last checkpoint says so: its wall time covers only the steps after it
+    run = tmp_path / "runs" / "t" / "push_cube_cql_harness_0.5_rw_s0_bad_random"
+    shutil.rmtree(run / "policy")
+    results.write_text("".join(ln + "\n" for ln in results.read_text().splitlines() if '"cql_harness"' not in ln))
+    a.algos = ["cql_harness"]
+    rr.sweep(a)
+    (resumed,) = [r for r in map(json.loads, results.read_text().splitlines()) if r["algo"] == "cql_harness"]
+    assert resumed["resumed_from_step"] == 4 and resumed["curve"] == h["curve"]
+    a.algos = ["cql", "cql_harness"]
+    rr.table(a)
+    (walls,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("Wall time per run")]
+    assert "cql_harness median" not in walls and "1 resumed run(s) left out" in walls, walls
 
 
 def test_datasets_table_checks_a_rebuilt_store_against_its_first_build(tmp_path, monkeypatch, capsys):

@@ -280,6 +280,6 @@ def load_resume(run_dir: Path, total_steps: int, device: str | torch.device = "c
     agent, meta = load_agent(last, device, with_optimizers=True)
     rng = load_tensors(last, "rng", meta)
     start = int(meta["step"])
-    if start >= total_steps:
-        raise ValueError(f"run {run_dir} already finished ({start} of {total_steps} steps)")
+    if start > total_steps:
+        raise ValueError(f"run {run_dir}: its last checkpoint (step {start}) is past the run's {total_steps} steps")
     return agent, meta, rng, start
