@@ -848,7 +848,7 @@ def critic_stats(a: argparse.Namespace) -> None:
           "CQL penalty at first log / end (unweighted, summed) | batch mass on successful episodes | wall |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for x in sorted(rows, key=lambda r: (_task_label(r), r["algo"], float(r["ratio"]), order.get(r["sampler"], 99), r["seed"])):
-        first, half, end = x["losses"][0]["step"], x["steps"] // 2, x["steps"]
+        first, half, end = (x["losses"][0]["step"] if x["losses"] else None), x["steps"] // 2, x["steps"]
         curve = ", ".join(f"{c[1]:.2f}".replace("0.", ".") if c[1] else "0" for c in x["curve"])
         print(f"| {_task_label(x)} | {x['algo']} | {float(x['ratio']):.0%} | {x['sampler']} | {x['seed']} | "
               f"{x['final_successes']}/{x['eval_episodes']} = {x['final_success']:.2f} | {curve} | "

@@ -310,7 +310,9 @@ def test_offline_resume_is_exact(point_data, tmp_path, point_env):
     # stopped after its final checkpoint, before writing policy/: resuming trains nothing and writes the outputs
     shutil.rmtree(full / "policy")
     (full / "continual.json").unlink()
+    logged = (full / "metrics.jsonl").read_text()
     train_offline("td3bc", None, resume=full, wandb_mode="off", progress=False)
+    assert (full / "metrics.jsonl").read_text() == logged  # no step trained, nothing logged twice
     again = load_tensors(full / "policy", "agent")
     for k in a:
         torch.testing.assert_close(a[k], again[k], msg=k)

@@ -324,6 +324,10 @@ def test_sweep_runs_cql_with_its_own_sampler_alpha_and_tables_it(tmp_path, monke
     rr.sweep(a)
     (resumed,) = [r for r in map(json.loads, results.read_text().splitlines()) if r["algo"] == "cql_harness"]
     assert resumed["resumed_from_step"] == 4 and resumed["curve"] == h["curve"]
+    a.algos = ["cql_harness"]
+    rr.critic_stats(a)
+    (row,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| push_cube")]
+    assert row.endswith("(from step 4, resumed) |"), row
     a.algos = ["cql", "cql_harness"]
     rr.table(a)
     (walls,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("Wall time per run")]

@@ -268,10 +268,13 @@ def open_run(run_dir: str | Path, kind: str) -> tuple[Path, dict[str, Any]]:
     return run_dir, run_json
 
 
-def load_resume(run_dir: Path, total_steps: int, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any], dict[str, torch.Tensor], int]:
+def load_resume(run_dir: Path, total_steps: int, device: str | torch.device = "cpu",
+                at_end_ok: bool = False) -> tuple[Any, dict[str, Any], dict[str, torch.Tensor], int]:
     """(agent with optimizers, checkpoint metadata, RNG tensors, step) of `<run_dir>/checkpoints/last`.
 
-    The caller restores the RNG tensors once nothing else will draw from the generators."""
+    `at_end_ok`: a checkpoint at `total_steps` is a run stopped before writing its outputs (offline training
+    checkpoints its last step), not a finished one. The caller restores the RNG tensors once nothing else will
+    draw from the generators."""
     from robolearn.checkpoint import load_tensors
 
     last = run_dir / "checkpoints" / "last"
@@ -280,6 +283,6 @@ def load_resume(run_dir: Path, total_steps: int, device: str | torch.device = "c
     agent, meta = load_agent(last, device, with_optimizers=True)
     rng = load_tensors(last, "rng", meta)
     start = int(meta["step"])
-    if start > total_steps:
-        raise ValueError(f"run {run_dir}: its last checkpoint (step {start}) is past the run's {total_steps} steps")
+    if start > total_steps or (start == total_steps and not at_end_ok):
+        raise ValueError(f"run {run_dir} already finished ({start} of {total_steps} steps)")
     return agent, meta, rng, start

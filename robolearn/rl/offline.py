@@ -137,7 +137,7 @@ def train_offline(
         if final.is_file() and int(json.loads(final.read_text()).get("step", 0)) >= tcfg.steps:
             raise ValueError(f"run {run_dir} already finished ({tcfg.steps} steps; train.steps=N extends it)")
         # a run stopped between its final checkpoint and policy/ resumes with no step left: it only writes its outputs
-        agent, meta, rng, start = load_resume(run_dir, tcfg.steps, device)
+        agent, meta, rng, start = load_resume(run_dir, tcfg.steps, device, at_end_ok=True)
         batch_sampler.load_state_dict(meta["sampler"])
         torch.set_rng_state(rng["torch"])
 
