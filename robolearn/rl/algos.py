@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,15 +269,19 @@ def open_run(run_dir: str | Path, kind: str) -> tuple[Path, dict[str, Any]]:
     return run_dir, run_json
 
 
-def load_resume(run_dir: Path, total_steps: int, device: str | torch.device = "cpu",
-                at_end_ok: bool = False) -> tuple[Any, dict[str, Any], dict[str, torch.Tensor], int]:
+def load_resume(run_dir: Path, total_steps: int, device: str | torch.device = "cpu", at_end_ok: bool = False,
+                extend_hint: str = "") -> tuple[Any, dict[str, Any], dict[str, torch.Tensor], int]:
     """(agent with optimizers, checkpoint metadata, RNG tensors, step) of `<run_dir>/checkpoints/last`.
 
-    `at_end_ok`: a checkpoint at `total_steps` is a run stopped before writing its outputs (offline training
-    checkpoints its last step), not a finished one. The caller restores the RNG tensors once nothing else will
-    draw from the generators."""
+    A run is finished once its `policy/` (written last) holds `total_steps`; `extend_hint` says in that error how
+    to train it further. `at_end_ok`: a checkpoint at `total_steps` is a run stopped before writing its outputs
+    (offline training checkpoints its last step), not a finished one. The caller restores the RNG tensors once
+    nothing else will draw from the generators."""
     from robolearn.checkpoint import load_tensors
 
+    final = run_dir / "policy" / "checkpoint.json"
+    if final.is_file() and int(json.loads(final.read_text()).get("step", 0)) >= total_steps:
+        raise ValueError(f"run {run_dir} already finished ({total_steps} steps; {extend_hint})")
     last = run_dir / "checkpoints" / "last"
     if not last.is_dir():
         raise FileNotFoundError(f"--resume {run_dir}: no checkpoints/last yet (the run stopped before its first save_every)")

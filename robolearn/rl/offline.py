@@ -133,11 +133,8 @@ def train_offline(
     batch_sampler = make_sampler(probs, seed=tcfg.seed)
     start = 0
     if resume is not None:
-        final = run_dir / "policy" / "checkpoint.json"  # written last: a run is finished once it holds tcfg.steps
-        if final.is_file() and int(json.loads(final.read_text()).get("step", 0)) >= tcfg.steps:
-            raise ValueError(f"run {run_dir} already finished ({tcfg.steps} steps; train.steps=N extends it)")
         # a run stopped between its final checkpoint and policy/ resumes with no step left: it only writes its outputs
-        agent, meta, rng, start = load_resume(run_dir, tcfg.steps, device, at_end_ok=True)
+        agent, meta, rng, start = load_resume(run_dir, tcfg.steps, device, at_end_ok=True, extend_hint="train.steps=N extends it")
         batch_sampler.load_state_dict(meta["sampler"])
         torch.set_rng_state(rng["torch"])
 

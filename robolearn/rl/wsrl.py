@@ -186,10 +186,7 @@ def finetune(
 
     start = 0
     if resume is not None:
-        final = run_dir / "policy" / "checkpoint.json"  # checkpoints/last is never the last step: ask the final policy
-        if final.is_file() and int(json.loads(final.read_text()).get("step", 0)) >= fcfg.steps:
-            raise ValueError(f"run {run_dir} already finished ({fcfg.steps} steps; --steps N extends it)")
-        agent, meta, rng_tensors, start = load_resume(run_dir, fcfg.steps, device)
+        agent, meta, rng_tensors, start = load_resume(run_dir, fcfg.steps, device, extend_hint="--steps N extends it")
         state = meta.get("finetune_state")
         if not isinstance(state, dict):
             raise CheckpointError(f"{run_dir / 'checkpoints' / 'last'} holds no fine-tuning loop state (not a `robolearn finetune` checkpoint)")
