@@ -249,14 +249,15 @@ def load_agent(directory: str | Path, device: str | torch.device = "cpu", with_o
 # ------------------------------------------------------------------------------------ resume
 def open_run(run_dir: str | Path, kind: str) -> tuple[Path, dict[str, Any]]:
     """(directory, run.json) of an `offline` or `finetune` run to `--resume`; one-line errors otherwise."""
-    import json
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"--resume {run_dir}: no such run directory")
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "run.json").is_file():
         raise FileNotFoundError(f"--resume {run_dir}: no config.yaml / run.json (not a robolearn {kind} run)")
-    run_json = json.loads((run_dir / "run.json").read_text())
+    try:
+        run_json = json.loads((run_dir / "run.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--resume {run_dir}: run.json is not valid JSON ({exc})") from None
     algo = run_json.get("algo") if isinstance(run_json, dict) else None
     # a fine-tuning run records the algorithm of its checkpoint (`source_algo`); CQL / Cal-QL name both kinds
     algos_of = {"offline": OFFLINE_ALGOS, "finetune": FINETUNE_ALGOS}
@@ -277,11 +278,15 @@ def load_resume(run_dir: Path, total_steps: int, device: str | torch.device = "c
     to train it further. `at_end_ok`: a checkpoint at `total_steps` is a run stopped before writing its outputs
     (offline training checkpoints its last step), not a finished one. The caller restores the RNG tensors once
     nothing else will draw from the generators."""
-    from robolearn.checkpoint import load_tensors
+    from robolearn.checkpoint import CheckpointError, load_tensors, read_meta
 
-    final = run_dir / "policy" / "checkpoint.json"
-    if final.is_file() and int(json.loads(final.read_text()).get("step", 0)) >= total_steps:
-        raise ValueError(f"run {run_dir} already finished ({total_steps} steps; {extend_hint})")
+    final = run_dir / "policy"
+    if (final / "checkpoint.json").is_file():
+        final_step = read_meta(final, verify=False).get("step", 0)
+        if not isinstance(final_step, int) or isinstance(final_step, bool):
+            raise CheckpointError(f"{final}/checkpoint.json: step is {final_step!r}, not an integer")
+        if final_step >= total_steps:
+            raise ValueError(f"run {run_dir} already finished ({total_steps} steps; {extend_hint})")
     last = run_dir / "checkpoints" / "last"
     if not last.is_dir():
         raise FileNotFoundError(f"--resume {run_dir}: no checkpoints/last yet (the run stopped before its first save_every)")
