@@ -322,7 +322,8 @@ def test_offline_resume_is_exact(point_data, tmp_path, point_env):
 
     meta = full / "policy" / "checkpoint.json"
     assert '"step": 40,' in meta.read_text()
-    for damage, msg in (("{not json", "is not valid JSON"), (meta.read_text().replace('"step": 40', '"step": "40"'), "not an integer")):
+    for damage, msg in (("{not json", "is not valid JSON"), (meta.read_text().replace('"step": 40', '"step": "40"'), "not an integer"),
+                        (meta.read_text().replace('"step": 40,', ''), "step is None, not an integer")):
         meta.write_text(damage)
         before = {p: p.read_bytes() for p in full.rglob("*") if p.is_file()}
         with pytest.raises(CheckpointError, match=msg):
@@ -424,12 +425,13 @@ def test_finetune_resume_bad_input(point_data, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and msg in err, err
     # a damaged run.json is named in one line, and nothing in the run changes
-    (off / "run.json").write_text('{"algo": "td3')
-    before = {p: p.read_bytes() for p in off.rglob("*") if p.is_file()}
-    assert main(["offline", "--resume", str(off)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "run.json is not valid JSON" in err, err
-    assert {p: p.read_bytes() for p in off.rglob("*") if p.is_file()} == before
+    for damage, msg in (('{"algo": "td3', "run.json is not valid JSON"), ('{"algo": "td3bc", "task": "point"}', "run.json lacks data")):
+        (off / "run.json").write_text(damage)
+        before = {p: p.read_bytes() for p in off.rglob("*") if p.is_file()}
+        assert main(["offline", "--resume", str(off)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and msg in err, err
+        assert {p: p.read_bytes() for p in off.rglob("*") if p.is_file()} == before
 
 
 def test_checkpoint_evaluates_with_robolearn_eval(tmp_path, capsys):

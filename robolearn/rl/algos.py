@@ -267,7 +267,20 @@ def open_run(run_dir: str | Path, kind: str) -> tuple[Path, dict[str, Any]]:
                           f"not a robolearn {kind} run")
     if algo not in algos_of[kind]:
         raise ConfigError(f"--resume {run_dir}: a run of algo {algo!r}, not a robolearn {kind} run")
+    missing = [key for key in (("data", "task") if kind == "offline" else ("task",)) if key not in run_json]
+    if missing:
+        raise ConfigError(f"--resume {run_dir}: run.json lacks {', '.join(missing)}")
     return run_dir, run_json
+
+
+def _checkpoint_step(directory: Path, meta: dict[str, Any]) -> int:
+    """The step a checkpoint was saved at; a missing or non-integer one is a damaged checkpoint, named."""
+    from robolearn.checkpoint import CheckpointError
+
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise CheckpointError(f"{directory}/checkpoint.json: step is {step!r}, not an integer")
+    return step
 
 
 def load_resume(run_dir: Path, total_steps: int, device: str | torch.device = "cpu", at_end_ok: bool = False,
@@ -278,21 +291,17 @@ def load_resume(run_dir: Path, total_steps: int, device: str | torch.device = "c
     to train it further. `at_end_ok`: a checkpoint at `total_steps` is a run stopped before writing its outputs
     (offline training checkpoints its last step), not a finished one. The caller restores the RNG tensors once
     nothing else will draw from the generators."""
-    from robolearn.checkpoint import CheckpointError, load_tensors, read_meta
+    from robolearn.checkpoint import load_tensors, read_meta
 
     final = run_dir / "policy"
-    if (final / "checkpoint.json").is_file():
-        final_step = read_meta(final, verify=False).get("step", 0)
-        if not isinstance(final_step, int) or isinstance(final_step, bool):
-            raise CheckpointError(f"{final}/checkpoint.json: step is {final_step!r}, not an integer")
-        if final_step >= total_steps:
-            raise ValueError(f"run {run_dir} already finished ({total_steps} steps; {extend_hint})")
+    if (final / "checkpoint.json").is_file() and _checkpoint_step(final, read_meta(final, verify=False)) >= total_steps:
+        raise ValueError(f"run {run_dir} already finished ({total_steps} steps; {extend_hint})")
     last = run_dir / "checkpoints" / "last"
     if not last.is_dir():
         raise FileNotFoundError(f"--resume {run_dir}: no checkpoints/last yet (the run stopped before its first save_every)")
     agent, meta = load_agent(last, device, with_optimizers=True)
     rng = load_tensors(last, "rng", meta)
-    start = int(meta["step"])
+    start = _checkpoint_step(last, meta)
     if start > total_steps or (start == total_steps and not at_end_ok):
         raise ValueError(f"run {run_dir} already finished ({start} of {total_steps} steps)")
     return agent, meta, rng, start
