@@ -306,6 +306,15 @@ def read_meta(directory: str | Path, verify: bool = True) -> dict[str, Any]:
     return meta
 
 
+def saved_step(directory: str | Path, meta: dict[str, Any]) -> int:
+    """The training step a checkpoint was saved at (`save_policy` records it); a missing or non-integer
+    one means a damaged checkpoint.json, named in one line rather than failing later in `int()`."""
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise CheckpointError(f"{Path(directory) / META_FILE}: step is {step!r}, not an integer")
+    return step
+
+
 def load_tensors(directory: str | Path, group: str = MODEL_GROUP, meta: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """One tensor group, checked against the hash and tensor list recorded in checkpoint.json."""
     from safetensors import SafetensorError

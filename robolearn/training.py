@@ -179,7 +179,7 @@ def train(
     """
     from tqdm import tqdm
 
-    from robolearn.checkpoint import load_tensors, read_meta, save_policy
+    from robolearn.checkpoint import load_tensors, read_meta, save_policy, saved_step
     from robolearn.data.normalizer import compute_stats
     from robolearn.data.store import EpisodeStore
     from robolearn.nn.ema import EMA
@@ -286,7 +286,7 @@ def train(
         sched.load_state_dict(meta["train_state"]["scheduler"])
         sampler.load_state_dict(meta["train_state"]["sampler"])
         torch.set_rng_state(load_tensors(ckpt, "rng", meta)["torch"])
-        start_step = int(meta["step"])
+        start_step = saved_step(ckpt, meta)
         if start_step >= tcfg.steps:
             raise ValueError(f"run {resume_dir} already finished ({start_step} of {tcfg.steps} steps)")
 

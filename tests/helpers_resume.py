@@ -46,3 +46,8 @@ def assert_same_run(full: Path, part: Path) -> dict[str, Any]:
     for k in x:
         torch.testing.assert_close(x[k], y[k], rtol=0, atol=0, msg=k)
     return a
+
+
+def file_bytes(root: Path) -> dict[Path, bytes]:
+    """Every file under `root` with its content: equal before and after means a refused resume changed nothing."""
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}

@@ -318,6 +318,8 @@ def test_offline_resume_is_exact(point_data, tmp_path, point_env):
         torch.testing.assert_close(a[k], again[k], msg=k)
     assert json.loads((full / "continual.json").read_text())["steps"] == 40
     # a damaged final checkpoint.json is named, not a raw JSON / int error; resuming leaves the run as it was
+    from helpers_resume import file_bytes
+
     from robolearn.checkpoint import CheckpointError
 
     meta = full / "policy" / "checkpoint.json"
@@ -325,10 +327,10 @@ def test_offline_resume_is_exact(point_data, tmp_path, point_env):
     for damage, msg in (("{not json", "is not valid JSON"), (meta.read_text().replace('"step": 40', '"step": "40"'), "not an integer"),
                         (meta.read_text().replace('"step": 40,', ''), "step is None, not an integer")):
         meta.write_text(damage)
-        before = {p: p.read_bytes() for p in full.rglob("*") if p.is_file()}
+        before = file_bytes(full)
         with pytest.raises(CheckpointError, match=msg):
             train_offline("td3bc", None, resume=full, wandb_mode="off", progress=False)
-        assert {p: p.read_bytes() for p in full.rglob("*") if p.is_file()} == before
+        assert file_bytes(full) == before
 
 
 def test_wsrl_warmup_no_updates_no_offline_data(point_data, tmp_path, point_env):
@@ -425,13 +427,15 @@ def test_finetune_resume_bad_input(point_data, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and msg in err, err
     # a damaged run.json is named in one line, and nothing in the run changes
+    from helpers_resume import file_bytes
+
     for damage, msg in (('{"algo": "td3', "run.json is not valid JSON"), ('{"algo": "td3bc", "task": "point"}', "run.json lacks data")):
         (off / "run.json").write_text(damage)
-        before = {p: p.read_bytes() for p in off.rglob("*") if p.is_file()}
+        before = file_bytes(off)
         assert main(["offline", "--resume", str(off)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and msg in err, err
-        assert {p: p.read_bytes() for p in off.rglob("*") if p.is_file()} == before
+        assert file_bytes(off) == before
 
 
 def test_checkpoint_evaluates_with_robolearn_eval(tmp_path, capsys):

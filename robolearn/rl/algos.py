@@ -273,16 +273,6 @@ def open_run(run_dir: str | Path, kind: str) -> tuple[Path, dict[str, Any]]:
     return run_dir, run_json
 
 
-def _checkpoint_step(directory: Path, meta: dict[str, Any]) -> int:
-    """The step a checkpoint was saved at; a missing or non-integer one is a damaged checkpoint, named."""
-    from robolearn.checkpoint import CheckpointError
-
-    step = meta.get("step")
-    if not isinstance(step, int) or isinstance(step, bool):
-        raise CheckpointError(f"{directory}/checkpoint.json: step is {step!r}, not an integer")
-    return step
-
-
 def load_resume(run_dir: Path, total_steps: int, device: str | torch.device = "cpu", at_end_ok: bool = False,
                 extend_hint: str = "") -> tuple[Any, dict[str, Any], dict[str, torch.Tensor], int]:
     """(agent with optimizers, checkpoint metadata, RNG tensors, step) of `<run_dir>/checkpoints/last`.
@@ -291,17 +281,17 @@ def load_resume(run_dir: Path, total_steps: int, device: str | torch.device = "c
     to train it further. `at_end_ok`: a checkpoint at `total_steps` is a run stopped before writing its outputs
     (offline training checkpoints its last step), not a finished one. The caller restores the RNG tensors once
     nothing else will draw from the generators."""
-    from robolearn.checkpoint import load_tensors, read_meta
+    from robolearn.checkpoint import load_tensors, read_meta, saved_step
 
     final = run_dir / "policy"
-    if (final / "checkpoint.json").is_file() and _checkpoint_step(final, read_meta(final, verify=False)) >= total_steps:
+    if (final / "checkpoint.json").is_file() and saved_step(final, read_meta(final, verify=False)) >= total_steps:
         raise ValueError(f"run {run_dir} already finished ({total_steps} steps; {extend_hint})")
     last = run_dir / "checkpoints" / "last"
     if not last.is_dir():
         raise FileNotFoundError(f"--resume {run_dir}: no checkpoints/last yet (the run stopped before its first save_every)")
     agent, meta = load_agent(last, device, with_optimizers=True)
     rng = load_tensors(last, "rng", meta)
-    start = _checkpoint_step(last, meta)
+    start = saved_step(last, meta)
     if start > total_steps or (start == total_steps and not at_end_ok):
         raise ValueError(f"run {run_dir} already finished ({start} of {total_steps} steps)")
     return agent, meta, rng, start
