@@ -70,8 +70,11 @@ ALGOS = ("iql", "td3bc")  # the default sub-grid; CQL runs when named (`--algos 
 # policy lr 3e-4 (ours: Cal-QL's 1e-4). Both keep what the harness code lacks: LayerNorm critics, observation normalisation.
 # cql_lr3e4 changes only the policy lr (weight 5 kept): it tells which of the two settings separates cql_harness from
 # cql on push_cube 5% (docs/results/offline_to_online.md, section 4).
+# cql_min1 changes only the TD backup (our settings kept): one target critic drawn at random per update instead of the
+# min of both, which removes the min's per-step cut that `cql-gaps` measures in the runs whose values sank below 0.
 ALGO_VARIANTS = {"cql_harness": ("cql", ("agent.cql_alpha=10.0", "agent.actor_lr=0.0003")),
-                 "cql_lr3e4": ("cql", ("agent.actor_lr=0.0003",))}
+                 "cql_lr3e4": ("cql", ("agent.actor_lr=0.0003",)),
+                 "cql_min1": ("cql", ("agent.num_min_qs=1",))}
 ALGO_CHOICES = (*ALGOS, "cql", *ALGO_VARIANTS)
 SEEDS = (0, 1, 2)
 MIX_SIZE = 10_000  # transitions per mixed dataset
@@ -414,6 +417,112 @@ def awr_weights(a: argparse.Namespace) -> None:
               + " | " + " / ".join(f"{p[k]['clipped']:.3f}" if k in p else "-" for k in ("expert", "failing", "random"))
               + f" | {x['effective_transitions']:.0f} of {x['transitions']} |")
     print(f"\nwrote {out}")
+
+
+def cql_value_gaps(agent: Any, tr: Any, idx: np.ndarray, pool: np.ndarray, seed: int = 0, chunk: int = 4096) -> dict[str, Any]:
+    """Why a CQL critic's values on the data's actions can sink below every return in the data: at the states
+    `idx` of `tr` (drawn as the run's batches are), per source pool (`pool`: one label per transition of `tr`),
+    the means of
+      q_data    Q(s, a) on the data's action (the critics' mean, what the runs log as q_mean)
+      q_pi      Q(s, a') with a' ~ pi(s), the policy the actor became (critics' mean)
+      q_random  Q(s, u), u uniform in [-1, 1]^A
+      target    r + gamma (1 - terminal) min_e Qtarget_e(s', a'') with a'' ~ pi(s'): the TD target the update fits
+      min_cut   mean_e Qtarget_e(s', a'') - min_e Qtarget_e(s', a''): what taking the critics' min removes from the
+                bootstrap each step (compounded over 1 / (1 - gamma) steps it lowers the values' level)
+      entropy   -log pi(a'|s) of the policy's own draws
+      mc        the data's discounted return-to-go from s (>= 0 when every reward is)
+      mode_dist |tanh(mu(s)) - a|, the policy's mode against the data's action (L2)
+    and the two differences the mechanism turns on: gap_pi = q_data - q_pi (how far below the data's action the
+    penalty holds the policy's) and bias = q_data - mc."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("q_data", "q_pi", "q_random", "target", "min_cut", "entropy", "mc",
+                                                          "mode_dist")}
+    with torch.no_grad():
+        for i in range(0, len(idx), chunk):
+            j = idx[i:i + chunk]
+            obs, nxt = agent.norm(torch.as_tensor(tr.obs[j])), agent.norm(torch.as_tensor(tr.next_obs[j]))
+            act = torch.as_tensor(tr.action[j])
+            a_pi, logp = agent.actor.sample(obs, generator=gen)
+            a_next, _ = agent.actor.sample(nxt, generator=gen)
+            u = torch.rand(act.shape, generator=gen) * 2 - 1
+            q_next_all = agent.critic_target(nxt, a_next)
+            q_next = q_next_all.min(0).values
+            not_done = 1.0 - torch.as_tensor(tr.terminal[j].astype(np.float32))
+            cols["q_data"].append(agent.critic(obs, act).mean(0).numpy())
+            cols["q_pi"].append(agent.critic(obs, a_pi).mean(0).numpy())
+            cols["q_random"].append(agent.critic(obs, u).mean(0).numpy())
+            cols["target"].append((torch.as_tensor(tr.reward[j]) + agent.cfg.discount * not_done * q_next).numpy())
+            cols["min_cut"].append((q_next_all.mean(0) - q_next).numpy())
+            cols["entropy"].append((-logp).numpy())
+            cols["mc"].append(np.asarray(tr.mc_return[j]))
+            cols["mode_dist"].append(torch.linalg.vector_norm(agent.actor.mode(obs) - act, dim=-1).numpy())
+    v = {k: np.concatenate(x).astype(float) for k, x in cols.items()}
+    v["gap_pi"], v["bias"] = v["q_data"] - v["q_pi"], v["q_data"] - v["mc"]
+    at = pool[idx]
+    out: dict[str, Any] = {"states": int(len(idx)), "all": {k: round(float(x.mean()), 3) for k, x in v.items()}, "pools": {}}
+    for name in sorted(set(at.tolist())):
+        m = at == name
+        out["pools"][name] = {"share": round(float(m.mean()), 4), **{k: round(float(x[m].mean()), 3) for k, x in v.items()}}
+    return out
+
+
+def cql_gaps(a: argparse.Namespace) -> None:
+    """For every CQL-family run of the grid whose final agent is on disk: cql_value_gaps at `--gap-states`
+    states drawn with the run's own sampler (fixed seed). Merged into offline_to_online/cql_value_gaps.json
+    (the rows of runs whose agent is not on this machine stay as recorded) and printed as a table."""
+    from robolearn.data.store import EpisodeStore
+    from robolearn.rl.algos import load_agent
+    from robolearn.rl.replay import transitions_from_store
+
+    recs = [r for r in _read(O2O_RESULTS / f"{a.tag}.jsonl") if base_algo(r["algo"]) == "cql" and r["algo"] in a.algos
+            and r["task"] in a.tasks and float(r["ratio"]) in a.ratios and r["sampler"] in a.samplers]
+    rows, mixes = [], {}
+    for r in sorted(recs, key=_o2o_key):
+        policy = Path(r["run_dir"]) / "policy"
+        if not (policy / "checkpoint.json").exists():
+            print(f"{policy}: not on this machine, skipped", file=sys.stderr)
+            continue
+        path = o2o_mix_path(r["task"], float(r["ratio"]), r.get("bad_pools", O2O_BAD))
+        if path not in mixes:
+            st = EpisodeStore.open(path)
+            tr = transitions_from_store(st)
+            ep_pool = _pool_names(r["task"], np.asarray(st.episode_table()["seed"])[np.asarray(tr.store_episode)])
+            mixes[path] = (tr, ep_pool[tr.episode])
+        tr, pool = mixes[path]
+        probs = _sampler_probs(tr, r["sampler"], r["algo"])
+        idx = np.random.default_rng(0).choice(len(probs), size=a.gap_states, p=probs / probs.sum())
+        agent, meta = load_agent(policy)
+        if (agent.cfg.discount, agent.cfg.reward_scale, agent.cfg.reward_bias) != (0.99, 1.0, 0.0):
+            raise SystemExit(f"{policy}: discount / reward scale / bias {agent.cfg.discount} / {agent.cfg.reward_scale} / "
+                             f"{agent.cfg.reward_bias}; the return-to-go here is of raw rewards at 0.99")
+        rows.append({**{k: r[k] for k in ("task", "algo", "ratio", "sampler", "seed", "final_success")},
+                     "bad_pools": r.get("bad_pools", list(O2O_BAD)), "mix": path.name, "step": int(meta.get("step", -1)),
+                     "cql_alpha": agent.cfg.cql_alpha, "actor_lr": agent.cfg.actor_lr,
+                     **cql_value_gaps(agent, tr, idx, pool)})
+    if not rows:
+        raise SystemExit("no CQL run of these cells has its agent on disk")
+    out = O2O_RESULTS / "cql_value_gaps.json"
+    key = lambda x: (x["task"], x["algo"], float(x["ratio"]), x["sampler"], x["seed"], tuple(x["bad_pools"]))  # noqa: E731
+    new_keys = {key(x) for x in rows}
+    kept = [x for x in (json.loads(out.read_text()) if out.exists() else []) if key(x) not in new_keys]
+    order = {s: i for i, s in enumerate(SAMPLERS)}
+    rows = sorted(kept + rows, key=lambda x: (x["task"], x["algo"], float(x["ratio"]), order.get(x["sampler"], 99), x["seed"]))
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    tmp.replace(out)
+    print("| task | algo | expert data | sampler | seed | final success | Q(s, a_data) | Q(s, pi) | gap data - pi | Q(s, random) "
+          "| TD target | min's cut per step | MC return-to-go | Q(s, a_data) on expert states: Q / MC | gap on expert states "
+          "| policy mode to data action | policy entropy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for x in rows:
+        v, e = x["all"], x["pools"].get("expert", {})
+        print(f"| {x['task']} | {x['algo']} | {float(x['ratio']):.0%} | {x['sampler']} | {x['seed']} | {x['final_success']:.2f} | "
+              f"{v['q_data']:.1f} | {v['q_pi']:.1f} | {v['gap_pi']:+.2f} | {v['q_random']:.1f} | {v['target']:.1f} | {v['min_cut']:.2f} | "
+              f"{v['mc']:.1f} | " + (f"{e['q_data']:.1f} / {e['mc']:.1f} | {e['gap_pi']:+.2f}" if e else "- | -")
+              + f" | {v['mode_dist']:.2f} | {v['entropy']:.1f} |")
+    print(f"\n(states per run: {rows[-1]['states']}, drawn with each run's sampler; wrote {out})")
 
 
 # ------------------------------------------------------------------------------------ papers' proportions (issue 20)
@@ -944,7 +1053,7 @@ def curves(a: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=["data", "grid", "report", "plot", "build", "sweep", "table", "curves", "datasets", "composition",
-                                           "awr-weights", "critic-stats"])
+                                           "awr-weights", "critic-stats", "cql-gaps"])
     ap.add_argument("--tag", help="name of a separate grid (runs/rl_study/grid_TAG, grid_results_TAG.json); default: the 1k-step study")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=sorted(set(TASKS) | set(O2O_TASKS)))
     ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGO_CHOICES))
@@ -963,12 +1072,13 @@ def main() -> None:
     ap.add_argument("--out", default="docs/results/reweighting.png", help="figure written by `plot`")
     ap.add_argument("--eval-every", type=int, default=5000, help="sweep: gradient steps between evaluations")
     ap.add_argument("--progress", action="store_true", help="sweep: show each run's progress bar")
+    ap.add_argument("--gap-states", type=int, default=20_000, help="cql-gaps: batch states per run")
     ap.add_argument("--bad-pools", nargs="+", default=list(O2O_BAD), choices=list(O2O_BAD),
                     help="build/sweep: pools the mixes' bad part is drawn from (random alone: the harness paper's expert + random mix)")
     a = ap.parse_args()
     if GOOD_ONLY in a.samplers and a.action != "sweep":
         raise SystemExit(f"--samplers {GOOD_ONLY} is a sweep run (the scaled mixes' ceiling), not a {a.action} one")
-    if a.action in ("build", "sweep", "table", "curves", "datasets", "composition", "awr-weights", "critic-stats"):
+    if a.action in ("build", "sweep", "table", "curves", "datasets", "composition", "awr-weights", "critic-stats", "cql-gaps"):
         if a.action in ("build", "sweep", "composition"):
             bad = [t for t in a.tasks if t not in O2O_TASKS]
             if bad:
@@ -985,7 +1095,7 @@ def main() -> None:
                 a.batch_size = 256
         {"build": lambda: build_o2o(a.tasks, a.ratios, a.bad_pools), "sweep": lambda: sweep(a), "table": lambda: table(a),
          "curves": lambda: curves(a), "datasets": lambda: datasets_table(a), "composition": lambda: composition(a),
-         "awr-weights": lambda: awr_weights(a), "critic-stats": lambda: critic_stats(a)}[a.action]()
+         "awr-weights": lambda: awr_weights(a), "critic-stats": lambda: critic_stats(a), "cql-gaps": lambda: cql_gaps(a)}[a.action]()
         return
     if a.action == "data":
         data()

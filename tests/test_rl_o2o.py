@@ -395,6 +395,68 @@ def test_awr_weight_shares_follow_the_iql_actor_loss(tmp_path, monkeypatch):
     assert out["transitions"] == n and 1 <= out["effective_transitions"] <= n
 
 
+def test_every_named_variant_is_a_valid_config_that_differs_from_its_base(tmp_path, monkeypatch):
+    """A grid label such as cql_harness is its base algorithm's YAML plus overrides: each must load (a misspelt
+    key is an error here, not hours into a sweep) and change what it says it changes."""
+    import dataclasses
+
+    from robolearn.rl.algos import load_run_config
+
+    rr = _rl_reweighting_in(tmp_path, monkeypatch)
+    for label, (base, overrides) in rr.ALGO_VARIANTS.items():
+        assert rr.base_algo(label) == base and rr.variant_overrides(label) == list(overrides)
+        plain = dataclasses.asdict(load_run_config(base, "offline", None, None).agent)
+        varied = dataclasses.asdict(load_run_config(base, "offline", None, list(overrides)).agent)
+        changed = {k for k in plain if plain[k] != varied[k]}
+        assert changed == {o.split("=", 1)[0].removeprefix("agent.") for o in overrides}, label
+    assert rr.variant_overrides("cql_min1") == ["agent.num_min_qs=1"]
+
+
+def test_cql_value_gaps_match_the_critics_and_the_td_target(tmp_path, monkeypatch):
+    """`cql-gaps` reports, per pool, the critics' mean Q on the data's and the policy's actions, the TD target the
+    update fits (no bootstrap on terminal rows) and what the critics' min removes from it, from the agent itself."""
+    import torch
+
+    from types import SimpleNamespace
+
+    from robolearn.rl.algos import algo_classes, build_agent
+
+    rr = _rl_reweighting_in(tmp_path, monkeypatch)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    n, d, k = 30, 3, 2
+    _, cfg_cls = algo_classes("cql")
+    stats = {"obs/state": {"mean": np.zeros(d, np.float32), "std": np.ones(d, np.float32),
+                           "min": -np.ones(d, np.float32), "max": np.ones(d, np.float32)}}
+    agent = build_agent("cql", cfg_cls(hidden_dims=[8, 8]), d, k, stats)
+    with torch.no_grad():  # target critics that differ from the critics, so that the min has something to cut
+        for p_ in agent.critic_target.parameters():
+            p_.add_(0.3 * torch.randn_like(p_))
+    terminal = np.zeros(n, bool)
+    terminal[::5] = True
+    tr = SimpleNamespace(obs=rng.normal(size=(n, d)).astype(np.float32), next_obs=rng.normal(size=(n, d)).astype(np.float32),
+                         action=rng.uniform(-1, 1, size=(n, k)).astype(np.float32), reward=rng.uniform(size=n).astype(np.float32),
+                         terminal=terminal, mc_return=rng.uniform(0, 5, size=n).astype(np.float32))
+    pool = np.array(["expert"] * 10 + ["random"] * 20)
+    idx = np.array([0, 1, 2, 5, 10, 11, 12, 15, 20, 25, 29, 3])
+    out = rr.cql_value_gaps(agent, tr, idx, pool, chunk=5)
+    with torch.no_grad():
+        q_data = agent.critic(agent.norm(torch.as_tensor(tr.obs[idx])), torch.as_tensor(tr.action[idx])).mean(0).numpy()
+    e = np.isin(idx, np.arange(10))
+    assert out["states"] == 12 and out["pools"]["expert"]["share"] == pytest.approx(e.mean(), abs=1e-4)
+    assert out["all"]["q_data"] == pytest.approx(q_data.mean(), abs=2e-3)
+    assert out["pools"]["random"]["q_data"] == pytest.approx(q_data[~e].mean(), abs=2e-3)
+    assert out["all"]["mc"] == pytest.approx(tr.mc_return[idx].mean(), abs=2e-3)
+    assert out["all"]["gap_pi"] == pytest.approx(out["all"]["q_data"] - out["all"]["q_pi"], abs=2e-3)
+    assert out["all"]["bias"] == pytest.approx(out["all"]["q_data"] - out["all"]["mc"], abs=2e-3)
+    assert out["all"]["min_cut"] > 0
+    # on terminal rows (every fifth) the target is the reward alone; elsewhere it bootstraps
+    only_terminal = np.array([0, 5, 10, 15, 20, 25])
+    t_out = rr.cql_value_gaps(agent, tr, only_terminal, pool)
+    assert t_out["all"]["target"] == pytest.approx(tr.reward[only_terminal].mean(), abs=2e-3)
+    assert out["all"]["target"] != pytest.approx(tr.reward[idx].mean(), abs=2e-3)
+
+
 def test_composition_keeps_rows_of_mixes_not_on_this_machine(tmp_path, monkeypatch, capsys):
     """`composition` recomputes the mixes that are built here and keeps the recorded rows of the others
     (a fresh machine holds only the mixes it rebuilt; the page cites the rest)."""
