@@ -432,8 +432,8 @@ def cql_value_gaps(agent: Any, tr: Any, idx: np.ndarray, pool: np.ndarray, seed:
       entropy   -log pi(a'|s) of the policy's own draws
       mc        the data's discounted return-to-go from s (>= 0 when every reward is)
       mode_dist |tanh(mu(s)) - a|, the policy's mode against the data's action (L2)
-    and the two differences the mechanism turns on: gap_pi = q_data - q_pi (how far below the data's action the
-    penalty holds the policy's) and bias = q_data - mc."""
+    and two differences: gap_pi = q_data - q_pi (how far below the data's action the penalty holds the policy's)
+    and bias = q_data - mc."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)

@@ -413,8 +413,9 @@ def test_every_named_variant_is_a_valid_config_that_differs_from_its_base(tmp_pa
 
 
 def test_cql_value_gaps_match_the_critics_and_the_td_target(tmp_path, monkeypatch):
-    """`cql-gaps` reports, per pool, the critics' mean Q on the data's and the policy's actions, the TD target the
-    update fits (no bootstrap on terminal rows) and what the critics' min removes from it, from the agent itself."""
+    """`cql-gaps` reports, per pool, the critics' mean Q on the data's, the policy's and uniform actions, the TD target
+    the update fits (min over the target critics, no bootstrap on terminal rows) and what that min removes, all on
+    normalised observations, recomputed here from the agent with the same random draws."""
     import torch
 
     from types import SimpleNamespace
@@ -426,10 +427,10 @@ def test_cql_value_gaps_match_the_critics_and_the_td_target(tmp_path, monkeypatc
     rng = np.random.default_rng(0)
     n, d, k = 30, 3, 2
     _, cfg_cls = algo_classes("cql")
-    stats = {"obs/state": {"mean": np.zeros(d, np.float32), "std": np.ones(d, np.float32),
+    stats = {"obs/state": {"mean": np.array([1.0, -2.0, 0.5], np.float32), "std": np.array([0.5, 2.0, 3.0], np.float32),
                            "min": -np.ones(d, np.float32), "max": np.ones(d, np.float32)}}
     agent = build_agent("cql", cfg_cls(hidden_dims=[8, 8]), d, k, stats)
-    with torch.no_grad():  # target critics that differ from the critics, so that the min has something to cut
+    with torch.no_grad():  # target critics that differ from the critics and from each other
         for p_ in agent.critic_target.parameters():
             p_.add_(0.3 * torch.randn_like(p_))
     terminal = np.zeros(n, bool)
@@ -439,22 +440,33 @@ def test_cql_value_gaps_match_the_critics_and_the_td_target(tmp_path, monkeypatc
                          terminal=terminal, mc_return=rng.uniform(0, 5, size=n).astype(np.float32))
     pool = np.array(["expert"] * 10 + ["random"] * 20)
     idx = np.array([0, 1, 2, 5, 10, 11, 12, 15, 20, 25, 29, 3])
-    out = rr.cql_value_gaps(agent, tr, idx, pool, chunk=5)
+    out = rr.cql_value_gaps(agent, tr, idx, pool, seed=7, chunk=len(idx))
+    gen = torch.Generator().manual_seed(7)  # the function's draws, in its order: pi(s), pi(s'), uniform
     with torch.no_grad():
-        q_data = agent.critic(agent.norm(torch.as_tensor(tr.obs[idx])), torch.as_tensor(tr.action[idx])).mean(0).numpy()
+        obs = (torch.as_tensor(tr.obs[idx]) - torch.as_tensor(stats["obs/state"]["mean"])) / torch.as_tensor(stats["obs/state"]["std"])
+        nxt = (torch.as_tensor(tr.next_obs[idx]) - torch.as_tensor(stats["obs/state"]["mean"])) / torch.as_tensor(stats["obs/state"]["std"])
+        act = torch.as_tensor(tr.action[idx])
+        a_pi, logp = agent.actor.sample(obs, generator=gen)
+        a_next, _ = agent.actor.sample(nxt, generator=gen)
+        u = torch.rand(act.shape, generator=gen) * 2 - 1
+        q_next = agent.critic_target(nxt, a_next)
+        want = {"q_data": agent.critic(obs, act).mean(0), "q_pi": agent.critic(obs, a_pi).mean(0),
+                "q_random": agent.critic(obs, u).mean(0),
+                "target": torch.as_tensor(tr.reward[idx]) + 0.99 * torch.as_tensor(~terminal[idx]).float() * q_next.min(0).values,
+                "min_cut": q_next.mean(0) - q_next.min(0).values, "entropy": -logp,
+                "mode_dist": torch.linalg.vector_norm(agent.actor.mode(obs) - act, dim=-1)}
     e = np.isin(idx, np.arange(10))
-    assert out["states"] == 12 and out["pools"]["expert"]["share"] == pytest.approx(e.mean(), abs=1e-4)
-    assert out["all"]["q_data"] == pytest.approx(q_data.mean(), abs=2e-3)
-    assert out["pools"]["random"]["q_data"] == pytest.approx(q_data[~e].mean(), abs=2e-3)
+    for key, w in want.items():
+        w = w.numpy().astype(float)
+        assert out["all"][key] == pytest.approx(w.mean(), abs=2e-3), key
+        assert out["pools"]["expert"][key] == pytest.approx(w[e].mean(), abs=2e-3), key
+    assert out["all"]["min_cut"] > 0.01 and terminal[idx].any() and not terminal[idx].all()
+    assert out["states"] == 12 and out["pools"]["random"]["share"] == pytest.approx(1 - e.mean(), abs=1e-4)
     assert out["all"]["mc"] == pytest.approx(tr.mc_return[idx].mean(), abs=2e-3)
     assert out["all"]["gap_pi"] == pytest.approx(out["all"]["q_data"] - out["all"]["q_pi"], abs=2e-3)
-    assert out["all"]["bias"] == pytest.approx(out["all"]["q_data"] - out["all"]["mc"], abs=2e-3)
-    assert out["all"]["min_cut"] > 0
-    # on terminal rows (every fifth) the target is the reward alone; elsewhere it bootstraps
-    only_terminal = np.array([0, 5, 10, 15, 20, 25])
-    t_out = rr.cql_value_gaps(agent, tr, only_terminal, pool)
-    assert t_out["all"]["target"] == pytest.approx(tr.reward[only_terminal].mean(), abs=2e-3)
-    assert out["all"]["target"] != pytest.approx(tr.reward[idx].mean(), abs=2e-3)
+    # chunking does not change what is measured beyond the random draws: the data's action and the return-to-go
+    chunked = rr.cql_value_gaps(agent, tr, idx, pool, seed=7, chunk=5)
+    assert chunked["all"]["q_data"] == pytest.approx(out["all"]["q_data"], abs=1e-4)
 
 
 def test_composition_keeps_rows_of_mixes_not_on_this_machine(tmp_path, monkeypatch, capsys):
