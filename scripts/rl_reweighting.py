@@ -371,17 +371,13 @@ def awr_weight_shares(agent: Any, tr: Any, sampler_probs: np.ndarray, pool: np.n
     return out
 
 
-def awr_weights(a: argparse.Namespace) -> None:
-    """For every IQL run of the grid whose final agent is still on disk (runs/o2o/TAG/...): where its actor's
-    regression weight lands on the mix, pool by pool (awr_weight_shares). Written to
-    offline_to_online/iql_awr_weights.json (one entry per run) and printed as a table."""
+def _runs_on_disk(recs: list[dict]):
+    """(record, its policy/ directory, the mix's transitions, each transition's source pool) for every record
+    whose final agent is on this machine, in grid order; each mix is read once."""
     from robolearn.data.store import EpisodeStore
-    from robolearn.rl.algos import load_agent
     from robolearn.rl.replay import transitions_from_store
 
-    recs = [r for r in _read(O2O_RESULTS / f"{a.tag}.jsonl") if r["algo"] == "iql" and r["task"] in a.tasks
-            and float(r["ratio"]) in a.ratios and r["sampler"] in a.samplers]
-    rows, mixes = [], {}
+    mixes: dict[Path, tuple[Any, np.ndarray]] = {}
     for r in sorted(recs, key=_o2o_key):
         policy = Path(r["run_dir"]) / "policy"
         if not (policy / "checkpoint.json").exists():
@@ -393,7 +389,20 @@ def awr_weights(a: argparse.Namespace) -> None:
             tr = transitions_from_store(st)
             ep_pool = _pool_names(r["task"], np.asarray(st.episode_table()["seed"])[np.asarray(tr.store_episode)])
             mixes[path] = (tr, ep_pool[tr.episode])  # per transition
-        tr, pool = mixes[path]
+        yield r, policy, *mixes[path]
+
+
+def awr_weights(a: argparse.Namespace) -> None:
+    """For every IQL run of the grid whose final agent is still on disk (runs/o2o/TAG/...): where its actor's
+    regression weight lands on the mix, pool by pool (awr_weight_shares). Written to
+    offline_to_online/iql_awr_weights.json (one entry per run) and printed as a table."""
+    from robolearn.rl.algos import load_agent
+
+    recs = [r for r in _read(O2O_RESULTS / f"{a.tag}.jsonl") if r["algo"] == "iql" and r["task"] in a.tasks
+            and float(r["ratio"]) in a.ratios and r["sampler"] in a.samplers]
+    rows = []
+    for r, policy, tr, pool in _runs_on_disk(recs):
+        path = o2o_mix_path(r["task"], float(r["ratio"]), r.get("bad_pools", O2O_BAD))
         agent, _ = load_agent(policy)
         shares = awr_weight_shares(agent, tr, _sampler_probs(tr, r["sampler"], "iql"), pool)
         rows.append({**{k: r[k] for k in ("task", "algo", "ratio", "sampler", "seed", "final_success")}, "mix": path.name,
@@ -472,25 +481,13 @@ def cql_gaps(a: argparse.Namespace) -> None:
     """For every CQL-family run of the grid whose final agent is on disk: cql_value_gaps at `--gap-states`
     states drawn with the run's own sampler (fixed seed). Merged into offline_to_online/cql_value_gaps.json
     (the rows of runs whose agent is not on this machine stay as recorded) and printed as a table."""
-    from robolearn.data.store import EpisodeStore
     from robolearn.rl.algos import load_agent
-    from robolearn.rl.replay import transitions_from_store
 
     recs = [r for r in _read(O2O_RESULTS / f"{a.tag}.jsonl") if base_algo(r["algo"]) == "cql" and r["algo"] in a.algos
             and r["task"] in a.tasks and float(r["ratio"]) in a.ratios and r["sampler"] in a.samplers]
-    rows, mixes = [], {}
-    for r in sorted(recs, key=_o2o_key):
-        policy = Path(r["run_dir"]) / "policy"
-        if not (policy / "checkpoint.json").exists():
-            print(f"{policy}: not on this machine, skipped", file=sys.stderr)
-            continue
+    rows = []
+    for r, policy, tr, pool in _runs_on_disk(recs):
         path = o2o_mix_path(r["task"], float(r["ratio"]), r.get("bad_pools", O2O_BAD))
-        if path not in mixes:
-            st = EpisodeStore.open(path)
-            tr = transitions_from_store(st)
-            ep_pool = _pool_names(r["task"], np.asarray(st.episode_table()["seed"])[np.asarray(tr.store_episode)])
-            mixes[path] = (tr, ep_pool[tr.episode])
-        tr, pool = mixes[path]
         probs = _sampler_probs(tr, r["sampler"], r["algo"])
         idx = np.random.default_rng(0).choice(len(probs), size=a.gap_states, p=probs / probs.sum())
         agent, meta = load_agent(policy)
