@@ -372,8 +372,8 @@ def awr_weight_shares(agent: Any, tr: Any, sampler_probs: np.ndarray, pool: np.n
 
 
 def _runs_on_disk(recs: list[dict]):
-    """(record, its policy/ directory, the mix's transitions, each transition's source pool) for every record
-    whose final agent is on this machine, in grid order; each mix is read once."""
+    """(record, its policy/ directory, its mix's path, the mix's transitions, each transition's source pool) for
+    every record whose final agent is on this machine, in grid order; each mix is read once."""
     from robolearn.data.store import EpisodeStore
     from robolearn.rl.replay import transitions_from_store
 
@@ -389,7 +389,7 @@ def _runs_on_disk(recs: list[dict]):
             tr = transitions_from_store(st)
             ep_pool = _pool_names(r["task"], np.asarray(st.episode_table()["seed"])[np.asarray(tr.store_episode)])
             mixes[path] = (tr, ep_pool[tr.episode])  # per transition
-        yield r, policy, *mixes[path]
+        yield r, policy, path, *mixes[path]
 
 
 def awr_weights(a: argparse.Namespace) -> None:
@@ -401,8 +401,7 @@ def awr_weights(a: argparse.Namespace) -> None:
     recs = [r for r in _read(O2O_RESULTS / f"{a.tag}.jsonl") if r["algo"] == "iql" and r["task"] in a.tasks
             and float(r["ratio"]) in a.ratios and r["sampler"] in a.samplers]
     rows = []
-    for r, policy, tr, pool in _runs_on_disk(recs):
-        path = o2o_mix_path(r["task"], float(r["ratio"]), r.get("bad_pools", O2O_BAD))
+    for r, policy, path, tr, pool in _runs_on_disk(recs):
         agent, _ = load_agent(policy)
         shares = awr_weight_shares(agent, tr, _sampler_probs(tr, r["sampler"], "iql"), pool)
         rows.append({**{k: r[k] for k in ("task", "algo", "ratio", "sampler", "seed", "final_success")}, "mix": path.name,
@@ -486,8 +485,7 @@ def cql_gaps(a: argparse.Namespace) -> None:
     recs = [r for r in _read(O2O_RESULTS / f"{a.tag}.jsonl") if base_algo(r["algo"]) == "cql" and r["algo"] in a.algos
             and r["task"] in a.tasks and float(r["ratio"]) in a.ratios and r["sampler"] in a.samplers]
     rows = []
-    for r, policy, tr, pool in _runs_on_disk(recs):
-        path = o2o_mix_path(r["task"], float(r["ratio"]), r.get("bad_pools", O2O_BAD))
+    for r, policy, path, tr, pool in _runs_on_disk(recs):
         probs = _sampler_probs(tr, r["sampler"], r["algo"])
         idx = np.random.default_rng(0).choice(len(probs), size=a.gap_states, p=probs / probs.sum())
         agent, meta = load_agent(policy)
