@@ -72,8 +72,11 @@ ALGOS = ("iql", "td3bc")  # the default sub-grid; CQL runs when named (`--algos 
 # cql on push_cube 5% (docs/results/offline_to_online.md, section 4).
 # cql_min1 changes only the TD backup (our settings kept): one target critic drawn at random per update instead of the
 # min of both, which removes the min's per-step cut that `cql-gaps` measures in the runs whose values sank below 0.
+# cql_w10 changes only the min-Q weight (policy lr 1e-4 kept): the fourth corner of weight x lr with cql, cql_lr3e4
+# and cql_harness, so that each setting's effect is measured with the other one held at both of its values.
 ALGO_VARIANTS = {"cql_harness": ("cql", ("agent.cql_alpha=10.0", "agent.actor_lr=0.0003")),
                  "cql_lr3e4": ("cql", ("agent.actor_lr=0.0003",)),
+                 "cql_w10": ("cql", ("agent.cql_alpha=10.0",)),
                  "cql_min1": ("cql", ("agent.num_min_qs=1",))}
 ALGO_CHOICES = (*ALGOS, "cql", *ALGO_VARIANTS)
 SEEDS = (0, 1, 2)
